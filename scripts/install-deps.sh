@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what event_bus needs to build and test on a fresh Debian machine (as root); idempotent.
+set -euo pipefail
+
+PGRX_VERSION=0.18.1
+need_pkgs=()
+for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
+    dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+done
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    echo "==> apt-get install ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# Debian's postgresql package starts a cluster on 5432; we never use it, and it costs memory.
+if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q online; then
+    pg_lsclusters -h | awk '$4 == "online" {print $1, $2}' | while read -r ver name; do
+        pg_ctlcluster "$ver" "$name" stop || true
+    done
+fi
+
+if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+    echo "==> cargo install cargo-pgrx $PGRX_VERSION (about 5 minutes)"
+    cargo install cargo-pgrx --version "=$PGRX_VERSION" --locked
+fi
+
+PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}"
+if ! grep -qs 'pg15 *= *"/usr/bin/pg_config"' "$PGRX_HOME/config.toml"; then
+    echo "==> cargo pgrx init --pg15 /usr/bin/pg_config"
+    cargo pgrx init --pg15 /usr/bin/pg_config
+fi

@@ -1,0 +1,382 @@
+-- event_bus SQL API: emit, publish_event, subscribe, unsubscribe, the notify trigger.
+-- Loaded last (finalize), after the tables and the Rust-backed functions exist.
+
+------------------------------------------------------------------------------------------------
+-- API: Public — emit_module_event
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION event_bus.emit_module_event(
+    p_tenant_id     uuid,
+    p_event_type    text,
+    p_source_module text,
+    p_entity_type   text,
+    p_entity_id     text,
+    p_payload       jsonb,
+    p_metadata      jsonb DEFAULT '{}'::jsonb
+) RETURNS uuid
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_id        uuid;
+    v_limit     bigint;
+    v_size      bigint;
+BEGIN
+    IF p_tenant_id IS NULL THEN
+        RAISE EXCEPTION 'event_bus: tenant_id must not be null'
+            USING ERRCODE = '22004',
+                  HINT = 'Pass the tenant (organization) the event belongs to as the first argument.';
+    END IF;
+    IF p_event_type IS NULL THEN
+        RAISE EXCEPTION 'event_bus: event_type must not be null'
+            USING ERRCODE = '22004', HINT = 'Pass an event type such as ''invoice.posted''.';
+    END IF;
+    PERFORM event_bus._check_event_type(p_event_type);
+    IF p_source_module IS NULL OR p_source_module = '' THEN
+        RAISE EXCEPTION 'event_bus: source_module must not be empty'
+            USING ERRCODE = '22004', HINT = 'Pass the emitting module, e.g. ''accounting''.';
+    END IF;
+    IF p_payload IS NULL OR jsonb_typeof(p_payload) <> 'object' THEN
+        RAISE EXCEPTION 'event_bus: payload must be a JSON object, got %',
+                coalesce(jsonb_typeof(p_payload), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'Wrap the value in an object, e.g. jsonb_build_object(''value'', ...).';
+    END IF;
+    IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN
+        RAISE EXCEPTION 'event_bus: metadata must be a JSON object, got %', jsonb_typeof(p_metadata)
+            USING ERRCODE = '22023', HINT = 'Pass NULL, ''{}'' or an object such as {"correlation_id": "..."}.';
+    END IF;
+    v_limit := coalesce(nullif(current_setting('event_bus.max_payload_bytes', true), '')::bigint, 1048576);
+    v_size := octet_length(p_payload::text);
+    IF v_size > v_limit THEN
+        RAISE EXCEPTION 'event_bus: payload is % bytes, over event_bus.max_payload_bytes (%)', v_size, v_limit
+            USING ERRCODE = '54000',
+                  HINT = 'Send a reference (an id or URL) instead of the data, or raise event_bus.max_payload_bytes.';
+    END IF;
+
+    INSERT INTO event_bus.module_events
+        (tenant_id, event_type, source_module, entity_type, entity_id, payload, metadata)
+    VALUES
+        (p_tenant_id, p_event_type, p_source_module, p_entity_type, p_entity_id, p_payload,
+         coalesce(p_metadata, '{}'::jsonb))
+    RETURNING id INTO v_id;
+
+    PERFORM event_bus._wake_on_commit();
+    RETURN v_id;
+END
+$$;
+
+COMMENT ON FUNCTION event_bus.emit_module_event(uuid, text, text, text, text, jsonb, jsonb) IS
+    'Emit an event in the current transaction: it exists if and only if the transaction commits. '
+    'Validates the event type, tenant and payload (a JSON object of at most event_bus.max_payload_bytes) '
+    'and writes one row; the worker fans it out to matching subscriptions after commit. Returns the event id. '
+    'SECURITY DEFINER: callable from any trigger or role with EXECUTE, without table privileges.';
+
+-- The seed's signature takes the entity id as uuid.
+CREATE FUNCTION event_bus.emit_module_event(
+    p_tenant_id     uuid,
+    p_event_type    text,
+    p_source_module text,
+    p_entity_type   text,
+    p_entity_id     uuid,
+    p_payload       jsonb,
+    p_metadata      jsonb DEFAULT '{}'::jsonb
+) RETURNS uuid
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT event_bus.emit_module_event(p_tenant_id, p_event_type, p_source_module, p_entity_type,
+                                       p_entity_id::text, p_payload, p_metadata);
+$$;
+
+COMMENT ON FUNCTION event_bus.emit_module_event(uuid, text, text, text, uuid, jsonb, jsonb) IS
+    'emit_module_event with a uuid entity id (stored as its text form).';
+
+------------------------------------------------------------------------------------------------
+-- API: Public — publish_event (compatibility with the publish_event design)
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION event_bus.publish_event(
+    p_event_type      text,
+    p_aggregate_type  text,
+    p_aggregate_id    text,
+    p_payload         jsonb DEFAULT '{}'::jsonb,
+    p_metadata        jsonb DEFAULT '{}'::jsonb,
+    p_organization_id uuid DEFAULT NULL
+) RETURNS uuid
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT event_bus.emit_module_event(
+        p_organization_id,
+        p_event_type,
+        coalesce(nullif(p_metadata ->> 'source_module', ''), p_aggregate_type),
+        p_aggregate_type,
+        p_aggregate_id,
+        coalesce(p_payload, '{}'::jsonb),
+        p_metadata);
+$$;
+
+COMMENT ON FUNCTION event_bus.publish_event(text, text, text, jsonb, jsonb, uuid) IS
+    'Compatibility entry point for the publish_event design: aggregate_type becomes entity_type, '
+    'aggregate_id the entity id, organization_id the tenant (required); source_module is '
+    'metadata->>''source_module'' or else the aggregate type. Same validation as emit_module_event.';
+
+------------------------------------------------------------------------------------------------
+-- Notify trigger: LISTEN module_event sees {"id","event_type","tenant_id"} of each committed event.
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION event_bus._notify_module_event() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_notify('module_event',
+        json_build_object('id', NEW.id, 'event_type', NEW.event_type, 'tenant_id', NEW.tenant_id)::text);
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION event_bus._notify_module_event() IS
+    'Internal: AFTER INSERT trigger on module_events sending pg_notify(''module_event'', {id, event_type, '
+    'tenant_id}) unless event_bus.notify is off.';
+
+CREATE TRIGGER module_events_notify
+    AFTER INSERT ON event_bus.module_events
+    FOR EACH ROW
+    WHEN (coalesce(nullif(pg_catalog.current_setting('event_bus.notify', true), '')::boolean, true))
+    EXECUTE FUNCTION event_bus._notify_module_event();
+
+------------------------------------------------------------------------------------------------
+-- Internal: derive an event's status from its deliveries.
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION event_bus._refresh_event_status(p_event_ids uuid[]) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH agg AS (
+        SELECT ids.id AS event_id,
+               count(d.id) AS n,
+               count(d.id) FILTER (WHERE d.status = 'completed') AS n_completed,
+               count(d.id) FILTER (WHERE d.status = 'failed') AS n_failed,
+               count(d.id) FILTER (WHERE d.attempts > 0) AS n_attempted,
+               coalesce(sum(d.attempts), 0)
+                 - count(d.id) FILTER (WHERE d.status IN ('completed', 'processing')) AS retries,
+               (array_agg(d.last_error ORDER BY d.completed_at DESC NULLS LAST)
+                    FILTER (WHERE d.status = 'failed'))[1] AS last_error
+          FROM unnest(p_event_ids) AS ids(id)
+          LEFT JOIN event_bus.module_event_deliveries d ON d.event_id = ids.id
+         GROUP BY ids.id
+    ), derived AS (
+        SELECT event_id,
+               CASE WHEN n = n_completed THEN 'completed'
+                    WHEN n = n_completed + n_failed THEN 'failed'
+                    WHEN n_attempted > 0 OR n_completed + n_failed > 0 THEN 'processing'
+                    ELSE 'pending' END AS status,
+               greatest(retries, 0)::integer AS retries,
+               last_error
+          FROM agg
+    ), upd AS (
+        UPDATE event_bus.module_events e
+           SET status = d.status,
+               retry_count = d.retries,
+               error_message = d.last_error,
+               processed_at = CASE WHEN d.status IN ('completed', 'failed')
+                                   THEN coalesce(e.processed_at, now()) END
+          FROM derived d
+         WHERE e.id = d.event_id
+           AND e.dispatched_at IS NOT NULL
+           AND (e.status, e.retry_count, e.error_message)
+               IS DISTINCT FROM (d.status, d.retries, d.last_error)
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM upd;
+$$;
+
+COMMENT ON FUNCTION event_bus._refresh_event_status(uuid[]) IS
+    'Internal: recompute module_events.status / retry_count / error_message / processed_at from the '
+    'events'' deliveries.';
+
+------------------------------------------------------------------------------------------------
+-- API: Public — subscribe / unsubscribe
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION event_bus.subscribe(
+    p_event_type       text,
+    p_handler_module   text,
+    p_handler_url      text    DEFAULT NULL,
+    p_handler_function text    DEFAULT NULL,
+    p_secret           text    DEFAULT NULL,
+    p_headers          jsonb   DEFAULT '{}'::jsonb,
+    p_timeout_ms       integer DEFAULT NULL,
+    p_max_retries      integer DEFAULT NULL,
+    p_tenant_id        uuid    DEFAULT NULL,
+    p_handler_kind     text    DEFAULT NULL,
+    p_run_as           name    DEFAULT NULL,
+    p_description      text    DEFAULT NULL,
+    p_backoff_base_ms  integer DEFAULT NULL,
+    p_backoff_max_ms   integer DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_kind text := p_handler_kind;
+    v_function text;
+    v_proc regprocedure;
+    v_id uuid;
+BEGIN
+    IF p_event_type IS NULL THEN
+        RAISE EXCEPTION 'event_bus: event_type pattern must not be null'
+            USING ERRCODE = '22004', HINT = 'Pass a pattern such as ''invoice.posted'', ''invoice.*'' or ''#''.';
+    END IF;
+    PERFORM event_bus._check_pattern(p_event_type);
+    IF p_handler_module IS NULL OR p_handler_module = '' THEN
+        RAISE EXCEPTION 'event_bus: handler_module must not be empty'
+            USING ERRCODE = '22004', HINT = 'Name the module that handles the events, e.g. ''inventory''.';
+    END IF;
+    IF (p_handler_url IS NULL) = (p_handler_function IS NULL) THEN
+        RAISE EXCEPTION 'event_bus: give exactly one handler target'
+            USING ERRCODE = '22023',
+                  HINT = 'Pass either p_handler_url (an http(s) URL) or p_handler_function (an Edge Function '
+                         'name or a SQL function taking event_bus.module_events), not both or neither.';
+    END IF;
+    IF v_kind IS NOT NULL AND v_kind NOT IN ('http', 'edge_function', 'sql') THEN
+        RAISE EXCEPTION 'event_bus: unknown handler kind %', v_kind
+            USING ERRCODE = '22023', HINT = 'Use ''http'', ''edge_function'' or ''sql'', or leave it NULL.';
+    END IF;
+
+    IF p_handler_url IS NOT NULL THEN
+        IF v_kind IS NOT NULL AND v_kind <> 'http' THEN
+            RAISE EXCEPTION 'event_bus: handler kind % needs p_handler_function, not p_handler_url', v_kind
+                USING ERRCODE = '22023', HINT = 'Pass the target in p_handler_function.';
+        END IF;
+        v_kind := 'http';
+        PERFORM event_bus._check_url(p_handler_url);
+    ELSE
+        IF v_kind = 'http' THEN
+            RAISE EXCEPTION 'event_bus: handler kind http needs p_handler_url'
+                USING ERRCODE = '22023', HINT = 'Pass the URL in p_handler_url.';
+        END IF;
+        IF p_handler_function !~ '^[A-Za-z0-9_-]+$'
+           AND p_handler_function !~ '^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$' THEN
+            RAISE EXCEPTION 'event_bus: invalid handler function name %', left(p_handler_function, 200)
+                USING ERRCODE = '22023',
+                      HINT = 'Use an Edge Function name (letters, digits, ''_'', ''-'') or a SQL function '
+                             'as schema.function with unquoted identifiers.';
+        END IF;
+        IF v_kind IS NULL THEN
+            IF position('.' IN p_handler_function) > 0
+               OR to_regprocedure(p_handler_function || '(event_bus.module_events)') IS NOT NULL THEN
+                v_kind := 'sql';
+            ELSE
+                v_kind := 'edge_function';
+            END IF;
+        END IF;
+        IF v_kind = 'sql' THEN
+            v_proc := to_regprocedure(p_handler_function || '(event_bus.module_events)');
+            IF v_proc IS NULL THEN
+                RAISE EXCEPTION 'event_bus: SQL handler %(event_bus.module_events) does not exist', p_handler_function
+                    USING ERRCODE = '42883',
+                          HINT = 'Create it first: CREATE FUNCTION schema.name(event event_bus.module_events) '
+                                 'RETURNS jsonb ...';
+            END IF;
+            SELECT quote_ident(n.nspname) || '.' || quote_ident(p.proname) INTO v_function
+              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE p.oid = v_proc;
+        ELSE
+            IF p_handler_function !~ '^[A-Za-z0-9_-]+$' THEN
+                RAISE EXCEPTION 'event_bus: invalid Edge Function name %', left(p_handler_function, 200)
+                    USING ERRCODE = '22023', HINT = 'Edge Function names use letters, digits, ''_'' and ''-''.';
+            END IF;
+            v_function := p_handler_function;
+            IF coalesce(current_setting('event_bus.edge_function_base_url', true), '') = '' THEN
+                RAISE WARNING 'event_bus: event_bus.edge_function_base_url is not set; deliveries to Edge Function % will fail until it is', p_handler_function
+                    USING HINT = 'Set it in postgresql.conf, e.g. https://<project>.supabase.co/functions/v1, and reload.';
+            END IF;
+        END IF;
+    END IF;
+
+    IF p_headers IS NOT NULL THEN
+        PERFORM event_bus._check_headers(p_headers);
+    END IF;
+    IF p_secret IS NOT NULL THEN
+        PERFORM event_bus._check_secret(p_secret);
+    END IF;
+    IF p_timeout_ms IS NOT NULL AND p_timeout_ms NOT BETWEEN 1 AND 3600000 THEN
+        RAISE EXCEPTION 'event_bus: timeout_ms % is out of range', p_timeout_ms
+            USING ERRCODE = '22023', HINT = 'Use 1 to 3600000 milliseconds, or NULL for event_bus.default_timeout_ms.';
+    END IF;
+    IF p_max_retries IS NOT NULL AND p_max_retries NOT BETWEEN 0 AND 100 THEN
+        RAISE EXCEPTION 'event_bus: max_retries % is out of range', p_max_retries
+            USING ERRCODE = '22023', HINT = 'Use 0 to 100, or NULL for the event''s max_retries.';
+    END IF;
+    IF p_backoff_base_ms IS NOT NULL AND p_backoff_base_ms NOT BETWEEN 1 AND 86400000
+       OR p_backoff_max_ms IS NOT NULL AND p_backoff_max_ms NOT BETWEEN 1 AND 604800000 THEN
+        RAISE EXCEPTION 'event_bus: backoff out of range'
+            USING ERRCODE = '22023', HINT = 'backoff_base_ms is 1..86400000 and backoff_max_ms 1..604800000.';
+    END IF;
+    IF p_run_as IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = p_run_as) THEN
+        RAISE EXCEPTION 'event_bus: role % does not exist', p_run_as
+            USING ERRCODE = '42704', HINT = 'Create the role the SQL handler should run as, or pass NULL.';
+    END IF;
+
+    INSERT INTO event_bus.module_event_subscriptions
+        (event_type, handler_module, handler_kind, handler_url, handler_function, tenant_id, headers,
+         secret, timeout_ms, max_retries, backoff_base_ms, backoff_max_ms, run_as, description)
+    VALUES
+        (p_event_type, p_handler_module, v_kind, p_handler_url, v_function, p_tenant_id,
+         coalesce(p_headers, '{}'::jsonb), p_secret, p_timeout_ms, p_max_retries, p_backoff_base_ms,
+         p_backoff_max_ms, p_run_as, p_description)
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;
+
+COMMENT ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer) IS
+    'Subscribe a handler to an event-type pattern (* = one segment, # = zero or more). Exactly one target: '
+    'p_handler_url (http/https), or p_handler_function: an Edge Function name (resolved against '
+    'event_bus.edge_function_base_url) or a SQL function schema.name(event_bus.module_events). Optional: '
+    'signing secret (Standard Webhooks), extra headers, timeout, retry limit, backoff, tenant filter. '
+    'Applies to events emitted after it commits; replay backfills older ones. Returns the subscription id.';
+
+CREATE FUNCTION event_bus.unsubscribe(p_subscription_id uuid) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_events uuid[];
+BEGIN
+    DELETE FROM event_bus.module_event_subscriptions WHERE id = p_subscription_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'event_bus: subscription % does not exist', p_subscription_id
+            USING ERRCODE = 'P0002', HINT = 'List subscriptions with SELECT * FROM event_bus.module_event_subscriptions.';
+    END IF;
+    -- deliveries not yet finished can never be sent now; finished ones stay as history.
+    WITH gone AS (
+        DELETE FROM event_bus.module_event_deliveries
+         WHERE subscription_id = p_subscription_id AND status IN ('pending', 'processing')
+        RETURNING event_id)
+    SELECT array_agg(DISTINCT event_id) INTO v_events FROM gone;
+    IF v_events IS NOT NULL THEN
+        PERFORM event_bus._refresh_event_status(v_events);
+    END IF;
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION event_bus.unsubscribe(uuid) IS
+    'Delete a subscription and its unfinished deliveries (finished ones and the attempt log stay). '
+    'Raises P0002 if it does not exist. To pause instead, UPDATE ... SET is_active = false.';
+
+COMMENT ON FUNCTION event_bus.matches(text, text) IS
+    'Does the pattern (AMQP topic rules: * one segment, # zero or more) match the event type?';
+COMMENT ON FUNCTION event_bus.uuid_v7_lower_bound(timestamptz) IS
+    'Smallest UUIDv7 of that millisecond: id >= uuid_v7_lower_bound(ts) selects events from ts on by primary key.';
+
+-- emit is for everyone (it is the point); management is for the table owner / admin.
+REVOKE ALL ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_bus.unsubscribe(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_bus._refresh_event_status(uuid[]) FROM PUBLIC;
+
+-- a database that gains the extension gets its delivery worker at once.
+SELECT event_bus._wake_launcher_on_commit();

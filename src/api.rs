@@ -1,0 +1,205 @@
+//! Rust-backed SQL functions of the public and internal API. The plpgsql entry points in
+//! `sql/api.sql` call the `_check_*` functions so every validation rule lives in Rust once.
+
+use crate::error::EventBusError;
+use crate::matcher;
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+
+/// A new UUIDv7 (time-ordered): the default of every id column.
+#[pg_extern(volatile, parallel_safe, name = "_uuid_v7")]
+fn uuid_v7() -> Uuid {
+    Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes())
+}
+
+/// The smallest UUIDv7 of the given millisecond: `id >= event_bus.uuid_v7_lower_bound(ts)`
+/// selects events emitted at or after `ts` through the primary key.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn uuid_v7_lower_bound(ts: TimestampWithTimeZone) -> Uuid {
+    let micros: i64 = ts.into_inner();
+    // Postgres epoch is 2000-01-01; Unix epoch offset in microseconds.
+    let unix_ms = (micros + 946_684_800_000_000).div_euclid(1000).max(0) as u64;
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..8]);
+    b[6] = 0x70;
+    b[8] = 0x80;
+    Uuid::from_bytes(b)
+}
+
+/// Does `pattern` (AMQP topic rules) match `event_type`? Invalid input never matches.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn matches(pattern: &str, event_type: &str) -> bool {
+    matcher::matches(pattern, event_type)
+}
+
+#[pg_extern(immutable, strict, parallel_safe, name = "_is_valid_pattern")]
+fn is_valid_pattern(pattern: &str) -> bool {
+    matcher::validate_pattern(pattern).is_ok()
+}
+
+/// Raises 22023 with the reason when `event_type` is not a concrete event type.
+#[pg_extern(immutable, strict, parallel_safe, name = "_check_event_type")]
+fn check_event_type(event_type: &str) -> bool {
+    if let Err(e) = matcher::validate_event_type(event_type) {
+        EventBusError::InvalidEventType { value: truncate(event_type), reason: e.to_string() }.raise();
+    }
+    true
+}
+
+/// Raises 22023 with the reason when `pattern` is not a valid subscription pattern.
+#[pg_extern(immutable, strict, parallel_safe, name = "_check_pattern")]
+fn check_pattern(pattern: &str) -> bool {
+    if let Err(e) = matcher::validate_pattern(pattern) {
+        EventBusError::InvalidPattern { value: truncate(pattern), reason: e.to_string() }.raise();
+    }
+    true
+}
+
+/// Raises 22023 unless `url` is an absolute http(s) URL with a host and no credentials.
+#[pg_extern(immutable, strict, parallel_safe, name = "_check_url")]
+fn check_url(url: &str) -> bool {
+    if let Err(reason) = validate_url(url) {
+        EventBusError::InvalidUrl { value: truncate(url), reason }.raise();
+    }
+    true
+}
+
+/// Raises 22023 unless `headers` is an object of valid header names to single-line strings.
+#[pg_extern(immutable, strict, parallel_safe, name = "_check_headers")]
+fn check_headers(headers: JsonB) -> bool {
+    if let Err(reason) = validate_headers(&headers.0) {
+        EventBusError::InvalidHeaders { reason }.raise();
+    }
+    true
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= 300 {
+        return s.to_string();
+    }
+    let mut end = 300;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Pure URL rule shared by subscribe and the worker.
+pub fn validate_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("it does not parse ({e})"))?;
+    match parsed.scheme() {
+        "http" | "https" => {}
+        other => return Err(format!("scheme {other:?} is not supported, only http and https")),
+    }
+    if parsed.host_str().map(|h| h.is_empty()).unwrap_or(true) {
+        return Err("it has no host".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("it carries credentials (user:password@); put them in a header instead".into());
+    }
+    if parsed.fragment().is_some() {
+        return Err("it has a #fragment, which is never sent to a server".into());
+    }
+    Ok(())
+}
+
+/// Headers a subscription may not set because the worker owns them.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+pub fn validate_headers(v: &serde_json::Value) -> Result<(), String> {
+    let obj = v.as_object().ok_or_else(|| "headers must be a JSON object".to_string())?;
+    for (name, value) in obj {
+        let token_ok = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token_ok {
+            return Err(format!("{name:?} is not a valid header name"));
+        }
+        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(format!("{name:?} is set by event_bus itself and cannot be overridden"));
+        }
+        let s = value.as_str().ok_or_else(|| format!("the value of {name:?} is not a string"))?;
+        if s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(format!("the value of {name:?} contains a line break or NUL"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod pure_tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert!(validate_url("https://example.com/hook").is_ok());
+        assert!(validate_url("http://127.0.0.1:8080/x?y=1").is_ok());
+        assert!(validate_url("http://[::1]:8080/").is_ok());
+        assert!(validate_url("ftp://example.com/").unwrap_err().contains("scheme"));
+        assert!(validate_url("file:///etc/passwd").unwrap_err().contains("scheme"));
+        assert!(validate_url("https://user:pw@example.com/").unwrap_err().contains("credentials"));
+        assert!(validate_url("not a url").unwrap_err().contains("parse"));
+        assert!(validate_url("https://example.com/#frag").unwrap_err().contains("fragment"));
+    }
+
+    #[test]
+    fn headers() {
+        assert!(validate_headers(&serde_json::json!({"Authorization": "Bearer x"})).is_ok());
+        assert!(validate_headers(&serde_json::json!([])).is_err());
+        assert!(validate_headers(&serde_json::json!({"Bad Name": "x"})).is_err());
+        assert!(validate_headers(&serde_json::json!({"X": 1})).is_err());
+        assert!(validate_headers(&serde_json::json!({"X": "a\r\nInjected: 1"})).is_err());
+        assert!(validate_headers(&serde_json::json!({"webhook-id": "x"})).is_err());
+    }
+}
+
+/// Raises 22023 unless `secret` is usable for Standard Webhooks signing: `whsec_` + base64 of
+/// 24..64 bytes, or any other non-empty text of at least 16 bytes (used as the raw key).
+#[pg_extern(immutable, strict, parallel_safe, name = "_check_secret")]
+fn check_secret(secret: &str) -> bool {
+    if let Err(reason) = secret_key(secret) {
+        ErrorReportHelper::invalid(format!("event_bus: invalid signing secret: {reason}"),
+            "Use 'whsec_' followed by base64 of 24 to 64 random bytes (as Standard Webhooks and Svix issue \
+             them), e.g. 'whsec_' || encode(gen_random_bytes(32), 'base64').");
+    }
+    true
+}
+
+/// The HMAC key of a subscription secret.
+pub fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    if let Some(b64) = secret.strip_prefix("whsec_") {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("the part after whsec_ is not base64 ({e})"))?;
+        if key.len() < 24 || key.len() > 64 {
+            return Err(format!("the key is {} bytes, expected 24 to 64", key.len()));
+        }
+        Ok(key)
+    } else if secret.len() < 16 {
+        Err(format!("it is {} bytes, at least 16 are needed", secret.len()))
+    } else {
+        Ok(secret.as_bytes().to_vec())
+    }
+}
+
+struct ErrorReportHelper;
+impl ErrorReportHelper {
+    fn invalid(message: String, hint: &str) -> ! {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            message,
+            "event_bus",
+        )
+        .set_hint(hint)
+        .report(pgrx::PgLogLevel::ERROR);
+        unreachable!()
+    }
+}

@@ -1,0 +1,146 @@
+//! Shared memory: where each database's delivery workers publish their latches, so a committing
+//! emit can wake them (wake at commit), and where the launcher publishes its own.
+//!
+//! Only present when the library is in `shared_preload_libraries`; without it every function
+//! here is a no-op, and events simply wait for `process_pending_events()` or a later worker.
+
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Most worker processes (over all databases) that can be registered at once.
+pub const MAX_SLOTS: usize = 128;
+
+#[derive(Copy, Clone, Default)]
+pub struct Slot {
+    pub in_use: bool,
+    pub dboid: u32,
+    pub pid: i32,
+    /// Address of the worker's `MyLatch` (shared memory: valid in every backend).
+    pub latch: usize,
+}
+
+#[derive(Copy, Clone)]
+pub struct Shared {
+    pub launcher_latch: usize,
+    pub launcher_pid: i32,
+    pub slots: [Slot; MAX_SLOTS],
+}
+
+impl Shared {
+    const fn new() -> Self {
+        Shared {
+            launcher_latch: 0,
+            launcher_pid: 0,
+            slots: [Slot { in_use: false, dboid: 0, pid: 0, latch: 0 }; MAX_SLOTS],
+        }
+    }
+}
+
+unsafe impl PGRXSharedMemory for Shared {}
+
+pub static SHARED: PgLwLock<Shared> = unsafe { PgLwLock::new(c"event_bus_shared") };
+
+static ATTACHED: AtomicBool = AtomicBool::new(false);
+
+/// Called from `_PG_init` while `shared_preload_libraries` is being processed.
+pub fn init() {
+    pg_shmem_init!(SHARED = Shared::new());
+    ATTACHED.store(true, Ordering::SeqCst);
+}
+
+/// Is the shared state available in this process?
+pub fn attached() -> bool {
+    ATTACHED.load(Ordering::SeqCst)
+}
+
+fn set_latch(addr: usize) {
+    if addr != 0 {
+        unsafe { pg_sys::SetLatch(addr as *mut pg_sys::Latch) };
+    }
+}
+
+/// Wake every delivery worker of database `dboid`.
+pub fn wake_database(dboid: pg_sys::Oid) {
+    if !attached() {
+        return;
+    }
+    let latches: Vec<usize> = {
+        let shared = SHARED.share();
+        shared
+            .slots
+            .iter()
+            .filter(|s| s.in_use && s.dboid == dboid.to_u32() && s.latch != 0)
+            .map(|s| s.latch)
+            .collect()
+    };
+    for l in latches {
+        set_latch(l);
+    }
+}
+
+/// Wake the launcher (a database gained or lost the extension).
+pub fn wake_launcher() {
+    if !attached() {
+        return;
+    }
+    let latch = SHARED.share().launcher_latch;
+    set_latch(latch);
+}
+
+thread_local! {
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+    static WAKE_WORKERS: Cell<bool> = const { Cell::new(false) };
+    static WAKE_LAUNCHER: Cell<bool> = const { Cell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut core::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
+            if WAKE_WORKERS.replace(false) {
+                wake_database(unsafe { pg_sys::MyDatabaseId });
+            }
+            if WAKE_LAUNCHER.replace(false) {
+                wake_launcher();
+            }
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            // a rollback wakes nobody
+            WAKE_WORKERS.set(false);
+            WAKE_LAUNCHER.set(false);
+        }
+        _ => {}
+    }
+}
+
+fn ensure_callback() {
+    if !CALLBACK_REGISTERED.get() {
+        unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
+        CALLBACK_REGISTERED.set(true);
+    }
+}
+
+/// Wake this database's delivery workers when the current transaction commits (not on rollback).
+/// Cheap: a flag per transaction and, at commit, one shared-lock scan of the slot table.
+#[pg_extern(volatile, parallel_unsafe, name = "_wake_on_commit")]
+fn wake_on_commit() {
+    if !attached() {
+        return;
+    }
+    ensure_callback();
+    WAKE_WORKERS.set(true);
+}
+
+/// Wake the launcher when the current transaction commits: CREATE/DROP EXTENSION call this so
+/// a database gains or loses its worker at once instead of at the launcher's next scan.
+#[pg_extern(volatile, parallel_unsafe, name = "_wake_launcher_on_commit")]
+fn wake_launcher_on_commit() {
+    if !attached() {
+        return;
+    }
+    ensure_callback();
+    WAKE_LAUNCHER.set(true);
+}

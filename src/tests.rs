@@ -1,0 +1,389 @@
+//! SQL-surface tests: each runs inside one transaction that is rolled back.
+//! Delivery, LISTEN and crash behaviour need committed data: see `tests/`.
+
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    const TENANT: &str = "11111111-1111-1111-1111-111111111111";
+
+    /// Runs `sql` in a subtransaction and returns the SQLSTATE it raised (None if it succeeded).
+    fn sqlstate_of(sql: &str) -> Option<String> {
+        if Spi::get_one::<bool>("SELECT to_regproc('pg_temp.sqlstate_of') IS NULL").unwrap() == Some(true) {
+            Spi::run(
+                "CREATE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $f$
+                 BEGIN EXECUTE q; RETURN NULL; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $f$",
+            )
+            .unwrap();
+        }
+        Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()]).unwrap()
+    }
+
+    fn count(sql: &str) -> i64 {
+        Spi::get_one::<i64>(sql).unwrap().unwrap()
+    }
+
+    fn emit_sql(event_type: &str, payload: &str) -> String {
+        format!(
+            "SELECT event_bus.emit_module_event('{TENANT}', {event_type}, 'accounting', 'invoice', \
+             gen_random_uuid(), {payload})"
+        )
+    }
+
+    #[pg_test]
+    fn emit_writes_one_row_with_every_field() {
+        let id = Spi::get_one::<pgrx::Uuid>(&format!(
+            "SELECT event_bus.emit_module_event('{TENANT}', 'invoice.posted', 'accounting', 'invoice', \
+             'aaaaaaaa-0000-0000-0000-000000000001'::uuid, '{{\"invoice_number\":\"INV-001\",\"total\":1500}}', \
+             '{{\"correlation_id\":\"c-1\"}}')"
+        ))
+        .unwrap()
+        .unwrap();
+        let id_text = id.to_string();
+        // UUIDv7: version nibble 7
+        assert_eq!(&id_text[14..15], "7", "{id_text}");
+        let row = Spi::get_one::<String>(&format!(
+            "SELECT concat_ws('|', tenant_id, event_type, source_module, entity_type, entity_id, \
+             payload->>'invoice_number', metadata->>'correlation_id', status, retry_count, max_retries, \
+             dispatched_at IS NULL) FROM event_bus.module_events WHERE id = '{id_text}'"
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            row,
+            format!(
+                "{TENANT}|invoice.posted|accounting|invoice|aaaaaaaa-0000-0000-0000-000000000001|INV-001|c-1|pending|0|3|t"
+            )
+        );
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_events"), 1);
+    }
+
+    #[pg_test]
+    fn emit_ids_are_time_ordered() {
+        let ordered = Spi::get_one::<bool>(&format!(
+            "WITH e AS (SELECT n, event_bus.emit_module_event('{TENANT}', 'a.b', 'm', NULL, NULL::text, '{{}}') AS id
+                          FROM generate_series(1, 200) n)
+             SELECT bool_and(id > prev) FROM (SELECT id, lag(id) OVER (ORDER BY n) AS prev FROM e) s WHERE prev IS NOT NULL"
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(ordered);
+    }
+
+    #[pg_test]
+    fn emit_rejects_bad_input_with_sqlstate_and_writes_nothing() {
+        Spi::run("SET LOCAL event_bus.max_payload_bytes = 100").unwrap();
+        let big = format!("jsonb_build_object('x', repeat('a', 200))");
+        let cases: Vec<(String, &str)> = vec![
+            (
+                format!("SELECT event_bus.emit_module_event(NULL, 'invoice.posted', 'accounting', 'invoice', NULL::text, '{{}}')"),
+                "22004",
+            ),
+            (emit_sql("NULL", "'{}'"), "22004"),
+            (emit_sql("''", "'{}'"), "22023"),
+            (emit_sql("'invoice..posted'", "'{}'"), "22023"),
+            (emit_sql("'invoice.*'", "'{}'"), "22023"),
+            (emit_sql("'invoice posted'", "'{}'"), "22023"),
+            (emit_sql("'inv''; drop table x; --'", "'{}'"), "22023"),
+            (emit_sql(&format!("'{}'", "a".repeat(256)), "'{}'"), "22023"),
+            (emit_sql("'invoice.posted'", "'[1,2]'"), "22023"),
+            (emit_sql("'invoice.posted'", "'\"text\"'"), "22023"),
+            (emit_sql("'invoice.posted'", "'null'"), "22023"),
+            (emit_sql("'invoice.posted'", "NULL"), "22023"),
+            (emit_sql("'invoice.posted'", &big), "54000"),
+            (
+                format!("SELECT event_bus.emit_module_event('{TENANT}', 'a.b', '', NULL, NULL::text, '{{}}')"),
+                "22004",
+            ),
+            (
+                format!("SELECT event_bus.emit_module_event('{TENANT}', 'a.b', 'm', NULL, NULL::text, '{{}}', '[1]')"),
+                "22023",
+            ),
+            (
+                format!("SELECT event_bus.publish_event('a.b', 'lead', 'x', '{{}}', '{{}}', NULL)"),
+                "22004",
+            ),
+        ];
+        for (sql, want) in &cases {
+            assert_eq!(sqlstate_of(sql).as_deref(), Some(*want), "{sql}");
+        }
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_events"), 0);
+        // the limit itself is accepted
+        Spi::run("SET LOCAL event_bus.max_payload_bytes = 1048576").unwrap();
+        assert_eq!(sqlstate_of(&emit_sql("'invoice.posted'", &big)), None);
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_events"), 1);
+    }
+
+    #[pg_test]
+    fn rejection_message_has_a_hint() {
+        Spi::run(
+            "CREATE OR REPLACE FUNCTION pg_temp.err_of(q text) RETURNS text LANGUAGE plpgsql AS $f$
+             DECLARE m text; h text;
+             BEGIN EXECUTE q; RETURN NULL;
+             EXCEPTION WHEN OTHERS THEN GET STACKED DIAGNOSTICS m = MESSAGE_TEXT, h = PG_EXCEPTION_HINT;
+                  RETURN m || ' / ' || h; END $f$",
+        )
+        .unwrap();
+        let msg = Spi::get_one::<String>(&format!(
+            "SELECT pg_temp.err_of($q${}$q$)",
+            emit_sql("'invoice..posted'", "'{}'")
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(msg.contains("segment 2 is empty"), "{msg}");
+        assert!(msg.contains("invoice.posted"), "hint names an example: {msg}");
+    }
+
+    #[pg_test]
+    fn emit_from_a_table_trigger_in_the_same_transaction() {
+        Spi::run(
+            "CREATE TABLE public.invoices (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), tenant_id uuid NOT NULL,
+                                           number text NOT NULL, total numeric NOT NULL, status text NOT NULL DEFAULT 'draft');
+             CREATE FUNCTION public.invoices_emit_posted() RETURNS trigger LANGUAGE plpgsql AS $f$
+             BEGIN
+               IF NEW.status = 'posted' AND OLD.status IS DISTINCT FROM 'posted' THEN
+                 PERFORM event_bus.emit_module_event(NEW.tenant_id, 'invoice.posted', 'accounting', 'invoice', NEW.id,
+                         jsonb_build_object('invoice_number', NEW.number, 'total', NEW.total));
+               END IF;
+               RETURN NEW;
+             END $f$;
+             CREATE TRIGGER invoices_posted AFTER UPDATE ON public.invoices FOR EACH ROW
+               EXECUTE FUNCTION public.invoices_emit_posted();",
+        )
+        .unwrap();
+        Spi::run(&format!(
+            "INSERT INTO public.invoices (tenant_id, number, total) VALUES ('{TENANT}', 'INV-1', 10), ('{TENANT}', 'INV-2', 20);
+             UPDATE public.invoices SET status = 'posted' WHERE number = 'INV-1';
+             UPDATE public.invoices SET total = 11 WHERE number = 'INV-1';"
+        ))
+        .unwrap();
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM event_bus.module_events e JOIN public.invoices i ON i.id::text = e.entity_id
+                  WHERE e.event_type = 'invoice.posted' AND e.payload->>'invoice_number' = 'INV-1'
+                    AND (e.payload->>'total')::numeric = 10"
+            ),
+            1
+        );
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_events"), 1);
+    }
+
+    #[pg_test]
+    fn a_role_without_table_privileges_can_emit_but_not_read() {
+        assert_eq!(sqlstate_of("SELECT 1"), None); // creates the helper as the superuser
+        Spi::run(
+            "CREATE ROLE event_bus_test_app NOLOGIN;
+             SET LOCAL ROLE event_bus_test_app;",
+        )
+        .unwrap();
+        assert_eq!(sqlstate_of(&emit_sql("'pos.transaction_completed'", "'{\"total\": 5}'")), None);
+        assert_eq!(sqlstate_of("SELECT count(*) FROM event_bus.module_events").as_deref(), Some("42501"));
+        assert_eq!(
+            sqlstate_of("INSERT INTO event_bus.module_events (tenant_id, event_type, source_module) VALUES (gen_random_uuid(), 'a', 'b')")
+                .as_deref(),
+            Some("42501")
+        );
+        assert_eq!(
+            sqlstate_of("SELECT event_bus.subscribe('a.b', 'x', 'https://example.com/h')").as_deref(),
+            Some("42501")
+        );
+        Spi::run("RESET ROLE").unwrap();
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_events WHERE event_type = 'pos.transaction_completed'"), 1);
+    }
+
+    #[pg_test]
+    fn emit_pins_search_path_against_hijacking() {
+        // a malicious jsonb_typeof in a schema first on the search_path must not be called
+        Spi::run(
+            "CREATE SCHEMA evil;
+             CREATE FUNCTION evil.jsonb_typeof(jsonb) RETURNS text LANGUAGE sql AS $f$ SELECT 'object' $f$;
+             CREATE FUNCTION evil.octet_length(text) RETURNS integer LANGUAGE sql AS $f$ SELECT 0 $f$;
+             SET LOCAL search_path = evil, public, pg_catalog;",
+        )
+        .unwrap();
+        assert_eq!(sqlstate_of(&emit_sql("'a.b'", "'[1]'")).as_deref(), Some("22023"));
+        let prosecdef = count(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname = 'event_bus' AND p.prosecdef
+                AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%')",
+        );
+        assert_eq!(prosecdef, 0, "every SECURITY DEFINER function pins search_path");
+    }
+
+    #[pg_test]
+    fn publish_event_maps_the_old_signature() {
+        let id = Spi::get_one::<pgrx::Uuid>(&format!(
+            "SELECT event_bus.publish_event('lead.created', 'lead', 'L-1', '{{\"lead_id\":\"L-1\"}}',
+                                            '{{\"source\":\"web_form\"}}', '{TENANT}')"
+        ))
+        .unwrap()
+        .unwrap();
+        let src = Spi::get_one::<String>(&format!(
+            "SELECT concat_ws('|', e.tenant_id, e.event_type, e.source_module, e.entity_type, e.entity_id, e.payload->>'lead_id', e.metadata->>'source')
+               FROM event_bus.module_events e WHERE e.id = '{id}'"
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(src, format!("{TENANT}|lead.created|lead|lead|L-1|L-1|web_form"));
+        let id = Spi::get_one::<pgrx::Uuid>(&format!(
+            "SELECT event_bus.publish_event('lead.created', 'lead', 'L-2', p_metadata => '{{\"source_module\":\"crm\"}}',
+                                            p_organization_id => '{TENANT}')"
+        ))
+        .unwrap()
+        .unwrap();
+        let module = Spi::get_one::<String>(&format!("SELECT source_module FROM event_bus.module_events WHERE id = '{id}'"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(module, "crm");
+    }
+
+    #[pg_test]
+    fn matches_in_sql() {
+        let cases = [
+            ("invoice.posted", "invoice.posted", true),
+            ("invoice.*", "invoice.posted", true),
+            ("invoice.*", "invoice.line.added", false),
+            ("invoice.#", "invoice", true),
+            ("#", "pos.transaction_completed", true),
+            ("*.completed", "production.completed", true),
+            ("inv*", "invoice", false),
+        ];
+        for (p, t, want) in cases {
+            let got = Spi::get_one_with_args::<bool>("SELECT event_bus.matches($1, $2)", &[p.into(), t.into()])
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, want, "{p} {t}");
+        }
+        assert_eq!(Spi::get_one::<bool>("SELECT event_bus.matches(NULL, 'a')").unwrap(), None);
+    }
+
+    #[pg_test]
+    fn subscribe_validates_and_detects_the_handler_kind() {
+        Spi::run(
+            "CREATE SCHEMA inventory;
+             CREATE FUNCTION inventory.deduct_stock(event event_bus.module_events) RETURNS jsonb
+               LANGUAGE sql AS $f$ SELECT jsonb_build_object('ok', true) $f$;",
+        )
+        .unwrap();
+        let kind = |sql: &str| -> String {
+            let id = Spi::get_one::<pgrx::Uuid>(sql).unwrap().unwrap();
+            Spi::get_one::<String>(&format!(
+                "SELECT handler_kind || ':' || coalesce(handler_url, handler_function)
+                   FROM event_bus.module_event_subscriptions WHERE id = '{id}'"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        assert_eq!(
+            kind("SELECT event_bus.subscribe('invoice.posted', 'accounting', 'https://example.com/hook')"),
+            "http:https://example.com/hook"
+        );
+        assert_eq!(
+            kind("SELECT event_bus.subscribe('invoice.posted', 'inventory', p_handler_function => 'inventory.deduct_stock')"),
+            "sql:inventory.deduct_stock"
+        );
+        assert_eq!(
+            kind("SELECT event_bus.subscribe('sales_order.confirmed', 'inventory', p_handler_function => 'process-module-event')"),
+            "edge_function:process-module-event"
+        );
+        let bad: &[(&str, &str)] = &[
+            ("SELECT event_bus.subscribe('inv*.posted', 'm', 'https://example.com/')", "22023"),
+            ("SELECT event_bus.subscribe('a..b', 'm', 'https://example.com/')", "22023"),
+            ("SELECT event_bus.subscribe(NULL, 'm', 'https://example.com/')", "22004"),
+            ("SELECT event_bus.subscribe('a.b', '', 'https://example.com/')", "22004"),
+            ("SELECT event_bus.subscribe('a.b', 'm')", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/', 'fn')", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', 'ftp://example.com/')", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', 'https://u:p@example.com/')", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', 'not a url')", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', p_handler_function => 'nope.missing')", "42883"),
+            ("SELECT event_bus.subscribe('a.b', 'm', p_handler_function => 'x; drop table y')", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/', p_headers => '[1]')", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/', p_headers => '{\"X\": \"a\\r\\nb\"}')", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/', p_headers => '{\"webhook-id\": \"x\"}')", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/', p_secret => 'short')", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/', p_secret => 'whsec_!!!')", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/', p_timeout_ms => 0)", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/', p_max_retries => -1)", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/', p_handler_kind => 'sql')", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/', p_handler_kind => 'smtp')", "22023"),
+            ("SELECT event_bus.subscribe('a.b', 'm', p_handler_function => 'inventory.deduct_stock', p_run_as => 'no_such_role')", "42704"),
+        ];
+        for (sql, want) in bad {
+            assert_eq!(sqlstate_of(sql).as_deref(), Some(*want), "{sql}");
+        }
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_event_subscriptions"), 3);
+        // a direct INSERT cannot bypass the pattern rule either
+        assert_eq!(
+            sqlstate_of(
+                "INSERT INTO event_bus.module_event_subscriptions (event_type, handler_module, handler_kind, handler_url)
+                 VALUES ('a.#x', 'm', 'http', 'https://example.com/')"
+            )
+            .as_deref(),
+            Some("23514")
+        );
+        // a good secret is accepted
+        assert_eq!(
+            sqlstate_of(
+                "SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/', p_secret => 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw')"
+            ),
+            None
+        );
+    }
+
+    #[pg_test]
+    fn unsubscribe_removes_unfinished_deliveries_and_rederives_status() {
+        let sub = Spi::get_one::<pgrx::Uuid>("SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/')")
+            .unwrap()
+            .unwrap();
+        let done = Spi::get_one::<pgrx::Uuid>("SELECT event_bus.subscribe('a.b', 'n', 'https://example.com/n')")
+            .unwrap()
+            .unwrap();
+        let ev = Spi::get_one::<pgrx::Uuid>(&emit_sql("'a.b'", "'{}'")).unwrap().unwrap();
+        Spi::run(&format!(
+            "UPDATE event_bus.module_events SET dispatched_at = now(), status = 'processing' WHERE id = '{ev}';
+             INSERT INTO event_bus.module_event_deliveries (event_id, subscription_id, tenant_id, status, attempts)
+             VALUES ('{ev}', '{sub}', '{TENANT}', 'pending', 1),
+                    ('{ev}', '{done}', '{TENANT}', 'completed', 1);"
+        ))
+        .unwrap();
+        assert_eq!(Spi::get_one::<bool>(&format!("SELECT event_bus.unsubscribe('{sub}')")).unwrap(), Some(true));
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_event_deliveries"), 1);
+        assert_eq!(
+            Spi::get_one::<String>(&format!("SELECT status FROM event_bus.module_events WHERE id = '{ev}'"))
+                .unwrap()
+                .unwrap(),
+            "completed"
+        );
+        assert_eq!(sqlstate_of(&format!("SELECT event_bus.unsubscribe('{sub}')")).as_deref(), Some("P0002"));
+    }
+
+    #[pg_test]
+    fn event_status_is_derived_from_deliveries() {
+        let ev = Spi::get_one::<pgrx::Uuid>(&emit_sql("'a.b'", "'{}'")).unwrap().unwrap();
+        let status = |deliveries: &str| -> String {
+            Spi::run(&format!(
+                "DELETE FROM event_bus.module_event_deliveries;
+                 UPDATE event_bus.module_events SET dispatched_at = now(), status = 'pending', processed_at = NULL,
+                        error_message = NULL, retry_count = 0 WHERE id = '{ev}';
+                 INSERT INTO event_bus.module_event_deliveries (event_id, subscription_id, tenant_id, status, attempts, last_error)
+                 SELECT '{ev}', gen_random_uuid(), '{TENANT}', s, a, e FROM (VALUES {deliveries}) v(s, a, e);
+                 SELECT event_bus._refresh_event_status(ARRAY['{ev}'::uuid]);"
+            ))
+            .unwrap();
+            Spi::get_one::<String>(&format!(
+                "SELECT concat_ws('|', status, retry_count, error_message, processed_at IS NOT NULL)
+                   FROM event_bus.module_events WHERE id = '{ev}'"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        assert_eq!(status("('pending', 0, NULL)"), "pending|0|f");
+        assert_eq!(status("('pending', 2, 'HTTP 500')"), "processing|2|f");
+        assert_eq!(status("('completed', 1, NULL), ('completed', 3, NULL)"), "completed|2|t");
+        assert_eq!(status("('completed', 1, NULL), ('failed', 4, 'HTTP 503')"), "failed|4|HTTP 503|t");
+        assert_eq!(status("('processing', 1, NULL), ('failed', 4, 'x')"), "processing|4|x|f");
+    }
+}

@@ -1,0 +1,161 @@
+//! Integration-test harness: a throwaway PostgreSQL 15 cluster with event_bus preloaded, on a free
+//! loopback port, owned by the `postgres` user when the tests run as root. The extension must be
+//! installed (`cargo pgrx test` installs it before the tests run).
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn pg_bindir() -> PathBuf {
+    let out = Command::new("pg_config").arg("--bindir").output().expect("pg_config on PATH");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// Run a Postgres binary as the cluster owner.
+fn pg_cmd(bin: &str) -> Command {
+    let path = pg_bindir().join(bin);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+    keep: bool,
+}
+
+impl Cluster {
+    /// initdb + start, with `extra_conf` lines appended to postgresql.conf.
+    pub fn start(name: &str, extra_conf: &[&str]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("event_bus-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().unwrap();
+            assert!(ok.success());
+        }
+        let data = dir.join("data");
+        let out = pg_cmd("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let mut conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             shared_preload_libraries = 'event_bus'\nfsync = off\nmax_worker_processes = 32\n\
+             log_min_messages = info\n",
+            dir.display()
+        );
+        for l in extra_conf {
+            conf.push_str(l);
+            conf.push('\n');
+        }
+        let conf_path = data.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).unwrap();
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).unwrap();
+        let c = Cluster { dir, port, keep: std::env::var_os("EVENT_BUS_KEEP_CLUSTER").is_some() };
+        c.pg_ctl_start();
+        c
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pg_ctl_start(&self) {
+        let out = pg_cmd("pg_ctl")
+            .args(["-w", "-t", "60", "-D"])
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.log_path())
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+    }
+
+    /// Stop: "fast" or "immediate" (a crash: no shutdown checkpoint, recovery on start).
+    pub fn pg_ctl_stop(&self, mode: &str) {
+        let _ = pg_cmd("pg_ctl")
+            .args(["-w", "-t", "60", "-m", mode, "-D"])
+            .arg(self.data())
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    pub fn connstr(&self, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=10", self.port)
+    }
+
+    pub fn connect(&self, db: &str) -> postgres::Client {
+        postgres::Client::connect(&self.connstr(db), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to {db}: {e}\n{}", self.log()))
+    }
+
+    /// A new database with the extension created.
+    pub fn create_db_with_extension(&self, db: &str) -> postgres::Client {
+        let mut admin = self.connect("postgres");
+        admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+        let mut c = self.connect(db);
+        c.batch_execute("CREATE EXTENSION event_bus").unwrap();
+        c
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("keeping cluster at {} (port {})", self.dir.display(), self.port);
+            return;
+        }
+        self.pg_ctl_stop("immediate");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Poll `f` until it returns Some or the deadline passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
