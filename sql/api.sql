@@ -343,26 +343,43 @@ CREATE FUNCTION event_bus.unsubscribe(p_subscription_id uuid) RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    v_events uuid[];
 BEGIN
     DELETE FROM event_bus.module_event_subscriptions WHERE id = p_subscription_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'event_bus: subscription % does not exist', p_subscription_id
             USING ERRCODE = 'P0002', HINT = 'List subscriptions with SELECT * FROM event_bus.module_event_subscriptions.';
     END IF;
-    -- deliveries not yet finished can never be sent now; finished ones stay as history.
+    RETURN true;
+END
+$$;
+
+-- However a subscription goes (unsubscribe or a plain DELETE), its unfinished deliveries go with
+-- it: they could never be sent. Finished ones stay as history.
+CREATE FUNCTION event_bus._subscriptions_deleted() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_events uuid[];
+BEGIN
     WITH gone AS (
-        DELETE FROM event_bus.module_event_deliveries
-         WHERE subscription_id = p_subscription_id AND status IN ('pending', 'processing')
-        RETURNING event_id)
+        DELETE FROM event_bus.module_event_deliveries d
+         USING old_rows o
+         WHERE d.subscription_id = o.id AND d.status IN ('pending', 'processing')
+        RETURNING d.event_id)
     SELECT array_agg(DISTINCT event_id) INTO v_events FROM gone;
     IF v_events IS NOT NULL THEN
         PERFORM event_bus._refresh_event_status(v_events);
     END IF;
-    RETURN true;
+    RETURN NULL;
 END
 $$;
+COMMENT ON FUNCTION event_bus._subscriptions_deleted() IS
+    'Internal: drops the unfinished deliveries of deleted subscriptions and re-derives their events'' status.';
+CREATE TRIGGER module_event_subscriptions_deleted
+    AFTER DELETE ON event_bus.module_event_subscriptions
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION event_bus._subscriptions_deleted();
 
 COMMENT ON FUNCTION event_bus.unsubscribe(uuid) IS
     'Delete a subscription and its unfinished deliveries (finished ones and the attempt log stay). '

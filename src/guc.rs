@@ -10,6 +10,27 @@ pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Base URL that Edge Function names are resolved against.
 pub static EDGE_FUNCTION_BASE_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Deliveries claimed per batch.
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(200);
+/// HTTP requests in flight per worker.
+pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(64);
+/// Fallback poll interval when nothing wakes the worker.
+pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// How long past a request's timeout a claimed delivery stays leased.
+pub static LEASE_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Request timeout of subscriptions that set none.
+pub static DEFAULT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+/// First retry delay ceiling.
+pub static BACKOFF_BASE_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+/// Retry delay cap.
+pub static BACKOFF_MAX_MS: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
+/// Response body bytes kept in the attempt log.
+pub static MAX_RESPONSE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(4_096);
+/// Delivery workers per database.
+pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+/// Follow HTTP redirects (up to 5)?
+pub static FOLLOW_REDIRECTS: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 pub fn register() {
     GucRegistry::define_int_guc(
         c"event_bus.max_payload_bytes",
@@ -36,6 +57,29 @@ pub fn register() {
         c"For Supabase: https://<project>.supabase.co/functions/v1 . A subscription naming an Edge \
           Function is delivered to <base>/<name>.",
         &EDGE_FUNCTION_BASE_URL,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+
+    let ints: [(&'static std::ffi::CStr, &'static std::ffi::CStr, &'static GucSetting<i32>, i32, i32); 9] = [
+        (c"event_bus.batch_size", c"Deliveries a worker claims per batch.", &BATCH_SIZE, 1, 10_000),
+        (c"event_bus.max_concurrency", c"HTTP requests a worker keeps in flight at once.", &MAX_CONCURRENCY, 1, 1024),
+        (c"event_bus.poll_interval_ms", c"Fallback poll interval; commits wake the worker at once.", &POLL_INTERVAL_MS, 10, 3_600_000),
+        (c"event_bus.lease_ms", c"How long past its timeout a claimed delivery stays leased before it is claimed again.", &LEASE_MS, 100, 86_400_000),
+        (c"event_bus.default_timeout_ms", c"Request timeout for subscriptions that set none.", &DEFAULT_TIMEOUT_MS, 1, 3_600_000),
+        (c"event_bus.backoff_base_ms", c"Retry delay ceiling after the first failure (doubles per attempt, full jitter).", &BACKOFF_BASE_MS, 1, 86_400_000),
+        (c"event_bus.backoff_max_ms", c"Cap of the retry delay.", &BACKOFF_MAX_MS, 1, 604_800_000),
+        (c"event_bus.max_response_bytes", c"Response body bytes kept in the attempt log (0 keeps none).", &MAX_RESPONSE_BYTES, 0, 1_048_576),
+        (c"event_bus.workers", c"Delivery workers per database with the extension.", &WORKERS, 1, 16),
+    ];
+    for (name, short, setting, min, max) in ints {
+        GucRegistry::define_int_guc(name, short, c"", setting, min, max, GucContext::Sighup, GucFlags::default());
+    }
+    GucRegistry::define_bool_guc(
+        c"event_bus.follow_redirects",
+        c"Follow HTTP redirects (at most 5); off treats a 3xx answer as a failed attempt.",
+        c"",
+        &FOLLOW_REDIRECTS,
         GucContext::Sighup,
         GucFlags::default(),
     );

@@ -8,6 +8,7 @@
 //! - [`guc`]            every setting
 //! - [`shmem`]          worker latches in shared memory, wake at commit
 //! - [`error`]          one error enum, each variant with its SQLSTATE
+//! - [`worker`]         launcher, per-database delivery workers, HTTP threads, SQL handlers
 
 use pgrx::prelude::*;
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod guc;
 pub mod matcher;
 pub mod shmem;
+pub mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -34,6 +36,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::register();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         shmem::init();
+        worker::register_launcher();
     }
 }
 

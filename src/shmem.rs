@@ -21,11 +21,16 @@ pub struct Slot {
     pub latch: usize,
 }
 
+/// Databases the launcher leaves alone: no extension there (a worker found none), or being dropped.
+pub const MAX_SKIPPED_DBS: usize = 256;
+
 #[derive(Copy, Clone)]
 pub struct Shared {
     pub launcher_latch: usize,
     pub launcher_pid: i32,
     pub slots: [Slot; MAX_SLOTS],
+    /// oids of databases without the extension (0 = free entry)
+    pub skipped_dbs: [u32; MAX_SKIPPED_DBS],
 }
 
 impl Shared {
@@ -34,6 +39,7 @@ impl Shared {
             launcher_latch: 0,
             launcher_pid: 0,
             slots: [Slot { in_use: false, dboid: 0, pid: 0, latch: 0 }; MAX_SLOTS],
+            skipped_dbs: [0; MAX_SKIPPED_DBS],
         }
     }
 }
@@ -80,6 +86,45 @@ pub fn wake_database(dboid: pg_sys::Oid) {
     }
 }
 
+/// Mark database `dboid` as one the launcher should not start workers for.
+pub fn skip_database(dboid: u32) {
+    if !attached() {
+        return;
+    }
+    let mut shared = SHARED.exclusive();
+    if shared.skipped_dbs.contains(&dboid) {
+        return;
+    }
+    if let Some(e) = shared.skipped_dbs.iter_mut().find(|e| **e == 0) {
+        *e = dboid;
+    }
+}
+
+/// Let the launcher start workers for `dboid` again.
+pub fn unskip_database(dboid: u32) {
+    if !attached() {
+        return;
+    }
+    let mut shared = SHARED.exclusive();
+    for e in shared.skipped_dbs.iter_mut() {
+        if *e == dboid {
+            *e = 0;
+        }
+    }
+}
+
+pub fn is_skipped(dboid: u32) -> bool {
+    attached() && SHARED.share().skipped_dbs.contains(&dboid)
+}
+
+/// pids of the workers serving `dboid`.
+pub fn worker_pids(dboid: u32) -> Vec<i32> {
+    if !attached() {
+        return vec![];
+    }
+    SHARED.share().slots.iter().filter(|s| s.in_use && s.dboid == dboid).map(|s| s.pid).collect()
+}
+
 /// Wake the launcher (a database gained or lost the extension).
 pub fn wake_launcher() {
     if !attached() {
@@ -104,6 +149,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                 wake_database(unsafe { pg_sys::MyDatabaseId });
             }
             if WAKE_LAUNCHER.replace(false) {
+                unskip_database(unsafe { pg_sys::MyDatabaseId }.to_u32());
                 wake_launcher();
             }
         }
@@ -127,6 +173,15 @@ fn ensure_callback() {
 /// Cheap: a flag per transaction and, at commit, one shared-lock scan of the slot table.
 #[pg_extern(volatile, parallel_unsafe, name = "_wake_on_commit")]
 fn wake_on_commit() {
+    if !attached() {
+        return;
+    }
+    ensure_callback();
+    WAKE_WORKERS.set(true);
+}
+
+/// Wake this database's workers when the current transaction commits (used by DROP EXTENSION).
+pub fn wake_workers_on_commit() {
     if !attached() {
         return;
     }

@@ -3,6 +3,8 @@
 //! installed (`cargo pgrx test` installs it before the tests run).
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

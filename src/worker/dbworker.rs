@@ -1,0 +1,587 @@
+//! The per-database delivery worker.
+//!
+//! Loop: record finished outcomes (one short transaction) → if there is room, fan out new events
+//! and claim due deliveries with a lease (one short transaction) → hand HTTP requests to the
+//! sender threads, run SQL handlers → wait on the latch (set by emits at commit), the result pipe
+//! or the next due time. No HTTP ever happens inside a transaction; a killed worker loses nothing
+//! because its leases expire and the deliveries are claimed again.
+
+use super::deliver::{backoff, Dispatcher, Outcome, Request};
+use super::{in_transaction, log, reload_config_if_requested, shutdown_requested, sqlhandler, wait};
+use crate::{api, guc, shmem};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// One claimed delivery, in flight.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub delivery_id: String,
+    pub event_id: String,
+    pub subscription_id: String,
+    pub tenant_id: String,
+    pub attempt: i32,
+    pub max_retries: i32,
+    pub backoff_base_ms: i64,
+    pub backoff_max_ms: i64,
+}
+
+struct Finished {
+    claimed: Claimed,
+    outcome: Outcome,
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn event_bus_worker_main(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let dboid = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
+
+    let has_extension = in_transaction("checking for the extension", extension_present).unwrap_or(false);
+    if !has_extension {
+        shmem::skip_database(dboid.to_u32());
+        unsafe { pg_sys::proc_exit(0) };
+    }
+    if !claim_slot(dboid.to_u32()) {
+        log("event_bus worker: no free worker slot in shared memory; exiting");
+        unsafe { pg_sys::proc_exit(0) };
+    }
+    unsafe {
+        pg_sys::before_shmem_exit(Some(release_slot), pg_sys::Datum::from(0));
+    }
+    log(&format!("event_bus worker started for database {}", dboid.to_u32()));
+    let code = run(dboid);
+    unsafe { pg_sys::proc_exit(code) };
+}
+
+fn extension_present() -> bool {
+    unsafe { pg_sys::get_extension_oid(c"event_bus".as_ptr(), true) != pg_sys::InvalidOid }
+}
+
+fn claim_slot(dboid: u32) -> bool {
+    let mut shared = shmem::SHARED.exclusive();
+    let pid = unsafe { pg_sys::MyProcPid };
+    if let Some(slot) = shared.slots.iter_mut().find(|s| !s.in_use || s.pid == pid) {
+        slot.in_use = true;
+        slot.dboid = dboid;
+        slot.pid = pid;
+        slot.latch = unsafe { pg_sys::MyLatch } as usize;
+        true
+    } else {
+        false
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn release_slot(_code: i32, _arg: pg_sys::Datum) {
+    let pid = unsafe { pg_sys::MyProcPid };
+    let mut shared = shmem::SHARED.exclusive();
+    for slot in shared.slots.iter_mut().filter(|s| s.in_use && s.pid == pid) {
+        *slot = shmem::Slot::default();
+    }
+}
+
+/// Simple xorshift for jitter; seeded per process.
+struct Rng(u64);
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The loop. Returns the exit code: 0 = unregister (extension dropped), 1 = restart.
+fn run(dboid: pg_sys::Oid) -> i32 {
+    let mut concurrency = guc::MAX_CONCURRENCY.get().max(1) as usize;
+    let mut dispatcher = match Dispatcher::start(concurrency, concurrency) {
+        Ok(d) => d,
+        Err(e) => {
+            log(&format!("event_bus worker: cannot start HTTP threads: {e}"));
+            return 1;
+        }
+    };
+    let mut rng = Rng(
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64)
+            ^ ((unsafe { pg_sys::MyProcPid } as u64) << 32)
+            | 1,
+    );
+    let mut in_flight: HashMap<u64, Claimed> = HashMap::new();
+    let mut finished: Vec<Finished> = Vec::new();
+    let mut next_token: u64 = 1;
+    let mut next_due: Option<Instant> = None;
+    let mut backoff_on_error = Duration::from_millis(100);
+
+    loop {
+        if shutdown_requested() {
+            break;
+        }
+        reload_config_if_requested();
+        let wanted = guc::MAX_CONCURRENCY.get().max(1) as usize;
+        if wanted != concurrency && in_flight.is_empty() {
+            // resize the pool at a quiet moment
+            if let Ok(d) = Dispatcher::start(wanted, wanted) {
+                dispatcher = d;
+                concurrency = wanted;
+            }
+        }
+
+        // 1. collect and record outcomes
+        for o in dispatcher.drain() {
+            if let Some(c) = in_flight.remove(&o.token) {
+                finished.push(Finished { claimed: c, outcome: o });
+            }
+        }
+        if !finished.is_empty() {
+            let batch = std::mem::take(&mut finished);
+            let mut delays = Vec::with_capacity(batch.len());
+            for f in &batch {
+                delays.push(retry_delay(&f.claimed, &f.outcome, &mut rng));
+            }
+            match in_transaction("recording outcomes", || record(&batch, &delays)) {
+                Ok(()) => backoff_on_error = Duration::from_millis(100),
+                Err(e) => {
+                    log(&format!("event_bus worker: {e}; will retry"));
+                    finished = batch;
+                    if !wait(Some(dispatcher.wake_fd()), backoff_on_error) {
+                        break;
+                    }
+                    backoff_on_error = (backoff_on_error * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            }
+        }
+
+        // 2. fan out and claim when there is room
+        let room = concurrency.saturating_sub(in_flight.len());
+        let mut claimed_full = false;
+        if room > 0 {
+            let limit = room.min(guc::BATCH_SIZE.get().max(1) as usize);
+            let result = in_transaction("claiming deliveries", || {
+                if !extension_present() {
+                    return None;
+                }
+                let fanned = fan_out(limit as i64 * 2);
+                let (jobs, due) = claim(limit as i64);
+                Some((fanned, jobs, due))
+            });
+            match result {
+                Ok(None) => {
+                    log("event_bus worker: extension dropped; exiting");
+                    shmem::skip_database(dboid.to_u32());
+                    return 0;
+                }
+                Ok(Some((_fanned, jobs, due))) => {
+                    backoff_on_error = Duration::from_millis(100);
+                    claimed_full = jobs.len() >= limit;
+                    next_due = due.map(|secs| Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
+                    let mut sql_jobs = Vec::new();
+                    for job in jobs {
+                        match job {
+                            Job::Http(claimed, mut req) => {
+                                let token = next_token;
+                                next_token += 1;
+                                req.token = token;
+                                in_flight.insert(token, claimed);
+                                dispatcher.submit(req);
+                            }
+                            Job::Failed(claimed, error) => finished.push(Finished {
+                                claimed,
+                                outcome: Outcome {
+                                    token: 0,
+                                    success: false,
+                                    http_status: None,
+                                    response: None,
+                                    error: Some(error),
+                                    retry_after: None,
+                                    duration: Duration::ZERO,
+                                },
+                            }),
+                            Job::Sql(claimed, call) => sql_jobs.push((claimed, call)),
+                        }
+                    }
+                    if !sql_jobs.is_empty() {
+                        match in_transaction("running SQL handlers", || sqlhandler::run_batch(&sql_jobs)) {
+                            Ok(outcomes) => {
+                                for ((claimed, _), outcome) in sql_jobs.into_iter().zip(outcomes) {
+                                    finished.push(Finished { claimed, outcome });
+                                }
+                            }
+                            Err(e) => {
+                                for (claimed, _) in sql_jobs {
+                                    finished.push(Finished {
+                                        claimed,
+                                        outcome: Outcome {
+                                            token: 0,
+                                            success: false,
+                                            http_status: None,
+                                            response: None,
+                                            error: Some(e.clone()),
+                                            retry_after: None,
+                                            duration: Duration::ZERO,
+                                        },
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    log(&format!("event_bus worker: {e}; will retry"));
+                    if !wait(Some(dispatcher.wake_fd()), backoff_on_error) {
+                        break;
+                    }
+                    backoff_on_error = (backoff_on_error * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            }
+        }
+
+        // 3. wait: not at all if there is more to do, else for a commit, a result or the next due time
+        if !finished.is_empty() || (claimed_full && in_flight.len() < concurrency) {
+            continue;
+        }
+        let poll = Duration::from_millis(guc::POLL_INTERVAL_MS.get().max(10) as u64);
+        let mut timeout = poll;
+        if let Some(due) = next_due {
+            timeout = timeout.min(due.saturating_duration_since(Instant::now()));
+        }
+        if !wait(Some(dispatcher.wake_fd()), timeout) {
+            break;
+        }
+    }
+
+    shutdown(&dispatcher, &mut in_flight, finished);
+    1
+}
+
+/// On SIGTERM: give requests in flight a moment, record what finished, release the rest so the
+/// next worker retries them at once instead of waiting for their leases.
+fn shutdown(dispatcher: &Dispatcher, in_flight: &mut HashMap<u64, Claimed>, mut finished: Vec<Finished>) {
+    let deadline = Instant::now() + Duration::from_millis(1000);
+    while !in_flight.is_empty() && Instant::now() < deadline {
+        if let Some(o) = dispatcher.recv_timeout(Duration::from_millis(50)) {
+            if let Some(c) = in_flight.remove(&o.token) {
+                finished.push(Finished { claimed: c, outcome: o });
+            }
+        }
+    }
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let delays: Vec<Duration> = finished.iter().map(|f| retry_delay(&f.claimed, &f.outcome, &mut rng)).collect();
+    let unfinished: Vec<Claimed> = in_flight.values().cloned().collect();
+    let r = in_transaction("recording outcomes at shutdown", || {
+        if !finished.is_empty() {
+            record(&finished, &delays);
+        }
+        if !unfinished.is_empty() {
+            release(&unfinished);
+        }
+    });
+    if let Err(e) = r {
+        log(&format!("event_bus worker: {e}; leases will expire instead"));
+    }
+}
+
+fn retry_delay(c: &Claimed, o: &Outcome, rng: &mut Rng) -> Duration {
+    backoff(c.attempt, c.backoff_base_ms.max(1) as u64, c.backoff_max_ms.max(1) as u64, o.retry_after, rng.next_f64())
+}
+
+/// Fan new events out to deliveries: one row per matching active subscription. Events that match
+/// nothing are completed at once.
+fn fan_out(limit: i64) -> i64 {
+    Spi::connect_mut(|client| {
+        let table = client.update(
+            "WITH ev AS (
+                 SELECT e.id, e.tenant_id, e.event_type
+                   FROM event_bus.module_events e
+                  WHERE e.dispatched_at IS NULL
+                  ORDER BY e.id
+                  LIMIT $1
+                    FOR UPDATE SKIP LOCKED
+             ), ins AS (
+                 INSERT INTO event_bus.module_event_deliveries (event_id, subscription_id, tenant_id)
+                 SELECT ev.id, s.id, ev.tenant_id
+                   FROM ev
+                   JOIN event_bus.module_event_subscriptions s
+                     ON s.is_active
+                    AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
+                    AND event_bus.matches(s.event_type, ev.event_type)
+                  ORDER BY ev.id, s.id
+                 ON CONFLICT (event_id, subscription_id) DO NOTHING
+                 RETURNING event_id
+             ), matched AS (SELECT DISTINCT event_id FROM ins)
+             UPDATE event_bus.module_events e
+                SET dispatched_at = now(),
+                    status = CASE WHEN m.event_id IS NULL THEN 'completed' ELSE e.status END,
+                    processed_at = CASE WHEN m.event_id IS NULL THEN now() ELSE e.processed_at END
+               FROM ev LEFT JOIN matched m ON m.event_id = ev.id
+              WHERE e.id = ev.id",
+            None,
+            &[limit.into()],
+        )?;
+        Ok::<i64, pgrx::spi::Error>(table.len() as i64)
+    })
+    .unwrap_or_else(|e| panic!("fan-out failed: {e}"))
+}
+
+pub enum Job {
+    Http(Claimed, Request),
+    Sql(Claimed, sqlhandler::Call),
+    /// Could not even be attempted (bad URL, no base URL): recorded as a failed attempt.
+    Failed(Claimed, String),
+}
+
+/// Claim up to `limit` due deliveries with a lease; returns the jobs and, when fewer than
+/// `limit` were due, the seconds until the next one is.
+fn claim(limit: i64) -> (Vec<Job>, Option<f64>) {
+    let default_timeout = guc::DEFAULT_TIMEOUT_MS.get() as i64;
+    let lease_ms = guc::LEASE_MS.get() as i64;
+    let base = guc::BACKOFF_BASE_MS.get() as i64;
+    let cap = guc::BACKOFF_MAX_MS.get() as i64;
+    let max_response = guc::MAX_RESPONSE_BYTES.get().max(0) as usize;
+    let follow = guc::FOLLOW_REDIRECTS.get();
+    let edge_base = guc::EDGE_FUNCTION_BASE_URL
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .filter(|s| !s.is_empty());
+
+    Spi::connect_mut(|client| {
+        let table = client.update(
+            "WITH c AS (
+                 SELECT d.id
+                   FROM event_bus.module_event_deliveries d
+                  WHERE d.status IN ('pending', 'processing')
+                    AND d.next_attempt_at <= now()
+                  ORDER BY d.next_attempt_at
+                  LIMIT $1
+                    FOR UPDATE SKIP LOCKED
+             )
+             UPDATE event_bus.module_event_deliveries d
+                SET status = 'processing',
+                    attempts = d.attempts + 1,
+                    last_attempt_at = now(),
+                    next_attempt_at = now() + (coalesce(s.timeout_ms, $2) + $3) * interval '1 millisecond'
+               FROM c, event_bus.module_events e, event_bus.module_event_subscriptions s
+              WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
+             RETURNING d.id::text, d.event_id::text, d.subscription_id::text, d.tenant_id::text, d.attempts,
+                       coalesce(s.max_retries, e.max_retries),
+                       coalesce(s.backoff_base_ms, $4)::bigint, coalesce(s.backoff_max_ms, $5)::bigint,
+                       s.handler_kind, s.handler_url, s.handler_function, s.headers::text, s.secret,
+                       coalesce(s.timeout_ms, $2), s.run_as::text,
+                       json_build_object(
+                           'specversion', '1.0',
+                           'id', e.id,
+                           'source', '/event_bus/' || e.source_module,
+                           'type', e.event_type,
+                           'time', e.created_at,
+                           'subject', CASE WHEN e.entity_id IS NOT NULL
+                                           THEN coalesce(e.entity_type || '/', '') || e.entity_id END,
+                           'datacontenttype', 'application/json',
+                           'tenantid', e.tenant_id,
+                           'sourcemodule', e.source_module,
+                           'entitytype', e.entity_type,
+                           'entityid', e.entity_id,
+                           'deliveryid', d.id,
+                           'metadata', e.metadata,
+                           'data', e.payload)::text",
+            None,
+            &[limit.into(), (default_timeout as i32).into(), (lease_ms as i32).into(), (base as i32).into(), (cap as i32).into()],
+        )?;
+        let mut jobs = Vec::with_capacity(table.len());
+        for row in table {
+            let claimed = Claimed {
+                delivery_id: row.get::<String>(1)?.unwrap_or_default(),
+                event_id: row.get::<String>(2)?.unwrap_or_default(),
+                subscription_id: row.get::<String>(3)?.unwrap_or_default(),
+                tenant_id: row.get::<String>(4)?.unwrap_or_default(),
+                attempt: row.get::<i32>(5)?.unwrap_or(1),
+                max_retries: row.get::<i32>(6)?.unwrap_or(3),
+                backoff_base_ms: row.get::<i64>(7)?.unwrap_or(base),
+                backoff_max_ms: row.get::<i64>(8)?.unwrap_or(cap),
+            };
+            let kind = row.get::<String>(9)?.unwrap_or_default();
+            let url = row.get::<String>(10)?;
+            let function = row.get::<String>(11)?;
+            let headers_text = row.get::<String>(12)?.unwrap_or_else(|| "{}".into());
+            let secret = row.get::<String>(13)?;
+            let timeout_ms = row.get::<i32>(14)?.unwrap_or(default_timeout as i32);
+            let run_as = row.get::<String>(15)?;
+            let body = row.get::<String>(16)?.unwrap_or_default();
+
+            let job = match kind.as_str() {
+                "sql" => Job::Sql(
+                    claimed,
+                    sqlhandler::Call { function: function.unwrap_or_default(), run_as, timeout_ms },
+                ),
+                _ => {
+                    let target = if kind == "edge_function" {
+                        match (&edge_base, &function) {
+                            (Some(b), Some(f)) => Ok(format!("{}/{}", b.trim_end_matches('/'), f)),
+                            _ => Err("event_bus.edge_function_base_url is not set, so the Edge Function \
+                                      cannot be resolved; set it and reload"
+                                .to_string()),
+                        }
+                    } else {
+                        url.ok_or_else(|| "subscription has no handler_url".to_string())
+                    };
+                    let target = target.and_then(|u| api::validate_url(&u).map(|_| u).map_err(|e| format!("invalid URL: {e}")));
+                    let key = match secret.as_deref().map(api::secret_key) {
+                        Some(Err(e)) => Err(format!("invalid signing secret: {e}")),
+                        Some(Ok(k)) => Ok(Some(k)),
+                        None => Ok(None),
+                    };
+                    let headers: Vec<(String, String)> = serde_json::from_str::<serde_json::Value>(&headers_text)
+                        .ok()
+                        .filter(|v| api::validate_headers(v).is_ok())
+                        .and_then(|v| v.as_object().cloned())
+                        .map(|o| o.into_iter().filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string()))).collect())
+                        .unwrap_or_default();
+                    match (target, key) {
+                        (Ok(url), Ok(secret_key)) => Job::Http(
+                            claimed.clone(),
+                            Request {
+                                token: 0,
+                                webhook_id: claimed.delivery_id.clone(),
+                                url,
+                                body,
+                                headers,
+                                secret_key,
+                                timeout: Duration::from_millis(timeout_ms.max(1) as u64),
+                                max_response_bytes: max_response,
+                                follow_redirects: follow,
+                            },
+                        ),
+                        (Err(e), _) | (_, Err(e)) => Job::Failed(claimed, e),
+                    }
+                }
+            };
+            jobs.push(job);
+        }
+        let mut next = None;
+        if (jobs.len() as i64) < limit {
+            // min() always returns one row (NULL when nothing is queued)
+            next = client
+                .select(
+                    "SELECT extract(epoch FROM (min(d.next_attempt_at) - now()))::float8
+                       FROM event_bus.module_event_deliveries d
+                      WHERE d.status IN ('pending', 'processing')",
+                    None,
+                    &[],
+                )?
+                .first()
+                .get_one::<f64>()?;
+        }
+        Ok::<_, pgrx::spi::Error>((jobs, next))
+    })
+    .unwrap_or_else(|e| panic!("claim failed: {e}"))
+}
+
+/// Record a batch of outcomes: one attempt-log row each, the delivery's new state (completed,
+/// retried after its backoff, or dead), and the events' derived status.
+fn record(batch: &[Finished], delays: &[Duration]) {
+    let n = batch.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut events = Vec::with_capacity(n);
+    let mut subs = Vec::with_capacity(n);
+    let mut tenants = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut oks = Vec::with_capacity(n);
+    let mut deads = Vec::with_capacity(n);
+    let mut statuses: Vec<Option<i32>> = Vec::with_capacity(n);
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut responses: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut durations = Vec::with_capacity(n);
+    let mut delay_ms = Vec::with_capacity(n);
+    for (f, d) in batch.iter().zip(delays) {
+        let c = &f.claimed;
+        let o = &f.outcome;
+        ids.push(c.delivery_id.clone());
+        events.push(c.event_id.clone());
+        subs.push(c.subscription_id.clone());
+        tenants.push(c.tenant_id.clone());
+        attempts.push(c.attempt);
+        oks.push(o.success);
+        deads.push(!o.success && c.attempt > c.max_retries);
+        statuses.push(o.http_status.map(|s| s as i32));
+        errors.push(o.error.as_ref().map(|e| e.chars().take(2000).collect()));
+        responses.push(o.response.clone());
+        durations.push(o.duration.as_secs_f64() * 1000.0);
+        delay_ms.push(d.as_millis().min(i64::MAX as u128) as i64);
+    }
+    Spi::connect_mut(|client| {
+        client.update(
+            "WITH o AS (
+                 SELECT * FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::bool[], $5::int[], $6::text[], $7::bigint[])
+                     AS o(id, attempt, ok, dead, http_status, err, delay_ms)
+             )
+             UPDATE event_bus.module_event_deliveries d
+                SET status = CASE WHEN o.ok THEN 'completed' WHEN o.dead THEN 'failed' ELSE 'pending' END,
+                    next_attempt_at = CASE WHEN o.ok OR o.dead THEN d.next_attempt_at
+                                           ELSE now() + o.delay_ms * interval '1 millisecond' END,
+                    completed_at = CASE WHEN o.ok OR o.dead THEN now() END,
+                    last_http_status = o.http_status,
+                    last_error = o.err
+               FROM o
+              WHERE d.id = o.id AND d.status = 'processing' AND d.attempts = o.attempt",
+            None,
+            &[
+                ids.clone().into(),
+                attempts.clone().into(),
+                oks.clone().into(),
+                deads.into(),
+                statuses.clone().into(),
+                errors.clone().into(),
+                delay_ms.into(),
+            ],
+        )?;
+        client.update(
+            "INSERT INTO event_bus.module_event_logs
+                 (delivery_id, event_id, subscription_id, tenant_id, attempt, status, http_status,
+                  response, error_message, duration_ms)
+             SELECT o.id, o.event_id, o.sub_id, o.tenant_id, o.attempt,
+                    CASE WHEN o.ok THEN 'success' ELSE 'failed' END, o.http_status, o.resp::jsonb, o.err, o.dur
+               FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int[], $6::bool[], $7::int[],
+                           $8::text[], $9::text[], $10::float8[])
+                 AS o(id, event_id, sub_id, tenant_id, attempt, ok, http_status, resp, err, dur)",
+            None,
+            &[
+                ids.into(),
+                events.clone().into(),
+                subs.into(),
+                tenants.into(),
+                attempts.into(),
+                oks.into(),
+                statuses.into(),
+                responses.into(),
+                errors.into(),
+                durations.into(),
+            ],
+        )?;
+        events.sort();
+        events.dedup();
+        client.update("SELECT event_bus._refresh_event_status($1::uuid[])", None, &[events.into()])?;
+        Ok::<(), pgrx::spi::Error>(())
+    })
+    .unwrap_or_else(|e| panic!("recording outcomes failed: {e}"))
+}
+
+/// Hand unfinished leases back (shutdown): due again now, the interrupted attempt not counted.
+fn release(unfinished: &[Claimed]) {
+    let ids: Vec<String> = unfinished.iter().map(|c| c.delivery_id.clone()).collect();
+    let attempts: Vec<i32> = unfinished.iter().map(|c| c.attempt).collect();
+    Spi::connect_mut(|client| {
+        client.update(
+            "UPDATE event_bus.module_event_deliveries d
+                SET status = 'pending', next_attempt_at = now(), attempts = d.attempts - 1
+               FROM unnest($1::uuid[], $2::int[]) AS o(id, attempt)
+              WHERE d.id = o.id AND d.status = 'processing' AND d.attempts = o.attempt",
+            None,
+            &[ids.into(), attempts.into()],
+        )?;
+        Ok::<(), pgrx::spi::Error>(())
+    })
+    .unwrap_or_else(|e| panic!("releasing leases failed: {e}"))
+}

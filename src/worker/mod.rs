@@ -1,0 +1,128 @@
+//! Background workers.
+//!
+//! - [`launcher`]: one static worker (registered from `_PG_init`) that lists the databases and
+//!   starts one or more dynamic delivery workers per database; a worker in a database without the
+//!   extension marks it skipped and exits, and `CREATE EXTENSION` wakes the launcher at commit.
+//! - [`dbworker`]: the per-database delivery loop: fan out, claim with a lease, send over HTTP on
+//!   other threads, record outcomes — each database step its own short transaction.
+//! - [`deliver`]: the HTTP side, no Postgres.
+//! - [`sqlhandler`]: SQL-function handlers, run in a subtransaction as a named role.
+
+pub mod dbworker;
+pub mod deliver;
+pub mod launcher;
+pub mod sqlhandler;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::prelude::*;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+pub const LIBRARY: &str = "event_bus";
+
+/// Register the launcher. Called from `_PG_init` during `shared_preload_libraries`.
+pub fn register_launcher() {
+    BackgroundWorkerBuilder::new("event_bus launcher")
+        .set_type("event_bus launcher")
+        .set_library(LIBRARY)
+        .set_function("event_bus_launcher_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+    launcher::install_drop_database_hook();
+}
+
+/// Run `f` in its own transaction. An ERROR or panic inside aborts the transaction and comes
+/// back as `Err(message)`; the worker logs it and lives on.
+pub fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    match result {
+        Ok(v) => {
+            unsafe {
+                pg_sys::PopActiveSnapshot();
+                pg_sys::CommitTransactionCommand();
+            }
+            Ok(v)
+        }
+        Err(e) => {
+            let msg = panic_message(&e);
+            unsafe {
+                pg_sys::AbortCurrentTransaction();
+                pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+            }
+            Err(format!("{what}: {msg}"))
+        }
+    }
+}
+
+pub fn panic_message(e: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(report) = e.downcast_ref::<pgrx::pg_sys::panic::CaughtError>() {
+        match report {
+            pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+            | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
+            | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+                format!("{} (SQLSTATE {})", r.message(), sqlstate(r.sql_error_code() as i32))
+            }
+        }
+    } else if let Some(s) = e.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = e.downcast_ref::<&str>() {
+        s.to_string()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+/// Log at LOG level (server log only), never raising.
+pub fn log(msg: &str) {
+    pgrx::log!("{msg}");
+}
+
+/// Reload postgresql.conf if a SIGHUP arrived (a safe point: between transactions).
+pub fn reload_config_if_requested() {
+    if BackgroundWorker::sighup_received() {
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+}
+
+/// Wait on the latch and, when given, a socket; returns false on SIGTERM.
+pub fn wait(fd: Option<i32>, timeout: Duration) -> bool {
+    let mut events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32;
+    let sock = match fd {
+        Some(fd) => {
+            events |= pg_sys::WL_SOCKET_READABLE as i32;
+            fd
+        }
+        None => -1,
+    };
+    let ms = timeout.as_millis().clamp(0, i64::MAX as u128) as std::os::raw::c_long;
+    unsafe {
+        pg_sys::WaitLatchOrSocket(pg_sys::MyLatch, events, sock, ms, pg_sys::PG_WAIT_EXTENSION);
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pg_sys::check_for_interrupts!();
+    !shutdown_requested()
+}
+
+static mut SHUTDOWN: bool = false;
+
+/// Has SIGTERM arrived? (Sticky, unlike `BackgroundWorker::sigterm_received`.)
+pub fn shutdown_requested() -> bool {
+    unsafe {
+        if BackgroundWorker::sigterm_received() {
+            SHUTDOWN = true;
+        }
+        SHUTDOWN
+    }
+}
+
+/// The five-character SQLSTATE of a packed error code.
+pub fn sqlstate(code: i32) -> String {
+    (0..5).map(|i| ((((code >> (6 * i)) & 0x3F) as u8) + b'0') as char).collect()
+}

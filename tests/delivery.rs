@@ -1,0 +1,336 @@
+//! Delivery by the background worker, end to end: a real cluster with event_bus preloaded, a
+//! committed client connection, and an HTTP receiver on 127.0.0.1.
+
+mod common;
+
+use base64::Engine;
+use common::receiver::{Receiver, Reply};
+use common::{wait_for, Cluster};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+const TENANT: &str = "33333333-3333-3333-3333-333333333333";
+const LONG: Duration = Duration::from_secs(60);
+
+/// Fast retries; a long poll interval so that only wake-at-commit can explain prompt delivery.
+const CONF: &[&str] = &[
+    "event_bus.backoff_base_ms = 50",
+    "event_bus.backoff_max_ms = 200",
+    "event_bus.lease_ms = 1000",
+    "event_bus.poll_interval_ms = 600000",
+];
+
+fn emit(c: &mut postgres::Client, event_type: &str, payload: &str) -> String {
+    c.query_one(
+        "SELECT event_bus.emit_module_event($1::text::uuid, $2, 'accounting', 'invoice', 'INV-1', $3::text::jsonb)::text",
+        &[&TENANT, &event_type, &payload],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn subscribe(c: &mut postgres::Client, pattern: &str, url: &str, extra: &str) -> String {
+    c.query_one(
+        &format!("SELECT event_bus.subscribe($1, 'test', $2{extra})::text"),
+        &[&pattern, &url],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn scalar_i64(c: &mut postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+fn scalar_text(c: &mut postgres::Client, sql: &str) -> String {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+fn verify_standard_webhooks(secret: &str, id: &str, ts: &str, body: &str, header: &str) -> bool {
+    let key = base64::engine::general_purpose::STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.{body}").as_bytes());
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    header.split(' ').any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
+}
+
+#[test]
+fn happy_path_delivers_once_per_matching_subscription_with_cloudevents_body_and_signature() {
+    let cluster = Cluster::start("happy", CONF);
+    let rx = Receiver::start(|_, _| Reply::ok());
+    let mut c = cluster.create_db_with_extension("happy");
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let signed = subscribe(
+        &mut c,
+        "invoice.*",
+        &rx.url("/signed"),
+        &format!(", p_secret => '{secret}', p_headers => '{{\"Authorization\": \"Bearer t0ken\"}}'"),
+    );
+    subscribe(&mut c, "#", &rx.url("/all"), "");
+    subscribe(&mut c, "sales_order.*", &rx.url("/never"), "");
+
+    let e1 = emit(&mut c, "invoice.posted", r#"{"invoice_number":"INV-001","total":1500}"#);
+    let e2 = emit(&mut c, "pos.transaction_completed", r#"{"total":12.5}"#);
+
+    wait_for("3 deliveries", LONG, || (rx.all().len() >= 3).then_some(()));
+    wait_for("events completed", LONG, || {
+        (scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'") == 2)
+            .then_some(())
+    });
+    assert_eq!(rx.count("/signed"), 1);
+    assert_eq!(rx.count("/all"), 2);
+    assert_eq!(rx.count("/never"), 0);
+
+    let r = &rx.on("/signed")[0];
+    let body = r.json();
+    assert_eq!(body["specversion"], "1.0");
+    assert_eq!(body["id"], e1.as_str());
+    assert_eq!(body["type"], "invoice.posted");
+    assert_eq!(body["source"], "/event_bus/accounting");
+    assert_eq!(body["subject"], "invoice/INV-1");
+    assert_eq!(body["datacontenttype"], "application/json");
+    assert_eq!(body["tenantid"], TENANT);
+    assert_eq!(body["data"]["invoice_number"], "INV-001");
+    assert!(body["time"].as_str().unwrap().starts_with("20"));
+    assert_eq!(r.header("authorization"), Some("Bearer t0ken"));
+    assert!(r.header("content-type").unwrap().starts_with("application/cloudevents+json"));
+    let webhook_id = r.header("webhook-id").unwrap().to_string();
+    let ts = r.header("webhook-timestamp").unwrap().to_string();
+    let sig = r.header("webhook-signature").unwrap().to_string();
+    assert!(verify_standard_webhooks(secret, &webhook_id, &ts, &r.body, &sig), "signature verifies");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(ts.parse::<u64>().unwrap().abs_diff(now) < 300);
+    // the webhook-id is the delivery id
+    let delivery = scalar_text(
+        &mut c,
+        &format!(
+            "SELECT id::text FROM event_bus.module_event_deliveries WHERE event_id = '{e1}' AND subscription_id = '{signed}'"
+        ),
+    );
+    assert_eq!(webhook_id, delivery);
+    // unsigned subscription: no signature header
+    assert!(rx.on("/all").iter().all(|r| r.header("webhook-signature").is_none()));
+    assert!(rx.on("/all").iter().any(|r| r.json()["id"] == e2.as_str()));
+
+    // one success log per delivery, with status and duration
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_event_logs WHERE status = 'success' AND http_status = 200
+                AND attempt = 1 AND duration_ms >= 0 AND response = '{\"ok\": true}'::jsonb"
+        ),
+        3
+    );
+    // nothing more arrives later
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rx.all().len(), 3);
+}
+
+#[test]
+fn failing_handler_is_retried_with_backoff_then_succeeds() {
+    let cluster = Cluster::start("retry", CONF);
+    let rx = Receiver::start(|_, n| if n == 0 { Reply::status(500) } else { Reply::ok() });
+    let mut c = cluster.create_db_with_extension("retry");
+    subscribe(&mut c, "invoice.posted", &rx.url("/flaky"), "");
+    let e = emit(&mut c, "invoice.posted", "{}");
+    wait_for("completed", LONG, || {
+        (scalar_text(&mut c, &format!("SELECT status FROM event_bus.module_events WHERE id = '{e}'")) == "completed")
+            .then_some(())
+    });
+    let reqs = rx.on("/flaky");
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].header("webhook-id"), reqs[1].header("webhook-id"), "same webhook-id on retry");
+    let log = scalar_text(
+        &mut c,
+        "SELECT string_agg(attempt || ':' || status || ':' || coalesce(http_status::text, '-'), ',' ORDER BY attempt)
+           FROM event_bus.module_event_logs",
+    );
+    assert_eq!(log, "1:failed:500,2:success:200");
+    assert_eq!(scalar_i64(&mut c, &format!("SELECT retry_count::bigint FROM event_bus.module_events WHERE id = '{e}'")), 1);
+}
+
+#[test]
+fn dead_after_max_retries_while_the_other_subscription_succeeds_once() {
+    let cluster = Cluster::start("dead", CONF);
+    let rx = Receiver::start(|r, _| if r.path == "/down" { Reply::status(503) } else { Reply::ok() });
+    let mut c = cluster.create_db_with_extension("dead");
+    let down = subscribe(&mut c, "invoice.posted", &rx.url("/down"), ", p_max_retries => 2");
+    subscribe(&mut c, "invoice.posted", &rx.url("/up"), "");
+    let e = emit(&mut c, "invoice.posted", "{}");
+    wait_for("event failed", LONG, || {
+        (scalar_text(&mut c, &format!("SELECT status FROM event_bus.module_events WHERE id = '{e}'")) == "failed")
+            .then_some(())
+    });
+    assert_eq!(rx.count("/down"), 3, "1 attempt + 2 retries");
+    assert_eq!(rx.count("/up"), 1, "the healthy subscription is invoked once");
+    assert_eq!(
+        scalar_text(
+            &mut c,
+            &format!("SELECT status || ':' || attempts || ':' || last_error FROM event_bus.module_event_deliveries WHERE subscription_id = '{down}'")
+        ),
+        "failed:3:HTTP 503"
+    );
+    assert_eq!(
+        scalar_text(&mut c, &format!("SELECT error_message FROM event_bus.module_events WHERE id = '{e}'")),
+        "HTTP 503"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rx.count("/down"), 3, "dead means no more attempts");
+    assert_eq!(rx.count("/up"), 1);
+}
+
+#[test]
+fn timeouts_and_refused_connections_are_logged_failures() {
+    let cluster = Cluster::start("faults", CONF);
+    let rx = Receiver::start(|r, _| {
+        if r.path == "/slow" {
+            Reply::ok().delayed(Duration::from_secs(3))
+        } else {
+            Reply::ok()
+        }
+    });
+    let closed_port = common::free_port(); // nothing listens there
+    let mut c = cluster.create_db_with_extension("faults");
+    let slow = subscribe(&mut c, "a.b", &rx.url("/slow"), ", p_timeout_ms => 300, p_max_retries => 0");
+    let refused = subscribe(&mut c, "a.b", &format!("http://127.0.0.1:{closed_port}/x"), ", p_max_retries => 0");
+    subscribe(&mut c, "a.b", &rx.url("/fast"), "");
+    emit(&mut c, "a.b", "{}");
+    wait_for("fast delivery not delayed by the slow one", LONG, || (rx.count("/fast") == 1).then_some(()));
+    wait_for("both dead", LONG, || {
+        (scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'failed'") == 2)
+            .then_some(())
+    });
+    let slow_err = scalar_text(
+        &mut c,
+        &format!("SELECT error_message FROM event_bus.module_event_logs WHERE subscription_id = '{slow}'"),
+    );
+    assert!(slow_err.contains("timed out"), "{slow_err}");
+    let refused_err = scalar_text(
+        &mut c,
+        &format!("SELECT error_message || ' ' || (http_status IS NULL) FROM event_bus.module_event_logs WHERE subscription_id = '{refused}'"),
+    );
+    assert!(refused_err.to_lowercase().contains("refused") && refused_err.ends_with("true"), "{refused_err}");
+}
+
+#[test]
+fn rolled_back_emits_are_never_delivered_and_commits_wake_the_worker() {
+    let cluster = Cluster::start("rollback", CONF);
+    let rx = Receiver::start(|_, _| Reply::ok());
+    let mut c = cluster.create_db_with_extension("rollback");
+    subscribe(&mut c, "#", &rx.url("/h"), "");
+    let mut tx = c.transaction().unwrap();
+    tx.execute(
+        "SELECT event_bus.emit_module_event($1::text::uuid, 'invoice.posted', 'accounting', 'invoice', 'RB', '{}')",
+        &[&TENANT],
+    )
+    .unwrap();
+    tx.rollback().unwrap();
+    let committed = emit(&mut c, "invoice.posted", "{}");
+    // poll_interval_ms is 10 minutes: only the commit's wake-up can deliver this in time
+    wait_for("delivery woken by commit", Duration::from_secs(10), || (rx.count("/h") == 1).then_some(()));
+    assert_eq!(rx.on("/h")[0].json()["id"], committed.as_str());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rx.count("/h"), 1);
+    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_events"), 1);
+}
+
+#[test]
+fn a_second_database_is_served_without_configuration() {
+    let cluster = Cluster::start("twodbs", CONF);
+    let rx = Receiver::start(|_, _| Reply::ok());
+    let mut a = cluster.create_db_with_extension("db_a");
+    let mut b = cluster.create_db_with_extension("db_b");
+    subscribe(&mut a, "#", &rx.url("/a"), "");
+    subscribe(&mut b, "#", &rx.url("/b"), "");
+    emit(&mut a, "x.y", "{}");
+    emit(&mut b, "x.y", "{}");
+    wait_for("both databases delivered", LONG, || (rx.count("/a") == 1 && rx.count("/b") == 1).then_some(()));
+    // dropping the extension stops that database's worker and never blocks DROP DATABASE
+    a.batch_execute("DROP EXTENSION event_bus").unwrap();
+    wait_for("db_a's worker gone", LONG, || {
+        let n: i64 = a
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_bus worker' AND datname = 'db_a'", &[])
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    });
+    drop(a);
+    drop(b);
+    let mut admin = cluster.connect("postgres");
+    admin.batch_execute("DROP DATABASE db_b").unwrap();
+    // and a database that gains the extension later is served too
+    let mut c = cluster.create_db_with_extension("db_c");
+    subscribe(&mut c, "#", &rx.url("/c"), "");
+    emit(&mut c, "x.y", "{}");
+    wait_for("db_c delivered", LONG, || (rx.count("/c") == 1).then_some(()));
+}
+
+#[test]
+fn killing_the_worker_mid_stream_loses_nothing() {
+    let cluster = Cluster::start("kill", &[
+        "event_bus.backoff_base_ms = 50",
+        "event_bus.backoff_max_ms = 200",
+        "event_bus.lease_ms = 1000",
+        "event_bus.default_timeout_ms = 2000",
+        "event_bus.poll_interval_ms = 200",
+        "event_bus.batch_size = 50",
+    ]);
+    // a little latency per request so the kills land mid-stream
+    let rx = Receiver::start(|_, _| Reply::ok().delayed(Duration::from_millis(2)));
+    let mut c = cluster.create_db_with_extension("kill");
+    subscribe(&mut c, "#", &rx.url("/h"), "");
+    c.batch_execute(&format!(
+        "SELECT event_bus.emit_module_event('{TENANT}', 'stock.moved', 'inventory', 'item', g::text, jsonb_build_object('n', g))
+           FROM generate_series(1, 2000) g"
+    ))
+    .unwrap();
+    let worker_pid = |c: &mut postgres::Client| -> Option<i32> {
+        c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_bus worker' AND datname = 'kill'", &[])
+            .ok()
+            .flatten()
+            .map(|r| r.get(0))
+    };
+    // 1. pg_terminate_backend once deliveries are under way
+    wait_for("some deliveries", LONG, || (rx.count("/h") >= 200).then_some(()));
+    let pid = wait_for("worker pid", LONG, || worker_pid(&mut c));
+    c.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+    // 2. SIGKILL a (new) worker: Postgres restarts all backends; leases expire; work is redone
+    wait_for("more deliveries", LONG, || (rx.count("/h") >= 900).then_some(()));
+    let pid = wait_for("restarted worker pid", LONG, || worker_pid(&mut c));
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // the cluster crash-restarts: a connection made before the restart finished dies with it, so
+    // reconnect whenever a query fails
+    let mut conn: Option<postgres::Client> = None;
+    let mut completed = |sql: &str| -> Option<i64> {
+        if conn.is_none() {
+            conn = postgres::Client::connect(&cluster.connstr("kill"), postgres::NoTls).ok();
+        }
+        match conn.as_mut()?.query_one(sql, &[]) {
+            Ok(row) => Some(row.get(0)),
+            Err(_) => {
+                conn = None;
+                None
+            }
+        }
+    };
+    wait_for("all completed", Duration::from_secs(120), || {
+        (completed("SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'")? == 2000).then_some(())
+    });
+    let stuck = wait_for("count of unfinished deliveries", LONG, || {
+        completed("SELECT count(*) FROM event_bus.module_event_deliveries WHERE status <> 'completed'")
+    });
+    assert_eq!(stuck, 0);
+    let reqs = rx.on("/h");
+    let mut by_event: HashMap<String, HashSet<String>> = HashMap::new();
+    for r in &reqs {
+        by_event
+            .entry(r.json()["id"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(r.header("webhook-id").unwrap().to_string());
+    }
+    assert_eq!(by_event.len(), 2000, "every event delivered at least once");
+    assert!(by_event.values().all(|ids| ids.len() == 1), "duplicates carry the same webhook-id");
+    eprintln!("kill test: 2000 events, {} requests, {} duplicates", reqs.len(), reqs.len() - 2000);
+}
