@@ -154,28 +154,28 @@ CREATE FUNCTION event_bus._refresh_event_status(p_event_ids uuid[]) RETURNS inte
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH agg AS (
+    WITH derived AS (
         SELECT ids.id AS event_id,
-               count(d.id) AS n,
-               count(d.id) FILTER (WHERE d.status = 'completed') AS n_completed,
-               count(d.id) FILTER (WHERE d.status = 'failed') AS n_failed,
-               count(d.id) FILTER (WHERE d.attempts > 0) AS n_attempted,
-               coalesce(sum(d.attempts), 0)
-                 - count(d.id) FILTER (WHERE d.status IN ('completed', 'processing')) AS retries,
-               (array_agg(d.last_error ORDER BY d.completed_at DESC NULLS LAST)
-                    FILTER (WHERE d.status = 'failed'))[1] AS last_error
-          FROM unnest(p_event_ids) AS ids(id)
-          LEFT JOIN event_bus.module_event_deliveries d ON d.event_id = ids.id
-         GROUP BY ids.id
-    ), derived AS (
-        SELECT event_id,
-               CASE WHEN n = n_completed THEN 'completed'
-                    WHEN n = n_completed + n_failed THEN 'failed'
-                    WHEN n_attempted > 0 OR n_completed + n_failed > 0 THEN 'processing'
+               CASE WHEN a.n = a.n_completed THEN 'completed'
+                    WHEN a.n = a.n_completed + a.n_failed THEN 'failed'
+                    WHEN a.n_attempted > 0 OR a.n_completed + a.n_failed > 0 THEN 'processing'
                     ELSE 'pending' END AS status,
-               greatest(retries, 0)::integer AS retries,
-               last_error
-          FROM agg
+               greatest(a.retries, 0)::integer AS retries,
+               CASE WHEN a.n_failed > 0 THEN
+                   (SELECT d.last_error FROM event_bus.module_event_deliveries d
+                     WHERE d.event_id = ids.id AND d.status = 'failed'
+                     ORDER BY d.completed_at DESC NULLS LAST LIMIT 1)
+               END AS last_error
+          FROM unnest(p_event_ids) AS ids(id)
+          CROSS JOIN LATERAL (
+              SELECT count(*) AS n,
+                     count(*) FILTER (WHERE d.status = 'completed') AS n_completed,
+                     count(*) FILTER (WHERE d.status = 'failed') AS n_failed,
+                     count(*) FILTER (WHERE d.attempts > 0) AS n_attempted,
+                     coalesce(sum(d.attempts), 0)
+                       - count(*) FILTER (WHERE d.status IN ('completed', 'processing')) AS retries
+                FROM event_bus.module_event_deliveries d
+               WHERE d.event_id = ids.id) a
     ), upd AS (
         UPDATE event_bus.module_events e
            SET status = d.status,

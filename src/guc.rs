@@ -11,7 +11,7 @@ pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static EDGE_FUNCTION_BASE_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Deliveries claimed per batch.
-pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(200);
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 /// HTTP requests in flight per worker.
 pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(64);
 /// Fallback poll interval when nothing wakes the worker.

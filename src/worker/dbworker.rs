@@ -27,6 +27,9 @@ pub struct Claimed {
     pub backoff_max_ms: i64,
 }
 
+/// Longest a finished outcome waits for others before it is recorded.
+const RECORD_DELAY: Duration = Duration::from_millis(5);
+
 struct Finished {
     claimed: Claimed,
     outcome: Outcome,
@@ -50,6 +53,14 @@ pub extern "C-unwind" fn event_bus_worker_main(arg: pg_sys::Datum) {
     }
     unsafe {
         pg_sys::before_shmem_exit(Some(release_slot), pg_sys::Datum::from(0));
+    }
+    // At-least-once makes a lost commit of the worker's own bookkeeping harmless: a lost record
+    // means a re-delivery with the same webhook-id, a lost claim or fan-out is redone. So the
+    // worker does not wait for its WAL flushes (10-30% faster at these batch sizes).
+    if let Err(e) = in_transaction("configuring the session", || {
+        Spi::run("SET synchronous_commit = off").map_err(|e| e.to_string())
+    }) {
+        log(&format!("event_bus worker: {e}"));
     }
     log(&format!("event_bus worker started for database {}", dboid.to_u32()));
     let code = run(dboid);
@@ -114,6 +125,7 @@ fn run(dboid: pg_sys::Oid) -> i32 {
     let mut next_token: u64 = 1;
     let mut next_due: Option<Instant> = None;
     let mut backoff_on_error = Duration::from_millis(100);
+    let mut first_finished_at = Instant::now();
 
     loop {
         if shutdown_requested() {
@@ -129,13 +141,22 @@ fn run(dboid: pg_sys::Oid) -> i32 {
             }
         }
 
-        // 1. collect and record outcomes
+        // 1. collect outcomes; record them in batches: when half a batch has finished, when
+        //    nothing else is outstanding, or when the oldest has waited RECORD_DELAY
+        let batch_size = guc::BATCH_SIZE.get().max(1) as usize;
         for o in dispatcher.drain() {
             if let Some(c) = in_flight.remove(&o.token) {
+                if finished.is_empty() {
+                    first_finished_at = Instant::now();
+                }
                 finished.push(Finished { claimed: c, outcome: o });
             }
         }
-        if !finished.is_empty() {
+        let record_now = !finished.is_empty()
+            && (finished.len() >= (batch_size / 2).max(1)
+                || in_flight.len() <= concurrency / 2
+                || first_finished_at.elapsed() >= RECORD_DELAY);
+        if record_now {
             let batch = std::mem::take(&mut finished);
             let mut delays = Vec::with_capacity(batch.len());
             for f in &batch {
@@ -155,18 +176,24 @@ fn run(dboid: pg_sys::Oid) -> i32 {
             }
         }
 
-        // 2. fan out and claim when there is room
-        let room = concurrency.saturating_sub(in_flight.len());
+        // 2. fan out and claim when the HTTP threads are about to run dry. Up to a batch may
+        //    wait queued beyond max_concurrency (their lease covers the wait).
+        let outstanding = in_flight.len();
         let mut claimed_full = false;
-        if room > 0 {
-            let limit = room.min(guc::BATCH_SIZE.get().max(1) as usize);
+        if outstanding <= concurrency / 2 && finished.len() < batch_size {
+            let limit = batch_size.min(concurrency + batch_size - outstanding);
             let result = in_transaction("claiming deliveries", || {
                 if !extension_present() {
                     return None;
                 }
-                let fanned = fan_out(limit as i64 * 2);
-                let (jobs, due) = claim(limit as i64);
-                Some((fanned, jobs, due))
+                let settings = ClaimSettings::read();
+                // retries and expired leases first, then new events
+                let (mut jobs, due) = claim(limit as i64, &settings);
+                let left = limit.saturating_sub(jobs.len());
+                if left > 0 {
+                    jobs.extend(fan_out(left as i64, &settings));
+                }
+                Some((jobs, due))
             });
             match result {
                 Ok(None) => {
@@ -174,7 +201,7 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                     shmem::skip_database(dboid.to_u32());
                     return 0;
                 }
-                Ok(Some((_fanned, jobs, due))) => {
+                Ok(Some((jobs, due))) => {
                     backoff_on_error = Duration::from_millis(100);
                     claimed_full = jobs.len() >= limit;
                     next_due = due.map(|secs| Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
@@ -240,12 +267,16 @@ fn run(dboid: pg_sys::Oid) -> i32 {
             }
         }
 
-        // 3. wait: not at all if there is more to do, else for a commit, a result or the next due time
-        if !finished.is_empty() || (claimed_full && in_flight.len() < concurrency) {
+        // 3. wait: not at all if more is due at once, else for a commit, a result, the record
+        //    delay or the next due time
+        if claimed_full && in_flight.len() <= concurrency / 2 {
             continue;
         }
         let poll = Duration::from_millis(guc::POLL_INTERVAL_MS.get().max(10) as u64);
         let mut timeout = poll;
+        if !finished.is_empty() {
+            timeout = timeout.min(RECORD_DELAY.saturating_sub(first_finished_at.elapsed()));
+        }
         if let Some(due) = next_due {
             timeout = timeout.min(due.saturating_duration_since(Instant::now()));
         }
@@ -289,42 +320,109 @@ fn retry_delay(c: &Claimed, o: &Outcome, rng: &mut Rng) -> Duration {
     backoff(c.attempt, c.backoff_base_ms.max(1) as u64, c.backoff_max_ms.max(1) as u64, o.retry_after, rng.next_f64())
 }
 
-/// Fan new events out to deliveries: one row per matching active subscription. Events that match
-/// nothing are completed at once.
-fn fan_out(limit: i64) -> i64 {
-    Spi::connect_mut(|client| {
-        let table = client.update(
-            "WITH ev AS (
-                 SELECT e.id, e.tenant_id, e.event_type
-                   FROM event_bus.module_events e
-                  WHERE e.dispatched_at IS NULL
-                  ORDER BY e.id
-                  LIMIT $1
-                    FOR UPDATE SKIP LOCKED
-             ), ins AS (
-                 INSERT INTO event_bus.module_event_deliveries (event_id, subscription_id, tenant_id)
-                 SELECT ev.id, s.id, ev.tenant_id
-                   FROM ev
-                   JOIN event_bus.module_event_subscriptions s
-                     ON s.is_active
-                    AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
-                    AND event_bus.matches(s.event_type, ev.event_type)
-                  ORDER BY ev.id, s.id
-                 ON CONFLICT (event_id, subscription_id) DO NOTHING
-                 RETURNING event_id
-             ), matched AS (SELECT DISTINCT event_id FROM ins)
+/// The columns every job row has, over aliases d (delivery), e (event), s (subscription).
+/// $2 = default timeout, $3 = lease, $4/$5 = default backoff base/cap.
+const JOB_COLUMNS: &str = "d.id::text, d.event_id::text, d.subscription_id::text, d.tenant_id::text, d.attempts,
+       coalesce(s.max_retries, e.max_retries),
+       coalesce(s.backoff_base_ms, $4)::bigint, coalesce(s.backoff_max_ms, $5)::bigint,
+       s.handler_kind, s.handler_url, s.handler_function, s.headers::text, s.secret,
+       coalesce(s.timeout_ms, $2), s.run_as::text,
+       json_build_object(
+           'specversion', '1.0',
+           'id', e.id,
+           'source', '/event_bus/' || e.source_module,
+           'type', e.event_type,
+           'time', e.created_at,
+           'subject', CASE WHEN e.entity_id IS NOT NULL
+                           THEN coalesce(e.entity_type || '/', '') || e.entity_id END,
+           'datacontenttype', 'application/json',
+           'tenantid', e.tenant_id,
+           'sourcemodule', e.source_module,
+           'entitytype', e.entity_type,
+           'entityid', e.entity_id,
+           'deliveryid', d.id,
+           'metadata', e.metadata,
+           'data', e.payload)::text";
+
+/// Fan new events out: one delivery per matching active subscription, created already leased to
+/// this worker (first attempt), so a new event costs no separate claim. Events that match nothing
+/// are completed at once. Returns the jobs.
+fn fan_out(limit: i64, settings: &ClaimSettings) -> Vec<Job> {
+    let sql = format!(
+        "WITH ev AS (
+             SELECT e.id, e.tenant_id, e.event_type
+               FROM event_bus.module_events e
+              WHERE e.dispatched_at IS NULL
+              ORDER BY e.id
+              LIMIT $1
+                FOR UPDATE SKIP LOCKED
+         ), ins AS (
+             INSERT INTO event_bus.module_event_deliveries
+                 (event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at)
+             SELECT ev.id, s.id, ev.tenant_id, 'processing', 1, now(),
+                    now() + (coalesce(s.timeout_ms, $2) + $3) * interval '1 millisecond'
+               FROM ev
+               JOIN event_bus.module_event_subscriptions s
+                 ON s.is_active
+                AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
+                AND event_bus.matches(s.event_type, ev.event_type)
+              ORDER BY ev.id, s.id
+             ON CONFLICT (event_id, subscription_id) DO NOTHING
+             RETURNING *
+         ), matched AS (
+             SELECT DISTINCT event_id FROM ins
+         ), upd AS (
              UPDATE event_bus.module_events e
                 SET dispatched_at = now(),
                     status = CASE WHEN m.event_id IS NULL THEN 'completed' ELSE e.status END,
                     processed_at = CASE WHEN m.event_id IS NULL THEN now() ELSE e.processed_at END
                FROM ev LEFT JOIN matched m ON m.event_id = ev.id
-              WHERE e.id = ev.id",
-            None,
-            &[limit.into()],
-        )?;
-        Ok::<i64, pgrx::spi::Error>(table.len() as i64)
+              WHERE e.id = ev.id
+             RETURNING 1
+         )
+         SELECT {JOB_COLUMNS}
+           FROM ins d
+           JOIN event_bus.module_events e ON e.id = d.event_id
+           JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+          ORDER BY d.event_id, d.subscription_id"
+    );
+    Spi::connect_mut(|client| {
+        let table = client.update(&sql, None, &settings.args(limit))?;
+        jobs_from(table, settings)
     })
     .unwrap_or_else(|e| panic!("fan-out failed: {e}"))
+}
+
+/// Settings read once per claim.
+pub struct ClaimSettings {
+    default_timeout: i32,
+    lease_ms: i32,
+    base: i32,
+    cap: i32,
+    max_response: usize,
+    follow: bool,
+    edge_base: Option<String>,
+}
+
+impl ClaimSettings {
+    fn read() -> ClaimSettings {
+        ClaimSettings {
+            default_timeout: guc::DEFAULT_TIMEOUT_MS.get(),
+            lease_ms: guc::LEASE_MS.get(),
+            base: guc::BACKOFF_BASE_MS.get(),
+            cap: guc::BACKOFF_MAX_MS.get(),
+            max_response: guc::MAX_RESPONSE_BYTES.get().max(0) as usize,
+            follow: guc::FOLLOW_REDIRECTS.get(),
+            edge_base: guc::EDGE_FUNCTION_BASE_URL
+                .get()
+                .and_then(|c| c.into_string().ok())
+                .filter(|s| !s.is_empty()),
+        }
+    }
+
+    fn args(&self, limit: i64) -> Vec<pgrx::datum::DatumWithOid<'static>> {
+        vec![limit.into(), self.default_timeout.into(), self.lease_ms.into(), self.base.into(), self.cap.into()]
+    }
 }
 
 pub enum Job {
@@ -334,132 +432,31 @@ pub enum Job {
     Failed(Claimed, String),
 }
 
-/// Claim up to `limit` due deliveries with a lease; returns the jobs and, when fewer than
-/// `limit` were due, the seconds until the next one is.
-fn claim(limit: i64) -> (Vec<Job>, Option<f64>) {
-    let default_timeout = guc::DEFAULT_TIMEOUT_MS.get() as i64;
-    let lease_ms = guc::LEASE_MS.get() as i64;
-    let base = guc::BACKOFF_BASE_MS.get() as i64;
-    let cap = guc::BACKOFF_MAX_MS.get() as i64;
-    let max_response = guc::MAX_RESPONSE_BYTES.get().max(0) as usize;
-    let follow = guc::FOLLOW_REDIRECTS.get();
-    let edge_base = guc::EDGE_FUNCTION_BASE_URL
-        .get()
-        .and_then(|c| c.into_string().ok())
-        .filter(|s| !s.is_empty());
-
+/// Claim up to `limit` due deliveries (retries, expired leases) with a lease; returns the jobs
+/// and, when fewer than `limit` were due, the seconds until the next one is.
+fn claim(limit: i64, settings: &ClaimSettings) -> (Vec<Job>, Option<f64>) {
+    let sql = format!(
+        "WITH c AS (
+             SELECT d.id
+               FROM event_bus.module_event_deliveries d
+              WHERE d.status IN ('pending', 'processing')
+                AND d.next_attempt_at <= now()
+              ORDER BY d.next_attempt_at
+              LIMIT $1
+                FOR UPDATE SKIP LOCKED
+         )
+         UPDATE event_bus.module_event_deliveries d
+            SET status = 'processing',
+                attempts = d.attempts + 1,
+                last_attempt_at = now(),
+                next_attempt_at = now() + (coalesce(s.timeout_ms, $2) + $3) * interval '1 millisecond'
+           FROM c, event_bus.module_events e, event_bus.module_event_subscriptions s
+          WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
+         RETURNING {JOB_COLUMNS}"
+    );
     Spi::connect_mut(|client| {
-        let table = client.update(
-            "WITH c AS (
-                 SELECT d.id
-                   FROM event_bus.module_event_deliveries d
-                  WHERE d.status IN ('pending', 'processing')
-                    AND d.next_attempt_at <= now()
-                  ORDER BY d.next_attempt_at
-                  LIMIT $1
-                    FOR UPDATE SKIP LOCKED
-             )
-             UPDATE event_bus.module_event_deliveries d
-                SET status = 'processing',
-                    attempts = d.attempts + 1,
-                    last_attempt_at = now(),
-                    next_attempt_at = now() + (coalesce(s.timeout_ms, $2) + $3) * interval '1 millisecond'
-               FROM c, event_bus.module_events e, event_bus.module_event_subscriptions s
-              WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
-             RETURNING d.id::text, d.event_id::text, d.subscription_id::text, d.tenant_id::text, d.attempts,
-                       coalesce(s.max_retries, e.max_retries),
-                       coalesce(s.backoff_base_ms, $4)::bigint, coalesce(s.backoff_max_ms, $5)::bigint,
-                       s.handler_kind, s.handler_url, s.handler_function, s.headers::text, s.secret,
-                       coalesce(s.timeout_ms, $2), s.run_as::text,
-                       json_build_object(
-                           'specversion', '1.0',
-                           'id', e.id,
-                           'source', '/event_bus/' || e.source_module,
-                           'type', e.event_type,
-                           'time', e.created_at,
-                           'subject', CASE WHEN e.entity_id IS NOT NULL
-                                           THEN coalesce(e.entity_type || '/', '') || e.entity_id END,
-                           'datacontenttype', 'application/json',
-                           'tenantid', e.tenant_id,
-                           'sourcemodule', e.source_module,
-                           'entitytype', e.entity_type,
-                           'entityid', e.entity_id,
-                           'deliveryid', d.id,
-                           'metadata', e.metadata,
-                           'data', e.payload)::text",
-            None,
-            &[limit.into(), (default_timeout as i32).into(), (lease_ms as i32).into(), (base as i32).into(), (cap as i32).into()],
-        )?;
-        let mut jobs = Vec::with_capacity(table.len());
-        for row in table {
-            let claimed = Claimed {
-                delivery_id: row.get::<String>(1)?.unwrap_or_default(),
-                event_id: row.get::<String>(2)?.unwrap_or_default(),
-                subscription_id: row.get::<String>(3)?.unwrap_or_default(),
-                tenant_id: row.get::<String>(4)?.unwrap_or_default(),
-                attempt: row.get::<i32>(5)?.unwrap_or(1),
-                max_retries: row.get::<i32>(6)?.unwrap_or(3),
-                backoff_base_ms: row.get::<i64>(7)?.unwrap_or(base),
-                backoff_max_ms: row.get::<i64>(8)?.unwrap_or(cap),
-            };
-            let kind = row.get::<String>(9)?.unwrap_or_default();
-            let url = row.get::<String>(10)?;
-            let function = row.get::<String>(11)?;
-            let headers_text = row.get::<String>(12)?.unwrap_or_else(|| "{}".into());
-            let secret = row.get::<String>(13)?;
-            let timeout_ms = row.get::<i32>(14)?.unwrap_or(default_timeout as i32);
-            let run_as = row.get::<String>(15)?;
-            let body = row.get::<String>(16)?.unwrap_or_default();
-
-            let job = match kind.as_str() {
-                "sql" => Job::Sql(
-                    claimed,
-                    sqlhandler::Call { function: function.unwrap_or_default(), run_as, timeout_ms },
-                ),
-                _ => {
-                    let target = if kind == "edge_function" {
-                        match (&edge_base, &function) {
-                            (Some(b), Some(f)) => Ok(format!("{}/{}", b.trim_end_matches('/'), f)),
-                            _ => Err("event_bus.edge_function_base_url is not set, so the Edge Function \
-                                      cannot be resolved; set it and reload"
-                                .to_string()),
-                        }
-                    } else {
-                        url.ok_or_else(|| "subscription has no handler_url".to_string())
-                    };
-                    let target = target.and_then(|u| api::validate_url(&u).map(|_| u).map_err(|e| format!("invalid URL: {e}")));
-                    let key = match secret.as_deref().map(api::secret_key) {
-                        Some(Err(e)) => Err(format!("invalid signing secret: {e}")),
-                        Some(Ok(k)) => Ok(Some(k)),
-                        None => Ok(None),
-                    };
-                    let headers: Vec<(String, String)> = serde_json::from_str::<serde_json::Value>(&headers_text)
-                        .ok()
-                        .filter(|v| api::validate_headers(v).is_ok())
-                        .and_then(|v| v.as_object().cloned())
-                        .map(|o| o.into_iter().filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string()))).collect())
-                        .unwrap_or_default();
-                    match (target, key) {
-                        (Ok(url), Ok(secret_key)) => Job::Http(
-                            claimed.clone(),
-                            Request {
-                                token: 0,
-                                webhook_id: claimed.delivery_id.clone(),
-                                url,
-                                body,
-                                headers,
-                                secret_key,
-                                timeout: Duration::from_millis(timeout_ms.max(1) as u64),
-                                max_response_bytes: max_response,
-                                follow_redirects: follow,
-                            },
-                        ),
-                        (Err(e), _) | (_, Err(e)) => Job::Failed(claimed, e),
-                    }
-                }
-            };
-            jobs.push(job);
-        }
+        let table = client.update(&sql, None, &settings.args(limit))?;
+        let jobs = jobs_from(table, settings)?;
         let mut next = None;
         if (jobs.len() as i64) < limit {
             // min() always returns one row (NULL when nothing is queued)
@@ -477,6 +474,79 @@ fn claim(limit: i64) -> (Vec<Job>, Option<f64>) {
         Ok::<_, pgrx::spi::Error>((jobs, next))
     })
     .unwrap_or_else(|e| panic!("claim failed: {e}"))
+}
+
+/// Turn job rows (JOB_COLUMNS) into HTTP requests, SQL calls, or failures that need no attempt.
+fn jobs_from(table: pgrx::spi::SpiTupleTable, st: &ClaimSettings) -> Result<Vec<Job>, pgrx::spi::Error> {
+    let mut jobs = Vec::with_capacity(table.len());
+    for row in table {
+        let claimed = Claimed {
+            delivery_id: row.get::<String>(1)?.unwrap_or_default(),
+            event_id: row.get::<String>(2)?.unwrap_or_default(),
+            subscription_id: row.get::<String>(3)?.unwrap_or_default(),
+            tenant_id: row.get::<String>(4)?.unwrap_or_default(),
+            attempt: row.get::<i32>(5)?.unwrap_or(1),
+            max_retries: row.get::<i32>(6)?.unwrap_or(3),
+            backoff_base_ms: row.get::<i64>(7)?.unwrap_or(st.base as i64),
+            backoff_max_ms: row.get::<i64>(8)?.unwrap_or(st.cap as i64),
+        };
+        let kind = row.get::<String>(9)?.unwrap_or_default();
+        let url = row.get::<String>(10)?;
+        let function = row.get::<String>(11)?;
+        let headers_text = row.get::<String>(12)?.unwrap_or_else(|| "{}".into());
+        let secret = row.get::<String>(13)?;
+        let timeout_ms = row.get::<i32>(14)?.unwrap_or(st.default_timeout);
+        let run_as = row.get::<String>(15)?;
+        let body = row.get::<String>(16)?.unwrap_or_default();
+
+        let job = match kind.as_str() {
+            "sql" => Job::Sql(claimed, sqlhandler::Call { function: function.unwrap_or_default(), run_as, timeout_ms }),
+            _ => {
+                let target = if kind == "edge_function" {
+                    match (&st.edge_base, &function) {
+                        (Some(b), Some(f)) => Ok(format!("{}/{}", b.trim_end_matches('/'), f)),
+                        _ => Err("event_bus.edge_function_base_url is not set, so the Edge Function \
+                                  cannot be resolved; set it and reload"
+                            .to_string()),
+                    }
+                } else {
+                    url.ok_or_else(|| "subscription has no handler_url".to_string())
+                };
+                let target = target
+                    .and_then(|u| api::validate_url(&u).map(|_| u).map_err(|e| format!("invalid URL: {e}")));
+                let key = match secret.as_deref().map(api::secret_key) {
+                    Some(Err(e)) => Err(format!("invalid signing secret: {e}")),
+                    Some(Ok(k)) => Ok(Some(k)),
+                    None => Ok(None),
+                };
+                let headers: Vec<(String, String)> = serde_json::from_str::<serde_json::Value>(&headers_text)
+                    .ok()
+                    .filter(|v| api::validate_headers(v).is_ok())
+                    .and_then(|v| v.as_object().cloned())
+                    .map(|o| o.into_iter().filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string()))).collect())
+                    .unwrap_or_default();
+                match (target, key) {
+                    (Ok(url), Ok(secret_key)) => Job::Http(
+                        claimed.clone(),
+                        Request {
+                            token: 0,
+                            webhook_id: claimed.delivery_id.clone(),
+                            url,
+                            body,
+                            headers,
+                            secret_key,
+                            timeout: Duration::from_millis(timeout_ms.max(1) as u64),
+                            max_response_bytes: st.max_response,
+                            follow_redirects: st.follow,
+                        },
+                    ),
+                    (Err(e), _) | (_, Err(e)) => Job::Failed(claimed, e),
+                }
+            }
+        };
+        jobs.push(job);
+    }
+    Ok(jobs)
 }
 
 /// Record a batch of outcomes: one attempt-log row each, the delivery's new state (completed,

@@ -1,0 +1,225 @@
+//! event_bus benchmark driver.
+//!
+//! `throughput <connstr> <url> <events> <fanout>`: subscribe `fanout` subscriptions to `url`, emit
+//! `events` events in one committed statement, time from commit until every delivery finished.
+//! Prints `deliveries_per_s=<x> seconds=<y>`.
+//!
+//! `latency <connstr> <events> <background_rate>`: run an HTTP receiver on 127.0.0.1, subscribe it,
+//! emit `events` single events spaced 10 ms apart (each its own commit) while a second connection
+//! emits `background_rate` events/s to the same subscription; print p50/p95/p99 of commit → handler.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TENANT: &str = "44444444-4444-4444-4444-444444444444";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(|s| s.as_str()) {
+        Some("throughput") => throughput(&args[2], &args[3], args[4].parse().unwrap(), args[5].parse().unwrap()),
+        Some("latency") => latency(&args[2], args[3].parse().unwrap(), args[4].parse().unwrap()),
+        _ => {
+            eprintln!("usage: throughput <conn> <url> <events> <fanout> | latency <conn> <events> <rate>");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn connect(conn: &str) -> postgres::Client {
+    postgres::Client::connect(conn, postgres::NoTls).expect("connect")
+}
+
+fn reset(c: &mut postgres::Client) {
+    c.batch_execute(
+        "TRUNCATE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs;
+         DELETE FROM event_bus.module_event_subscriptions;",
+    )
+    .unwrap();
+}
+
+fn drained(c: &mut postgres::Client) -> bool {
+    c.query_one(
+        "SELECT NOT EXISTS (SELECT 1 FROM event_bus.module_events WHERE dispatched_at IS NULL)
+            AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries WHERE status IN ('pending', 'processing'))",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn throughput(conn: &str, url: &str, events: i64, fanout: i64) {
+    let mut c = connect(conn);
+    reset(&mut c);
+    for i in 0..fanout {
+        c.execute("SELECT event_bus.subscribe('bench.#', $1, $2)", &[&format!("sink{i}"), &url]).unwrap();
+    }
+    c.batch_execute("VACUUM ANALYZE event_bus.module_events, event_bus.module_event_deliveries").unwrap();
+    // emit inside one transaction; the worker sees nothing until COMMIT
+    let mut tx = c.transaction().unwrap();
+    tx.execute(
+        "SELECT count(event_bus.emit_module_event($1::text::uuid, 'bench.created', 'bench', 'item', g::text,
+                 jsonb_build_object('n', g, 'sku', 'SKU-' || g, 'qty', 1, 'note', repeat('x', 200))))
+           FROM generate_series(1, $2::bigint) g",
+        &[&TENANT, &events],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let start = Instant::now();
+    loop {
+        if drained(&mut c) {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(900) {
+            eprintln!("not drained after 900 s");
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let done: i64 = c
+        .query_one("SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'completed'", &[])
+        .unwrap()
+        .get(0);
+    if done != events * fanout {
+        eprintln!("only {done} of {} deliveries completed", events * fanout);
+        std::process::exit(1);
+    }
+    println!("deliveries_per_s={:.0} seconds={:.3}", done as f64 / secs, secs);
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn latency(conn: &str, events: usize, rate: u64) {
+    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    {
+        let arrivals = Arc::clone(&arrivals);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let arrivals = Arc::clone(&arrivals);
+                std::thread::spawn(move || {
+                    let _ = conn.set_nodelay(true);
+                    let mut w = conn.try_clone().unwrap();
+                    let mut r = BufReader::new(conn);
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut len = 0usize;
+                        loop {
+                            let mut h = String::new();
+                            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let h = h.trim_end().to_ascii_lowercase();
+                            if h.is_empty() {
+                                break;
+                            }
+                            if let Some(v) = h.strip_prefix("content-length:") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0u8; len];
+                        if r.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let now = Instant::now();
+                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                            if let Some(id) = v["id"].as_str() {
+                                arrivals.lock().unwrap().entry(id.to_string()).or_insert(now);
+                            }
+                        }
+                        if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let mut c = connect(conn);
+    reset(&mut c);
+    c.execute("SELECT event_bus.subscribe('bench.#', 'sink', $1)", &[&format!("http://127.0.0.1:{port}/")]).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let bg = if rate > 0 {
+        let stop = Arc::clone(&stop);
+        let conn = conn.to_string();
+        Some(std::thread::spawn(move || {
+            let mut c = connect(&conn);
+            let interval = Duration::from_secs_f64(1.0 / rate as f64);
+            let mut next = Instant::now();
+            while !stop.load(Ordering::SeqCst) {
+                c.execute(
+                    "SELECT event_bus.emit_module_event($1::text::uuid, 'bench.background', 'bench', 'item', 'bg', '{}')",
+                    &[&TENANT],
+                )
+                .unwrap();
+                next += interval;
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                }
+            }
+        }))
+    } else {
+        None
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut committed: Vec<(String, Instant)> = Vec::with_capacity(events);
+    for _ in 0..events {
+        let id: String = c
+            .query_one(
+                "SELECT event_bus.emit_module_event($1::text::uuid, 'bench.probe', 'bench', 'item', 'p', '{}')::text",
+                &[&TENANT],
+            )
+            .unwrap()
+            .get(0);
+        committed.push((id, Instant::now()));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lat: Vec<f64> = Vec::new();
+    loop {
+        let a = arrivals.lock().unwrap();
+        if committed.iter().all(|(id, _)| a.contains_key(id)) || Instant::now() > deadline {
+            for (id, t) in &committed {
+                if let Some(at) = a.get(id) {
+                    lat.push(at.saturating_duration_since(*t).as_secs_f64() * 1000.0);
+                }
+            }
+            break;
+        }
+        drop(a);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::SeqCst);
+    if let Some(h) = bg {
+        let _ = h.join();
+    }
+    if lat.len() < events {
+        eprintln!("only {} of {events} probe events arrived", lat.len());
+        std::process::exit(1);
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} n={}",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.95),
+        percentile(&lat, 0.99),
+        lat.len()
+    );
+}
