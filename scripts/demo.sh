@@ -78,6 +78,36 @@ INSERT INTO invoices (tenant_id, number, total) VALUES
     ('22222222-2222-2222-2222-222222222222', 'INV-100',   99.99);
 SQL
 
+HANDLER_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+python3 scripts/demo_handler.py "$HANDLER_PORT" &
+HANDLER_PID=$!
+
+echo "==> subscriptions: accounting over HTTP (signed), a flaky audit webhook, inventory as a SQL function"
+"${PSQL[@]}" -v handler="http://127.0.0.1:$HANDLER_PORT" <<'SQL'
+-- inventory reacts inside the database, as its own unprivileged role
+CREATE ROLE inventory_handler NOLOGIN;
+CREATE TABLE stock (sku text PRIMARY KEY, on_hand integer NOT NULL);
+INSERT INTO stock VALUES ('WIDGET', 100);
+GRANT SELECT, UPDATE ON stock TO inventory_handler;
+CREATE SCHEMA inventory;
+GRANT USAGE ON SCHEMA inventory TO inventory_handler;
+CREATE FUNCTION inventory.deduct_stock(event event_bus.module_events) RETURNS jsonb
+LANGUAGE sql AS $$
+    UPDATE public.stock SET on_hand = on_hand - 1 WHERE sku = 'WIDGET'
+    RETURNING jsonb_build_object('sku', sku, 'on_hand', on_hand, 'for', event.payload->>'invoice_number');
+$$;
+GRANT USAGE ON SCHEMA event_bus TO inventory_handler;
+
+\set QUIET on
+SELECT event_bus.subscribe('invoice.posted', 'inventory', p_handler_function => 'inventory.deduct_stock',
+                           p_run_as => 'inventory_handler') AS inventory_sub \gset
+SELECT event_bus.subscribe('invoice.*', 'accounting', :'handler' || '/accounting',
+                           p_secret => 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw') AS accounting_sub \gset
+SELECT event_bus.subscribe('#', 'audit', :'handler' || '/flaky', p_max_retries => 5) AS audit_sub \gset
+SELECT event_type AS pattern, handler_module, handler_kind, coalesce(handler_url, handler_function) AS target
+  FROM event_bus.module_event_subscriptions ORDER BY created_at;
+SQL
+
 echo "==> posting three invoices (one in a transaction that rolls back)"
 "${PSQL[@]}" <<'SQL'
 UPDATE invoices SET status = 'posted' WHERE number IN ('INV-001', 'INV-100');
@@ -91,9 +121,25 @@ SQL
 echo "==> a rejected emit (payload is not an object) writes nothing:"
 "${PSQL[@]}" -c "SELECT event_bus.emit_module_event('11111111-1111-1111-1111-111111111111', 'invoice.posted', 'accounting', 'invoice', 'x', '[1,2]')" 2>&1 | sed 's/^/    /' || true
 
-echo "==> events"
-"${PSQL[@]}" -c "SELECT id, tenant_id, event_type, source_module, entity_type, payload, status
+echo "==> waiting for the worker to deliver everything (the flaky audit hook fails twice per event)"
+for _ in $(seq 200); do
+    left="$("${PSQL[@]}" -At -c "SELECT count(*) FROM event_bus.module_events WHERE status NOT IN ('completed', 'failed')")"
+    [ "$left" = 0 ] && break
+    sleep 0.1
+done
+
+echo "==> events (status derived from their deliveries)"
+"${PSQL[@]}" -c "SELECT id, tenant_id, event_type, source_module, payload, status, retry_count
                    FROM event_bus.module_events ORDER BY id"
+echo "==> stock after the inventory SQL handler ran (100 - 2 posted invoices)"
+"${PSQL[@]}" -c "SELECT * FROM stock"
+echo "==> attempt log"
+"${PSQL[@]}" -c "SELECT e.event_type, s.handler_module, l.attempt, l.status, l.http_status, l.error_message,
+                        round(l.duration_ms::numeric, 1) AS ms, left(l.response::text, 60) AS response
+                   FROM event_bus.module_event_logs l
+                   JOIN event_bus.module_events e ON e.id = l.event_id
+                   JOIN event_bus.module_event_subscriptions s ON s.id = l.subscription_id
+                  ORDER BY e.id, s.handler_module, l.attempt"
 echo "==> pattern matching"
 "${PSQL[@]}" -c "SELECT p AS pattern, t AS event_type, event_bus.matches(p, t)
                    FROM (VALUES ('invoice.*', 'invoice.posted'), ('invoice.*', 'invoice.line.added'),

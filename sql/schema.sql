@@ -120,8 +120,9 @@ COMMENT ON COLUMN event_bus.module_event_subscriptions.is_active IS 'Inactive su
 ------------------------------------------------------------------------------------------------
 -- module_event_deliveries: independent delivery state per (event, subscription).
 ------------------------------------------------------------------------------------------------
+-- id: event_bus._delivery_id(event_id, subscription_id), set by the fan-out (deterministic, see there)
 CREATE TABLE event_bus.module_event_deliveries (
-    id              uuid        NOT NULL DEFAULT event_bus._uuid_v7(),
+    id              uuid        NOT NULL,
     event_id        uuid        NOT NULL,
     subscription_id uuid        NOT NULL,
     tenant_id       uuid        NOT NULL,
@@ -153,7 +154,8 @@ ALTER TABLE event_bus.module_event_deliveries SET (
 
 COMMENT ON TABLE event_bus.module_event_deliveries IS
     'Delivery state of one event to one subscription. A retry or replay re-arms only these rows, so a '
-    'handler that already succeeded is never invoked again. id is the webhook-id sent on every attempt.';
+    'handler that already succeeded is never invoked again. id is the webhook-id sent on every attempt: '
+    'event_bus._delivery_id(event_id, subscription_id), the same however often the event is fanned out.';
 COMMENT ON COLUMN event_bus.module_event_deliveries.status IS
     'pending (due at next_attempt_at), processing (leased until next_attempt_at), completed, failed (dead).';
 COMMENT ON COLUMN event_bus.module_event_deliveries.attempts IS 'Attempts started so far.';

@@ -203,3 +203,43 @@ impl ErrorReportHelper {
         unreachable!()
     }
 }
+
+/// The id of the delivery of `event_id` to `subscription_id` — its `webhook-id`. Deterministic,
+/// so a fan-out redone after a crash produces the same id and receivers can deduplicate on it;
+/// time-ordered like the event's UUIDv7 (its first 48 bits are the event's millisecond), the rest
+/// a SHA-256 of both ids, as a version-8 UUID.
+#[pg_extern(immutable, strict, parallel_safe, name = "_delivery_id")]
+fn delivery_id(event_id: Uuid, subscription_id: Uuid) -> Uuid {
+    Uuid::from_bytes(derive_delivery_id(event_id.as_bytes(), subscription_id.as_bytes()))
+}
+
+pub fn derive_delivery_id(event_id: &[u8; 16], subscription_id: &[u8; 16]) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(event_id);
+    h.update(subscription_id);
+    let digest = h.finalize();
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&event_id[..6]);
+    b[6..].copy_from_slice(&digest[..10]);
+    b[6] = 0x80 | (b[6] & 0x0F); // version 8
+    b[8] = 0x80 | (b[8] & 0x3F); // RFC 4122 variant
+    b
+}
+
+#[cfg(test)]
+mod delivery_id_tests {
+    #[test]
+    fn deterministic_time_ordered_and_distinct() {
+        let e1 = *uuid::Uuid::now_v7().as_bytes();
+        let s1 = *uuid::Uuid::new_v4().as_bytes();
+        let s2 = *uuid::Uuid::new_v4().as_bytes();
+        let a = super::derive_delivery_id(&e1, &s1);
+        assert_eq!(a, super::derive_delivery_id(&e1, &s1));
+        assert_ne!(a, super::derive_delivery_id(&e1, &s2));
+        assert_eq!(&a[..6], &e1[..6]);
+        let u = uuid::Uuid::from_bytes(a);
+        assert_eq!(u.get_version_num(), 8);
+        assert_eq!(u.get_variant(), uuid::Variant::RFC4122);
+    }
+}

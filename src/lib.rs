@@ -27,7 +27,7 @@ mod tests;
 extension_sql_file!(
     "../sql/schema.sql",
     name = "schema",
-    requires = [api::uuid_v7, api::is_valid_pattern]
+    requires = [api::uuid_v7, api::is_valid_pattern, api::delivery_id]
 );
 extension_sql_file!("../sql/api.sql", name = "api", finalize);
 

@@ -344,9 +344,9 @@ mod tests {
         let ev = Spi::get_one::<pgrx::Uuid>(&emit_sql("'a.b'", "'{}'")).unwrap().unwrap();
         Spi::run(&format!(
             "UPDATE event_bus.module_events SET dispatched_at = now(), status = 'processing' WHERE id = '{ev}';
-             INSERT INTO event_bus.module_event_deliveries (event_id, subscription_id, tenant_id, status, attempts)
-             VALUES ('{ev}', '{sub}', '{TENANT}', 'pending', 1),
-                    ('{ev}', '{done}', '{TENANT}', 'completed', 1);"
+             INSERT INTO event_bus.module_event_deliveries (id, event_id, subscription_id, tenant_id, status, attempts)
+             VALUES (event_bus._delivery_id('{ev}', '{sub}'), '{ev}', '{sub}', '{TENANT}', 'pending', 1),
+                    (event_bus._delivery_id('{ev}', '{done}'), '{ev}', '{done}', '{TENANT}', 'completed', 1);"
         ))
         .unwrap();
         assert_eq!(Spi::get_one::<bool>(&format!("SELECT event_bus.unsubscribe('{sub}')")).unwrap(), Some(true));
@@ -368,8 +368,8 @@ mod tests {
                 "DELETE FROM event_bus.module_event_deliveries;
                  UPDATE event_bus.module_events SET dispatched_at = now(), status = 'pending', processed_at = NULL,
                         error_message = NULL, retry_count = 0 WHERE id = '{ev}';
-                 INSERT INTO event_bus.module_event_deliveries (event_id, subscription_id, tenant_id, status, attempts, last_error)
-                 SELECT '{ev}', gen_random_uuid(), '{TENANT}', s, a, e FROM (VALUES {deliveries}) v(s, a, e);
+                 INSERT INTO event_bus.module_event_deliveries (id, event_id, subscription_id, tenant_id, status, attempts, last_error)
+                 SELECT gen_random_uuid(), '{ev}', gen_random_uuid(), '{TENANT}', s, a, e FROM (VALUES {deliveries}) v(s, a, e);
                  SELECT event_bus._refresh_event_status(ARRAY['{ev}'::uuid]);"
             ))
             .unwrap();

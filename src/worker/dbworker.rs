@@ -358,8 +358,8 @@ fn fan_out(limit: i64, settings: &ClaimSettings) -> Vec<Job> {
                 FOR UPDATE SKIP LOCKED
          ), ins AS (
              INSERT INTO event_bus.module_event_deliveries
-                 (event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at)
-             SELECT ev.id, s.id, ev.tenant_id, 'processing', 1, now(),
+                 (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at)
+             SELECT event_bus._delivery_id(ev.id, s.id), ev.id, s.id, ev.tenant_id, 'processing', 1, now(),
                     now() + (coalesce(s.timeout_ms, $2) + $3) * interval '1 millisecond'
                FROM ev
                JOIN event_bus.module_event_subscriptions s
