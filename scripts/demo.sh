@@ -81,6 +81,10 @@ SQL
 HANDLER_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 python3 scripts/demo_handler.py "$HANDLER_PORT" &
 HANDLER_PID=$!
+for _ in $(seq 100); do
+    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $HANDLER_PORT), 1)" 2>/dev/null && break
+    sleep 0.05
+done
 
 echo "==> subscriptions: accounting over HTTP (signed), a flaky audit webhook, inventory as a SQL function"
 "${PSQL[@]}" -v handler="http://127.0.0.1:$HANDLER_PORT" <<'SQL'

@@ -334,3 +334,54 @@ fn killing_the_worker_mid_stream_loses_nothing() {
     assert!(by_event.values().all(|ids| ids.len() == 1), "duplicates carry the same webhook-id");
     eprintln!("kill test: 2000 events, {} requests, {} duplicates", reqs.len(), reqs.len() - 2000);
 }
+
+#[test]
+fn sql_handlers_run_as_their_role_and_a_failing_one_rolls_back_only_its_own_work() {
+    let cluster = Cluster::start("sqlh", CONF);
+    let mut c = cluster.create_db_with_extension("sqlh");
+    c.batch_execute(
+        "CREATE ROLE handler_role NOLOGIN;
+         CREATE TABLE public.stock (sku text PRIMARY KEY, on_hand int NOT NULL);
+         INSERT INTO public.stock VALUES ('W', 10);
+         CREATE TABLE public.journal (note text);
+         GRANT SELECT, UPDATE ON public.stock TO handler_role;
+         GRANT INSERT ON public.journal TO handler_role;
+         CREATE SCHEMA h; GRANT USAGE ON SCHEMA h TO handler_role;
+         CREATE FUNCTION h.deduct(event event_bus.module_events) RETURNS jsonb LANGUAGE sql AS $$
+             UPDATE public.stock SET on_hand = on_hand - (event.payload->>'qty')::int WHERE sku = 'W'
+             RETURNING jsonb_build_object('on_hand', on_hand, 'as', current_user) $$;
+         CREATE FUNCTION h.journal_then_fail(event event_bus.module_events) RETURNS jsonb LANGUAGE plpgsql AS $$
+             BEGIN
+               INSERT INTO public.journal VALUES ('written before the error');
+               RAISE EXCEPTION 'ledger closed' USING ERRCODE = 'P0001';
+             END $$;
+         CREATE FUNCTION h.superuser_owned(event event_bus.module_events) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$;",
+    )
+    .unwrap();
+    c.batch_execute(
+        "SELECT event_bus.subscribe('invoice.posted', 'inventory', p_handler_function => 'h.deduct', p_run_as => 'handler_role');
+         SELECT event_bus.subscribe('invoice.posted', 'accounting', p_handler_function => 'h.journal_then_fail',
+                                    p_run_as => 'handler_role', p_max_retries => 1);
+         SELECT event_bus.subscribe('invoice.posted', 'audit', p_handler_function => 'h.superuser_owned', p_max_retries => 0);",
+    )
+    .unwrap();
+    let e = emit(&mut c, "invoice.posted", r#"{"qty": 3}"#);
+    wait_for("event finished", LONG, || {
+        (scalar_text(&mut c, &format!("SELECT status FROM event_bus.module_events WHERE id = '{e}'")) == "failed")
+            .then_some(())
+    });
+    assert_eq!(scalar_i64(&mut c, "SELECT on_hand::bigint FROM public.stock"), 7, "the succeeding handler's work is kept");
+    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM public.journal"), 0, "the failing handler's work is rolled back");
+    let logs = scalar_text(
+        &mut c,
+        "SELECT string_agg(s.handler_module || ':' || l.attempt || ':' || l.status || ':' ||
+                           coalesce(l.response->>'as', '') || coalesce(l.error_message, ''), ' | '
+                           ORDER BY s.handler_module, l.attempt)
+           FROM event_bus.module_event_logs l JOIN event_bus.module_event_subscriptions s ON s.id = l.subscription_id",
+    );
+    assert!(logs.contains("inventory:1:success:handler_role"), "{logs}");
+    assert!(logs.contains("accounting:1:failed:ledger closed (SQLSTATE P0001)"), "{logs}");
+    assert!(logs.contains("accounting:2:failed:ledger closed (SQLSTATE P0001)"), "{logs}");
+    assert!(logs.contains("audit:1:failed:SQL handler h.superuser_owned is owned by a superuser"), "{logs}");
+    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_event_logs"), 4);
+}

@@ -109,10 +109,17 @@ fn run_one(claimed: &Claimed, call: &Call) -> Outcome {
         Ok(r) => r,
         Err(e) => return failed(e, started),
     };
-    let sql = format!(
-        "SELECT pg_catalog.to_jsonb({}(e))::text FROM event_bus.module_events e WHERE e.id = $1::uuid",
-        call.function
-    );
+    // the worker reads the event; the handler role gets it as a value and needs no privilege on
+    // the event tables
+    let row = match Spi::get_one_with_args::<String>(
+        "SELECT e::text FROM event_bus.module_events e WHERE e.id = $1::uuid",
+        &[claimed.event_id.as_str().into()],
+    ) {
+        Ok(Some(r)) => r,
+        Ok(None) => return failed("the event no longer exists".into(), started),
+        Err(e) => return failed(e.to_string(), started),
+    };
+    let sql = format!("SELECT pg_catalog.to_jsonb({}($1::event_bus.module_events))::text", call.function);
     unsafe {
         let old_context = pg_sys::CurrentMemoryContext;
         let old_owner = pg_sys::CurrentResourceOwner;
@@ -122,7 +129,6 @@ fn run_one(claimed: &Claimed, call: &Call) -> Outcome {
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(old_context);
         pg_sys::SetUserIdAndSecContext(role, save_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-        let event_id = claimed.event_id.clone();
         let timeout = call.timeout_ms.to_string();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             Spi::get_one_with_args::<String>(
@@ -130,7 +136,7 @@ fn run_one(claimed: &Claimed, call: &Call) -> Outcome {
                 &[timeout.as_str().into()],
             )
             .map_err(|e| e.to_string())?;
-            Spi::get_one_with_args::<String>(&sql, &[event_id.as_str().into()]).map_err(|e| e.to_string())
+            Spi::get_one_with_args::<String>(&sql, &[row.as_str().into()]).map_err(|e| e.to_string())
         }));
         pg_sys::SetUserIdAndSecContext(save_user, save_sec);
         let outcome = match result {
