@@ -75,7 +75,7 @@ max_wal_size = '8GB'
 checkpoint_timeout = '30min'
 event_bus.notify = off
 event_bus.batch_size = 500
-event_bus.max_concurrency = 64
+event_bus.max_concurrency = ${BENCH_CONCURRENCY:-64}
 event_bus.workers = ${BENCH_WORKERS:-1}
 CONF
 if [ -n "${BENCH_PROFILE:-}" ]; then

@@ -385,3 +385,32 @@ fn sql_handlers_run_as_their_role_and_a_failing_one_rolls_back_only_its_own_work
     assert!(logs.contains("audit:1:failed:SQL handler h.superuser_owned is owned by a superuser"), "{logs}");
     assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_event_logs"), 4);
 }
+
+#[test]
+fn edge_function_names_resolve_against_the_base_url_after_a_reload() {
+    let cluster = Cluster::start("edge", CONF);
+    let rx = Receiver::start(|_, _| Reply::ok());
+    let mut c = cluster.create_db_with_extension("edge");
+    c.batch_execute(
+        "SELECT event_bus.subscribe('invoice.posted', 'inventory', p_handler_function => 'process-module-event',
+                                    p_headers => '{\"Authorization\": \"Bearer anon-key\"}', p_max_retries => 50)",
+    )
+    .unwrap();
+    // no base URL yet: the attempt fails with a clear error and is retried
+    let e = emit(&mut c, "invoice.posted", "{}");
+    wait_for("a failed attempt naming the setting", LONG, || {
+        let n = scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_event_logs WHERE error_message LIKE '%edge_function_base_url is not set%'",
+        );
+        (n > 0).then_some(())
+    });
+    // set it and reload: the worker picks it up at its next safe point (SIGHUP)
+    c.batch_execute(&format!("ALTER SYSTEM SET event_bus.edge_function_base_url = '{}'", rx.url("/functions/v1/")))
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_for("delivered to the Edge Function", LONG, || (rx.count("/functions/v1/process-module-event") == 1).then_some(()));
+    let r = &rx.on("/functions/v1/process-module-event")[0];
+    assert_eq!(r.header("authorization"), Some("Bearer anon-key"));
+    assert_eq!(r.json()["id"], e.as_str());
+}
