@@ -217,15 +217,7 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                             }
                             Job::Failed(claimed, error) => finished.push(Finished {
                                 claimed,
-                                outcome: Outcome {
-                                    token: 0,
-                                    success: false,
-                                    http_status: None,
-                                    response: None,
-                                    error: Some(error),
-                                    retry_after: None,
-                                    duration: Duration::ZERO,
-                                },
+                                outcome: Outcome::failure(0, error, Duration::ZERO),
                             }),
                             Job::Sql(claimed, call) => sql_jobs.push((claimed, call)),
                         }
@@ -241,15 +233,7 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                                 for (claimed, _) in sql_jobs {
                                     finished.push(Finished {
                                         claimed,
-                                        outcome: Outcome {
-                                            token: 0,
-                                            success: false,
-                                            http_status: None,
-                                            response: None,
-                                            error: Some(e.clone()),
-                                            retry_after: None,
-                                            duration: Duration::ZERO,
-                                        },
+                                        outcome: Outcome::failure(0, e.clone(), Duration::ZERO),
                                     });
                                 }
                             }

@@ -42,6 +42,21 @@ pub struct Outcome {
     pub duration: Duration,
 }
 
+impl Outcome {
+    /// A failed attempt that got no response.
+    pub fn failure(token: u64, error: String, duration: Duration) -> Outcome {
+        Outcome {
+            token,
+            success: false,
+            http_status: None,
+            response: None,
+            error: Some(error),
+            retry_after: None,
+            duration,
+        }
+    }
+}
+
 /// Standard Webhooks signature header value: `v1,<base64(HMAC-SHA256(id.timestamp.body))>`.
 pub fn sign(key: &[u8], webhook_id: &str, timestamp: u64, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
@@ -235,14 +250,8 @@ impl Dispatcher {
                         _ => return,
                     };
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| perform(&agent, &no_redirect, &req)))
-                        .unwrap_or_else(|_| Outcome {
-                            token: req.token,
-                            success: false,
-                            http_status: None,
-                            response: None,
-                            error: Some("internal error in the HTTP client".into()),
-                            retry_after: None,
-                            duration: Duration::ZERO,
+                        .unwrap_or_else(|_| {
+                            Outcome::failure(req.token, "internal error in the HTTP client".into(), Duration::ZERO)
                         });
                     if res_tx.send(outcome).is_err() {
                         return;

@@ -10,7 +10,7 @@ use super::panic_message;
 use pgrx::prelude::*;
 use std::ffi::CString;
 use std::panic::AssertUnwindSafe;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -55,15 +55,7 @@ pub fn is_qualified_name(s: &str) -> bool {
 }
 
 fn failed(error: String, started: Instant) -> Outcome {
-    Outcome {
-        token: 0,
-        success: false,
-        http_status: None,
-        response: None,
-        error: Some(error),
-        retry_after: None,
-        duration: started.elapsed(),
-    }
+    Outcome::failure(0, error, started.elapsed())
 }
 
 /// Run each call inside the current transaction, each in its own subtransaction.
@@ -163,7 +155,6 @@ fn run_one(claimed: &Claimed, call: &Call) -> Outcome {
         };
         pg_sys::MemoryContextSwitchTo(old_context);
         pg_sys::CurrentResourceOwner = old_owner;
-        let _ = Duration::ZERO;
         outcome
     }
 }
