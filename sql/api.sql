@@ -397,3 +397,10 @@ REVOKE ALL ON FUNCTION event_bus._refresh_event_status(uuid[]) FROM PUBLIC;
 
 -- a database that gains the extension gets its delivery worker at once.
 SELECT event_bus._wake_launcher_on_commit();
+
+COMMENT ON FUNCTION event_bus.process_pending_events(integer) IS
+    'Deliver up to p_limit due deliveries now, in the calling session: fans out new events, claims due '
+    'retries, sends HTTP requests (waiting for each up to its timeout) and runs SQL handlers, records the '
+    'outcomes like the worker. For environments without the worker, tests, and draining by hand. '
+    'Returns the number of deliveries attempted.';
+REVOKE ALL ON FUNCTION event_bus.process_pending_events(integer) FROM PUBLIC;

@@ -243,3 +243,19 @@ mod delivery_id_tests {
         assert_eq!(u.get_variant(), uuid::Variant::RFC4122);
     }
 }
+
+/// Deliver due events now, in this session (seed 001's process_pending_events): for environments
+/// without the background worker, for tests, and to drain a backlog by hand. HTTP requests are
+/// sent from inside the caller's transaction and their outcomes recorded in it, so keep the
+/// limit small; rolling back makes every attempt count as not made (they are redone later, with
+/// the same webhook-id). Returns the number of deliveries attempted.
+#[pg_extern(volatile, parallel_unsafe)]
+fn process_pending_events(p_limit: pgrx::default!(i32, 100)) -> i32 {
+    if p_limit < 1 || p_limit > 10_000 {
+        ErrorReportHelper::invalid(
+            format!("event_bus: p_limit {p_limit} is out of range"),
+            "Pass 1 to 10000 deliveries per call.",
+        );
+    }
+    crate::worker::dbworker::process_now(p_limit as i64) as i32
+}

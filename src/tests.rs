@@ -386,4 +386,47 @@ mod tests {
         assert_eq!(status("('completed', 1, NULL), ('failed', 4, 'HTTP 503')"), "failed|4|HTTP 503|t");
         assert_eq!(status("('processing', 1, NULL), ('failed', 4, 'x')"), "processing|4|x|f");
     }
+
+    #[pg_test]
+    fn process_pending_events_delivers_in_the_calling_session() {
+        Spi::run(
+            "CREATE ROLE event_bus_test_handler NOLOGIN;
+             CREATE TABLE public.seen (event_id uuid, qty int);
+             GRANT INSERT ON public.seen TO event_bus_test_handler;
+             CREATE SCHEMA inv; GRANT USAGE ON SCHEMA inv TO event_bus_test_handler;
+             CREATE FUNCTION inv.on_posted(event event_bus.module_events) RETURNS jsonb LANGUAGE sql AS $f$
+                 INSERT INTO public.seen VALUES (event.id, (event.payload->>'qty')::int) RETURNING jsonb_build_object('ok', true) $f$;
+             SELECT event_bus.subscribe('invoice.*', 'inventory', p_handler_function => 'inv.on_posted',
+                                        p_run_as => 'event_bus_test_handler');
+             -- nothing listens on port 9 of 127.0.0.1: a refused connection, recorded as a failed attempt
+             SELECT event_bus.subscribe('invoice.posted', 'accounting', 'http://127.0.0.1:9/hook', p_timeout_ms => 2000);",
+        )
+        .unwrap();
+        Spi::run(&format!(
+            "SELECT event_bus.emit_module_event('{TENANT}', 'invoice.posted', 'accounting', 'invoice', 'I-1', '{{\"qty\": 2}}');
+             SELECT event_bus.emit_module_event('{TENANT}', 'invoice.voided', 'accounting', 'invoice', 'I-2', '{{\"qty\": 5}}');
+             SELECT event_bus.emit_module_event('{TENANT}', 'order.created', 'sales', 'order', 'O-1', '{{}}');"
+        ))
+        .unwrap();
+        assert_eq!(Spi::get_one::<i32>("SELECT event_bus.process_pending_events()").unwrap(), Some(3));
+        assert_eq!(count("SELECT count(*) FROM public.seen"), 2);
+        assert_eq!(count("SELECT sum(qty)::bigint FROM public.seen"), 7);
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_event_logs WHERE status = 'success' AND response = '{\"ok\": true}'"),
+            2
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_event_logs WHERE status = 'failed' AND http_status IS NULL AND error_message ILIKE '%refused%'"),
+            1
+        );
+        let statuses = Spi::get_one::<String>(
+            "SELECT string_agg(event_type || '=' || status, ',' ORDER BY event_type) FROM event_bus.module_events",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(statuses, "invoice.posted=processing,invoice.voided=completed,order.created=completed");
+        // nothing due now: the failed delivery waits for its backoff
+        assert_eq!(Spi::get_one::<i32>("SELECT event_bus.process_pending_events(10)").unwrap(), Some(0));
+        assert_eq!(sqlstate_of("SELECT event_bus.process_pending_events(0)").as_deref(), Some("22023"));
+    }
 }

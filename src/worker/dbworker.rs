@@ -639,3 +639,57 @@ fn release(unfinished: &[Claimed]) {
     })
     .unwrap_or_else(|e| panic!("releasing leases failed: {e}"))
 }
+
+/// Process up to `limit` due deliveries now, in the calling session and transaction: new events
+/// are fanned out, retries that are due are claimed, HTTP requests are sent (on threads, waiting
+/// for each up to its timeout) and SQL handlers run, and the outcomes are recorded exactly as the
+/// worker records them. Returns how many deliveries were attempted.
+pub fn process_now(limit: i64) -> i64 {
+    let settings = ClaimSettings::read();
+    let (mut jobs, _) = claim(limit, &settings);
+    let left = (limit - jobs.len() as i64).max(0);
+    if left > 0 {
+        jobs.extend(fan_out(left, &settings));
+    }
+    let attempted = jobs.len() as i64;
+    let mut finished = Vec::with_capacity(jobs.len());
+    let mut http = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Http(c, req) => http.push((c, req)),
+            Job::Failed(c, e) => finished.push(Finished { claimed: c, outcome: Outcome::failure(0, e, Duration::ZERO) }),
+            Job::Sql(c, call) => {
+                let outcome = sqlhandler::run_batch(&[(c.clone(), call)]).pop().expect("one outcome per call");
+                finished.push(Finished { claimed: c, outcome });
+            }
+        }
+    }
+    if !http.is_empty() {
+        let threads = http.len().min(guc::MAX_CONCURRENCY.get().max(1) as usize);
+        let dispatcher = Dispatcher::start(threads, threads).unwrap_or_else(|e| {
+            pgrx::error!("event_bus: cannot start HTTP threads: {e}");
+        });
+        let mut waiting: HashMap<u64, Claimed> = HashMap::new();
+        for (i, (c, mut req)) in http.into_iter().enumerate() {
+            req.token = i as u64 + 1;
+            waiting.insert(req.token, c);
+            dispatcher.submit(req);
+        }
+        while !waiting.is_empty() {
+            pg_sys::check_for_interrupts!();
+            if let Some(o) = dispatcher.recv_timeout(Duration::from_millis(100)) {
+                if let Some(c) = waiting.remove(&o.token) {
+                    finished.push(Finished { claimed: c, outcome: o });
+                }
+            }
+        }
+    }
+    if !finished.is_empty() {
+        let mut rng = Rng(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64 | 1,
+        );
+        let delays: Vec<Duration> = finished.iter().map(|f| retry_delay(&f.claimed, &f.outcome, &mut rng)).collect();
+        record(&finished, &delays);
+    }
+    attempted
+}
