@@ -414,3 +414,35 @@ fn edge_function_names_resolve_against_the_base_url_after_a_reload() {
     assert_eq!(r.header("authorization"), Some("Bearer anon-key"));
     assert_eq!(r.json()["id"], e.as_str());
 }
+
+#[test]
+fn two_workers_share_a_database_without_duplicates_and_tenant_filters_hold() {
+    let mut conf = CONF.to_vec();
+    conf.push("event_bus.workers = 2");
+    conf.push("event_bus.batch_size = 20");
+    let cluster = Cluster::start("twoworkers", &conf);
+    let rx = Receiver::start(|_, _| Reply::ok().delayed(Duration::from_millis(1)));
+    let mut c = cluster.create_db_with_extension("twoworkers");
+    subscribe(&mut c, "#", &rx.url("/all"), "");
+    subscribe(&mut c, "#", &rx.url("/other-tenant"), ", p_tenant_id => '55555555-5555-5555-5555-555555555555'");
+    wait_for("two workers", LONG, || {
+        let n = scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_bus worker' AND datname = 'twoworkers'",
+        );
+        (n == 2).then_some(())
+    });
+    c.batch_execute(&format!(
+        "SELECT event_bus.emit_module_event('{TENANT}', 'stock.moved', 'inventory', 'item', g::text, '{{}}')
+           FROM generate_series(1, 1000) g"
+    ))
+    .unwrap();
+    wait_for("all delivered", LONG, || {
+        (scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'") == 1000)
+            .then_some(())
+    });
+    let ids: HashSet<String> = rx.on("/all").iter().map(|r| r.header("webhook-id").unwrap().to_string()).collect();
+    assert_eq!(rx.count("/all"), 1000, "each delivery sent once: no worker claimed another's");
+    assert_eq!(ids.len(), 1000);
+    assert_eq!(rx.count("/other-tenant"), 0, "a tenant-filtered subscription sees only its tenant");
+}
