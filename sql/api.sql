@@ -151,9 +151,13 @@ CREATE TRIGGER module_events_notify
 -- Internal: derive an event's status from its deliveries.
 ------------------------------------------------------------------------------------------------
 CREATE FUNCTION event_bus._refresh_event_status(p_event_ids uuid[]) RETURNS integer
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+-- plpgsql, not sql: the session keeps the statement's plan (the worker calls this every batch)
+DECLARE
+    v_updated integer;
+BEGIN
     WITH derived AS (
         SELECT ids.id AS event_id,
                CASE WHEN a.n = a.n_completed THEN 'completed'
@@ -190,7 +194,9 @@ AS $$
                IS DISTINCT FROM (d.status, d.retries, d.last_error)
         RETURNING 1
     )
-    SELECT count(*)::integer FROM upd;
+    SELECT count(*)::integer INTO v_updated FROM upd;
+    RETURN v_updated;
+END
 $$;
 
 COMMENT ON FUNCTION event_bus._refresh_event_status(uuid[]) IS

@@ -304,6 +304,33 @@ fn retry_delay(c: &Claimed, o: &Outcome, rng: &mut Rng) -> Duration {
     backoff(c.attempt, c.backoff_base_ms.max(1) as u64, c.backoff_max_ms.max(1) as u64, o.retry_after, rng.next_f64())
 }
 
+thread_local! {
+    /// Plans of the worker's record statements, prepared once per process and kept
+    /// (SPI_keepplan): they run every batch and their plans do not depend on the batch size.
+    static PLANS: std::cell::RefCell<HashMap<&'static str, pgrx::spi::OwnedPreparedStatement>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// Execute the statement `name` (prepared from `sql()` with parameter `types` on first use).
+fn exec<'conn>(
+    client: &mut pgrx::spi::SpiClient<'conn>,
+    name: &'static str,
+    sql: impl FnOnce() -> String,
+    types: &[pg_sys::Oid],
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<pgrx::spi::SpiTupleTable<'conn>, pgrx::spi::Error> {
+    PLANS.with(|plans| {
+        let mut plans = plans.borrow_mut();
+        if !plans.contains_key(name) {
+            let oids: Vec<pgrx::PgOid> = types.iter().map(|t| pgrx::PgOid::from(*t)).collect();
+            let stmt = client.prepare_mut(sql().as_str(), &oids)?.keep();
+            plans.insert(name, stmt);
+        }
+        let stmt = plans.get(name).expect("just inserted");
+        client.update(stmt, None, args)
+    })
+}
+
 /// The columns every job row has, over aliases d (delivery), e (event), s (subscription).
 /// $2 = default timeout, $3 = lease, $4/$5 = default backoff base/cap.
 const JOB_COLUMNS: &str = "d.id::text, d.event_id::text, d.subscription_id::text, d.tenant_id::text, d.attempts,
@@ -332,7 +359,7 @@ const JOB_COLUMNS: &str = "d.id::text, d.event_id::text, d.subscription_id::text
 /// this worker (first attempt), so a new event costs no separate claim. Events that match nothing
 /// are completed at once. Returns the jobs.
 fn fan_out(limit: i64, settings: &ClaimSettings) -> Vec<Job> {
-    let sql = format!(
+    let sql = || format!(
         "WITH ev AS (
              SELECT e.id, e.tenant_id, e.event_type
                FROM event_bus.module_events e
@@ -371,7 +398,8 @@ fn fan_out(limit: i64, settings: &ClaimSettings) -> Vec<Job> {
           ORDER BY d.event_id, d.subscription_id"
     );
     Spi::connect_mut(|client| {
-        let table = client.update(&sql, None, &settings.args(limit))?;
+        // planned per call: a generic plan cannot see the small LIMIT and hashes whole tables
+        let table = client.update(sql().as_str(), None, &settings.args(limit))?;
         jobs_from(table, settings)
     })
     .unwrap_or_else(|e| panic!("fan-out failed: {e}"))
@@ -419,7 +447,7 @@ pub enum Job {
 /// Claim up to `limit` due deliveries (retries, expired leases) with a lease; returns the jobs
 /// and, when fewer than `limit` were due, the seconds until the next one is.
 fn claim(limit: i64, settings: &ClaimSettings) -> (Vec<Job>, Option<f64>) {
-    let sql = format!(
+    let sql = || format!(
         "WITH c AS (
              SELECT d.id
                FROM event_bus.module_event_deliveries d
@@ -439,7 +467,8 @@ fn claim(limit: i64, settings: &ClaimSettings) -> (Vec<Job>, Option<f64>) {
          RETURNING {JOB_COLUMNS}"
     );
     Spi::connect_mut(|client| {
-        let table = client.update(&sql, None, &settings.args(limit))?;
+        // planned per call, like the fan-out
+        let table = client.update(sql().as_str(), None, &settings.args(limit))?;
         let jobs = jobs_from(table, settings)?;
         let mut next = None;
         if (jobs.len() as i64) < limit {
@@ -566,8 +595,10 @@ fn record(batch: &[Finished], delays: &[Duration]) {
         delay_ms.push(d.as_millis().min(i64::MAX as u128) as i64);
     }
     Spi::connect_mut(|client| {
-        client.update(
-            "WITH o AS (
+        exec(
+            client,
+            "record_deliveries",
+            || "WITH o AS (
                  SELECT * FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::bool[], $5::int[], $6::text[], $7::bigint[])
                      AS o(id, attempt, ok, dead, http_status, err, delay_ms)
              )
@@ -579,8 +610,17 @@ fn record(batch: &[Finished], delays: &[Duration]) {
                     last_http_status = o.http_status,
                     last_error = o.err
                FROM o
-              WHERE d.id = o.id AND d.status = 'processing' AND d.attempts = o.attempt",
-            None,
+              WHERE d.id = o.id AND d.status = 'processing' AND d.attempts = o.attempt"
+                .to_string(),
+            &[
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::BOOLARRAYOID,
+                pg_sys::BOOLARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT8ARRAYOID,
+            ],
             &[
                 ids.clone().into(),
                 attempts.clone().into(),
@@ -591,16 +631,30 @@ fn record(batch: &[Finished], delays: &[Duration]) {
                 delay_ms.into(),
             ],
         )?;
-        client.update(
-            "INSERT INTO event_bus.module_event_logs
+        exec(
+            client,
+            "record_logs",
+            || "INSERT INTO event_bus.module_event_logs
                  (delivery_id, event_id, subscription_id, tenant_id, attempt, status, http_status,
                   response, error_message, duration_ms)
              SELECT o.id, o.event_id, o.sub_id, o.tenant_id, o.attempt,
                     CASE WHEN o.ok THEN 'success' ELSE 'failed' END, o.http_status, o.resp::jsonb, o.err, o.dur
                FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int[], $6::bool[], $7::int[],
                            $8::text[], $9::text[], $10::float8[])
-                 AS o(id, event_id, sub_id, tenant_id, attempt, ok, http_status, resp, err, dur)",
-            None,
+                 AS o(id, event_id, sub_id, tenant_id, attempt, ok, http_status, resp, err, dur)"
+                .to_string(),
+            &[
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::BOOLARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::FLOAT8ARRAYOID,
+            ],
             &[
                 ids.into(),
                 events.clone().into(),
@@ -616,7 +670,13 @@ fn record(batch: &[Finished], delays: &[Duration]) {
         )?;
         events.sort();
         events.dedup();
-        client.update("SELECT event_bus._refresh_event_status($1::uuid[])", None, &[events.into()])?;
+        exec(
+            client,
+            "refresh_status",
+            || "SELECT event_bus._refresh_event_status($1::uuid[])".to_string(),
+            &[pg_sys::TEXTARRAYOID],
+            &[events.into()],
+        )?;
         Ok::<(), pgrx::spi::Error>(())
     })
     .unwrap_or_else(|e| panic!("recording outcomes failed: {e}"))
