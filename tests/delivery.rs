@@ -446,3 +446,38 @@ fn two_workers_share_a_database_without_duplicates_and_tenant_filters_hold() {
     assert_eq!(ids.len(), 1000);
     assert_eq!(rx.count("/other-tenant"), 0, "a tenant-filtered subscription sees only its tenant");
 }
+
+#[test]
+fn bad_subscription_rows_written_directly_fail_their_attempts_and_never_stop_the_worker() {
+    let cluster = Cluster::start("badrows", CONF);
+    let rx = Receiver::start(|_, _| Reply::ok());
+    let mut c = cluster.create_db_with_extension("badrows");
+    let bad_headers = subscribe(&mut c, "#", &rx.url("/h"), ", p_max_retries => 0");
+    let bad_secret = subscribe(&mut c, "#", &rx.url("/s"), ", p_max_retries => 0");
+    let bad_url = subscribe(&mut c, "#", &rx.url("/u"), ", p_max_retries => 0");
+    subscribe(&mut c, "#", &rx.url("/good"), "");
+    // an admin bypasses subscribe()'s validation
+    c.batch_execute(&format!(
+        "UPDATE event_bus.module_event_subscriptions SET headers = '{{\"X-Bad\": 1}}' WHERE id = '{bad_headers}';
+         UPDATE event_bus.module_event_subscriptions SET secret = 'short' WHERE id = '{bad_secret}';
+         UPDATE event_bus.module_event_subscriptions SET handler_url = 'ftp://127.0.0.1/x' WHERE id = '{bad_url}';"
+    ))
+    .unwrap();
+    emit(&mut c, "a.b", "{}");
+    wait_for("three dead deliveries", LONG, || {
+        (scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'failed'") == 3)
+            .then_some(())
+    });
+    let errors = scalar_text(
+        &mut c,
+        "SELECT string_agg(error_message, ' | ' ORDER BY error_message) FROM event_bus.module_event_logs WHERE status = 'failed'",
+    );
+    assert!(errors.contains("invalid subscription headers"), "{errors}");
+    assert!(errors.contains("invalid signing secret"), "{errors}");
+    assert!(errors.contains("invalid URL"), "{errors}");
+    assert_eq!(rx.count("/h") + rx.count("/s") + rx.count("/u"), 0, "nothing sent for a bad row");
+    wait_for("the good subscription delivered", LONG, || (rx.count("/good") == 1).then_some(()));
+    // and the worker is still there for the next event
+    emit(&mut c, "a.c", "{}");
+    wait_for("next event delivered", LONG, || (rx.count("/good") == 2).then_some(()));
+}

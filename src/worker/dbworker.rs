@@ -532,14 +532,20 @@ fn jobs_from(table: pgrx::spi::SpiTupleTable, st: &ClaimSettings) -> Result<Vec<
                     Some(Ok(k)) => Ok(Some(k)),
                     None => Ok(None),
                 };
-                let headers: Vec<(String, String)> = serde_json::from_str::<serde_json::Value>(&headers_text)
-                    .ok()
-                    .filter(|v| api::validate_headers(v).is_ok())
-                    .and_then(|v| v.as_object().cloned())
-                    .map(|o| o.into_iter().filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string()))).collect())
-                    .unwrap_or_default();
-                match (target, key) {
-                    (Ok(url), Ok(secret_key)) => Job::Http(
+                // headers written past subscribe() (a direct UPDATE) are checked again: a bad one
+                // fails the attempt rather than sending without, say, its Authorization header
+                let headers: Result<Vec<(String, String)>, String> =
+                    serde_json::from_str::<serde_json::Value>(&headers_text)
+                        .map_err(|e| e.to_string())
+                        .and_then(|v| api::validate_headers(&v).map(|_| v))
+                        .map(|v| {
+                            v.as_object()
+                                .map(|o| o.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+                                .unwrap_or_default()
+                        })
+                        .map_err(|e| format!("invalid subscription headers: {e}"));
+                match (target, key, headers) {
+                    (Ok(url), Ok(secret_key), Ok(headers)) => Job::Http(
                         claimed.clone(),
                         Request {
                             token: 0,
@@ -553,7 +559,7 @@ fn jobs_from(table: pgrx::spi::SpiTupleTable, st: &ClaimSettings) -> Result<Vec<
                             follow_redirects: st.follow,
                         },
                     ),
-                    (Err(e), _) | (_, Err(e)) => Job::Failed(claimed, e),
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Job::Failed(claimed, e),
                 }
             }
         };
