@@ -321,13 +321,14 @@ fn exec<'conn>(
 ) -> Result<pgrx::spi::SpiTupleTable<'conn>, pgrx::spi::Error> {
     PLANS.with(|plans| {
         let mut plans = plans.borrow_mut();
-        if !plans.contains_key(name) {
-            let oids: Vec<pgrx::PgOid> = types.iter().map(|t| pgrx::PgOid::from(*t)).collect();
-            let stmt = client.prepare_mut(sql().as_str(), &oids)?.keep();
-            plans.insert(name, stmt);
-        }
-        let stmt = plans.get(name).expect("just inserted");
-        client.update(stmt, None, args)
+        let stmt = match plans.entry(name) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let oids: Vec<pgrx::PgOid> = types.iter().map(|t| pgrx::PgOid::from(*t)).collect();
+                e.insert(client.prepare_mut(sql().as_str(), &oids)?.keep())
+            }
+        };
+        client.update(&*stmt, None, args)
     })
 }
 
@@ -725,8 +726,9 @@ pub fn process_now(limit: i64) -> i64 {
             Job::Http(c, req) => http.push((c, req)),
             Job::Failed(c, e) => finished.push(Finished { claimed: c, outcome: Outcome::failure(0, e, Duration::ZERO) }),
             Job::Sql(c, call) => {
-                let outcome = sqlhandler::run_batch(&[(c.clone(), call)]).pop().expect("one outcome per call");
-                finished.push(Finished { claimed: c, outcome });
+                for outcome in sqlhandler::run_batch(&[(c.clone(), call)]) {
+                    finished.push(Finished { claimed: c.clone(), outcome });
+                }
             }
         }
     }
