@@ -165,9 +165,7 @@ mod pure_tests {
 #[pg_extern(immutable, strict, parallel_safe, name = "_check_secret")]
 fn check_secret(secret: &str) -> bool {
     if let Err(reason) = secret_key(secret) {
-        ErrorReportHelper::invalid(format!("event_bus: invalid signing secret: {reason}"),
-            "Use 'whsec_' followed by base64 of 24 to 64 random bytes (as Standard Webhooks and Svix issue \
-             them), e.g. 'whsec_' || encode(gen_random_bytes(32), 'base64').");
+        EventBusError::InvalidSecret { reason }.raise();
     }
     true
 }
@@ -190,19 +188,6 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
     }
 }
 
-struct ErrorReportHelper;
-impl ErrorReportHelper {
-    fn invalid(message: String, hint: &str) -> ! {
-        pgrx::pg_sys::panic::ErrorReport::new(
-            pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            message,
-            "event_bus",
-        )
-        .set_hint(hint)
-        .report(pgrx::PgLogLevel::ERROR);
-        unreachable!()
-    }
-}
 
 /// The id of the delivery of `event_id` to `subscription_id` — its `webhook-id`. Deterministic,
 /// so a fan-out redone after a crash produces the same id and receivers can deduplicate on it;
@@ -251,11 +236,8 @@ mod delivery_id_tests {
 /// the same webhook-id). Returns the number of deliveries attempted.
 #[pg_extern(volatile, parallel_unsafe)]
 fn process_pending_events(p_limit: pgrx::default!(i32, 100)) -> i32 {
-    if p_limit < 1 || p_limit > 10_000 {
-        ErrorReportHelper::invalid(
-            format!("event_bus: p_limit {p_limit} is out of range"),
-            "Pass 1 to 10000 deliveries per call.",
-        );
+    if !(1..=10_000).contains(&p_limit) {
+        EventBusError::LimitOutOfRange { value: p_limit }.raise();
     }
     crate::worker::dbworker::process_now(p_limit as i64) as i32
 }

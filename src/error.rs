@@ -14,6 +14,10 @@ pub enum EventBusError {
     InvalidUrl { value: String, reason: String },
     #[error("event_bus: invalid headers: {reason}")]
     InvalidHeaders { reason: String },
+    #[error("event_bus: invalid signing secret: {reason}")]
+    InvalidSecret { reason: String },
+    #[error("event_bus: p_limit {value} is out of range")]
+    LimitOutOfRange { value: i32 },
 }
 
 impl EventBusError {
@@ -22,7 +26,9 @@ impl EventBusError {
             EventBusError::InvalidEventType { .. }
             | EventBusError::InvalidPattern { .. }
             | EventBusError::InvalidUrl { .. }
-            | EventBusError::InvalidHeaders { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            | EventBusError::InvalidHeaders { .. }
+            | EventBusError::InvalidSecret { .. }
+            | EventBusError::LimitOutOfRange { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
         }
     }
 
@@ -43,6 +49,11 @@ impl EventBusError {
                 "Pass a JSON object of header names to string values, e.g. \
                  '{\"Authorization\": \"Bearer ...\"}'; names are HTTP tokens, values have no line breaks."
             }
+            EventBusError::InvalidSecret { .. } => {
+                "Use 'whsec_' followed by base64 of 24 to 64 random bytes (as Standard Webhooks and Svix issue \
+                 them), e.g. 'whsec_' || encode(gen_random_bytes(32), 'base64')."
+            }
+            EventBusError::LimitOutOfRange { .. } => "Pass 1 to 10000 deliveries per call.",
         }
     }
 

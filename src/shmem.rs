@@ -173,14 +173,10 @@ fn ensure_callback() {
 /// Cheap: a flag per transaction and, at commit, one shared-lock scan of the slot table.
 #[pg_extern(volatile, parallel_unsafe, name = "_wake_on_commit")]
 fn wake_on_commit() {
-    if !attached() {
-        return;
-    }
-    ensure_callback();
-    WAKE_WORKERS.set(true);
+    wake_workers_on_commit();
 }
 
-/// Wake this database's workers when the current transaction commits (used by DROP EXTENSION).
+/// Wake this database's workers when the current transaction commits (emit, DROP EXTENSION).
 pub fn wake_workers_on_commit() {
     if !attached() {
         return;

@@ -97,6 +97,12 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, _arg: pg_sys::Datum) {
 /// Simple xorshift for jitter; seeded per process.
 struct Rng(u64);
 impl Rng {
+    /// Seeded from the clock and the pid, so workers do not share a jitter sequence.
+    fn seeded() -> Rng {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        Rng((nanos as u64) ^ ((unsafe { pg_sys::MyProcPid } as u64) << 32) | 1)
+    }
+
     fn next_f64(&mut self) -> f64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
@@ -115,11 +121,7 @@ fn run(dboid: pg_sys::Oid) -> i32 {
             return 1;
         }
     };
-    let mut rng = Rng(
-        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64)
-            ^ ((unsafe { pg_sys::MyProcPid } as u64) << 32)
-            | 1,
-    );
+    let mut rng = Rng::seeded();
     let mut in_flight: HashMap<u64, Claimed> = HashMap::new();
     let mut finished: Vec<Finished> = Vec::new();
     let mut next_token: u64 = 1;
@@ -178,10 +180,9 @@ fn run(dboid: pg_sys::Oid) -> i32 {
 
         // 2. fan out and claim when the HTTP threads are about to run dry. Up to a batch may
         //    wait queued beyond max_concurrency (their lease covers the wait).
-        let outstanding = in_flight.len();
         let mut claimed_full = false;
-        if outstanding <= concurrency / 2 && finished.len() < batch_size {
-            let limit = batch_size.min(concurrency + batch_size - outstanding);
+        if in_flight.len() <= concurrency / 2 && finished.len() < batch_size {
+            let limit = batch_size;
             let result = in_transaction("claiming deliveries", || {
                 if !extension_present() {
                     return None;
@@ -284,7 +285,7 @@ fn shutdown(dispatcher: &Dispatcher, in_flight: &mut HashMap<u64, Claimed>, mut 
             }
         }
     }
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::seeded();
     let delays: Vec<Duration> = finished.iter().map(|f| retry_delay(&f.claimed, &f.outcome, &mut rng)).collect();
     let unfinished: Vec<Claimed> = in_flight.values().cloned().collect();
     let r = in_transaction("recording outcomes at shutdown", || {
@@ -753,9 +754,7 @@ pub fn process_now(limit: i64) -> i64 {
         }
     }
     if !finished.is_empty() {
-        let mut rng = Rng(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64 | 1,
-        );
+        let mut rng = Rng::seeded();
         let delays: Vec<Duration> = finished.iter().map(|f| retry_delay(&f.claimed, &f.outcome, &mut rng)).collect();
         record(&finished, &delays);
     }

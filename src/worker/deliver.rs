@@ -171,19 +171,9 @@ fn perform(agent: &ureq::Agent, no_redirect_agent: &ureq::Agent, req: &Request) 
             let elapsed = started.elapsed();
             let msg = t.to_string();
             let timed_out = msg.contains("timed out") || msg.contains("Timeout") || elapsed >= req.timeout;
-            Outcome {
-                token: req.token,
-                success: false,
-                http_status: None,
-                response: None,
-                error: Some(if timed_out {
-                    format!("timed out after {} ms: {msg}", req.timeout.as_millis())
-                } else {
-                    msg
-                }),
-                retry_after: None,
-                duration: elapsed,
-            }
+            let error =
+                if timed_out { format!("timed out after {} ms: {msg}", req.timeout.as_millis()) } else { msg };
+            Outcome::failure(req.token, error, elapsed)
         }
     }
 }

@@ -6,7 +6,7 @@
 pub mod receiver;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -156,8 +156,4 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
 }
