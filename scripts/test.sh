@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
+# the committed upgrade script must be what the install sources generate
+scripts/gen-upgrade.sh --check
 
 PGDATA_DIR="${EVENT_BUS_TEST_PGDATA:-/var/tmp/event_bus-pgrx-test}"
 mkdir -p "$PGDATA_DIR"

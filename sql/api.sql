@@ -4,7 +4,7 @@
 ------------------------------------------------------------------------------------------------
 -- API: Public — emit_module_event
 ------------------------------------------------------------------------------------------------
-CREATE FUNCTION event_bus.emit_module_event(
+CREATE OR REPLACE FUNCTION event_bus.emit_module_event(
     p_tenant_id     uuid,
     p_event_type    text,
     p_source_module text,
@@ -21,11 +21,26 @@ DECLARE
     v_id        uuid;
     v_limit     bigint;
     v_size      bigint;
+    v_tenant    uuid;
+    v_metadata  jsonb := coalesce(p_metadata, '{}'::jsonb);
+    v_cause     text;
+    v_depth     integer;
+    v_max_depth integer;
 BEGIN
     IF p_tenant_id IS NULL THEN
         RAISE EXCEPTION 'event_bus: tenant_id must not be null'
             USING ERRCODE = '22004',
                   HINT = 'Pass the tenant (organization) the event belongs to as the first argument.';
+    END IF;
+    -- a session bound to a tenant emits for that tenant only (admins for any)
+    v_tenant := event_bus.current_tenant();
+    IF (v_tenant IS DISTINCT FROM p_tenant_id)
+       AND (v_tenant IS NOT NULL OR pg_has_role(event_bus._caller(), 'event_bus_reader', 'USAGE'))
+       AND NOT event_bus._caller_is_admin() THEN
+        RAISE EXCEPTION 'event_bus: this session may not emit events for tenant %', p_tenant_id
+            USING ERRCODE = '42501',
+                  HINT = 'The session''s tenant (event_bus.current_tenant()) is '
+                         || coalesce(v_tenant::text, 'not set') || '; emit for that tenant.';
     END IF;
     IF p_event_type IS NULL THEN
         RAISE EXCEPTION 'event_bus: event_type must not be null'
@@ -54,11 +69,30 @@ BEGIN
                   HINT = 'Send a reference (an id or URL) instead of the data, or raise event_bus.max_payload_bytes.';
     END IF;
 
+    -- inside a SQL handler the worker names the event being handled: record the chain, stop loops
+    v_cause := nullif(current_setting('event_bus.causation_id', true), '');
+    IF v_cause IS NOT NULL THEN
+        v_depth := coalesce(nullif(current_setting('event_bus.chain_depth', true), '')::integer, 0) + 1;
+        v_max_depth := coalesce(nullif(current_setting('event_bus.max_chain_depth', true), '')::integer, 16);
+        IF v_depth > v_max_depth THEN
+            RAISE EXCEPTION 'event_bus: event chain too deep: % would be at depth %, over event_bus.max_chain_depth (%)',
+                    p_event_type, v_depth, v_max_depth
+                USING ERRCODE = '54000',
+                      HINT = 'Handlers that emit events in reply to each other loop; the chain starts at '
+                             'correlation_id ' || coalesce(current_setting('event_bus.correlation_id', true), v_cause)
+                             || '. Break the loop, or raise event_bus.max_chain_depth for a longer legitimate chain.';
+        END IF;
+        v_metadata := v_metadata || jsonb_build_object(
+            'causation_id', v_cause,
+            'correlation_id', coalesce(v_metadata ->> 'correlation_id',
+                                       nullif(current_setting('event_bus.correlation_id', true), ''), v_cause),
+            'depth', v_depth);
+    END IF;
+
     INSERT INTO event_bus.module_events
         (tenant_id, event_type, source_module, entity_type, entity_id, payload, metadata)
     VALUES
-        (p_tenant_id, p_event_type, p_source_module, p_entity_type, p_entity_id, p_payload,
-         coalesce(p_metadata, '{}'::jsonb))
+        (p_tenant_id, p_event_type, p_source_module, p_entity_type, p_entity_id, p_payload, v_metadata)
     RETURNING id INTO v_id;
 
     PERFORM event_bus._wake_on_commit();
@@ -70,10 +104,13 @@ COMMENT ON FUNCTION event_bus.emit_module_event(uuid, text, text, text, text, js
     'Emit an event in the current transaction: it exists if and only if the transaction commits. '
     'Validates the event type, tenant and payload (a JSON object of at most event_bus.max_payload_bytes) '
     'and writes one row; the worker fans it out to matching subscriptions after commit. Returns the event id. '
-    'SECURITY DEFINER: callable from any trigger or role with EXECUTE, without table privileges.';
+    'SECURITY DEFINER: callable from any trigger or role with EXECUTE, without table privileges; a session '
+    'bound to a tenant (event_bus.current_tenant()) may emit only for that tenant (42501). Emitted from a SQL '
+    'handler, the event''s metadata records causation_id, correlation_id and depth; a chain deeper than '
+    'event_bus.max_chain_depth is refused (54000).';
 
 -- The seed's signature takes the entity id as uuid.
-CREATE FUNCTION event_bus.emit_module_event(
+CREATE OR REPLACE FUNCTION event_bus.emit_module_event(
     p_tenant_id     uuid,
     p_event_type    text,
     p_source_module text,
@@ -96,7 +133,7 @@ COMMENT ON FUNCTION event_bus.emit_module_event(uuid, text, text, text, uuid, js
 ------------------------------------------------------------------------------------------------
 -- API: Public — publish_event (compatibility with the publish_event design)
 ------------------------------------------------------------------------------------------------
-CREATE FUNCTION event_bus.publish_event(
+CREATE OR REPLACE FUNCTION event_bus.publish_event(
     p_event_type      text,
     p_aggregate_type  text,
     p_aggregate_id    text,
@@ -126,7 +163,7 @@ COMMENT ON FUNCTION event_bus.publish_event(text, text, text, jsonb, jsonb, uuid
 ------------------------------------------------------------------------------------------------
 -- Notify trigger: LISTEN module_event sees {"id","event_type","tenant_id"} of each committed event.
 ------------------------------------------------------------------------------------------------
-CREATE FUNCTION event_bus._notify_module_event() RETURNS trigger
+CREATE OR REPLACE FUNCTION event_bus._notify_module_event() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -141,7 +178,7 @@ COMMENT ON FUNCTION event_bus._notify_module_event() IS
     'Internal: AFTER INSERT trigger on module_events sending pg_notify(''module_event'', {id, event_type, '
     'tenant_id}) unless event_bus.notify is off.';
 
-CREATE TRIGGER module_events_notify
+CREATE OR REPLACE TRIGGER module_events_notify
     AFTER INSERT ON event_bus.module_events
     FOR EACH ROW
     WHEN (coalesce(nullif(pg_catalog.current_setting('event_bus.notify', true), '')::boolean, true))
@@ -150,7 +187,7 @@ CREATE TRIGGER module_events_notify
 ------------------------------------------------------------------------------------------------
 -- Internal: derive an event's status from its deliveries.
 ------------------------------------------------------------------------------------------------
-CREATE FUNCTION event_bus._refresh_event_status(p_event_ids uuid[]) RETURNS integer
+CREATE OR REPLACE FUNCTION event_bus._refresh_event_status(p_event_ids uuid[]) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -206,7 +243,7 @@ COMMENT ON FUNCTION event_bus._refresh_event_status(uuid[]) IS
 ------------------------------------------------------------------------------------------------
 -- API: Public — subscribe / unsubscribe
 ------------------------------------------------------------------------------------------------
-CREATE FUNCTION event_bus.subscribe(
+CREATE OR REPLACE FUNCTION event_bus.subscribe(
     p_event_type       text,
     p_handler_module   text,
     p_handler_url      text    DEFAULT NULL,
@@ -345,7 +382,7 @@ COMMENT ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, int
     'signing secret (Standard Webhooks), extra headers, timeout, retry limit, backoff, tenant filter. '
     'Applies to events emitted after it commits; replay backfills older ones. Returns the subscription id.';
 
-CREATE FUNCTION event_bus.unsubscribe(p_subscription_id uuid) RETURNS boolean
+CREATE OR REPLACE FUNCTION event_bus.unsubscribe(p_subscription_id uuid) RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -361,8 +398,9 @@ $$;
 
 -- However a subscription goes (unsubscribe or a plain DELETE), its unfinished deliveries go with
 -- it: they could never be sent. Finished ones stay as history.
-CREATE FUNCTION event_bus._subscriptions_deleted() RETURNS trigger
+CREATE OR REPLACE FUNCTION event_bus._subscriptions_deleted() RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -371,7 +409,7 @@ BEGIN
     WITH gone AS (
         DELETE FROM event_bus.module_event_deliveries d
          USING old_rows o
-         WHERE d.subscription_id = o.id AND d.status IN ('pending', 'processing')
+         WHERE d.subscription_id = o.id AND d.status IN ('pending', 'processing', 'held')
         RETURNING d.event_id)
     SELECT array_agg(DISTINCT event_id) INTO v_events FROM gone;
     IF v_events IS NOT NULL THEN
@@ -382,7 +420,7 @@ END
 $$;
 COMMENT ON FUNCTION event_bus._subscriptions_deleted() IS
     'Internal: drops the unfinished deliveries of deleted subscriptions and re-derives their events'' status.';
-CREATE TRIGGER module_event_subscriptions_deleted
+CREATE OR REPLACE TRIGGER module_event_subscriptions_deleted
     AFTER DELETE ON event_bus.module_event_subscriptions
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION event_bus._subscriptions_deleted();

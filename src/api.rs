@@ -41,7 +41,11 @@ fn is_valid_pattern(pattern: &str) -> bool {
 #[pg_extern(immutable, strict, parallel_safe, name = "_check_event_type")]
 fn check_event_type(event_type: &str) -> bool {
     if let Err(e) = matcher::validate_event_type(event_type) {
-        EventBusError::InvalidEventType { value: truncate(event_type), reason: e.to_string() }.raise();
+        EventBusError::InvalidEventType {
+            value: truncate(event_type),
+            reason: e.to_string(),
+        }
+        .raise();
     }
     true
 }
@@ -50,7 +54,11 @@ fn check_event_type(event_type: &str) -> bool {
 #[pg_extern(immutable, strict, parallel_safe, name = "_check_pattern")]
 fn check_pattern(pattern: &str) -> bool {
     if let Err(e) = matcher::validate_pattern(pattern) {
-        EventBusError::InvalidPattern { value: truncate(pattern), reason: e.to_string() }.raise();
+        EventBusError::InvalidPattern {
+            value: truncate(pattern),
+            reason: e.to_string(),
+        }
+        .raise();
     }
     true
 }
@@ -59,7 +67,11 @@ fn check_pattern(pattern: &str) -> bool {
 #[pg_extern(immutable, strict, parallel_safe, name = "_check_url")]
 fn check_url(url: &str) -> bool {
     if let Err(reason) = validate_url(url) {
-        EventBusError::InvalidUrl { value: truncate(url), reason }.raise();
+        EventBusError::InvalidUrl {
+            value: truncate(url),
+            reason,
+        }
+        .raise();
     }
     true
 }
@@ -89,7 +101,11 @@ pub fn validate_url(url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("it does not parse ({e})"))?;
     match parsed.scheme() {
         "http" | "https" => {}
-        other => return Err(format!("scheme {other:?} is not supported, only http and https")),
+        other => {
+            return Err(format!(
+                "scheme {other:?} is not supported, only http and https"
+            ))
+        }
     }
     if parsed.host_str().map(|h| h.is_empty()).unwrap_or(true) {
         return Err("it has no host".into());
@@ -115,19 +131,29 @@ pub const RESERVED_HEADERS: &[&str] = &[
 ];
 
 pub fn validate_headers(v: &serde_json::Value) -> Result<(), String> {
-    let obj = v.as_object().ok_or_else(|| "headers must be a JSON object".to_string())?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| "headers must be a JSON object".to_string())?;
     for (name, value) in obj {
         let token_ok = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !token_ok {
             return Err(format!("{name:?} is not a valid header name"));
         }
         if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-            return Err(format!("{name:?} is set by event_bus itself and cannot be overridden"));
+            return Err(format!(
+                "{name:?} is set by event_bus itself and cannot be overridden"
+            ));
         }
-        let s = value.as_str().ok_or_else(|| format!("the value of {name:?} is not a string"))?;
+        let s = value
+            .as_str()
+            .ok_or_else(|| format!("the value of {name:?} is not a string"))?;
         if s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-            return Err(format!("the value of {name:?} contains a line break or NUL"));
+            return Err(format!(
+                "the value of {name:?} contains a line break or NUL"
+            ));
         }
     }
     Ok(())
@@ -142,11 +168,19 @@ mod pure_tests {
         assert!(validate_url("https://example.com/hook").is_ok());
         assert!(validate_url("http://127.0.0.1:8080/x?y=1").is_ok());
         assert!(validate_url("http://[::1]:8080/").is_ok());
-        assert!(validate_url("ftp://example.com/").unwrap_err().contains("scheme"));
-        assert!(validate_url("file:///etc/passwd").unwrap_err().contains("scheme"));
-        assert!(validate_url("https://user:pw@example.com/").unwrap_err().contains("credentials"));
+        assert!(validate_url("ftp://example.com/")
+            .unwrap_err()
+            .contains("scheme"));
+        assert!(validate_url("file:///etc/passwd")
+            .unwrap_err()
+            .contains("scheme"));
+        assert!(validate_url("https://user:pw@example.com/")
+            .unwrap_err()
+            .contains("credentials"));
         assert!(validate_url("not a url").unwrap_err().contains("parse"));
-        assert!(validate_url("https://example.com/#frag").unwrap_err().contains("fragment"));
+        assert!(validate_url("https://example.com/#frag")
+            .unwrap_err()
+            .contains("fragment"));
     }
 
     #[test]
@@ -182,12 +216,14 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
         }
         Ok(key)
     } else if secret.len() < 16 {
-        Err(format!("it is {} bytes, at least 16 are needed", secret.len()))
+        Err(format!(
+            "it is {} bytes, at least 16 are needed",
+            secret.len()
+        ))
     } else {
         Ok(secret.as_bytes().to_vec())
     }
 }
-
 
 /// The id of the delivery of `event_id` to `subscription_id` — its `webhook-id`. Deterministic,
 /// so a fan-out redone after a crash produces the same id and receivers can deduplicate on it;
@@ -195,7 +231,10 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
 /// a SHA-256 of both ids, as a version-8 UUID.
 #[pg_extern(immutable, strict, parallel_safe, name = "_delivery_id")]
 fn delivery_id(event_id: Uuid, subscription_id: Uuid) -> Uuid {
-    Uuid::from_bytes(derive_delivery_id(event_id.as_bytes(), subscription_id.as_bytes()))
+    Uuid::from_bytes(derive_delivery_id(
+        event_id.as_bytes(),
+        subscription_id.as_bytes(),
+    ))
 }
 
 pub fn derive_delivery_id(event_id: &[u8; 16], subscription_id: &[u8; 16]) -> [u8; 16] {

@@ -28,7 +28,9 @@ impl EventBusError {
             | EventBusError::InvalidUrl { .. }
             | EventBusError::InvalidHeaders { .. }
             | EventBusError::InvalidSecret { .. }
-            | EventBusError::LimitOutOfRange { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            | EventBusError::LimitOutOfRange { .. } => {
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
+            }
         }
     }
 
@@ -61,7 +63,9 @@ impl EventBusError {
     pub fn raise(self) -> ! {
         let code = self.code();
         let hint = self.hint();
-        ErrorReport::new(code, self.to_string(), "event_bus").set_hint(hint).report(PgLogLevel::ERROR);
+        ErrorReport::new(code, self.to_string(), "event_bus")
+            .set_hint(hint)
+            .report(PgLogLevel::ERROR);
         unreachable!("ERROR does not return")
     }
 }

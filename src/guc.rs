@@ -8,7 +8,8 @@ pub static MAX_PAYLOAD_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1_048_576
 /// Whether inserts into module_events send pg_notify('module_event', ...).
 pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Base URL that Edge Function names are resolved against.
-pub static EDGE_FUNCTION_BASE_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static EDGE_FUNCTION_BASE_URL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
 
 /// Deliveries claimed per batch.
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
@@ -30,6 +31,20 @@ pub static MAX_RESPONSE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(4_096);
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 /// Follow HTTP redirects (up to 5)?
 pub static FOLLOW_REDIRECTS: GucSetting<bool> = GucSetting::<bool>::new(false);
+/// Longest chain of events emitted by SQL handlers in reply to each other.
+pub static MAX_CHAIN_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(16);
+/// Consecutive failed attempts that open a subscription's circuit breaker (0 = never).
+pub static BREAKER_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(50);
+/// How long an open breaker waits before its probe.
+pub static BREAKER_COOLDOWN_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+/// Age after which completed events are deleted ('' or 0 keeps them).
+pub static RETENTION: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"7 days"));
+/// Name of the setting holding the session's tenant.
+pub static TENANT_SETTING: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"app.tenant_id"));
+/// Function returning the session's tenant (overrides TENANT_SETTING).
+pub static TENANT_FUNCTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn register() {
     GucRegistry::define_int_guc(
@@ -73,8 +88,72 @@ pub fn register() {
         (c"event_bus.workers", c"Delivery workers per database with the extension.", &WORKERS, 1, 16),
     ];
     for (name, short, setting, min, max) in ints {
-        GucRegistry::define_int_guc(name, short, c"", setting, min, max, GucContext::Sighup, GucFlags::default());
+        GucRegistry::define_int_guc(
+            name,
+            short,
+            c"",
+            setting,
+            min,
+            max,
+            GucContext::Sighup,
+            GucFlags::default(),
+        );
     }
+    GucRegistry::define_int_guc(
+        c"event_bus.max_chain_depth",
+        c"Longest chain of events that SQL handlers emit in reply to each other.",
+        c"An emit from a SQL handler at a greater depth fails with SQLSTATE 54000, which stops a loop of \
+          handlers; the handler's attempt is logged as failed with that error.",
+        &MAX_CHAIN_DEPTH,
+        1,
+        1000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"event_bus.breaker_threshold",
+        c"Consecutive failed attempts that open a subscription's circuit breaker (0 = never).",
+        c"A subscription's breaker_threshold column overrides it.",
+        &BREAKER_THRESHOLD,
+        0,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"event_bus.breaker_cooldown_ms",
+        c"How long an open circuit breaker holds deliveries before it sends one probe.",
+        c"",
+        &BREAKER_COOLDOWN_MS,
+        1,
+        86_400_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"event_bus.retention",
+        c"Age after which the worker deletes completed events with their deliveries and logs.",
+        c"An interval such as '7 days' or '12 hours'; '' or '0' keeps everything. Failed events stay.",
+        &RETENTION,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"event_bus.tenant_setting",
+        c"Name of the setting that holds the session's tenant id (read by event_bus.current_tenant()).",
+        c"",
+        &TENANT_SETTING,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"event_bus.tenant_function",
+        c"Function (no arguments) returning the session's tenant id; overrides event_bus.tenant_setting.",
+        c"For Supabase, e.g. a function returning (auth.jwt() ->> 'tenant_id')::uuid.",
+        &TENANT_FUNCTION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"event_bus.follow_redirects",
         c"Follow HTTP redirects (at most 5); off treats a 3xx answer as a failed attempt.",

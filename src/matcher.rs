@@ -181,8 +181,16 @@ mod tests {
             ("a.*.#", "a.b", true),
             ("a.*.#", "a", false),
             ("Invoice.posted", "invoice.posted", false),
-            ("inventory:product.created", "inventory:product.created", true),
-            ("pos.transaction_completed", "pos.transaction_completed", true),
+            (
+                "inventory:product.created",
+                "inventory:product.created",
+                true,
+            ),
+            (
+                "pos.transaction_completed",
+                "pos.transaction_completed",
+                true,
+            ),
             // invalid input never matches
             ("inv*.posted", "inv.posted", false),
             ("invoice..posted", "invoice..posted", false),
@@ -199,15 +207,48 @@ mod tests {
         assert!(validate_event_type("a").is_ok());
         assert!(validate_event_type("sales_order.confirmed-v2").is_ok());
         assert_eq!(validate_event_type(""), Err(GrammarError::Empty));
-        assert_eq!(validate_event_type(".a"), Err(GrammarError::EmptySegment(0)));
-        assert_eq!(validate_event_type("a."), Err(GrammarError::EmptySegment(1)));
-        assert_eq!(validate_event_type("a..b"), Err(GrammarError::EmptySegment(1)));
-        assert_eq!(validate_event_type("a.*"), Err(GrammarError::WildcardInEventType(1)));
-        assert_eq!(validate_event_type("a b"), Err(GrammarError::BadChar { segment: 0, ch: ' ' }));
-        assert_eq!(validate_event_type("a.é"), Err(GrammarError::BadChar { segment: 1, ch: 'é' }));
-        assert_eq!(validate_event_type("a;drop"), Err(GrammarError::BadChar { segment: 0, ch: ';' }));
+        assert_eq!(
+            validate_event_type(".a"),
+            Err(GrammarError::EmptySegment(0))
+        );
+        assert_eq!(
+            validate_event_type("a."),
+            Err(GrammarError::EmptySegment(1))
+        );
+        assert_eq!(
+            validate_event_type("a..b"),
+            Err(GrammarError::EmptySegment(1))
+        );
+        assert_eq!(
+            validate_event_type("a.*"),
+            Err(GrammarError::WildcardInEventType(1))
+        );
+        assert_eq!(
+            validate_event_type("a b"),
+            Err(GrammarError::BadChar {
+                segment: 0,
+                ch: ' '
+            })
+        );
+        assert_eq!(
+            validate_event_type("a.é"),
+            Err(GrammarError::BadChar {
+                segment: 1,
+                ch: 'é'
+            })
+        );
+        assert_eq!(
+            validate_event_type("a;drop"),
+            Err(GrammarError::BadChar {
+                segment: 0,
+                ch: ';'
+            })
+        );
         let long = "a".repeat(MAX_LEN + 1);
-        assert_eq!(validate_event_type(&long), Err(GrammarError::TooLong(MAX_LEN + 1)));
+        assert_eq!(
+            validate_event_type(&long),
+            Err(GrammarError::TooLong(MAX_LEN + 1))
+        );
         assert!(validate_event_type(&"a".repeat(MAX_LEN)).is_ok());
     }
 
@@ -216,11 +257,23 @@ mod tests {
         for ok in ["#", "*", "a.*", "a.#", "*.b", "#.b.*", "a.b.c"] {
             assert!(validate_pattern(ok).is_ok(), "{ok}");
         }
-        assert_eq!(validate_pattern("inv*"), Err(GrammarError::PartialWildcard(0)));
-        assert_eq!(validate_pattern("a.#b"), Err(GrammarError::PartialWildcard(1)));
+        assert_eq!(
+            validate_pattern("inv*"),
+            Err(GrammarError::PartialWildcard(0))
+        );
+        assert_eq!(
+            validate_pattern("a.#b"),
+            Err(GrammarError::PartialWildcard(1))
+        );
         assert_eq!(validate_pattern("a..#"), Err(GrammarError::EmptySegment(1)));
         assert_eq!(validate_pattern(""), Err(GrammarError::Empty));
-        assert_eq!(validate_pattern("a.%"), Err(GrammarError::BadChar { segment: 1, ch: '%' }));
+        assert_eq!(
+            validate_pattern("a.%"),
+            Err(GrammarError::BadChar {
+                segment: 1,
+                ch: '%'
+            })
+        );
     }
 
     #[test]

@@ -38,7 +38,12 @@ impl Shared {
         Shared {
             launcher_latch: 0,
             launcher_pid: 0,
-            slots: [Slot { in_use: false, dboid: 0, pid: 0, latch: 0 }; MAX_SLOTS],
+            slots: [Slot {
+                in_use: false,
+                dboid: 0,
+                pid: 0,
+                latch: 0,
+            }; MAX_SLOTS],
             skipped_dbs: [0; MAX_SKIPPED_DBS],
         }
     }
@@ -122,7 +127,13 @@ pub fn worker_pids(dboid: u32) -> Vec<i32> {
     if !attached() {
         return vec![];
     }
-    SHARED.share().slots.iter().filter(|s| s.in_use && s.dboid == dboid).map(|s| s.pid).collect()
+    SHARED
+        .share()
+        .slots
+        .iter()
+        .filter(|s| s.in_use && s.dboid == dboid)
+        .map(|s| s.pid)
+        .collect()
 }
 
 /// Wake the launcher (a database gained or lost the extension).
@@ -141,7 +152,10 @@ thread_local! {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut core::ffi::c_void) {
+unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut core::ffi::c_void,
+) {
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {

@@ -4,14 +4,16 @@
 use pgrx::prelude::*;
 
 #[pg_schema]
-mod tests {
+pub mod tests {
     use pgrx::prelude::*;
 
-    const TENANT: &str = "11111111-1111-1111-1111-111111111111";
+    pub const TENANT: &str = "11111111-1111-1111-1111-111111111111";
 
     /// Runs `sql` in a subtransaction and returns the SQLSTATE it raised (None if it succeeded).
-    fn sqlstate_of(sql: &str) -> Option<String> {
-        if Spi::get_one::<bool>("SELECT to_regproc('pg_temp.sqlstate_of') IS NULL").unwrap() == Some(true) {
+    pub fn sqlstate_of(sql: &str) -> Option<String> {
+        if Spi::get_one::<bool>("SELECT to_regproc('pg_temp.sqlstate_of') IS NULL").unwrap()
+            == Some(true)
+        {
             Spi::run(
                 "CREATE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $f$
                  BEGIN EXECUTE q; RETURN NULL; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $f$",
@@ -21,7 +23,7 @@ mod tests {
         Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()]).unwrap()
     }
 
-    fn count(sql: &str) -> i64 {
+    pub fn count(sql: &str) -> i64 {
         Spi::get_one::<i64>(sql).unwrap().unwrap()
     }
 
@@ -133,7 +135,10 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(msg.contains("segment 2 is empty"), "{msg}");
-        assert!(msg.contains("invoice.posted"), "hint names an example: {msg}");
+        assert!(
+            msg.contains("invoice.posted"),
+            "hint names an example: {msg}"
+        );
     }
 
     #[pg_test]
@@ -178,15 +183,22 @@ mod tests {
              SET LOCAL ROLE event_bus_test_app;",
         )
         .unwrap();
-        assert_eq!(sqlstate_of(&emit_sql("'pos.transaction_completed'", "'{\"total\": 5}'")), None);
-        assert_eq!(sqlstate_of("SELECT count(*) FROM event_bus.module_events").as_deref(), Some("42501"));
+        assert_eq!(
+            sqlstate_of(&emit_sql("'pos.transaction_completed'", "'{\"total\": 5}'")),
+            None
+        );
+        assert_eq!(
+            sqlstate_of("SELECT count(*) FROM event_bus.module_events").as_deref(),
+            Some("42501")
+        );
         assert_eq!(
             sqlstate_of("INSERT INTO event_bus.module_events (tenant_id, event_type, source_module) VALUES (gen_random_uuid(), 'a', 'b')")
                 .as_deref(),
             Some("42501")
         );
         assert_eq!(
-            sqlstate_of("SELECT event_bus.subscribe('a.b', 'x', 'https://example.com/h')").as_deref(),
+            sqlstate_of("SELECT event_bus.subscribe('a.b', 'x', 'https://example.com/h')")
+                .as_deref(),
             Some("42501")
         );
         Spi::run("RESET ROLE").unwrap();
@@ -203,13 +215,19 @@ mod tests {
              SET LOCAL search_path = evil, public, pg_catalog;",
         )
         .unwrap();
-        assert_eq!(sqlstate_of(&emit_sql("'a.b'", "'[1]'")).as_deref(), Some("22023"));
+        assert_eq!(
+            sqlstate_of(&emit_sql("'a.b'", "'[1]'")).as_deref(),
+            Some("22023")
+        );
         let prosecdef = count(
             "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
               WHERE n.nspname = 'event_bus' AND p.prosecdef
                 AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%')",
         );
-        assert_eq!(prosecdef, 0, "every SECURITY DEFINER function pins search_path");
+        assert_eq!(
+            prosecdef, 0,
+            "every SECURITY DEFINER function pins search_path"
+        );
     }
 
     #[pg_test]
@@ -226,16 +244,21 @@ mod tests {
         ))
         .unwrap()
         .unwrap();
-        assert_eq!(src, format!("{TENANT}|lead.created|lead|lead|L-1|L-1|web_form"));
+        assert_eq!(
+            src,
+            format!("{TENANT}|lead.created|lead|lead|L-1|L-1|web_form")
+        );
         let id = Spi::get_one::<pgrx::Uuid>(&format!(
             "SELECT event_bus.publish_event('lead.created', 'lead', 'L-2', p_metadata => '{{\"source_module\":\"crm\"}}',
                                             p_organization_id => '{TENANT}')"
         ))
         .unwrap()
         .unwrap();
-        let module = Spi::get_one::<String>(&format!("SELECT source_module FROM event_bus.module_events WHERE id = '{id}'"))
-            .unwrap()
-            .unwrap();
+        let module = Spi::get_one::<String>(&format!(
+            "SELECT source_module FROM event_bus.module_events WHERE id = '{id}'"
+        ))
+        .unwrap()
+        .unwrap();
         assert_eq!(module, "crm");
     }
 
@@ -251,12 +274,18 @@ mod tests {
             ("inv*", "invoice", false),
         ];
         for (p, t, want) in cases {
-            let got = Spi::get_one_with_args::<bool>("SELECT event_bus.matches($1, $2)", &[p.into(), t.into()])
-                .unwrap()
-                .unwrap();
+            let got = Spi::get_one_with_args::<bool>(
+                "SELECT event_bus.matches($1, $2)",
+                &[p.into(), t.into()],
+            )
+            .unwrap()
+            .unwrap();
             assert_eq!(got, want, "{p} {t}");
         }
-        assert_eq!(Spi::get_one::<bool>("SELECT event_bus.matches(NULL, 'a')").unwrap(), None);
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT event_bus.matches(NULL, 'a')").unwrap(),
+            None
+        );
     }
 
     #[pg_test]
@@ -314,7 +343,10 @@ mod tests {
         for (sql, want) in bad {
             assert_eq!(sqlstate_of(sql).as_deref(), Some(*want), "{sql}");
         }
-        assert_eq!(count("SELECT count(*) FROM event_bus.module_event_subscriptions"), 3);
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_event_subscriptions"),
+            3
+        );
         // a direct INSERT cannot bypass the pattern rule either
         assert_eq!(
             sqlstate_of(
@@ -335,13 +367,19 @@ mod tests {
 
     #[pg_test]
     fn unsubscribe_removes_unfinished_deliveries_and_rederives_status() {
-        let sub = Spi::get_one::<pgrx::Uuid>("SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/')")
+        let sub = Spi::get_one::<pgrx::Uuid>(
+            "SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/')",
+        )
+        .unwrap()
+        .unwrap();
+        let done = Spi::get_one::<pgrx::Uuid>(
+            "SELECT event_bus.subscribe('a.b', 'n', 'https://example.com/n')",
+        )
+        .unwrap()
+        .unwrap();
+        let ev = Spi::get_one::<pgrx::Uuid>(&emit_sql("'a.b'", "'{}'"))
             .unwrap()
             .unwrap();
-        let done = Spi::get_one::<pgrx::Uuid>("SELECT event_bus.subscribe('a.b', 'n', 'https://example.com/n')")
-            .unwrap()
-            .unwrap();
-        let ev = Spi::get_one::<pgrx::Uuid>(&emit_sql("'a.b'", "'{}'")).unwrap().unwrap();
         Spi::run(&format!(
             "UPDATE event_bus.module_events SET dispatched_at = now(), status = 'processing' WHERE id = '{ev}';
              INSERT INTO event_bus.module_event_deliveries (id, event_id, subscription_id, tenant_id, status, attempts)
@@ -349,20 +387,33 @@ mod tests {
                     (event_bus._delivery_id('{ev}', '{done}'), '{ev}', '{done}', '{TENANT}', 'completed', 1);"
         ))
         .unwrap();
-        assert_eq!(Spi::get_one::<bool>(&format!("SELECT event_bus.unsubscribe('{sub}')")).unwrap(), Some(true));
-        assert_eq!(count("SELECT count(*) FROM event_bus.module_event_deliveries"), 1);
         assert_eq!(
-            Spi::get_one::<String>(&format!("SELECT status FROM event_bus.module_events WHERE id = '{ev}'"))
-                .unwrap()
-                .unwrap(),
+            Spi::get_one::<bool>(&format!("SELECT event_bus.unsubscribe('{sub}')")).unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_event_deliveries"),
+            1
+        );
+        assert_eq!(
+            Spi::get_one::<String>(&format!(
+                "SELECT status FROM event_bus.module_events WHERE id = '{ev}'"
+            ))
+            .unwrap()
+            .unwrap(),
             "completed"
         );
-        assert_eq!(sqlstate_of(&format!("SELECT event_bus.unsubscribe('{sub}')")).as_deref(), Some("P0002"));
+        assert_eq!(
+            sqlstate_of(&format!("SELECT event_bus.unsubscribe('{sub}')")).as_deref(),
+            Some("P0002")
+        );
     }
 
     #[pg_test]
     fn event_status_is_derived_from_deliveries() {
-        let ev = Spi::get_one::<pgrx::Uuid>(&emit_sql("'a.b'", "'{}'")).unwrap().unwrap();
+        let ev = Spi::get_one::<pgrx::Uuid>(&emit_sql("'a.b'", "'{}'"))
+            .unwrap()
+            .unwrap();
         let status = |deliveries: &str| -> String {
             Spi::run(&format!(
                 "DELETE FROM event_bus.module_event_deliveries;
@@ -382,9 +433,18 @@ mod tests {
         };
         assert_eq!(status("('pending', 0, NULL)"), "pending|0|f");
         assert_eq!(status("('pending', 2, 'HTTP 500')"), "processing|2|f");
-        assert_eq!(status("('completed', 1, NULL), ('completed', 3, NULL)"), "completed|2|t");
-        assert_eq!(status("('completed', 1, NULL), ('failed', 4, 'HTTP 503')"), "failed|4|HTTP 503|t");
-        assert_eq!(status("('processing', 1, NULL), ('failed', 4, 'x')"), "processing|4|x|f");
+        assert_eq!(
+            status("('completed', 1, NULL), ('completed', 3, NULL)"),
+            "completed|2|t"
+        );
+        assert_eq!(
+            status("('completed', 1, NULL), ('failed', 4, 'HTTP 503')"),
+            "failed|4|HTTP 503|t"
+        );
+        assert_eq!(
+            status("('processing', 1, NULL), ('failed', 4, 'x')"),
+            "processing|4|x|f"
+        );
     }
 
     #[pg_test]
@@ -408,7 +468,10 @@ mod tests {
              SELECT event_bus.emit_module_event('{TENANT}', 'order.created', 'sales', 'order', 'O-1', '{{}}');"
         ))
         .unwrap();
-        assert_eq!(Spi::get_one::<i32>("SELECT event_bus.process_pending_events()").unwrap(), Some(3));
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT event_bus.process_pending_events()").unwrap(),
+            Some(3)
+        );
         assert_eq!(count("SELECT count(*) FROM public.seen"), 2);
         assert_eq!(count("SELECT sum(qty)::bigint FROM public.seen"), 7);
         assert_eq!(
@@ -424,9 +487,18 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(statuses, "invoice.posted=processing,invoice.voided=completed,order.created=completed");
+        assert_eq!(
+            statuses,
+            "invoice.posted=processing,invoice.voided=completed,order.created=completed"
+        );
         // nothing due now: the failed delivery waits for its backoff
-        assert_eq!(Spi::get_one::<i32>("SELECT event_bus.process_pending_events(10)").unwrap(), Some(0));
-        assert_eq!(sqlstate_of("SELECT event_bus.process_pending_events(0)").as_deref(), Some("22023"));
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT event_bus.process_pending_events(10)").unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            sqlstate_of("SELECT event_bus.process_pending_events(0)").as_deref(),
+            Some("22023")
+        );
     }
 }

@@ -49,11 +49,15 @@ fn scalar_text(c: &mut postgres::Client, sql: &str) -> String {
 }
 
 fn verify_standard_webhooks(secret: &str, id: &str, ts: &str, body: &str, header: &str) -> bool {
-    let key = base64::engine::general_purpose::STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
     mac.update(format!("{id}.{ts}.{body}").as_bytes());
     let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    header.split(' ').any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
+    header
+        .split(' ')
+        .any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
 }
 
 #[test]
@@ -66,17 +70,26 @@ fn happy_path_delivers_once_per_matching_subscription_with_cloudevents_body_and_
         &mut c,
         "invoice.*",
         &rx.url("/signed"),
-        &format!(", p_secret => '{secret}', p_headers => '{{\"Authorization\": \"Bearer t0ken\"}}'"),
+        &format!(
+            ", p_secret => '{secret}', p_headers => '{{\"Authorization\": \"Bearer t0ken\"}}'"
+        ),
     );
     subscribe(&mut c, "#", &rx.url("/all"), "");
     subscribe(&mut c, "sales_order.*", &rx.url("/never"), "");
 
-    let e1 = emit(&mut c, "invoice.posted", r#"{"invoice_number":"INV-001","total":1500}"#);
+    let e1 = emit(
+        &mut c,
+        "invoice.posted",
+        r#"{"invoice_number":"INV-001","total":1500}"#,
+    );
     let e2 = emit(&mut c, "pos.transaction_completed", r#"{"total":12.5}"#);
 
     wait_for("3 deliveries", LONG, || (rx.all().len() >= 3).then_some(()));
     wait_for("events completed", LONG, || {
-        (scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'") == 2)
+        (scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'",
+        ) == 2)
             .then_some(())
     });
     assert_eq!(rx.count("/signed"), 1);
@@ -95,12 +108,21 @@ fn happy_path_delivers_once_per_matching_subscription_with_cloudevents_body_and_
     assert_eq!(body["data"]["invoice_number"], "INV-001");
     assert!(body["time"].as_str().unwrap().starts_with("20"));
     assert_eq!(r.header("authorization"), Some("Bearer t0ken"));
-    assert!(r.header("content-type").unwrap().starts_with("application/cloudevents+json"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/cloudevents+json"));
     let webhook_id = r.header("webhook-id").unwrap().to_string();
     let ts = r.header("webhook-timestamp").unwrap().to_string();
     let sig = r.header("webhook-signature").unwrap().to_string();
-    assert!(verify_standard_webhooks(secret, &webhook_id, &ts, &r.body, &sig), "signature verifies");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(
+        verify_standard_webhooks(secret, &webhook_id, &ts, &r.body, &sig),
+        "signature verifies"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     assert!(ts.parse::<u64>().unwrap().abs_diff(now) < 300);
     // the webhook-id is the delivery id
     let delivery = scalar_text(
@@ -111,7 +133,10 @@ fn happy_path_delivers_once_per_matching_subscription_with_cloudevents_body_and_
     );
     assert_eq!(webhook_id, delivery);
     // unsigned subscription: no signature header
-    assert!(rx.on("/all").iter().all(|r| r.header("webhook-signature").is_none()));
+    assert!(rx
+        .on("/all")
+        .iter()
+        .all(|r| r.header("webhook-signature").is_none()));
     assert!(rx.on("/all").iter().any(|r| r.json()["id"] == e2.as_str()));
 
     // one success log per delivery, with status and duration
@@ -131,40 +156,77 @@ fn happy_path_delivers_once_per_matching_subscription_with_cloudevents_body_and_
 #[test]
 fn failing_handler_is_retried_with_backoff_then_succeeds() {
     let cluster = Cluster::start("retry", CONF);
-    let rx = Receiver::start(|_, n| if n == 0 { Reply::status(500) } else { Reply::ok() });
+    let rx = Receiver::start(|_, n| {
+        if n == 0 {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    });
     let mut c = cluster.create_db_with_extension("retry");
     subscribe(&mut c, "invoice.posted", &rx.url("/flaky"), "");
     let e = emit(&mut c, "invoice.posted", "{}");
     wait_for("completed", LONG, || {
-        (scalar_text(&mut c, &format!("SELECT status FROM event_bus.module_events WHERE id = '{e}'")) == "completed")
+        (scalar_text(
+            &mut c,
+            &format!("SELECT status FROM event_bus.module_events WHERE id = '{e}'"),
+        ) == "completed")
             .then_some(())
     });
     let reqs = rx.on("/flaky");
     assert_eq!(reqs.len(), 2);
-    assert_eq!(reqs[0].header("webhook-id"), reqs[1].header("webhook-id"), "same webhook-id on retry");
+    assert_eq!(
+        reqs[0].header("webhook-id"),
+        reqs[1].header("webhook-id"),
+        "same webhook-id on retry"
+    );
     let log = scalar_text(
         &mut c,
         "SELECT string_agg(attempt || ':' || status || ':' || coalesce(http_status::text, '-'), ',' ORDER BY attempt)
            FROM event_bus.module_event_logs",
     );
     assert_eq!(log, "1:failed:500,2:success:200");
-    assert_eq!(scalar_i64(&mut c, &format!("SELECT retry_count::bigint FROM event_bus.module_events WHERE id = '{e}'")), 1);
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            &format!("SELECT retry_count::bigint FROM event_bus.module_events WHERE id = '{e}'")
+        ),
+        1
+    );
 }
 
 #[test]
 fn dead_after_max_retries_while_the_other_subscription_succeeds_once() {
     let cluster = Cluster::start("dead", CONF);
-    let rx = Receiver::start(|r, _| if r.path == "/down" { Reply::status(503) } else { Reply::ok() });
+    let rx = Receiver::start(|r, _| {
+        if r.path == "/down" {
+            Reply::status(503)
+        } else {
+            Reply::ok()
+        }
+    });
     let mut c = cluster.create_db_with_extension("dead");
-    let down = subscribe(&mut c, "invoice.posted", &rx.url("/down"), ", p_max_retries => 2");
+    let down = subscribe(
+        &mut c,
+        "invoice.posted",
+        &rx.url("/down"),
+        ", p_max_retries => 2",
+    );
     subscribe(&mut c, "invoice.posted", &rx.url("/up"), "");
     let e = emit(&mut c, "invoice.posted", "{}");
     wait_for("event failed", LONG, || {
-        (scalar_text(&mut c, &format!("SELECT status FROM event_bus.module_events WHERE id = '{e}'")) == "failed")
+        (scalar_text(
+            &mut c,
+            &format!("SELECT status FROM event_bus.module_events WHERE id = '{e}'"),
+        ) == "failed")
             .then_some(())
     });
     assert_eq!(rx.count("/down"), 3, "1 attempt + 2 retries");
-    assert_eq!(rx.count("/up"), 1, "the healthy subscription is invoked once");
+    assert_eq!(
+        rx.count("/up"),
+        1,
+        "the healthy subscription is invoked once"
+    );
     assert_eq!(
         scalar_text(
             &mut c,
@@ -173,7 +235,10 @@ fn dead_after_max_retries_while_the_other_subscription_succeeds_once() {
         "failed:3:HTTP 503"
     );
     assert_eq!(
-        scalar_text(&mut c, &format!("SELECT error_message FROM event_bus.module_events WHERE id = '{e}'")),
+        scalar_text(
+            &mut c,
+            &format!("SELECT error_message FROM event_bus.module_events WHERE id = '{e}'")
+        ),
         "HTTP 503"
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -193,13 +258,28 @@ fn timeouts_and_refused_connections_are_logged_failures() {
     });
     let closed_port = common::free_port(); // nothing listens there
     let mut c = cluster.create_db_with_extension("faults");
-    let slow = subscribe(&mut c, "a.b", &rx.url("/slow"), ", p_timeout_ms => 300, p_max_retries => 0");
-    let refused = subscribe(&mut c, "a.b", &format!("http://127.0.0.1:{closed_port}/x"), ", p_max_retries => 0");
+    let slow = subscribe(
+        &mut c,
+        "a.b",
+        &rx.url("/slow"),
+        ", p_timeout_ms => 300, p_max_retries => 0",
+    );
+    let refused = subscribe(
+        &mut c,
+        "a.b",
+        &format!("http://127.0.0.1:{closed_port}/x"),
+        ", p_max_retries => 0",
+    );
     subscribe(&mut c, "a.b", &rx.url("/fast"), "");
     emit(&mut c, "a.b", "{}");
-    wait_for("fast delivery not delayed by the slow one", LONG, || (rx.count("/fast") == 1).then_some(()));
+    wait_for("fast delivery not delayed by the slow one", LONG, || {
+        (rx.count("/fast") == 1).then_some(())
+    });
     wait_for("both dead", LONG, || {
-        (scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'failed'") == 2)
+        (scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'failed'",
+        ) == 2)
             .then_some(())
     });
     let slow_err = scalar_text(
@@ -211,7 +291,10 @@ fn timeouts_and_refused_connections_are_logged_failures() {
         &mut c,
         &format!("SELECT error_message || ' ' || (http_status IS NULL) FROM event_bus.module_event_logs WHERE subscription_id = '{refused}'"),
     );
-    assert!(refused_err.to_lowercase().contains("refused") && refused_err.ends_with("true"), "{refused_err}");
+    assert!(
+        refused_err.to_lowercase().contains("refused") && refused_err.ends_with("true"),
+        "{refused_err}"
+    );
 }
 
 #[test]
@@ -229,11 +312,16 @@ fn rolled_back_emits_are_never_delivered_and_commits_wake_the_worker() {
     tx.rollback().unwrap();
     let committed = emit(&mut c, "invoice.posted", "{}");
     // poll_interval_ms is 10 minutes: only the commit's wake-up can deliver this in time
-    wait_for("delivery woken by commit", Duration::from_secs(10), || (rx.count("/h") == 1).then_some(()));
+    wait_for("delivery woken by commit", Duration::from_secs(10), || {
+        (rx.count("/h") == 1).then_some(())
+    });
     assert_eq!(rx.on("/h")[0].json()["id"], committed.as_str());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(rx.count("/h"), 1);
-    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_events"), 1);
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_events"),
+        1
+    );
 }
 
 #[test]
@@ -246,7 +334,9 @@ fn a_second_database_is_served_without_configuration() {
     subscribe(&mut b, "#", &rx.url("/b"), "");
     emit(&mut a, "x.y", "{}");
     emit(&mut b, "x.y", "{}");
-    wait_for("both databases delivered", LONG, || (rx.count("/a") == 1 && rx.count("/b") == 1).then_some(()));
+    wait_for("both databases delivered", LONG, || {
+        (rx.count("/a") == 1 && rx.count("/b") == 1).then_some(())
+    });
     // dropping the extension stops that database's worker and never blocks DROP DATABASE
     a.batch_execute("DROP EXTENSION event_bus").unwrap();
     wait_for("db_a's worker gone", LONG, || {
@@ -264,19 +354,24 @@ fn a_second_database_is_served_without_configuration() {
     let mut c = cluster.create_db_with_extension("db_c");
     subscribe(&mut c, "#", &rx.url("/c"), "");
     emit(&mut c, "x.y", "{}");
-    wait_for("db_c delivered", LONG, || (rx.count("/c") == 1).then_some(()));
+    wait_for("db_c delivered", LONG, || {
+        (rx.count("/c") == 1).then_some(())
+    });
 }
 
 #[test]
 fn killing_the_worker_mid_stream_loses_nothing() {
-    let cluster = Cluster::start("kill", &[
-        "event_bus.backoff_base_ms = 50",
-        "event_bus.backoff_max_ms = 200",
-        "event_bus.lease_ms = 1000",
-        "event_bus.default_timeout_ms = 2000",
-        "event_bus.poll_interval_ms = 200",
-        "event_bus.batch_size = 50",
-    ]);
+    let cluster = Cluster::start(
+        "kill",
+        &[
+            "event_bus.backoff_base_ms = 50",
+            "event_bus.backoff_max_ms = 200",
+            "event_bus.lease_ms = 1000",
+            "event_bus.default_timeout_ms = 2000",
+            "event_bus.poll_interval_ms = 200",
+            "event_bus.batch_size = 50",
+        ],
+    );
     // a little latency per request so the kills land mid-stream
     let rx = Receiver::start(|_, _| Reply::ok().delayed(Duration::from_millis(2)));
     let mut c = cluster.create_db_with_extension("kill");
@@ -293,11 +388,16 @@ fn killing_the_worker_mid_stream_loses_nothing() {
             .map(|r| r.get(0))
     };
     // 1. pg_terminate_backend once deliveries are under way
-    wait_for("some deliveries", LONG, || (rx.count("/h") >= 200).then_some(()));
+    wait_for("some deliveries", LONG, || {
+        (rx.count("/h") >= 200).then_some(())
+    });
     let pid = wait_for("worker pid", LONG, || worker_pid(&mut c));
-    c.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+    c.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
     // 2. SIGKILL a (new) worker: Postgres restarts all backends; leases expire; work is redone
-    wait_for("more deliveries", LONG, || (rx.count("/h") >= 900).then_some(()));
+    wait_for("more deliveries", LONG, || {
+        (rx.count("/h") >= 900).then_some(())
+    });
     let pid = wait_for("restarted worker pid", LONG, || worker_pid(&mut c));
     unsafe { libc::kill(pid, libc::SIGKILL) };
     // the cluster crash-restarts: a connection made before the restart finished dies with it, so
@@ -316,10 +416,14 @@ fn killing_the_worker_mid_stream_loses_nothing() {
         }
     };
     wait_for("all completed", Duration::from_secs(120), || {
-        (completed("SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'")? == 2000).then_some(())
+        (completed("SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'")?
+            == 2000)
+            .then_some(())
     });
     let stuck = wait_for("count of unfinished deliveries", LONG, || {
-        completed("SELECT count(*) FROM event_bus.module_event_deliveries WHERE status <> 'completed'")
+        completed(
+            "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status <> 'completed'",
+        )
     });
     assert_eq!(stuck, 0);
     let reqs = rx.on("/h");
@@ -331,8 +435,15 @@ fn killing_the_worker_mid_stream_loses_nothing() {
             .insert(r.header("webhook-id").unwrap().to_string());
     }
     assert_eq!(by_event.len(), 2000, "every event delivered at least once");
-    assert!(by_event.values().all(|ids| ids.len() == 1), "duplicates carry the same webhook-id");
-    eprintln!("kill test: 2000 events, {} requests, {} duplicates", reqs.len(), reqs.len() - 2000);
+    assert!(
+        by_event.values().all(|ids| ids.len() == 1),
+        "duplicates carry the same webhook-id"
+    );
+    eprintln!(
+        "kill test: 2000 events, {} requests, {} duplicates",
+        reqs.len(),
+        reqs.len() - 2000
+    );
 }
 
 #[test]
@@ -367,11 +478,22 @@ fn sql_handlers_run_as_their_role_and_a_failing_one_rolls_back_only_its_own_work
     .unwrap();
     let e = emit(&mut c, "invoice.posted", r#"{"qty": 3}"#);
     wait_for("event finished", LONG, || {
-        (scalar_text(&mut c, &format!("SELECT status FROM event_bus.module_events WHERE id = '{e}'")) == "failed")
+        (scalar_text(
+            &mut c,
+            &format!("SELECT status FROM event_bus.module_events WHERE id = '{e}'"),
+        ) == "failed")
             .then_some(())
     });
-    assert_eq!(scalar_i64(&mut c, "SELECT on_hand::bigint FROM public.stock"), 7, "the succeeding handler's work is kept");
-    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM public.journal"), 0, "the failing handler's work is rolled back");
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT on_hand::bigint FROM public.stock"),
+        7,
+        "the succeeding handler's work is kept"
+    );
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT count(*) FROM public.journal"),
+        0,
+        "the failing handler's work is rolled back"
+    );
     let logs = scalar_text(
         &mut c,
         "SELECT string_agg(s.handler_module || ':' || l.attempt || ':' || l.status || ':' ||
@@ -380,10 +502,22 @@ fn sql_handlers_run_as_their_role_and_a_failing_one_rolls_back_only_its_own_work
            FROM event_bus.module_event_logs l JOIN event_bus.module_event_subscriptions s ON s.id = l.subscription_id",
     );
     assert!(logs.contains("inventory:1:success:handler_role"), "{logs}");
-    assert!(logs.contains("accounting:1:failed:ledger closed (SQLSTATE P0001)"), "{logs}");
-    assert!(logs.contains("accounting:2:failed:ledger closed (SQLSTATE P0001)"), "{logs}");
-    assert!(logs.contains("audit:1:failed:SQL handler h.superuser_owned is owned by a superuser"), "{logs}");
-    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_event_logs"), 4);
+    assert!(
+        logs.contains("accounting:1:failed:ledger closed (SQLSTATE P0001)"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("accounting:2:failed:ledger closed (SQLSTATE P0001)"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("audit:1:failed:SQL handler h.superuser_owned is owned by a superuser"),
+        "{logs}"
+    );
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_event_logs"),
+        4
+    );
 }
 
 #[test]
@@ -406,10 +540,15 @@ fn edge_function_names_resolve_against_the_base_url_after_a_reload() {
         (n > 0).then_some(())
     });
     // set it and reload: the worker picks it up at its next safe point (SIGHUP)
-    c.batch_execute(&format!("ALTER SYSTEM SET event_bus.edge_function_base_url = '{}'", rx.url("/functions/v1/")))
-        .unwrap();
+    c.batch_execute(&format!(
+        "ALTER SYSTEM SET event_bus.edge_function_base_url = '{}'",
+        rx.url("/functions/v1/")
+    ))
+    .unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    wait_for("delivered to the Edge Function", LONG, || (rx.count("/functions/v1/process-module-event") == 1).then_some(()));
+    wait_for("delivered to the Edge Function", LONG, || {
+        (rx.count("/functions/v1/process-module-event") == 1).then_some(())
+    });
     let r = &rx.on("/functions/v1/process-module-event")[0];
     assert_eq!(r.header("authorization"), Some("Bearer anon-key"));
     assert_eq!(r.json()["id"], e.as_str());
@@ -424,7 +563,12 @@ fn two_workers_share_a_database_without_duplicates_and_tenant_filters_hold() {
     let rx = Receiver::start(|_, _| Reply::ok().delayed(Duration::from_millis(1)));
     let mut c = cluster.create_db_with_extension("twoworkers");
     subscribe(&mut c, "#", &rx.url("/all"), "");
-    subscribe(&mut c, "#", &rx.url("/other-tenant"), ", p_tenant_id => '55555555-5555-5555-5555-555555555555'");
+    subscribe(
+        &mut c,
+        "#",
+        &rx.url("/other-tenant"),
+        ", p_tenant_id => '55555555-5555-5555-5555-555555555555'",
+    );
     wait_for("two workers", LONG, || {
         let n = scalar_i64(
             &mut c,
@@ -438,13 +582,28 @@ fn two_workers_share_a_database_without_duplicates_and_tenant_filters_hold() {
     ))
     .unwrap();
     wait_for("all delivered", LONG, || {
-        (scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'") == 1000)
+        (scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'",
+        ) == 1000)
             .then_some(())
     });
-    let ids: HashSet<String> = rx.on("/all").iter().map(|r| r.header("webhook-id").unwrap().to_string()).collect();
-    assert_eq!(rx.count("/all"), 1000, "each delivery sent once: no worker claimed another's");
+    let ids: HashSet<String> = rx
+        .on("/all")
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        rx.count("/all"),
+        1000,
+        "each delivery sent once: no worker claimed another's"
+    );
     assert_eq!(ids.len(), 1000);
-    assert_eq!(rx.count("/other-tenant"), 0, "a tenant-filtered subscription sees only its tenant");
+    assert_eq!(
+        rx.count("/other-tenant"),
+        0,
+        "a tenant-filtered subscription sees only its tenant"
+    );
 }
 
 #[test]
@@ -465,7 +624,10 @@ fn bad_subscription_rows_written_directly_fail_their_attempts_and_never_stop_the
     .unwrap();
     emit(&mut c, "a.b", "{}");
     wait_for("three dead deliveries", LONG, || {
-        (scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'failed'") == 3)
+        (scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'failed'",
+        ) == 3)
             .then_some(())
     });
     let errors = scalar_text(
@@ -475,9 +637,17 @@ fn bad_subscription_rows_written_directly_fail_their_attempts_and_never_stop_the
     assert!(errors.contains("invalid subscription headers"), "{errors}");
     assert!(errors.contains("invalid signing secret"), "{errors}");
     assert!(errors.contains("invalid URL"), "{errors}");
-    assert_eq!(rx.count("/h") + rx.count("/s") + rx.count("/u"), 0, "nothing sent for a bad row");
-    wait_for("the good subscription delivered", LONG, || (rx.count("/good") == 1).then_some(()));
+    assert_eq!(
+        rx.count("/h") + rx.count("/s") + rx.count("/u"),
+        0,
+        "nothing sent for a bad row"
+    );
+    wait_for("the good subscription delivered", LONG, || {
+        (rx.count("/good") == 1).then_some(())
+    });
     // and the worker is still there for the next event
     emit(&mut c, "a.c", "{}");
-    wait_for("next event delivered", LONG, || (rx.count("/good") == 2).then_some(()));
+    wait_for("next event delivered", LONG, || {
+        (rx.count("/good") == 2).then_some(())
+    });
 }

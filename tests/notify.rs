@@ -37,14 +37,22 @@ fn listen_sees_committed_events_with_id_type_and_tenant() {
             got.push((note.channel().to_string(), note.payload().to_string()));
         }
     }
-    assert_eq!(got.len(), 1, "exactly one notification (the rolled-back emit sent none): {got:?}");
+    assert_eq!(
+        got.len(),
+        1,
+        "exactly one notification (the rolled-back emit sent none): {got:?}"
+    );
     let (channel, payload) = &got[0];
     assert_eq!(channel, "module_event");
     let v: serde_json::Value = serde_json::from_str(payload).unwrap();
     assert_eq!(v["id"], id.as_str());
     assert_eq!(v["event_type"], "invoice.posted");
     assert_eq!(v["tenant_id"], tenant);
-    assert!(payload.len() < 200, "payload carries no event data: {} bytes", payload.len());
+    assert!(
+        payload.len() < 200,
+        "payload carries no event data: {} bytes",
+        payload.len()
+    );
 
     // event_bus.notify = off silences it
     app.batch_execute(&format!(
@@ -53,5 +61,8 @@ fn listen_sees_committed_events_with_id_type_and_tenant() {
     .unwrap();
     let mut n = listener.notifications();
     let mut it = n.timeout_iter(Duration::from_millis(500));
-    assert!(matches!(it.next(), Ok(None)), "no notification with event_bus.notify = off");
+    assert!(
+        matches!(it.next(), Ok(None)),
+        "no notification with event_bus.notify = off"
+    );
 }

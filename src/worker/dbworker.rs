@@ -7,7 +7,9 @@
 //! because its leases expire and the deliveries are claimed again.
 
 use super::deliver::{backoff, Dispatcher, Outcome, Request};
-use super::{in_transaction, log, reload_config_if_requested, shutdown_requested, sqlhandler, wait};
+use super::{
+    in_transaction, log, reload_config_if_requested, shutdown_requested, sqlhandler, wait,
+};
 use crate::{api, guc, shmem};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -22,6 +24,8 @@ pub struct Claimed {
     pub subscription_id: String,
     pub tenant_id: String,
     pub attempt: i32,
+    /// Attempts made before the last manual retry or replay: the budget counts from here.
+    pub attempt_offset: i32,
     pub max_retries: i32,
     pub backoff_base_ms: i64,
     pub backoff_max_ms: i64,
@@ -42,7 +46,8 @@ pub extern "C-unwind" fn event_bus_worker_main(arg: pg_sys::Datum) {
     let dboid = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
 
-    let has_extension = in_transaction("checking for the extension", extension_present).unwrap_or(false);
+    let has_extension =
+        in_transaction("checking for the extension", extension_present).unwrap_or(false);
     if !has_extension {
         shmem::skip_database(dboid.to_u32());
         unsafe { pg_sys::proc_exit(0) };
@@ -62,13 +67,26 @@ pub extern "C-unwind" fn event_bus_worker_main(arg: pg_sys::Datum) {
     }) {
         log(&format!("event_bus worker: {e}"));
     }
-    log(&format!("event_bus worker started for database {}", dboid.to_u32()));
+    log(&format!(
+        "event_bus worker started for database {}",
+        dboid.to_u32()
+    ));
     let code = run(dboid);
     unsafe { pg_sys::proc_exit(code) };
 }
 
 fn extension_present() -> bool {
     unsafe { pg_sys::get_extension_oid(c"event_bus".as_ptr(), true) != pg_sys::InvalidOid }
+}
+
+/// The installed SQL version when it is not the library's own (an upgrade not yet run).
+fn outdated_sql() -> Option<String> {
+    let installed = Spi::get_one::<String>(
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'event_bus'",
+    )
+    .ok()
+    .flatten()?;
+    (installed != env!("CARGO_PKG_VERSION")).then_some(installed)
 }
 
 fn claim_slot(dboid: u32) -> bool {
@@ -99,7 +117,10 @@ struct Rng(u64);
 impl Rng {
     /// Seeded from the clock and the pid, so workers do not share a jitter sequence.
     fn seeded() -> Rng {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         Rng((nanos as u64) ^ ((unsafe { pg_sys::MyProcPid } as u64) << 32) | 1)
     }
 
@@ -128,6 +149,8 @@ fn run(dboid: pg_sys::Oid) -> i32 {
     let mut next_due: Option<Instant> = None;
     let mut backoff_on_error = Duration::from_millis(100);
     let mut first_finished_at = Instant::now();
+    let mut next_maintenance = Instant::now();
+    let mut waiting_for_update = false;
 
     loop {
         if shutdown_requested() {
@@ -151,7 +174,10 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                 if finished.is_empty() {
                     first_finished_at = Instant::now();
                 }
-                finished.push(Finished { claimed: c, outcome: o });
+                finished.push(Finished {
+                    claimed: c,
+                    outcome: o,
+                });
             }
         }
         let record_now = !finished.is_empty()
@@ -187,6 +213,9 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                 if !extension_present() {
                     return None;
                 }
+                if let Some(installed) = outdated_sql() {
+                    return Some(Err(installed));
+                }
                 let settings = ClaimSettings::read();
                 // retries and expired leases first, then new events
                 let (mut jobs, due) = claim(limit as i64, &settings);
@@ -194,7 +223,7 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                 if left > 0 {
                     jobs.extend(fan_out(left as i64, &settings));
                 }
-                Some((jobs, due))
+                Some(Ok((jobs, due)))
             });
             match result {
                 Ok(None) => {
@@ -202,10 +231,29 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                     shmem::skip_database(dboid.to_u32());
                     return 0;
                 }
-                Ok(Some((jobs, due))) => {
+                Ok(Some(Err(installed))) => {
+                    // new library, old SQL: wait for ALTER EXTENSION ... UPDATE; events keep
+                    // accumulating and are delivered after it
+                    if !waiting_for_update {
+                        log(&format!(
+                            "event_bus worker: the extension's SQL in this database is version {installed} but the \
+                             library is {}; run ALTER EXTENSION event_bus UPDATE. Deliveries wait until then.",
+                            env!("CARGO_PKG_VERSION")
+                        ));
+                        waiting_for_update = true;
+                    }
+                    let poll = Duration::from_millis(guc::POLL_INTERVAL_MS.get().max(10) as u64);
+                    if !wait(Some(dispatcher.wake_fd()), poll) {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(Some(Ok((jobs, due)))) => {
+                    waiting_for_update = false;
                     backoff_on_error = Duration::from_millis(100);
                     claimed_full = jobs.len() >= limit;
-                    next_due = due.map(|secs| Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
+                    next_due =
+                        due.map(|secs| Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
                     let mut sql_jobs = Vec::new();
                     for job in jobs {
                         match job {
@@ -224,7 +272,9 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                         }
                     }
                     if !sql_jobs.is_empty() {
-                        match in_transaction("running SQL handlers", || sqlhandler::run_batch(&sql_jobs)) {
+                        match in_transaction("running SQL handlers", || {
+                            sqlhandler::run_batch(&sql_jobs)
+                        }) {
                             Ok(outcomes) => {
                                 for ((claimed, _), outcome) in sql_jobs.into_iter().zip(outcomes) {
                                     finished.push(Finished { claimed, outcome });
@@ -252,7 +302,12 @@ fn run(dboid: pg_sys::Oid) -> i32 {
             }
         }
 
-        // 3. wait: not at all if more is due at once, else for a commit, a result, the record
+        // 3. about once a second: breaker probes and releases, retention
+        if Instant::now() >= next_maintenance && !waiting_for_update {
+            next_maintenance = Instant::now() + maintenance();
+        }
+
+        // 4. wait: not at all if more is due at once, else for a commit, a result, the record
         //    delay or the next due time
         if claimed_full && in_flight.len() <= concurrency / 2 {
             continue;
@@ -274,19 +329,59 @@ fn run(dboid: pg_sys::Oid) -> i32 {
     1
 }
 
+/// Upkeep between batches: breaker probes and releases, and retention in batches of
+/// MAINTENANCE_BATCH (each its own transaction, at most 10 per round). Returns the time until
+/// the next round: a second, or a minute after an error (a bad event_bus.retention, say).
+fn maintenance() -> Duration {
+    const MAINTENANCE_BATCH: i64 = 1000;
+    for _ in 0..10 {
+        let purged = in_transaction("maintenance", || {
+            Spi::get_one_with_args::<i64>(
+                "SELECT event_bus._maintenance($1::int)",
+                &[MAINTENANCE_BATCH.into()],
+            )
+        });
+        match purged {
+            Ok(Ok(Some(n))) if n >= MAINTENANCE_BATCH => continue,
+            Ok(Ok(_)) => return Duration::from_secs(1),
+            Ok(Err(e)) => {
+                log(&format!(
+                    "event_bus worker: maintenance: {e}; next try in a minute"
+                ));
+                return Duration::from_secs(60);
+            }
+            Err(e) => {
+                log(&format!("event_bus worker: {e}; next try in a minute"));
+                return Duration::from_secs(60);
+            }
+        }
+    }
+    Duration::ZERO
+}
+
 /// On SIGTERM: give requests in flight a moment, record what finished, release the rest so the
 /// next worker retries them at once instead of waiting for their leases.
-fn shutdown(dispatcher: &Dispatcher, in_flight: &mut HashMap<u64, Claimed>, mut finished: Vec<Finished>) {
+fn shutdown(
+    dispatcher: &Dispatcher,
+    in_flight: &mut HashMap<u64, Claimed>,
+    mut finished: Vec<Finished>,
+) {
     let deadline = Instant::now() + Duration::from_millis(1000);
     while !in_flight.is_empty() && Instant::now() < deadline {
         if let Some(o) = dispatcher.recv_timeout(Duration::from_millis(50)) {
             if let Some(c) = in_flight.remove(&o.token) {
-                finished.push(Finished { claimed: c, outcome: o });
+                finished.push(Finished {
+                    claimed: c,
+                    outcome: o,
+                });
             }
         }
     }
     let mut rng = Rng::seeded();
-    let delays: Vec<Duration> = finished.iter().map(|f| retry_delay(&f.claimed, &f.outcome, &mut rng)).collect();
+    let delays: Vec<Duration> = finished
+        .iter()
+        .map(|f| retry_delay(&f.claimed, &f.outcome, &mut rng))
+        .collect();
     let unfinished: Vec<Claimed> = in_flight.values().cloned().collect();
     let r = in_transaction("recording outcomes at shutdown", || {
         if !finished.is_empty() {
@@ -297,12 +392,20 @@ fn shutdown(dispatcher: &Dispatcher, in_flight: &mut HashMap<u64, Claimed>, mut 
         }
     });
     if let Err(e) = r {
-        log(&format!("event_bus worker: {e}; leases will expire instead"));
+        log(&format!(
+            "event_bus worker: {e}; leases will expire instead"
+        ));
     }
 }
 
 fn retry_delay(c: &Claimed, o: &Outcome, rng: &mut Rng) -> Duration {
-    backoff(c.attempt, c.backoff_base_ms.max(1) as u64, c.backoff_max_ms.max(1) as u64, o.retry_after, rng.next_f64())
+    backoff(
+        (c.attempt - c.attempt_offset).max(1),
+        c.backoff_base_ms.max(1) as u64,
+        c.backoff_max_ms.max(1) as u64,
+        o.retry_after,
+        rng.next_f64(),
+    )
 }
 
 thread_local! {
@@ -335,7 +438,8 @@ fn exec<'conn>(
 
 /// The columns every job row has, over aliases d (delivery), e (event), s (subscription).
 /// $2 = default timeout, $3 = lease, $4/$5 = default backoff base/cap.
-const JOB_COLUMNS: &str = "d.id::text, d.event_id::text, d.subscription_id::text, d.tenant_id::text, d.attempts,
+const JOB_COLUMNS: &str =
+    "d.id::text, d.event_id::text, d.subscription_id::text, d.tenant_id::text, d.attempts,
        coalesce(s.max_retries, e.max_retries),
        coalesce(s.backoff_base_ms, $4)::bigint, coalesce(s.backoff_max_ms, $5)::bigint,
        s.handler_kind, s.handler_url, s.handler_function, s.headers::text, s.secret,
@@ -355,13 +459,15 @@ const JOB_COLUMNS: &str = "d.id::text, d.event_id::text, d.subscription_id::text
            'entityid', e.entity_id,
            'deliveryid', d.id,
            'metadata', e.metadata,
-           'data', e.payload)::text";
+           'data', e.payload)::text,
+       d.attempt_offset";
 
 /// Fan new events out: one delivery per matching active subscription, created already leased to
 /// this worker (first attempt), so a new event costs no separate claim. Events that match nothing
 /// are completed at once. Returns the jobs.
 fn fan_out(limit: i64, settings: &ClaimSettings) -> Vec<Job> {
-    let sql = || format!(
+    let sql = || {
+        format!(
         "WITH ev AS (
              SELECT e.id, e.tenant_id, e.event_type
                FROM event_bus.module_events e
@@ -372,8 +478,13 @@ fn fan_out(limit: i64, settings: &ClaimSettings) -> Vec<Job> {
          ), ins AS (
              INSERT INTO event_bus.module_event_deliveries
                  (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at)
-             SELECT event_bus._delivery_id(ev.id, s.id), ev.id, s.id, ev.tenant_id, 'processing', 1, now(),
-                    now() + (coalesce(s.timeout_ms, $2) + $3) * interval '1 millisecond'
+             SELECT event_bus._delivery_id(ev.id, s.id), ev.id, s.id, ev.tenant_id,
+                    CASE WHEN s.breaker_open_until IS NULL THEN 'processing' ELSE 'held' END,
+                    CASE WHEN s.breaker_open_until IS NULL THEN 1 ELSE 0 END,
+                    CASE WHEN s.breaker_open_until IS NULL THEN now() END,
+                    CASE WHEN s.breaker_open_until IS NULL
+                         THEN now() + (coalesce(s.timeout_ms, $2) + $3) * interval '1 millisecond'
+                         ELSE now() END
                FROM ev
                JOIN event_bus.module_event_subscriptions s
                  ON s.is_active
@@ -392,13 +503,19 @@ fn fan_out(limit: i64, settings: &ClaimSettings) -> Vec<Job> {
                FROM ev LEFT JOIN matched m ON m.event_id = ev.id
               WHERE e.id = ev.id
              RETURNING 1
+         ), counted AS (
+             UPDATE event_bus._counters c
+                SET value = c.value + (SELECT count(*) FROM ev)
+              WHERE c.name = 'events_dispatched' AND EXISTS (SELECT 1 FROM ev)
          )
          SELECT {JOB_COLUMNS}
            FROM ins d
            JOIN event_bus.module_events e ON e.id = d.event_id
            JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+          WHERE d.status = 'processing'
           ORDER BY d.event_id, d.subscription_id"
-    );
+    )
+    };
     Spi::connect_mut(|client| {
         // planned per call: a generic plan cannot see the small LIMIT and hashes whole tables
         let table = client.update(sql().as_str(), None, &settings.args(limit))?;
@@ -435,7 +552,13 @@ impl ClaimSettings {
     }
 
     fn args(&self, limit: i64) -> Vec<pgrx::datum::DatumWithOid<'static>> {
-        vec![limit.into(), self.default_timeout.into(), self.lease_ms.into(), self.base.into(), self.cap.into()]
+        vec![
+            limit.into(),
+            self.default_timeout.into(),
+            self.lease_ms.into(),
+            self.base.into(),
+            self.cap.into(),
+        ]
     }
 }
 
@@ -449,7 +572,8 @@ pub enum Job {
 /// Claim up to `limit` due deliveries (retries, expired leases) with a lease; returns the jobs
 /// and, when fewer than `limit` were due, the seconds until the next one is.
 fn claim(limit: i64, settings: &ClaimSettings) -> (Vec<Job>, Option<f64>) {
-    let sql = || format!(
+    let sql = || {
+        format!(
         "WITH c AS (
              SELECT d.id
                FROM event_bus.module_event_deliveries d
@@ -467,7 +591,8 @@ fn claim(limit: i64, settings: &ClaimSettings) -> (Vec<Job>, Option<f64>) {
            FROM c, event_bus.module_events e, event_bus.module_event_subscriptions s
           WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
          RETURNING {JOB_COLUMNS}"
-    );
+    )
+    };
     Spi::connect_mut(|client| {
         // planned per call, like the fan-out
         let table = client.update(sql().as_str(), None, &settings.args(limit))?;
@@ -492,7 +617,10 @@ fn claim(limit: i64, settings: &ClaimSettings) -> (Vec<Job>, Option<f64>) {
 }
 
 /// Turn job rows (JOB_COLUMNS) into HTTP requests, SQL calls, or failures that need no attempt.
-fn jobs_from(table: pgrx::spi::SpiTupleTable, st: &ClaimSettings) -> Result<Vec<Job>, pgrx::spi::Error> {
+fn jobs_from(
+    table: pgrx::spi::SpiTupleTable,
+    st: &ClaimSettings,
+) -> Result<Vec<Job>, pgrx::spi::Error> {
     let mut jobs = Vec::with_capacity(table.len());
     for row in table {
         let claimed = Claimed {
@@ -501,6 +629,7 @@ fn jobs_from(table: pgrx::spi::SpiTupleTable, st: &ClaimSettings) -> Result<Vec<
             subscription_id: row.get::<String>(3)?.unwrap_or_default(),
             tenant_id: row.get::<String>(4)?.unwrap_or_default(),
             attempt: row.get::<i32>(5)?.unwrap_or(1),
+            attempt_offset: row.get::<i32>(17)?.unwrap_or(0),
             max_retries: row.get::<i32>(6)?.unwrap_or(3),
             backoff_base_ms: row.get::<i64>(7)?.unwrap_or(st.base as i64),
             backoff_max_ms: row.get::<i64>(8)?.unwrap_or(st.cap as i64),
@@ -515,20 +644,32 @@ fn jobs_from(table: pgrx::spi::SpiTupleTable, st: &ClaimSettings) -> Result<Vec<
         let body = row.get::<String>(16)?.unwrap_or_default();
 
         let job = match kind.as_str() {
-            "sql" => Job::Sql(claimed, sqlhandler::Call { function: function.unwrap_or_default(), run_as, timeout_ms }),
+            "sql" => Job::Sql(
+                claimed,
+                sqlhandler::Call {
+                    function: function.unwrap_or_default(),
+                    run_as,
+                    timeout_ms,
+                },
+            ),
             _ => {
                 let target = if kind == "edge_function" {
                     match (&st.edge_base, &function) {
                         (Some(b), Some(f)) => Ok(format!("{}/{}", b.trim_end_matches('/'), f)),
-                        _ => Err("event_bus.edge_function_base_url is not set, so the Edge Function \
+                        _ => Err(
+                            "event_bus.edge_function_base_url is not set, so the Edge Function \
                                   cannot be resolved; set it and reload"
-                            .to_string()),
+                                .to_string(),
+                        ),
                     }
                 } else {
                     url.ok_or_else(|| "subscription has no handler_url".to_string())
                 };
-                let target = target
-                    .and_then(|u| api::validate_url(&u).map(|_| u).map_err(|e| format!("invalid URL: {e}")));
+                let target = target.and_then(|u| {
+                    api::validate_url(&u)
+                        .map(|_| u)
+                        .map_err(|e| format!("invalid URL: {e}"))
+                });
                 let key = match secret.as_deref().map(api::secret_key) {
                     Some(Err(e)) => Err(format!("invalid signing secret: {e}")),
                     Some(Ok(k)) => Ok(Some(k)),
@@ -542,7 +683,13 @@ fn jobs_from(table: pgrx::spi::SpiTupleTable, st: &ClaimSettings) -> Result<Vec<
                         .and_then(|v| api::validate_headers(&v).map(|_| v))
                         .map(|v| {
                             v.as_object()
-                                .map(|o| o.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+                                .map(|o| {
+                                    o.iter()
+                                        .filter_map(|(k, v)| {
+                                            v.as_str().map(|s| (k.clone(), s.to_string()))
+                                        })
+                                        .collect()
+                                })
                                 .unwrap_or_default()
                         })
                         .map_err(|e| format!("invalid subscription headers: {e}"));
@@ -595,13 +742,15 @@ fn record(batch: &[Finished], delays: &[Duration]) {
         tenants.push(c.tenant_id.clone());
         attempts.push(c.attempt);
         oks.push(o.success);
-        deads.push(!o.success && c.attempt > c.max_retries);
+        deads.push(!o.success && c.attempt - c.attempt_offset > c.max_retries);
         statuses.push(o.http_status.map(|s| s as i32));
         errors.push(o.error.as_ref().map(|e| e.chars().take(2000).collect()));
         responses.push(o.response.clone());
         durations.push(o.duration.as_secs_f64() * 1000.0);
         delay_ms.push(d.as_millis().min(i64::MAX as u128) as i64);
     }
+    let dead_count = deads.iter().filter(|d| **d).count() as i32;
+    let health = SubscriptionHealth::of(batch);
     Spi::connect_mut(|client| {
         exec(
             client,
@@ -685,9 +834,74 @@ fn record(batch: &[Finished], delays: &[Duration]) {
             &[pg_sys::TEXTARRAYOID],
             &[events.into()],
         )?;
+        exec(
+            client,
+            "record_subscriptions",
+            || "SELECT event_bus._record_subscription_outcomes($1::uuid[], $2, $3, $4, $5, $6)".to_string(),
+            &[
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT4OID,
+            ],
+            &[
+                health.ids.into(),
+                health.ok.into(),
+                health.failed.into(),
+                health.trailing.into(),
+                health.last_error.into(),
+                dead_count.into(),
+            ],
+        )?;
         Ok::<(), pgrx::spi::Error>(())
     })
     .unwrap_or_else(|e| panic!("recording outcomes failed: {e}"))
+}
+
+/// A batch's outcomes per subscription, in batch order: what the circuit breaker and the
+/// subscription's health columns need.
+#[derive(Default)]
+struct SubscriptionHealth {
+    ids: Vec<String>,
+    ok: Vec<i32>,
+    failed: Vec<i32>,
+    /// failures after the subscription's last success in the batch
+    trailing: Vec<i32>,
+    last_error: Vec<Option<String>>,
+}
+
+impl SubscriptionHealth {
+    fn of(batch: &[Finished]) -> SubscriptionHealth {
+        let mut h = SubscriptionHealth::default();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for f in batch {
+            let i = *index
+                .entry(f.claimed.subscription_id.as_str())
+                .or_insert_with(|| {
+                    h.ids.push(f.claimed.subscription_id.clone());
+                    h.ok.push(0);
+                    h.failed.push(0);
+                    h.trailing.push(0);
+                    h.last_error.push(None);
+                    h.ids.len() - 1
+                });
+            if f.outcome.success {
+                h.ok[i] += 1;
+                h.trailing[i] = 0;
+            } else {
+                h.failed[i] += 1;
+                h.trailing[i] += 1;
+                h.last_error[i] = f
+                    .outcome
+                    .error
+                    .as_ref()
+                    .map(|e| e.chars().take(2000).collect());
+            }
+        }
+        h
+    }
 }
 
 /// Hand unfinished leases back (shutdown): due again now, the interrupted attempt not counted.
@@ -713,6 +927,17 @@ fn release(unfinished: &[Claimed]) {
 /// for each up to its timeout) and SQL handlers run, and the outcomes are recorded exactly as the
 /// worker records them. Returns how many deliveries were attempted.
 pub fn process_now(limit: i64) -> i64 {
+    if let Some(installed) = outdated_sql() {
+        pgrx::ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "event_bus: the extension's SQL is version {installed}, the library {}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            "Run ALTER EXTENSION event_bus UPDATE first."
+        );
+    }
     let settings = ClaimSettings::read();
     let (mut jobs, _) = claim(limit, &settings);
     let left = (limit - jobs.len() as i64).max(0);
@@ -725,10 +950,16 @@ pub fn process_now(limit: i64) -> i64 {
     for job in jobs {
         match job {
             Job::Http(c, req) => http.push((c, req)),
-            Job::Failed(c, e) => finished.push(Finished { claimed: c, outcome: Outcome::failure(0, e, Duration::ZERO) }),
+            Job::Failed(c, e) => finished.push(Finished {
+                claimed: c,
+                outcome: Outcome::failure(0, e, Duration::ZERO),
+            }),
             Job::Sql(c, call) => {
                 for outcome in sqlhandler::run_batch(&[(c.clone(), call)]) {
-                    finished.push(Finished { claimed: c.clone(), outcome });
+                    finished.push(Finished {
+                        claimed: c.clone(),
+                        outcome,
+                    });
                 }
             }
         }
@@ -748,14 +979,20 @@ pub fn process_now(limit: i64) -> i64 {
             pg_sys::check_for_interrupts!();
             if let Some(o) = dispatcher.recv_timeout(Duration::from_millis(100)) {
                 if let Some(c) = waiting.remove(&o.token) {
-                    finished.push(Finished { claimed: c, outcome: o });
+                    finished.push(Finished {
+                        claimed: c,
+                        outcome: o,
+                    });
                 }
             }
         }
     }
     if !finished.is_empty() {
         let mut rng = Rng::seeded();
-        let delays: Vec<Duration> = finished.iter().map(|f| retry_delay(&f.claimed, &f.outcome, &mut rng)).collect();
+        let delays: Vec<Duration> = finished
+            .iter()
+            .map(|f| retry_delay(&f.claimed, &f.outcome, &mut rng))
+            .collect();
         record(&finished, &delays);
     }
     attempted

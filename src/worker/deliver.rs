@@ -68,7 +68,10 @@ pub fn sign(key: &[u8], webhook_id: &str, timestamp: u64, body: &str) -> String 
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body.as_bytes());
-    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
 }
 
 /// Parse `Retry-After`: delta-seconds or an HTTP date.
@@ -95,9 +98,17 @@ pub fn response_json(body: &[u8], truncated: bool) -> String {
 /// Full-jitter exponential backoff: a uniformly random delay in [0, min(cap, base * 2^(attempt-1))],
 /// at least `retry_after` when the server asked for it. `attempt` is the number of the attempt
 /// that just failed, from 1; `random` is a uniform sample in [0, 1).
-pub fn backoff(attempt: i32, base_ms: u64, cap_ms: u64, retry_after: Option<Duration>, random: f64) -> Duration {
+pub fn backoff(
+    attempt: i32,
+    base_ms: u64,
+    cap_ms: u64,
+    retry_after: Option<Duration>,
+    random: f64,
+) -> Duration {
     let exp = attempt.saturating_sub(1).clamp(0, 40) as u32;
-    let ceiling = base_ms.saturating_mul(1u64 << exp.min(40)).min(cap_ms.max(1));
+    let ceiling = base_ms
+        .saturating_mul(1u64 << exp.min(40))
+        .min(cap_ms.max(1));
     let jittered = (ceiling as f64 * random.clamp(0.0, 1.0)) as u64;
     let mut delay = Duration::from_millis(jittered);
     if let Some(ra) = retry_after {
@@ -108,22 +119,38 @@ pub fn backoff(attempt: i32, base_ms: u64, cap_ms: u64, retry_after: Option<Dura
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn perform(agent: &ureq::Agent, no_redirect_agent: &ureq::Agent, req: &Request) -> Outcome {
     let started = Instant::now();
     let timestamp = unix_now();
-    let agent = if req.follow_redirects { agent } else { no_redirect_agent };
+    let agent = if req.follow_redirects {
+        agent
+    } else {
+        no_redirect_agent
+    };
     let mut r = agent
         .post(&req.url)
         .timeout(req.timeout)
-        .set("content-type", "application/cloudevents+json; charset=utf-8")
-        .set("user-agent", concat!("event_bus/", env!("CARGO_PKG_VERSION")))
+        .set(
+            "content-type",
+            "application/cloudevents+json; charset=utf-8",
+        )
+        .set(
+            "user-agent",
+            concat!("event_bus/", env!("CARGO_PKG_VERSION")),
+        )
         .set("webhook-id", &req.webhook_id)
         .set("webhook-timestamp", &timestamp.to_string());
     if let Some(key) = &req.secret_key {
-        r = r.set("webhook-signature", &sign(key, &req.webhook_id, timestamp, &req.body));
+        r = r.set(
+            "webhook-signature",
+            &sign(key, &req.webhook_id, timestamp, &req.body),
+        );
     }
     for (k, v) in &req.headers {
         r = r.set(k, v);
@@ -136,12 +163,16 @@ fn perform(agent: &ureq::Agent, no_redirect_agent: &ureq::Agent, req: &Request) 
     match resp {
         Ok(resp) => {
             let status = resp.status();
-            let retry_after =
-                resp.header("retry-after").and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let retry_after = resp
+                .header("retry-after")
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
             let location = resp.header("location").map(|s| s.to_string());
             let mut body = Vec::new();
             let cap = req.max_response_bytes;
-            let read = resp.into_reader().take(cap as u64 + 1).read_to_end(&mut body);
+            let read = resp
+                .into_reader()
+                .take(cap as u64 + 1)
+                .read_to_end(&mut body);
             let truncated = body.len() > cap;
             body.truncate(cap);
             let success = (200..300).contains(&status);
@@ -161,7 +192,11 @@ fn perform(agent: &ureq::Agent, no_redirect_agent: &ureq::Agent, req: &Request) 
                 token: req.token,
                 success: success && error.is_none(),
                 http_status: Some(status),
-                response: if cap == 0 { None } else { Some(response_json(&body, truncated)) },
+                response: if cap == 0 {
+                    None
+                } else {
+                    Some(response_json(&body, truncated))
+                },
                 error,
                 retry_after,
                 duration: started.elapsed(),
@@ -170,9 +205,13 @@ fn perform(agent: &ureq::Agent, no_redirect_agent: &ureq::Agent, req: &Request) 
         Err(t) => {
             let elapsed = started.elapsed();
             let msg = t.to_string();
-            let timed_out = msg.contains("timed out") || msg.contains("Timeout") || elapsed >= req.timeout;
-            let error =
-                if timed_out { format!("timed out after {} ms: {msg}", req.timeout.as_millis()) } else { msg };
+            let timed_out =
+                msg.contains("timed out") || msg.contains("Timeout") || elapsed >= req.timeout;
+            let error = if timed_out {
+                format!("timed out after {} ms: {msg}", req.timeout.as_millis())
+            } else {
+                msg
+            };
             Outcome::failure(req.token, error, elapsed)
         }
     }
@@ -240,10 +279,16 @@ impl Dispatcher {
                         Ok(Ok(req)) => req,
                         _ => return,
                     };
-                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| perform(&agent, &no_redirect, &req)))
-                        .unwrap_or_else(|_| {
-                            Outcome::failure(req.token, "internal error in the HTTP client".into(), Duration::ZERO)
-                        });
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        perform(&agent, &no_redirect, &req)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Outcome::failure(
+                            req.token,
+                            "internal error in the HTTP client".into(),
+                            Duration::ZERO,
+                        )
+                    });
                     if res_tx.send(outcome).is_err() {
                         return;
                     }
@@ -264,7 +309,12 @@ impl Dispatcher {
                 return Err(e);
             }
         }
-        Ok(Dispatcher { tx: Some(tx), results, wake_read, threads: handles })
+        Ok(Dispatcher {
+            tx: Some(tx),
+            results,
+            wake_read,
+            threads: handles,
+        })
     }
 
     pub fn submit(&self, req: Request) {
@@ -281,7 +331,14 @@ impl Dispatcher {
     /// Finished outcomes, without blocking.
     pub fn drain(&self) -> Vec<Outcome> {
         let mut buf = [0u8; 256];
-        while unsafe { libc::read(self.wake_read.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len()) } > 0 {}
+        while unsafe {
+            libc::read(
+                self.wake_read.as_raw_fd(),
+                buf.as_mut_ptr() as *mut _,
+                buf.len(),
+            )
+        } > 0
+        {}
         let mut out = Vec::new();
         loop {
             match self.results.try_recv() {
@@ -315,7 +372,12 @@ mod tests {
         let key = base64::engine::general_purpose::STANDARD
             .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
             .unwrap();
-        let sig = sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, r#"{"test": 2432232314}"#);
+        let sig = sign(
+            &key,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            r#"{"test": 2432232314}"#,
+        );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 
@@ -325,19 +387,34 @@ mod tests {
             let d = backoff(attempt, 1000, 60_000, None, 0.999_999);
             let ceiling = (1000u64 << (attempt - 1).min(30)).min(60_000);
             assert!(d.as_millis() as u64 <= ceiling, "attempt {attempt}: {d:?}");
-            assert!(d.as_millis() as u64 >= ceiling - 1 - ceiling / 1000, "attempt {attempt}: {d:?}");
+            assert!(
+                d.as_millis() as u64 >= ceiling - 1 - ceiling / 1000,
+                "attempt {attempt}: {d:?}"
+            );
         }
         assert_eq!(backoff(3, 1000, 60_000, None, 0.0), Duration::ZERO);
-        assert_eq!(backoff(1, 1000, 60_000, Some(Duration::from_secs(5)), 0.5), Duration::from_secs(5));
-        assert_eq!(backoff(1, 1000, 60_000, Some(Duration::from_secs(10_000_000)), 0.5), Duration::from_secs(86_400));
+        assert_eq!(
+            backoff(1, 1000, 60_000, Some(Duration::from_secs(5)), 0.5),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            backoff(1, 1000, 60_000, Some(Duration::from_secs(10_000_000)), 0.5),
+            Duration::from_secs(86_400)
+        );
         // huge attempt numbers do not overflow
-        assert_eq!(backoff(i32::MAX, u64::MAX / 2, 60_000, None, 0.999_999).as_millis() / 1000, 59);
+        assert_eq!(
+            backoff(i32::MAX, u64::MAX / 2, 60_000, None, 0.999_999).as_millis() / 1000,
+            59
+        );
     }
 
     #[test]
     fn retry_after_forms() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after(&httpdate::fmt_http_date(now + Duration::from_secs(30)), now),
             Some(Duration::from_secs(30))
@@ -348,7 +425,13 @@ mod tests {
     #[test]
     fn responses_are_stored_as_json() {
         assert_eq!(response_json(br#"{"ok":true}"#, false), r#"{"ok":true}"#);
-        assert_eq!(response_json(b"plain", false), r#"{"body":"plain","truncated":false}"#);
-        assert_eq!(response_json(br#"{"ok":tr"#, true), r#"{"body":"{\"ok\":tr","truncated":true}"#);
+        assert_eq!(
+            response_json(b"plain", false),
+            r#"{"body":"plain","truncated":false}"#
+        );
+        assert_eq!(
+            response_json(br#"{"ok":tr"#, true),
+            r#"{"body":"{\"ok\":tr","truncated":true}"#
+        );
     }
 }

@@ -7,7 +7,10 @@
 
 use super::{in_transaction, log, reload_config_if_requested, wait, LIBRARY};
 use crate::{guc, shmem};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
+    SignalWakeFlags,
+};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -40,7 +43,10 @@ pub extern "C-unwind" fn event_bus_launcher_main(_arg: pg_sys::Datum) {
                 let per_db = guc::WORKERS.get();
                 // forget workers that have stopped
                 workers.retain(|_, w| {
-                    matches!(w.pid(), Ok(_) | Err(pgrx::bgworkers::BackgroundWorkerStatus::NotYetStarted))
+                    matches!(
+                        w.pid(),
+                        Ok(_) | Err(pgrx::bgworkers::BackgroundWorkerStatus::NotYetStarted)
+                    )
                 });
                 for db in dbs {
                     if shmem::is_skipped(db) {
@@ -108,7 +114,8 @@ fn list_databases() -> Vec<u32> {
                 break;
             }
             let data = (*tup).t_data;
-            let form = (data as *mut u8).add((*data).t_hoff as usize) as *const pg_sys::FormData_pg_database;
+            let form = (data as *mut u8).add((*data).t_hoff as usize)
+                as *const pg_sys::FormData_pg_database;
             // datconnlimit -2 marks a database half-dropped (PG 15.4+)
             if (*form).datallowconn && !(*form).datistemplate && (*form).datconnlimit != -2 {
                 out.push((*form).oid.to_u32());
@@ -159,9 +166,25 @@ unsafe extern "C-unwind" fn process_utility(
             }
         }
         match PREV_PROCESS_UTILITY {
-            Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+            Some(prev) => prev(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
             None => pg_sys::standard_ProcessUtility(
-                pstmt, query_string, read_only_tree, context, params, query_env, dest, qc,
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
             ),
         }
     }
@@ -179,7 +202,8 @@ unsafe fn drops_event_bus(drop: *mut pg_sys::DropStmt) -> bool {
             let node = (*(*list).elements.add(i)).ptr_value as *mut pg_sys::Node;
             !node.is_null()
                 && (*node).type_ == pg_sys::NodeTag::T_String
-                && std::ffi::CStr::from_ptr((*(node as *mut pg_sys::String)).sval).to_bytes() == b"event_bus"
+                && std::ffi::CStr::from_ptr((*(node as *mut pg_sys::String)).sval).to_bytes()
+                    == b"event_bus"
         })
     }
 }

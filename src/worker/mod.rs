@@ -67,7 +67,11 @@ pub fn panic_message(e: &Box<dyn std::any::Any + Send>) -> String {
             pgrx::pg_sys::panic::CaughtError::PostgresError(r)
             | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
             | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-                format!("{} (SQLSTATE {})", r.message(), sqlstate(r.sql_error_code() as i32))
+                format!(
+                    "{} (SQLSTATE {})",
+                    r.message(),
+                    sqlstate(r.sql_error_code() as i32)
+                )
             }
         }
     } else if let Some(s) = e.downcast_ref::<String>() {
@@ -93,7 +97,8 @@ pub fn reload_config_if_requested() {
 
 /// Wait on the latch and, when given, a socket; returns false on SIGTERM.
 pub fn wait(fd: Option<i32>, timeout: Duration) -> bool {
-    let mut events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32;
+    let mut events =
+        (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32;
     let sock = match fd {
         Some(fd) => {
             events |= pg_sys::WL_SOCKET_READABLE as i32;
@@ -124,5 +129,7 @@ pub fn shutdown_requested() -> bool {
 
 /// The five-character SQLSTATE of a packed error code.
 pub fn sqlstate(code: i32) -> String {
-    (0..5).map(|i| ((((code >> (6 * i)) & 0x3F) as u8) + b'0') as char).collect()
+    (0..5)
+        .map(|i| ((((code >> (6 * i)) & 0x3F) as u8) + b'0') as char)
+        .collect()
 }

@@ -4,8 +4,8 @@
 //! A handler that raises rolls back only its own work; its message and SQLSTATE become the
 //! attempt's error. Its result (any type, through to_jsonb) is the attempt's response.
 
-use super::deliver::Outcome;
 use super::dbworker::Claimed;
+use super::deliver::Outcome;
 use super::panic_message;
 use pgrx::prelude::*;
 use std::ffi::CString;
@@ -36,7 +36,11 @@ pub fn is_qualified_name(s: &str) -> bool {
             }
             None
         } else {
-            let end = p.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')).unwrap_or(p.len());
+            let end = p
+                .find(|c: char| {
+                    !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+                })
+                .unwrap_or(p.len());
             let (id, rest) = p.split_at(end);
             if id.is_empty() || id.starts_with(|c: char| c.is_ascii_digit() || c == '$') {
                 None
@@ -81,7 +85,12 @@ fn resolve_role(call: &Call) -> Result<pg_sys::Oid, String> {
         &[call.function.as_str().into()],
     )
     .map_err(|e| e.to_string())?
-    .ok_or_else(|| format!("SQL handler {}(event_bus.module_events) does not exist", call.function))?;
+    .ok_or_else(|| {
+        format!(
+            "SQL handler {}(event_bus.module_events) does not exist",
+            call.function
+        )
+    })?;
     if unsafe { pg_sys::superuser_arg(owner) } {
         return Err(format!(
             "SQL handler {} is owned by a superuser and the subscription names no run_as role; \
@@ -95,7 +104,10 @@ fn resolve_role(call: &Call) -> Result<pg_sys::Oid, String> {
 fn run_one(claimed: &Claimed, call: &Call) -> Outcome {
     let started = Instant::now();
     if !is_qualified_name(&call.function) {
-        return failed(format!("invalid SQL handler name {:?}", call.function), started);
+        return failed(
+            format!("invalid SQL handler name {:?}", call.function),
+            started,
+        );
     }
     let role = match resolve_role(call) {
         Ok(r) => r,
@@ -103,15 +115,30 @@ fn run_one(claimed: &Claimed, call: &Call) -> Outcome {
     };
     // the worker reads the event; the handler role gets it as a value and needs no privilege on
     // the event tables
-    let row = match Spi::get_one_with_args::<String>(
-        "SELECT e::text FROM event_bus.module_events e WHERE e.id = $1::uuid",
-        &[claimed.event_id.as_str().into()],
-    ) {
-        Ok(Some(r)) => r,
-        Ok(None) => return failed("the event no longer exists".into(), started),
+    // ... and the chain it belongs to: events the handler emits record it as their cause
+    let fetched = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT e::text,
+                        CASE WHEN e.metadata ->> 'depth' ~ '^[0-9]{1,6}$'
+                             THEN (e.metadata ->> 'depth')::int ELSE 0 END::text,
+                        coalesce(e.metadata ->> 'correlation_id', e.id::text)
+                   FROM event_bus.module_events e WHERE e.id = $1::uuid",
+                Some(1),
+                &[claimed.event_id.as_str().into()],
+            )?
+            .first()
+            .get_three::<String, String, String>()
+    });
+    let (row, depth, correlation) = match fetched {
+        Ok((Some(r), d, c)) => (r, d.unwrap_or_else(|| "0".into()), c.unwrap_or_default()),
+        Ok((None, _, _)) => return failed("the event no longer exists".into(), started),
         Err(e) => return failed(e.to_string(), started),
     };
-    let sql = format!("SELECT pg_catalog.to_jsonb({}($1::event_bus.module_events))::text", call.function);
+    let sql = format!(
+        "SELECT pg_catalog.to_jsonb({}($1::event_bus.module_events))::text",
+        call.function
+    );
     unsafe {
         let old_context = pg_sys::CurrentMemoryContext;
         let old_owner = pg_sys::CurrentResourceOwner;
@@ -120,19 +147,34 @@ fn run_one(claimed: &Claimed, call: &Call) -> Outcome {
         pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_sec);
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(old_context);
-        pg_sys::SetUserIdAndSecContext(role, save_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        // settings made for the handler (timeout, chain) end with it, whatever it commits
+        let guc_level = pg_sys::NewGUCNestLevel();
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            save_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
         let timeout = call.timeout_ms.to_string();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             Spi::get_one_with_args::<String>(
-                "SELECT pg_catalog.set_config('statement_timeout', $1, true)",
-                &[timeout.as_str().into()],
+                "SELECT pg_catalog.set_config('statement_timeout', $1, true),
+                        pg_catalog.set_config('event_bus.causation_id', $2, true),
+                        pg_catalog.set_config('event_bus.chain_depth', $3, true),
+                        pg_catalog.set_config('event_bus.correlation_id', $4, true)",
+                &[
+                    timeout.as_str().into(),
+                    claimed.event_id.as_str().into(),
+                    depth.as_str().into(),
+                    correlation.as_str().into(),
+                ],
             )
             .map_err(|e| e.to_string())?;
-            Spi::get_one_with_args::<String>(&sql, &[row.as_str().into()]).map_err(|e| e.to_string())
+            Spi::get_one_with_args::<String>(&sql, &[row.as_str().into()])
+                .map_err(|e| e.to_string())
         }));
         pg_sys::SetUserIdAndSecContext(save_user, save_sec);
         let outcome = match result {
             Ok(Ok(resp)) => {
+                pg_sys::AtEOXact_GUC(false, guc_level);
                 pg_sys::ReleaseCurrentSubTransaction();
                 Outcome {
                     token: 0,
@@ -165,10 +207,25 @@ mod tests {
 
     #[test]
     fn qualified_names() {
-        for ok in ["inventory.deduct_stock", "\"Inv\".\"Deduct Stock\"", "a.b$1", "\"a\"\"b\".c"] {
+        for ok in [
+            "inventory.deduct_stock",
+            "\"Inv\".\"Deduct Stock\"",
+            "a.b$1",
+            "\"a\"\"b\".c",
+        ] {
             assert!(is_qualified_name(ok), "{ok}");
         }
-        for bad in ["deduct_stock", "a.b.c", "a.b; drop table x", "a.b()", "\"a.b", "a.\"\"", "1a.b", "A.b", ""] {
+        for bad in [
+            "deduct_stock",
+            "a.b.c",
+            "a.b; drop table x",
+            "a.b()",
+            "\"a.b",
+            "a.\"\"",
+            "1a.b",
+            "A.b",
+            "",
+        ] {
             assert!(!is_qualified_name(bad), "{bad}");
         }
     }

@@ -11,12 +11,19 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn pg_bindir() -> PathBuf {
-    let out = Command::new("pg_config").arg("--bindir").output().expect("pg_config on PATH");
+    let out = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .expect("pg_config on PATH");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 /// Run a Postgres binary as the cluster owner.
@@ -32,7 +39,11 @@ fn pg_cmd(bin: &str) -> Command {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Cluster {
@@ -48,17 +59,34 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
-            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().unwrap();
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
             assert!(ok.success());
         }
         let data = dir.join("data");
         let out = pg_cmd("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
             .arg(&data)
             .stdout(Stdio::null())
             .output()
             .unwrap();
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = free_port();
         let mut conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
@@ -74,7 +102,11 @@ impl Cluster {
         let mut existing = std::fs::read_to_string(&conf_path).unwrap();
         existing.push_str(&conf);
         std::fs::write(&conf_path, existing).unwrap();
-        let c = Cluster { dir, port, keep: std::env::var_os("EVENT_BUS_KEEP_CLUSTER").is_some() };
+        let c = Cluster {
+            dir,
+            port,
+            keep: std::env::var_os("EVENT_BUS_KEEP_CLUSTER").is_some(),
+        };
         c.pg_ctl_start();
         c
     }
@@ -100,7 +132,12 @@ impl Cluster {
             .arg("start")
             .output()
             .unwrap();
-        assert!(out.status.success(), "pg_ctl start: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
     }
 
     /// Stop: "fast" or "immediate" (a crash: no shutdown checkpoint, recovery on start).
@@ -115,7 +152,10 @@ impl Cluster {
     }
 
     pub fn connstr(&self, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=10", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=10",
+            self.port
+        )
     }
 
     pub fn connect(&self, db: &str) -> postgres::Client {
@@ -126,7 +166,9 @@ impl Cluster {
     /// A new database with the extension created.
     pub fn create_db_with_extension(&self, db: &str) -> postgres::Client {
         let mut admin = self.connect("postgres");
-        admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
         let mut c = self.connect(db);
         c.batch_execute("CREATE EXTENSION event_bus").unwrap();
         c
@@ -136,7 +178,11 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.keep {
-            eprintln!("keeping cluster at {} (port {})", self.dir.display(), self.port);
+            eprintln!(
+                "keeping cluster at {} (port {})",
+                self.dir.display(),
+                self.port
+            );
             return;
         }
         self.pg_ctl_stop("immediate");

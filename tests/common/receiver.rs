@@ -19,7 +19,9 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(|s| s.as_str())
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(|s| s.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
@@ -36,10 +38,20 @@ pub struct Reply {
 
 impl Reply {
     pub fn status(status: u16) -> Reply {
-        Reply { status, delay: Duration::ZERO, body: String::new(), headers: vec![] }
+        Reply {
+            status,
+            delay: Duration::ZERO,
+            body: String::new(),
+            headers: vec![],
+        }
     }
     pub fn ok() -> Reply {
-        Reply { status: 200, delay: Duration::ZERO, body: "{\"ok\":true}".into(), headers: vec![] }
+        Reply {
+            status: 200,
+            delay: Duration::ZERO,
+            body: "{\"ok\":true}".into(),
+            headers: vec![],
+        }
     }
     pub fn delayed(mut self, d: Duration) -> Reply {
         self.delay = d;
@@ -57,7 +69,9 @@ pub struct Receiver {
 
 impl Receiver {
     /// `behaviour(request, n)`: n = how many requests this path had before this one.
-    pub fn start(behaviour: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static) -> Receiver {
+    pub fn start(
+        behaviour: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -79,7 +93,11 @@ impl Receiver {
                 }
             });
         }
-        Receiver { port, requests, stop }
+        Receiver {
+            port,
+            requests,
+            stop,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -106,7 +124,12 @@ impl Drop for Receiver {
     }
 }
 
-fn serve(conn: TcpStream, requests: Arc<Mutex<Vec<Received>>>, behaviour: Arc<Behaviour>, stop: Arc<AtomicBool>) {
+fn serve(
+    conn: TcpStream,
+    requests: Arc<Mutex<Vec<Received>>>,
+    behaviour: Arc<Behaviour>,
+    stop: Arc<AtomicBool>,
+) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut writer = match conn.try_clone() {
         Ok(w) => w,
@@ -136,12 +159,20 @@ fn serve(conn: TcpStream, requests: Arc<Mutex<Vec<Received>>>, behaviour: Arc<Be
                 headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
             }
         }
-        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let mut body = vec![0u8; len];
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let req = Received { path: path.clone(), headers, body: String::from_utf8_lossy(&body).into(), at: Instant::now() };
+        let req = Received {
+            path: path.clone(),
+            headers,
+            body: String::from_utf8_lossy(&body).into(),
+            at: Instant::now(),
+        };
         let n = {
             let mut all = requests.lock().unwrap();
             let n = all.iter().filter(|r| r.path == path).count();

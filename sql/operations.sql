@@ -1,0 +1,760 @@
+-- event_bus operations: what a monitor page, psql, PostgREST or Grafana calls. Reads are SECURITY
+-- INVOKER and filtered by row-level security; writes (retry, replay) are SECURITY DEFINER and
+-- restrict themselves to the caller's tenant scope. Loaded last (finalize).
+
+------------------------------------------------------------------------------------------------
+-- API: Public — list_events (keyset pagination, newest first)
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus.list_events(
+    p_tenant_id     uuid        DEFAULT NULL,
+    p_source_module text        DEFAULT NULL,
+    p_event_type    text        DEFAULT NULL,
+    p_status        text        DEFAULT NULL,
+    p_from          timestamptz DEFAULT NULL,
+    p_to            timestamptz DEFAULT NULL,
+    p_before        uuid        DEFAULT NULL,
+    p_limit         integer     DEFAULT 50
+) RETURNS SETOF event_bus.module_events
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'event_bus: p_limit % is out of range', p_limit
+            USING ERRCODE = '22023', HINT = 'Ask for 1 to 1000 events per page; page on with p_before.';
+    END IF;
+    IF p_status IS NOT NULL AND p_status NOT IN ('pending', 'processing', 'completed', 'failed') THEN
+        RAISE EXCEPTION 'event_bus: unknown event status %', p_status
+            USING ERRCODE = '22023', HINT = 'Use pending, processing, completed or failed.';
+    END IF;
+    IF p_event_type IS NOT NULL THEN
+        PERFORM event_bus._check_pattern(p_event_type);
+    END IF;
+    RETURN QUERY
+        SELECT e.*
+          FROM event_bus.module_events e
+         WHERE (p_tenant_id IS NULL OR e.tenant_id = p_tenant_id)
+           AND (p_source_module IS NULL OR e.source_module = p_source_module)
+           AND (p_event_type IS NULL OR event_bus.matches(p_event_type, e.event_type))
+           AND (p_status IS NULL OR e.status = p_status)
+           -- an id is taken at insert, after its transaction started (created_at): the id bound
+           -- lets the primary key serve the range, created_at keeps it exact
+           AND (p_from IS NULL OR (e.id >= event_bus.uuid_v7_lower_bound(p_from) AND e.created_at >= p_from))
+           AND (p_to IS NULL OR e.created_at < p_to)
+           AND (p_before IS NULL OR e.id < p_before)
+         ORDER BY e.id DESC
+         LIMIT p_limit;
+END
+$$;
+COMMENT ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer) IS
+    'Events, newest first, filtered by tenant, source module, event-type pattern (* and #), status and '
+    'created_at range [p_from, p_to). Keyset pagination: pass the last id of a page as p_before for the '
+    'next. Row-level security limits readers to their tenant.';
+
+------------------------------------------------------------------------------------------------
+-- API: Public — event_detail
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus.event_detail(p_event_id uuid) RETURNS jsonb
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_detail jsonb;
+BEGIN
+    SELECT jsonb_build_object(
+               'event', to_jsonb(e),
+               'deliveries', coalesce((
+                   SELECT jsonb_agg(jsonb_build_object(
+                              'delivery_id', d.id,
+                              'subscription_id', d.subscription_id,
+                              'handler_module', s.handler_module,
+                              'handler_kind', s.handler_kind,
+                              'pattern', s.event_type,
+                              'status', d.status,
+                              'attempts', d.attempts,
+                              'next_attempt_at', d.next_attempt_at,
+                              'last_attempt_at', d.last_attempt_at,
+                              'last_http_status', d.last_http_status,
+                              'last_error', d.last_error,
+                              'completed_at', d.completed_at)
+                          ORDER BY d.created_at, d.subscription_id)
+                     FROM event_bus.module_event_deliveries d
+                     LEFT JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+                    WHERE d.event_id = e.id), '[]'::jsonb),
+               'logs', coalesce((
+                   SELECT jsonb_agg(to_jsonb(l) ORDER BY l.executed_at, l.attempt)
+                     FROM event_bus.module_event_logs l
+                    WHERE l.event_id = e.id), '[]'::jsonb))
+      INTO v_detail
+      FROM event_bus.module_events e
+     WHERE e.id = p_event_id;
+    IF v_detail IS NULL THEN
+        RAISE EXCEPTION 'event_bus: event % not found', p_event_id
+            USING ERRCODE = 'P0002', HINT = 'It may belong to another tenant, or retention may have deleted it.';
+    END IF;
+    RETURN v_detail;
+END
+$$;
+COMMENT ON FUNCTION event_bus.event_detail(uuid) IS
+    'One event as JSON: {"event": its row (payload, metadata, status), "deliveries": each subscription''s '
+    'delivery state, "logs": every attempt in order}. P0002 when not found or not visible.';
+
+------------------------------------------------------------------------------------------------
+-- Internal: scope of a write for the caller; re-arming deliveries.
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus._write_scope() RETURNS uuid
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_tenant uuid;
+BEGIN
+    IF event_bus._caller_is_admin() THEN
+        RETURN NULL;
+    END IF;
+    v_tenant := event_bus.current_tenant();
+    IF v_tenant IS NULL THEN
+        RAISE EXCEPTION 'event_bus: no tenant in this session'
+            USING ERRCODE = '42501',
+                  HINT = 'Set the session''s tenant (see event_bus.current_tenant()), or act as event_bus_admin.';
+    END IF;
+    RETURN v_tenant;
+END
+$$;
+COMMENT ON FUNCTION event_bus._write_scope() IS
+    'Internal: NULL when the caller is an admin (every tenant), else its tenant; 42501 without one.';
+
+CREATE OR REPLACE FUNCTION event_bus._rearm(p_delivery_ids uuid[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_events uuid[];
+    v_count  integer;
+BEGIN
+    WITH r AS (
+        UPDATE event_bus.module_event_deliveries d
+           SET status = CASE WHEN s.breaker_open_until IS NOT NULL THEN 'held' ELSE 'pending' END,
+               next_attempt_at = now(),
+               attempt_offset = d.attempts,
+               completed_at = NULL
+          FROM event_bus.module_event_subscriptions s
+         WHERE d.id = ANY (p_delivery_ids)
+           AND s.id = d.subscription_id
+           AND d.status IN ('completed', 'failed')
+        RETURNING d.event_id)
+    SELECT array_agg(DISTINCT r.event_id), count(*) INTO v_events, v_count FROM r;
+    IF v_count > 0 THEN
+        PERFORM event_bus._refresh_event_status(v_events);
+        PERFORM event_bus._wake_on_commit();
+    END IF;
+    RETURN v_count;
+END
+$$;
+COMMENT ON FUNCTION event_bus._rearm(uuid[]) IS
+    'Internal: make finished deliveries due now with a fresh retry budget (held if their breaker is open).';
+
+------------------------------------------------------------------------------------------------
+-- API: Public — retry_event / retry_failed
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus.retry_event(p_event_id uuid) RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_scope uuid := event_bus._write_scope();
+BEGIN
+    PERFORM 1 FROM event_bus.module_events e
+     WHERE e.id = p_event_id AND (v_scope IS NULL OR e.tenant_id = v_scope);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'event_bus: event % not found', p_event_id
+            USING ERRCODE = 'P0002', HINT = 'It may belong to another tenant, or retention may have deleted it.';
+    END IF;
+    RETURN event_bus._rearm(ARRAY(
+        SELECT d.id FROM event_bus.module_event_deliveries d
+         WHERE d.event_id = p_event_id AND d.status = 'failed'));
+END
+$$;
+COMMENT ON FUNCTION event_bus.retry_event(uuid) IS
+    'Re-arm the failed (dead) deliveries of one event: due now, with a fresh retry budget. Deliveries '
+    'that succeeded are not sent again. Returns how many were re-armed (0 if none had failed).';
+
+CREATE OR REPLACE FUNCTION event_bus.retry_failed(
+    p_tenant_id       uuid        DEFAULT NULL,
+    p_source_module   text        DEFAULT NULL,
+    p_event_type      text        DEFAULT NULL,
+    p_subscription_id uuid        DEFAULT NULL,
+    p_from            timestamptz DEFAULT NULL,
+    p_to              timestamptz DEFAULT NULL
+) RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_scope uuid := event_bus._write_scope();
+BEGIN
+    IF p_event_type IS NOT NULL THEN
+        PERFORM event_bus._check_pattern(p_event_type);
+    END IF;
+    RETURN event_bus._rearm(ARRAY(
+        SELECT d.id
+          FROM event_bus.module_event_deliveries d
+          JOIN event_bus.module_events e ON e.id = d.event_id
+         WHERE d.status = 'failed'
+           AND (v_scope IS NULL OR d.tenant_id = v_scope)
+           AND (p_tenant_id IS NULL OR d.tenant_id = p_tenant_id)
+           AND (p_subscription_id IS NULL OR d.subscription_id = p_subscription_id)
+           AND (p_source_module IS NULL OR e.source_module = p_source_module)
+           AND (p_event_type IS NULL OR event_bus.matches(p_event_type, e.event_type))
+           AND (p_from IS NULL OR e.created_at >= p_from)
+           AND (p_to IS NULL OR e.created_at < p_to)));
+END
+$$;
+COMMENT ON FUNCTION event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz) IS
+    'Re-arm every failed (dead) delivery matching the filters (all NULL = every dead letter in the '
+    'caller''s scope). Returns how many were re-armed.';
+
+------------------------------------------------------------------------------------------------
+-- API: Public — replay_events
+------------------------------------------------------------------------------------------------
+-- every (event, subscription) pair a replay selects whose delivery is not already under way
+CREATE OR REPLACE FUNCTION event_bus._replay_targets(
+    p_scope uuid, p_event_type text, p_source_module text, p_tenant_id uuid, p_from timestamptz,
+    p_to timestamptz, p_subscription_id uuid
+) RETURNS TABLE (event_id uuid, subscription_id uuid, tenant_id uuid, held boolean)
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.id, s.id, e.tenant_id, s.breaker_open_until IS NOT NULL
+      FROM event_bus.module_events e
+      JOIN event_bus.module_event_subscriptions s
+        ON s.is_active
+       AND (s.tenant_id IS NULL OR s.tenant_id = e.tenant_id)
+       AND (p_subscription_id IS NULL OR s.id = p_subscription_id)
+       AND event_bus.matches(s.event_type, e.event_type)
+     WHERE e.dispatched_at IS NOT NULL
+       AND (p_scope IS NULL OR e.tenant_id = p_scope)
+       AND (p_tenant_id IS NULL OR e.tenant_id = p_tenant_id)
+       AND (p_source_module IS NULL OR e.source_module = p_source_module)
+       AND (p_event_type IS NULL OR event_bus.matches(p_event_type, e.event_type))
+       AND (p_from IS NULL OR (e.id >= event_bus.uuid_v7_lower_bound(p_from) AND e.created_at >= p_from))
+       AND (p_to IS NULL OR e.created_at < p_to)
+       AND NOT EXISTS (
+           SELECT 1 FROM event_bus.module_event_deliveries d
+            WHERE d.event_id = e.id AND d.subscription_id = s.id
+              AND d.status IN ('pending', 'processing', 'held'));
+$$;
+COMMENT ON FUNCTION event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid) IS
+    'Internal: the (event, subscription) pairs a replay with these filters re-delivers, within p_scope '
+    '(a tenant, or NULL for all).';
+
+CREATE OR REPLACE FUNCTION event_bus.replay_events(
+    p_event_type      text        DEFAULT NULL,
+    p_source_module   text        DEFAULT NULL,
+    p_tenant_id       uuid        DEFAULT NULL,
+    p_from            timestamptz DEFAULT NULL,
+    p_to              timestamptz DEFAULT NULL,
+    p_subscription_id uuid        DEFAULT NULL,
+    p_dry_run         boolean     DEFAULT false
+) RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_scope  uuid := event_bus._write_scope();
+    v_count  bigint;
+    v_events uuid[];
+BEGIN
+    IF p_event_type IS NULL AND p_source_module IS NULL AND p_tenant_id IS NULL AND p_from IS NULL
+       AND p_to IS NULL AND p_subscription_id IS NULL THEN
+        RAISE EXCEPTION 'event_bus: replay needs at least one filter'
+            USING ERRCODE = '22023',
+                  HINT = 'Narrow it down (type pattern, module, tenant, time range, subscription); '
+                         'p_event_type => ''#'' replays every event.';
+    END IF;
+    IF p_event_type IS NOT NULL THEN
+        PERFORM event_bus._check_pattern(p_event_type);
+    END IF;
+    IF p_subscription_id IS NOT NULL THEN
+        PERFORM 1 FROM event_bus.module_event_subscriptions s
+         WHERE s.id = p_subscription_id AND s.is_active
+           AND (v_scope IS NULL OR s.tenant_id IS NULL OR s.tenant_id = v_scope);
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'event_bus: no active subscription %', p_subscription_id
+                USING ERRCODE = 'P0002', HINT = 'Replay goes to active subscriptions; activate it first.';
+        END IF;
+    END IF;
+
+    IF p_dry_run THEN
+        SELECT count(*) INTO v_count
+          FROM event_bus._replay_targets(v_scope, p_event_type, p_source_module, p_tenant_id, p_from, p_to,
+                                         p_subscription_id);
+        RETURN v_count;
+    END IF;
+    WITH up AS (
+        INSERT INTO event_bus.module_event_deliveries AS d
+            (id, event_id, subscription_id, tenant_id, status, attempts, next_attempt_at)
+        SELECT event_bus._delivery_id(r.event_id, r.subscription_id), r.event_id, r.subscription_id,
+               r.tenant_id, CASE WHEN r.held THEN 'held' ELSE 'pending' END, 0, now()
+          FROM event_bus._replay_targets(v_scope, p_event_type, p_source_module, p_tenant_id, p_from, p_to,
+                                         p_subscription_id) r
+        ON CONFLICT (event_id, subscription_id) DO UPDATE
+           SET status = excluded.status,
+               next_attempt_at = now(),
+               attempt_offset = d.attempts,
+               completed_at = NULL
+         WHERE d.status IN ('completed', 'failed')
+        RETURNING d.event_id)
+    SELECT count(*), array_agg(DISTINCT up.event_id) INTO v_count, v_events FROM up;
+    IF v_count > 0 THEN
+        PERFORM event_bus._refresh_event_status(v_events);
+        PERFORM event_bus._wake_on_commit();
+    END IF;
+    RETURN v_count;
+END
+$$;
+COMMENT ON FUNCTION event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean) IS
+    'Deliver past events again: every event matching the filters (type pattern, source module, tenant, '
+    'created_at range) to every active matching subscription, or only p_subscription_id (which backfills a '
+    'subscription created after the events). Finished deliveries are re-armed with a fresh retry budget and '
+    'the same webhook-id; missing ones are created; ones under way are left alone. p_dry_run => true '
+    'returns the count without changing anything. Returns the number of deliveries (re)armed.';
+
+------------------------------------------------------------------------------------------------
+-- API: Public — dead letters, stats, health, metrics
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE VIEW event_bus.dead_letters WITH (security_invoker = true) AS
+SELECT d.id              AS delivery_id,
+       d.event_id,
+       d.subscription_id,
+       d.tenant_id,
+       e.event_type,
+       e.source_module,
+       e.entity_type,
+       e.entity_id,
+       s.handler_module,
+       s.handler_kind,
+       d.attempts,
+       d.last_http_status,
+       d.last_error,
+       d.last_attempt_at,
+       d.completed_at    AS dead_at,
+       e.created_at      AS emitted_at
+  FROM event_bus.module_event_deliveries d
+  JOIN event_bus.module_events e ON e.id = d.event_id
+  LEFT JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+ WHERE d.status = 'failed';
+COMMENT ON VIEW event_bus.dead_letters IS
+    'Dead letters: deliveries that used up their retries, with the event, the handler and the last error. '
+    'Re-arm with retry_event(event_id) or retry_failed(...).';
+
+CREATE OR REPLACE FUNCTION event_bus.event_stats(
+    p_window    interval DEFAULT '24 hours',
+    p_tenant_id uuid     DEFAULT NULL
+) RETURNS TABLE (pending bigint, processing bigint, processed bigint, failed bigint, total bigint)
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT count(*) FILTER (WHERE e.status = 'pending'),
+           count(*) FILTER (WHERE e.status = 'processing'),
+           count(*) FILTER (WHERE e.status = 'completed'),
+           count(*) FILTER (WHERE e.status = 'failed'),
+           count(*)
+      FROM event_bus.module_events e
+     WHERE e.id >= event_bus.uuid_v7_lower_bound(now() - p_window)
+       AND e.created_at >= now() - p_window
+       AND (p_tenant_id IS NULL OR e.tenant_id = p_tenant_id);
+$$;
+COMMENT ON FUNCTION event_bus.event_stats(interval, uuid) IS
+    'Events emitted within the window (default 24 hours) by status: pending, processing, processed '
+    '(completed), failed, total. Optionally for one tenant; readers see their own tenant.';
+
+CREATE OR REPLACE FUNCTION event_bus.event_stats_by_type(
+    p_window    interval DEFAULT '24 hours',
+    p_tenant_id uuid     DEFAULT NULL
+) RETURNS TABLE (source_module text, event_type text, pending bigint, processing bigint, processed bigint,
+                 failed bigint, total bigint)
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.source_module, e.event_type,
+           count(*) FILTER (WHERE e.status = 'pending'),
+           count(*) FILTER (WHERE e.status = 'processing'),
+           count(*) FILTER (WHERE e.status = 'completed'),
+           count(*) FILTER (WHERE e.status = 'failed'),
+           count(*)
+      FROM event_bus.module_events e
+     WHERE e.id >= event_bus.uuid_v7_lower_bound(now() - p_window)
+       AND e.created_at >= now() - p_window
+       AND (p_tenant_id IS NULL OR e.tenant_id = p_tenant_id)
+     GROUP BY e.source_module, e.event_type
+     ORDER BY e.source_module, e.event_type;
+$$;
+COMMENT ON FUNCTION event_bus.event_stats_by_type(interval, uuid) IS
+    'event_stats per source module and event type.';
+
+CREATE OR REPLACE VIEW event_bus.subscription_health WITH (security_invoker = true) AS
+SELECT s.id AS subscription_id,
+       s.event_type,
+       s.handler_module,
+       s.handler_kind,
+       s.tenant_id,
+       s.is_active,
+       CASE WHEN s.breaker_open_until IS NULL THEN 'closed'
+            WHEN s.breaker_open_until > now() THEN 'open'
+            ELSE 'half_open' END AS breaker_state,
+       s.consecutive_failures,
+       coalesce(s.breaker_threshold,
+                nullif(current_setting('event_bus.breaker_threshold', true), '')::integer, 0) AS breaker_threshold,
+       s.breaker_opened_at,
+       s.breaker_open_until,
+       s.last_success_at,
+       s.last_failure_at,
+       s.last_error,
+       h.attempts_1h,
+       h.failures_1h,
+       CASE WHEN h.attempts_1h > 0 THEN round(h.failures_1h::numeric / h.attempts_1h, 4) END AS failure_rate_1h
+  FROM event_bus.module_event_subscriptions s
+  CROSS JOIN LATERAL (
+      SELECT count(*) AS attempts_1h, count(*) FILTER (WHERE l.status = 'failed') AS failures_1h
+        FROM event_bus.module_event_logs l
+       WHERE l.subscription_id = s.id AND l.executed_at > now() - interval '1 hour') h;
+COMMENT ON VIEW event_bus.subscription_health IS
+    'Per subscription: circuit breaker state (closed, open = paused, half_open = probing), consecutive '
+    'failures, last success / failure / error, and attempts, failures and failure rate over the last hour. '
+    'reset_breaker(id) closes an open breaker.';
+
+CREATE OR REPLACE FUNCTION event_bus.metrics() RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_out text;
+    v_dispatched bigint;
+    v_succeeded  bigint;
+    v_failed     bigint;
+    v_dead       bigint;
+    v_purged     bigint;
+BEGIN
+    SELECT coalesce(max(c.value) FILTER (WHERE c.name = 'events_dispatched'), 0),
+           coalesce(max(c.value) FILTER (WHERE c.name = 'attempts_succeeded'), 0),
+           coalesce(max(c.value) FILTER (WHERE c.name = 'attempts_failed'), 0),
+           coalesce(max(c.value) FILTER (WHERE c.name = 'deliveries_dead'), 0),
+           coalesce(max(c.value) FILTER (WHERE c.name = 'events_purged'), 0)
+      INTO v_dispatched, v_succeeded, v_failed, v_dead, v_purged
+      FROM event_bus._counters c;
+    v_out := E'# HELP event_bus_events_dispatched_total Events fanned out to their subscriptions.\n'
+          || E'# TYPE event_bus_events_dispatched_total counter\n'
+          || 'event_bus_events_dispatched_total ' || v_dispatched || E'\n'
+          || E'# HELP event_bus_attempts_total Delivery attempts by result.\n'
+          || E'# TYPE event_bus_attempts_total counter\n'
+          || 'event_bus_attempts_total{result="success"} ' || v_succeeded || E'\n'
+          || 'event_bus_attempts_total{result="failed"} ' || v_failed || E'\n'
+          || E'# HELP event_bus_deliveries_dead_total Deliveries that used up their retries.\n'
+          || E'# TYPE event_bus_deliveries_dead_total counter\n'
+          || 'event_bus_deliveries_dead_total ' || v_dead || E'\n'
+          || E'# HELP event_bus_events_purged_total Completed events deleted by retention.\n'
+          || E'# TYPE event_bus_events_purged_total counter\n'
+          || 'event_bus_events_purged_total ' || v_purged || E'\n';
+
+    SELECT v_out
+           || E'# HELP event_bus_events_undispatched Committed events not yet fanned out.\n'
+           || E'# TYPE event_bus_events_undispatched gauge\n'
+           || 'event_bus_events_undispatched ' || count(*) || E'\n'
+           || E'# HELP event_bus_oldest_undispatched_seconds Age of the oldest event not yet fanned out.\n'
+           || E'# TYPE event_bus_oldest_undispatched_seconds gauge\n'
+           || 'event_bus_oldest_undispatched_seconds '
+           || coalesce(round(extract(epoch FROM now() - min(e.created_at)), 3), 0) || E'\n'
+      INTO v_out
+      FROM event_bus.module_events e
+     WHERE e.dispatched_at IS NULL;
+
+    SELECT v_out
+           || E'# HELP event_bus_deliveries Deliveries not yet finished, by status.\n'
+           || E'# TYPE event_bus_deliveries gauge\n'
+           || 'event_bus_deliveries{status="pending"} ' || count(*) FILTER (WHERE d.status = 'pending') || E'\n'
+           || 'event_bus_deliveries{status="processing"} ' || count(*) FILTER (WHERE d.status = 'processing') || E'\n'
+           || 'event_bus_deliveries{status="held"} ' || count(*) FILTER (WHERE d.status = 'held') || E'\n'
+           || E'# HELP event_bus_deliveries_due Deliveries due now (queue depth).\n'
+           || E'# TYPE event_bus_deliveries_due gauge\n'
+           || 'event_bus_deliveries_due '
+           || count(*) FILTER (WHERE d.status <> 'held' AND d.next_attempt_at <= now()) || E'\n'
+           || E'# HELP event_bus_oldest_due_seconds How long the longest-waiting due delivery has been due.\n'
+           || E'# TYPE event_bus_oldest_due_seconds gauge\n'
+           || 'event_bus_oldest_due_seconds '
+           || coalesce(round(extract(epoch FROM now() - min(d.next_attempt_at)
+                             FILTER (WHERE d.status <> 'held' AND d.next_attempt_at <= now())), 3), 0) || E'\n'
+      INTO v_out
+      FROM event_bus.module_event_deliveries d
+     WHERE d.status IN ('pending', 'processing', 'held');
+
+    SELECT v_out
+           || E'# HELP event_bus_dead_letters Dead deliveries currently kept.\n'
+           || E'# TYPE event_bus_dead_letters gauge\n'
+           || 'event_bus_dead_letters ' || count(*) || E'\n'
+      INTO v_out
+      FROM event_bus.module_event_deliveries d
+     WHERE d.status = 'failed';
+
+    SELECT v_out
+           || E'# HELP event_bus_subscriptions Active subscriptions by circuit breaker state.\n'
+           || E'# TYPE event_bus_subscriptions gauge\n'
+           || 'event_bus_subscriptions{breaker="closed"} ' || count(*) FILTER (WHERE s.breaker_open_until IS NULL) || E'\n'
+           || 'event_bus_subscriptions{breaker="open"} ' || count(*) FILTER (WHERE s.breaker_open_until IS NOT NULL) || E'\n'
+      INTO v_out
+      FROM event_bus.module_event_subscriptions s
+     WHERE s.is_active;
+    RETURN v_out;
+END
+$$;
+COMMENT ON FUNCTION event_bus.metrics() IS
+    'Prometheus text exposition: counters (events dispatched, attempts by result, dead deliveries, events '
+    'purged) and gauges (undispatched events and the oldest''s age, deliveries by status, queue depth and '
+    'oldest due age, dead letters, subscriptions by breaker state). Serve it from any exporter that runs '
+    'SELECT event_bus.metrics().';
+
+------------------------------------------------------------------------------------------------
+-- Circuit breaker
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus._hold(p_subscription_id uuid) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE event_bus.module_event_deliveries d
+       SET status = 'held'
+     WHERE d.subscription_id = p_subscription_id AND d.status = 'pending';
+    -- one probe, due when the cool-down ends
+    UPDATE event_bus.module_event_deliveries d
+       SET status = 'pending',
+           next_attempt_at = greatest(s.breaker_open_until, now())
+      FROM event_bus.module_event_subscriptions s
+     WHERE s.id = p_subscription_id
+       AND d.id = (SELECT h.id FROM event_bus.module_event_deliveries h
+                    WHERE h.subscription_id = p_subscription_id AND h.status = 'held'
+                    ORDER BY h.next_attempt_at, h.id
+                    LIMIT 1);
+END
+$$;
+COMMENT ON FUNCTION event_bus._hold(uuid) IS
+    'Internal: an open breaker holds its subscription''s pending deliveries but one, the probe, due when '
+    'the cool-down ends.';
+
+CREATE OR REPLACE FUNCTION event_bus._release(p_subscription_id uuid) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    UPDATE event_bus.module_event_deliveries d
+       SET status = 'pending', next_attempt_at = now()
+     WHERE d.subscription_id = p_subscription_id AND d.status = 'held';
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF v_count > 0 THEN
+        PERFORM event_bus._wake_on_commit();
+    END IF;
+    RETURN v_count;
+END
+$$;
+COMMENT ON FUNCTION event_bus._release(uuid) IS 'Internal: a closed breaker makes its held deliveries due now.';
+
+-- Called by the worker with each recorded batch, aggregated per subscription (batch order):
+-- successes, failures, failures after the batch's last success, last error; and the batch's dead count.
+CREATE OR REPLACE FUNCTION event_bus._record_subscription_outcomes(
+    p_ids uuid[], p_ok integer[], p_failed integer[], p_trailing integer[], p_errors text[], p_dead integer
+) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_threshold integer := coalesce(nullif(current_setting('event_bus.breaker_threshold', true), '')::integer, 0);
+    v_cooldown  integer := coalesce(nullif(current_setting('event_bus.breaker_cooldown_ms', true), '')::integer, 60000);
+    r record;
+BEGIN
+    UPDATE event_bus._counters c
+       SET value = c.value + coalesce(CASE c.name
+                                         WHEN 'attempts_succeeded' THEN (SELECT sum(x) FROM unnest(p_ok) x)
+                                         WHEN 'attempts_failed' THEN (SELECT sum(x) FROM unnest(p_failed) x)
+                                         ELSE p_dead END, 0)
+     WHERE c.name IN ('attempts_succeeded', 'attempts_failed', 'deliveries_dead');
+
+    FOR r IN
+        UPDATE event_bus.module_event_subscriptions s
+           SET consecutive_failures = CASE WHEN o.ok > 0 THEN o.tail
+                                           ELSE s.consecutive_failures + o.failed END,
+               last_success_at = CASE WHEN o.ok > 0 THEN now() ELSE s.last_success_at END,
+               last_failure_at = CASE WHEN o.failed > 0 THEN now() ELSE s.last_failure_at END,
+               last_error = coalesce(o.err, s.last_error)
+          FROM unnest(p_ids, p_ok, p_failed, p_trailing, p_errors) AS o(id, ok, failed, tail, err)
+         WHERE s.id = o.id
+        RETURNING s.id, s.consecutive_failures, s.breaker_open_until,
+                  coalesce(s.breaker_threshold, v_threshold) AS threshold, o.ok, o.tail
+    LOOP
+        IF r.breaker_open_until IS NOT NULL AND r.ok > 0 AND r.tail = 0 THEN
+            -- the endpoint answers again: close, and send what was held
+            UPDATE event_bus.module_event_subscriptions
+               SET breaker_open_until = NULL
+             WHERE id = r.id;
+            PERFORM event_bus._release(r.id);
+        ELSIF r.threshold > 0 AND r.consecutive_failures >= r.threshold THEN
+            -- open (or, after a failed probe, re-open) for another cool-down
+            UPDATE event_bus.module_event_subscriptions
+               SET breaker_open_until = now() + v_cooldown * interval '1 millisecond',
+                   breaker_opened_at = CASE WHEN breaker_open_until IS NULL THEN now() ELSE breaker_opened_at END
+             WHERE id = r.id;
+            PERFORM event_bus._hold(r.id);
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer) IS
+    'Internal: the worker''s per-batch bookkeeping: counters, subscription health, circuit breaker.';
+
+CREATE OR REPLACE FUNCTION event_bus.reset_breaker(p_subscription_id uuid) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE event_bus.module_event_subscriptions
+       SET breaker_open_until = NULL, consecutive_failures = 0
+     WHERE id = p_subscription_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'event_bus: subscription % does not exist', p_subscription_id
+            USING ERRCODE = 'P0002', HINT = 'See SELECT * FROM event_bus.subscription_health.';
+    END IF;
+    RETURN event_bus._release(p_subscription_id);
+END
+$$;
+COMMENT ON FUNCTION event_bus.reset_breaker(uuid) IS
+    'Close a subscription''s circuit breaker now and make its held deliveries due. Returns how many were released.';
+
+------------------------------------------------------------------------------------------------
+-- Retention and upkeep (run by the worker about once a second)
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus.purge_completed(
+    p_older_than interval,
+    p_batch_size integer DEFAULT 1000
+) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_count bigint;
+BEGIN
+    IF p_older_than IS NULL OR p_older_than < interval '0' THEN
+        RAISE EXCEPTION 'event_bus: purge_completed needs a non-negative age, got %', p_older_than
+            USING ERRCODE = '22023', HINT = 'For example purge_completed(''7 days'').';
+    END IF;
+    IF p_batch_size IS NULL OR p_batch_size NOT BETWEEN 1 AND 100000 THEN
+        RAISE EXCEPTION 'event_bus: p_batch_size % is out of range', p_batch_size
+            USING ERRCODE = '22023', HINT = 'Use 1 to 100000; call again for more.';
+    END IF;
+    WITH old AS (
+        SELECT e.id
+          FROM event_bus.module_events e
+         WHERE e.id < event_bus.uuid_v7_lower_bound(now() - p_older_than)
+           AND e.status = 'completed'
+           AND e.processed_at < now() - p_older_than
+         ORDER BY e.id
+         LIMIT p_batch_size
+           FOR UPDATE SKIP LOCKED
+    ), logs AS (
+        DELETE FROM event_bus.module_event_logs l USING old WHERE l.event_id = old.id
+    ), deliveries AS (
+        DELETE FROM event_bus.module_event_deliveries d USING old WHERE d.event_id = old.id
+    ), events AS (
+        DELETE FROM event_bus.module_events e USING old WHERE e.id = old.id RETURNING 1
+    )
+    SELECT count(*) INTO v_count FROM events;
+    IF v_count > 0 THEN
+        UPDATE event_bus._counters SET value = value + v_count WHERE name = 'events_purged';
+    END IF;
+    RETURN v_count;
+END
+$$;
+COMMENT ON FUNCTION event_bus.purge_completed(interval, integer) IS
+    'Delete up to p_batch_size completed events created and finished more than p_older_than ago, with their '
+    'deliveries and attempt logs. Failed events (dead letters) and unfinished ones are kept. The worker '
+    'calls it by itself when event_bus.retention is set. Returns how many events were deleted.';
+
+CREATE OR REPLACE FUNCTION event_bus._maintenance(p_batch_size integer DEFAULT 1000) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_retention text := nullif(btrim(current_setting('event_bus.retention', true)), '');
+    r record;
+BEGIN
+    -- a hold that raced with its breaker closing
+    UPDATE event_bus.module_event_deliveries d
+       SET status = 'pending', next_attempt_at = now()
+      FROM event_bus.module_event_subscriptions s
+     WHERE d.status = 'held' AND s.id = d.subscription_id AND s.breaker_open_until IS NULL;
+    -- an open breaker whose cool-down ended without a probe on its way (the probe went dead, or
+    -- the deliveries arrived after it opened): pick one
+    FOR r IN
+        SELECT s.id FROM event_bus.module_event_subscriptions s
+         WHERE s.breaker_open_until <= now()
+           AND EXISTS (SELECT 1 FROM event_bus.module_event_deliveries h
+                        WHERE h.subscription_id = s.id AND h.status = 'held')
+           AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries d
+                            WHERE d.subscription_id = s.id AND d.status IN ('pending', 'processing'))
+    LOOP
+        PERFORM event_bus._hold(r.id);
+    END LOOP;
+    IF v_retention IS NULL OR v_retention IN ('0', 'off', '-1') THEN
+        RETURN 0;
+    END IF;
+    RETURN event_bus.purge_completed(v_retention::interval, p_batch_size);
+END
+$$;
+COMMENT ON FUNCTION event_bus._maintenance(integer) IS
+    'Internal: the worker''s upkeep: breaker probes and releases, retention (event_bus.retention).';
+
+------------------------------------------------------------------------------------------------
+-- Privileges
+------------------------------------------------------------------------------------------------
+REVOKE ALL ON FUNCTION event_bus._write_scope(), event_bus._rearm(uuid[]), event_bus._hold(uuid),
+    event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid),
+    event_bus._release(uuid),
+    event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer),
+    event_bus._maintenance(integer) FROM PUBLIC;
+-- reading: a tenant's readers (row-level security filters), admins
+REVOKE ALL ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer),
+    event_bus.event_detail(uuid), event_bus.event_stats(interval, uuid),
+    event_bus.event_stats_by_type(interval, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer),
+    event_bus.event_detail(uuid), event_bus.event_stats(interval, uuid),
+    event_bus.event_stats_by_type(interval, uuid) TO event_bus_reader, event_bus_admin;
+GRANT SELECT ON event_bus.dead_letters, event_bus.subscription_health TO event_bus_reader, event_bus_admin;
+-- repairing: operators (their tenant), admins
+REVOKE ALL ON FUNCTION event_bus.retry_event(uuid),
+    event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz),
+    event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_bus.retry_event(uuid),
+    event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz),
+    event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean)
+    TO event_bus_operator, event_bus_admin;
+-- managing: admins
+REVOKE ALL ON FUNCTION event_bus.metrics(), event_bus.reset_breaker(uuid),
+    event_bus.purge_completed(interval, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_bus.metrics(), event_bus.reset_breaker(uuid),
+    event_bus.purge_completed(interval, integer),
+    event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer),
+    event_bus.unsubscribe(uuid), event_bus.process_pending_events(integer),
+    event_bus._rearm(uuid[]), event_bus._hold(uuid), event_bus._release(uuid),
+    event_bus._refresh_event_status(uuid[]),
+    event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer)
+    TO event_bus_admin;
+GRANT ALL ON event_bus._counters TO event_bus_admin;

@@ -1,0 +1,126 @@
+-- event_bus 0.2.0 table changes, applied on top of the 0.1.0 tables (sql/schema.sql) both by a fresh
+-- install and by the upgrade script sql/event_bus--0.1.0--0.2.0.sql (generated, see
+-- scripts/gen-upgrade.sh). Everything here runs exactly once per database.
+
+------------------------------------------------------------------------------------------------
+-- Deliveries: manual retry / replay restart the retry budget; the circuit breaker holds work.
+------------------------------------------------------------------------------------------------
+ALTER TABLE event_bus.module_event_deliveries
+    ADD COLUMN attempt_offset integer NOT NULL DEFAULT 0,
+    DROP CONSTRAINT module_event_deliveries_status_check,
+    ADD CONSTRAINT module_event_deliveries_status_check
+        CHECK (status IN ('pending', 'processing', 'completed', 'failed', 'held'));
+COMMENT ON COLUMN event_bus.module_event_deliveries.attempt_offset IS
+    'Attempts made before the last manual retry or replay: the retry budget and the backoff count '
+    'from here, while attempt numbers in the log keep growing.';
+COMMENT ON COLUMN event_bus.module_event_deliveries.status IS
+    'pending (due at next_attempt_at), processing (leased until next_attempt_at), completed, failed (dead), '
+    'held (its subscription''s circuit breaker is open; released when it closes).';
+-- held deliveries of one subscription, released when its breaker closes
+CREATE INDEX module_event_deliveries_held_idx
+    ON event_bus.module_event_deliveries (subscription_id) WHERE status = 'held';
+-- dead letters, newest first
+CREATE INDEX module_event_deliveries_dead_idx
+    ON event_bus.module_event_deliveries (completed_at) WHERE status = 'failed';
+
+-- per-subscription health over recent attempts
+CREATE INDEX module_event_logs_subscription_idx
+    ON event_bus.module_event_logs (subscription_id, executed_at);
+
+------------------------------------------------------------------------------------------------
+-- Subscriptions: health and circuit breaker.
+------------------------------------------------------------------------------------------------
+ALTER TABLE event_bus.module_event_subscriptions
+    ADD COLUMN breaker_threshold    integer,
+    ADD COLUMN consecutive_failures integer NOT NULL DEFAULT 0,
+    ADD COLUMN breaker_opened_at    timestamptz,
+    ADD COLUMN breaker_open_until   timestamptz,
+    ADD COLUMN last_success_at      timestamptz,
+    ADD COLUMN last_failure_at      timestamptz,
+    ADD COLUMN last_error           text,
+    ADD CONSTRAINT module_event_subscriptions_breaker_check CHECK (breaker_threshold BETWEEN 0 AND 1000000);
+COMMENT ON COLUMN event_bus.module_event_subscriptions.breaker_threshold IS
+    'Consecutive failed attempts that open the circuit breaker; NULL = event_bus.breaker_threshold, 0 = never.';
+COMMENT ON COLUMN event_bus.module_event_subscriptions.consecutive_failures IS
+    'Failed attempts since the last success.';
+COMMENT ON COLUMN event_bus.module_event_subscriptions.breaker_opened_at IS 'When the breaker last opened.';
+COMMENT ON COLUMN event_bus.module_event_subscriptions.breaker_open_until IS
+    'NULL: breaker closed. Otherwise open: new and retried deliveries are held, and one probe delivery is '
+    'sent at this time; its success closes the breaker and releases the held deliveries, its failure '
+    're-opens it for another event_bus.breaker_cooldown_ms.';
+COMMENT ON COLUMN event_bus.module_event_subscriptions.last_success_at IS 'Time of the last successful attempt.';
+COMMENT ON COLUMN event_bus.module_event_subscriptions.last_failure_at IS 'Time of the last failed attempt.';
+COMMENT ON COLUMN event_bus.module_event_subscriptions.last_error IS 'Error of the last failed attempt.';
+
+------------------------------------------------------------------------------------------------
+-- Counters for metrics(): monotonic, transactional, kept across retention.
+------------------------------------------------------------------------------------------------
+CREATE TABLE event_bus._counters (
+    name  text   NOT NULL,
+    value bigint NOT NULL DEFAULT 0,
+    CONSTRAINT _counters_pkey PRIMARY KEY (name)
+);
+INSERT INTO event_bus._counters (name) VALUES
+    ('events_dispatched'), ('attempts_succeeded'), ('attempts_failed'), ('deliveries_dead'),
+    ('events_purged');
+COMMENT ON TABLE event_bus._counters IS
+    'Internal: counters behind metrics(), advanced by the worker in the transactions that record its work.';
+REVOKE ALL ON event_bus._counters FROM PUBLIC;
+
+------------------------------------------------------------------------------------------------
+-- Roles and row-level security.
+------------------------------------------------------------------------------------------------
+-- Roles are cluster-wide: the first database that installs the extension creates them, and
+-- DROP EXTENSION leaves them (drop them by hand once no database uses them).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'event_bus_admin') THEN
+        CREATE ROLE event_bus_admin NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'event_bus_reader') THEN
+        CREATE ROLE event_bus_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'event_bus_operator') THEN
+        CREATE ROLE event_bus_operator NOLOGIN;
+    END IF;
+END
+$$;
+COMMENT ON ROLE event_bus_admin IS
+    'event_bus: every event, delivery, log and subscription of every tenant, signing secrets included.';
+COMMENT ON ROLE event_bus_reader IS
+    'event_bus: read its own tenant''s events, deliveries and attempt logs (tenant from event_bus.current_tenant()).';
+COMMENT ON ROLE event_bus_operator IS
+    'event_bus: a reader that may also retry and replay its own tenant''s events.';
+GRANT event_bus_reader TO event_bus_operator;
+
+GRANT ALL ON event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs,
+    event_bus.module_event_subscriptions TO event_bus_admin;
+GRANT SELECT ON event_bus._counters TO event_bus_admin;
+GRANT SELECT ON event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs
+    TO event_bus_reader;
+-- subscriptions without their targets: a URL or header may carry a token, a secret signs requests
+GRANT SELECT (id, event_type, handler_module, handler_kind, handler_function, tenant_id, timeout_ms,
+              max_retries, description, is_active, created_at, updated_at, breaker_threshold,
+              consecutive_failures, breaker_opened_at, breaker_open_until, last_success_at,
+              last_failure_at, last_error)
+    ON event_bus.module_event_subscriptions TO event_bus_reader;
+
+ALTER TABLE event_bus.module_events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE event_bus.module_event_deliveries ENABLE ROW LEVEL SECURITY;
+ALTER TABLE event_bus.module_event_logs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE event_bus.module_event_subscriptions ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY admin_all ON event_bus.module_events TO event_bus_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_all ON event_bus.module_event_deliveries TO event_bus_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_all ON event_bus.module_event_logs TO event_bus_admin USING (true) WITH CHECK (true);
+CREATE POLICY admin_all ON event_bus.module_event_subscriptions TO event_bus_admin USING (true) WITH CHECK (true);
+
+-- (SELECT ...) makes the tenant an init plan: read once per statement, not once per row
+CREATE POLICY tenant_read ON event_bus.module_events FOR SELECT TO event_bus_reader
+    USING (tenant_id = (SELECT event_bus.current_tenant()));
+CREATE POLICY tenant_read ON event_bus.module_event_deliveries FOR SELECT TO event_bus_reader
+    USING (tenant_id = (SELECT event_bus.current_tenant()));
+CREATE POLICY tenant_read ON event_bus.module_event_logs FOR SELECT TO event_bus_reader
+    USING (tenant_id = (SELECT event_bus.current_tenant()));
+CREATE POLICY tenant_read ON event_bus.module_event_subscriptions FOR SELECT TO event_bus_reader
+    USING (tenant_id IS NULL OR tenant_id = (SELECT event_bus.current_tenant()));

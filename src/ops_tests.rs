@@ -1,0 +1,682 @@
+//! SQL handlers, the operations API, the circuit breaker, retention and row-level security,
+//! driven in one session by process_pending_events (each test is one rolled-back transaction).
+
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod tests {
+    use crate::tests::tests::{count, sqlstate_of, TENANT};
+    use pgrx::prelude::*;
+
+    const TENANT_B: &str = "22222222-2222-2222-2222-222222222222";
+
+    fn text(sql: &str) -> String {
+        Spi::get_one::<String>(sql).unwrap().unwrap_or_default()
+    }
+
+    fn process(limit: i32) -> i32 {
+        Spi::get_one::<i32>(&format!("SELECT event_bus.process_pending_events({limit})"))
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Make every delivery waiting for its backoff due now (now() is frozen inside the test).
+    fn make_retries_due() {
+        Spi::run("UPDATE event_bus.module_event_deliveries SET next_attempt_at = now() WHERE status = 'pending'")
+            .unwrap();
+    }
+
+    fn emit(tenant: &str, event_type: &str, module: &str, payload: &str) -> String {
+        text(&format!(
+            "SELECT event_bus.emit_module_event('{tenant}', '{event_type}', '{module}', 'doc', 'D-1', '{payload}')::text"
+        ))
+    }
+
+    /// A handler role, a stock table and handlers: inv.deduct (works), inv.fragile (raises while
+    /// inv.flags says so), inv.record (notes the call), inv.post_journal (emits journal.created),
+    /// inv.ping (emits loop.ping: a loop).
+    fn setup_handlers() {
+        Spi::run(
+            "CREATE ROLE eb_test_handler NOLOGIN;
+             CREATE SCHEMA inv;
+             GRANT USAGE ON SCHEMA inv TO eb_test_handler;
+             CREATE TABLE inv.stock (sku text PRIMARY KEY, qty int);
+             INSERT INTO inv.stock VALUES ('A', 10);
+             CREATE TABLE inv.calls (handler text, event_id uuid);
+             CREATE TABLE inv.flags (name text PRIMARY KEY, fail boolean);
+             INSERT INTO inv.flags VALUES ('fragile', true);
+             GRANT SELECT, INSERT, UPDATE ON inv.stock, inv.calls, inv.flags TO eb_test_handler;
+             CREATE FUNCTION inv.deduct(event event_bus.module_events) RETURNS jsonb LANGUAGE plpgsql AS $f$
+             BEGIN
+                 INSERT INTO inv.calls VALUES ('deduct', event.id);
+                 UPDATE inv.stock SET qty = qty - (event.payload->>'qty')::int WHERE sku = event.payload->>'sku';
+                 RETURN jsonb_build_object('deducted', (event.payload->>'qty')::int);
+             END $f$;
+             CREATE FUNCTION inv.fragile(event event_bus.module_events) RETURNS jsonb LANGUAGE plpgsql AS $f$
+             BEGIN
+                 INSERT INTO inv.calls VALUES ('fragile', event.id);
+                 IF (SELECT fail FROM inv.flags WHERE name = 'fragile') THEN
+                     RAISE EXCEPTION 'fragile handler refuses %', event.event_type USING ERRCODE = '22012';
+                 END IF;
+                 RETURN '{\"ok\": true}';
+             END $f$;
+             CREATE FUNCTION inv.record(event event_bus.module_events) RETURNS jsonb LANGUAGE sql AS $f$
+                 INSERT INTO inv.calls VALUES ('record', event.id) RETURNING jsonb_build_object('seen', event.event_type)
+             $f$;
+             CREATE FUNCTION inv.post_journal(event event_bus.module_events) RETURNS uuid LANGUAGE sql AS $f$
+                 SELECT event_bus.emit_module_event(event.tenant_id, 'journal.created', 'accounting', 'journal',
+                                                    event.entity_id, jsonb_build_object('invoice', event.id))
+             $f$;
+             CREATE FUNCTION inv.ping(event event_bus.module_events) RETURNS uuid LANGUAGE sql AS $f$
+                 SELECT event_bus.emit_module_event(event.tenant_id, 'loop.ping', 'test', NULL, NULL, '{}')
+             $f$;",
+        )
+        .unwrap();
+    }
+
+    fn subscribe(pattern: &str, module: &str, function: &str, extra: &str) -> String {
+        text(&format!(
+            "SELECT event_bus.subscribe('{pattern}', '{module}', p_handler_function => '{function}', \
+             p_run_as => 'eb_test_handler' {extra})::text"
+        ))
+    }
+
+    #[pg_test]
+    fn a_failing_sql_handler_rolls_back_alone_is_retried_then_dead_and_retry_rearms_only_it() {
+        setup_handlers();
+        subscribe("invoice.posted", "inventory", "inv.deduct", "");
+        subscribe(
+            "invoice.posted",
+            "audit",
+            "inv.fragile",
+            ", p_max_retries => 1",
+        );
+        let ev = emit(
+            TENANT,
+            "invoice.posted",
+            "accounting",
+            r#"{"sku": "A", "qty": 3}"#,
+        );
+
+        assert_eq!(process(100), 2);
+        // the good handler's work is kept, the failing one's rolled back
+        assert_eq!(
+            count("SELECT qty::bigint FROM inv.stock WHERE sku = 'A'"),
+            7
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM inv.calls WHERE handler = 'deduct'"),
+            1
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM inv.calls WHERE handler = 'fragile'"),
+            0
+        );
+        assert_eq!(
+            text("SELECT response::text FROM event_bus.module_event_logs WHERE status = 'success'"),
+            r#"{"deducted": 3}"#
+        );
+        let err =
+            text("SELECT error_message FROM event_bus.module_event_logs WHERE status = 'failed'");
+        assert!(
+            err.contains("fragile handler refuses invoice.posted")
+                && err.contains("SQLSTATE 22012"),
+            "{err}"
+        );
+
+        // the retry fails too: dead, and the event is failed; the deduction is not repeated
+        make_retries_due();
+        assert_eq!(process(100), 1);
+        assert_eq!(
+            text(
+                "SELECT d.status || '/' || d.attempts FROM event_bus.module_event_deliveries d
+                    JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+                   WHERE s.handler_module = 'audit'"
+            ),
+            "failed/2"
+        );
+        assert_eq!(
+            text(&format!(
+                "SELECT status FROM event_bus.module_events WHERE id = '{ev}'"
+            )),
+            "failed"
+        );
+        assert_eq!(
+            count("SELECT qty::bigint FROM inv.stock WHERE sku = 'A'"),
+            7
+        );
+        assert_eq!(
+            text("SELECT handler_module || ':' || attempts || ':' || (last_error LIKE '%fragile%') FROM event_bus.dead_letters"),
+            "audit:2:true"
+        );
+        make_retries_due();
+        assert_eq!(process(100), 0, "a dead delivery is not attempted again");
+
+        // retry re-arms only the dead delivery, with a fresh budget
+        Spi::run("UPDATE inv.flags SET fail = false").unwrap();
+        assert_eq!(
+            Spi::get_one::<i32>(&format!("SELECT event_bus.retry_event('{ev}')")).unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            text(&format!(
+                "SELECT status FROM event_bus.module_events WHERE id = '{ev}'"
+            )),
+            "processing"
+        );
+        assert_eq!(process(100), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM inv.calls WHERE handler = 'deduct'"),
+            1
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM inv.calls WHERE handler = 'fragile'"),
+            1
+        );
+        assert_eq!(
+            text(&format!(
+                "SELECT status FROM event_bus.module_events WHERE id = '{ev}'"
+            )),
+            "completed"
+        );
+        assert_eq!(
+            text("SELECT string_agg(attempt || l.status, ',' ORDER BY attempt) FROM event_bus.module_event_logs l
+                    JOIN event_bus.module_event_subscriptions s ON s.id = l.subscription_id
+                   WHERE s.handler_module = 'audit'"),
+            "1failed,2failed,3success"
+        );
+        assert_eq!(count("SELECT count(*) FROM event_bus.dead_letters"), 0);
+        // retrying an event with nothing dead re-arms nothing
+        assert_eq!(
+            Spi::get_one::<i32>(&format!("SELECT event_bus.retry_event('{ev}')")).unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            sqlstate_of("SELECT event_bus.retry_event('00000000-0000-0000-0000-000000000001')")
+                .as_deref(),
+            Some("P0002")
+        );
+    }
+
+    #[pg_test]
+    fn handlers_that_emit_record_the_chain_and_a_loop_stops_at_the_depth_limit() {
+        setup_handlers();
+        subscribe("invoice.posted", "accounting", "inv.post_journal", "");
+        subscribe("journal.created", "reporting", "inv.record", "");
+        let ev = text(&format!(
+            "SELECT event_bus.emit_module_event('{TENANT}', 'invoice.posted', 'sales', 'invoice', 'I-9', '{{}}', \
+             '{{\"correlation_id\": \"corr-1\"}}')::text"
+        ));
+        assert_eq!(process(100), 1);
+        assert_eq!(process(100), 1);
+        let meta = text(
+            "SELECT concat_ws('|', metadata->>'causation_id', metadata->>'correlation_id', metadata->>'depth', entity_id)
+               FROM event_bus.module_events WHERE event_type = 'journal.created'",
+        );
+        assert_eq!(meta, format!("{ev}|corr-1|1|I-9"));
+        assert_eq!(
+            count("SELECT count(*) FROM inv.calls WHERE handler = 'record'"),
+            1
+        );
+        assert_eq!(
+            text(&format!(
+                "SELECT status FROM event_bus.module_events WHERE id = '{ev}'"
+            )),
+            "completed"
+        );
+        // the handler's chain settings ended with it
+        assert_eq!(
+            Spi::get_one::<String>(
+                "SELECT nullif(current_setting('event_bus.causation_id', true), '')"
+            )
+            .unwrap(),
+            None
+        );
+
+        // a handler answering its own event type: stopped at the depth limit with a clear error
+        Spi::run("SET LOCAL event_bus.max_chain_depth = 3").unwrap();
+        subscribe("loop.ping", "test", "inv.ping", ", p_max_retries => 0");
+        emit(TENANT, "loop.ping", "test", "{}");
+        for _ in 0..8 {
+            process(100);
+        }
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_events WHERE event_type = 'loop.ping'"),
+            4
+        );
+        assert_eq!(
+            count("SELECT max((metadata->>'depth')::int)::bigint FROM event_bus.module_events WHERE event_type = 'loop.ping'"),
+            3
+        );
+        let err =
+            text("SELECT error_message FROM event_bus.module_event_logs WHERE status = 'failed'");
+        assert!(
+            err.contains("event chain too deep") && err.contains("SQLSTATE 54000"),
+            "{err}"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_event_logs WHERE status = 'failed'"),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn list_detail_stats_replay_and_backfill_on_real_data() {
+        setup_handlers();
+        let sub = subscribe("invoice.*", "reporting", "inv.record", "");
+        for _ in 0..3 {
+            emit(TENANT, "invoice.posted", "accounting", "{}");
+        }
+        for _ in 0..2 {
+            emit(TENANT, "order.created", "sales", "{}");
+        }
+        emit(TENANT_B, "invoice.posted", "accounting", "{}");
+        emit(TENANT_B, "order.created", "sales", "{}");
+        assert_eq!(process(100), 4);
+
+        let n = |args: &str| {
+            count(&format!(
+                "SELECT count(*) FROM event_bus.list_events({args})"
+            ))
+        };
+        assert_eq!(n(""), 7);
+        assert_eq!(n(&format!("p_tenant_id => '{TENANT}'")), 5);
+        assert_eq!(n("p_source_module => 'sales'"), 3);
+        assert_eq!(n("p_event_type => 'invoice.*'"), 4);
+        assert_eq!(n("p_event_type => '#.created'"), 3);
+        assert_eq!(n("p_status => 'completed'"), 7);
+        assert_eq!(
+            n("p_from => now() - interval '1 minute', p_to => now() + interval '1 minute'"),
+            7
+        );
+        assert_eq!(n("p_from => now() + interval '1 minute'"), 0);
+        // keyset pages: newest first, no overlap, together everything
+        let page1 = text("SELECT string_agg(id::text, ',' ORDER BY id DESC) FROM event_bus.list_events(p_limit => 3)");
+        let last = page1.split(',').last().unwrap().to_string();
+        let page2 = text(&format!(
+            "SELECT string_agg(id::text, ',') FROM event_bus.list_events(p_before => '{last}', p_limit => 10)"
+        ));
+        assert_eq!(page1.split(',').count() + page2.split(',').count(), 7);
+        let all =
+            text("SELECT string_agg(id::text, ',' ORDER BY id DESC) FROM event_bus.module_events");
+        assert_eq!(format!("{page1},{page2}"), all);
+        assert_eq!(
+            sqlstate_of("SELECT * FROM event_bus.list_events(p_limit => 0)").as_deref(),
+            Some("22023")
+        );
+        assert_eq!(
+            sqlstate_of("SELECT * FROM event_bus.list_events(p_status => 'done')").as_deref(),
+            Some("22023")
+        );
+        assert_eq!(
+            sqlstate_of("SELECT * FROM event_bus.list_events(p_event_type => 'a..b')").as_deref(),
+            Some("22023")
+        );
+
+        // detail: the event, its deliveries, its attempts
+        let first = text("SELECT id::text FROM event_bus.module_events WHERE event_type = 'invoice.posted' ORDER BY id LIMIT 1");
+        let detail = text(&format!(
+            "SELECT concat_ws('|', d->'event'->>'event_type', jsonb_array_length(d->'deliveries'),
+                    d->'deliveries'->0->>'handler_module', d->'deliveries'->0->>'status',
+                    jsonb_array_length(d->'logs'), d->'logs'->0->>'status', d->'logs'->0->'response'->>'seen')
+               FROM event_bus.event_detail('{first}') d"
+        ));
+        assert_eq!(
+            detail,
+            "invoice.posted|1|reporting|completed|1|success|invoice.posted"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT event_bus.event_detail('00000000-0000-0000-0000-000000000001')")
+                .as_deref(),
+            Some("P0002")
+        );
+
+        // stats over the window, total and per module / type
+        assert_eq!(
+            text("SELECT concat_ws(',', pending, processing, processed, failed, total) FROM event_bus.event_stats()"),
+            "0,0,7,0,7"
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT total FROM event_bus.event_stats(p_tenant_id => '{TENANT_B}')"
+            )),
+            2
+        );
+        assert_eq!(
+            text("SELECT string_agg(source_module || ':' || event_type || '=' || total, ',') FROM event_bus.event_stats_by_type()"),
+            "accounting:invoice.posted=4,sales:order.created=3"
+        );
+
+        // replay: the dry run's count is what is then re-delivered
+        let dry = count(
+            "SELECT event_bus.replay_events(p_event_type => 'invoice.posted', p_dry_run => true)",
+        );
+        assert_eq!(dry, 4);
+        assert_eq!(
+            count("SELECT count(*) FROM inv.calls"),
+            4,
+            "a dry run changes nothing"
+        );
+        assert_eq!(
+            count("SELECT event_bus.replay_events(p_event_type => 'invoice.posted')"),
+            dry
+        );
+        assert_eq!(count("SELECT event_bus.replay_events(p_event_type => 'invoice.posted', p_dry_run => true)"), 0,
+                   "deliveries under way are not replayed twice");
+        assert_eq!(process(100) as i64, dry);
+        assert_eq!(count("SELECT count(*) FROM inv.calls"), 8);
+        // the replayed delivery keeps its webhook-id and counts attempts on
+        assert_eq!(
+            count("SELECT max(attempts)::bigint FROM event_bus.module_event_deliveries"),
+            2
+        );
+        assert_eq!(
+            sqlstate_of("SELECT event_bus.replay_events()").as_deref(),
+            Some("22023")
+        );
+
+        // backfill: a subscription created after the events gets the old ones it matches
+        let late = subscribe("order.*", "analytics", "inv.record", "");
+        assert_eq!(
+            count(&format!(
+                "SELECT event_bus.replay_events(p_subscription_id => '{late}', p_dry_run => true)"
+            )),
+            3
+        );
+        assert_eq!(
+            count(&format!("SELECT event_bus.replay_events(p_subscription_id => '{late}', p_tenant_id => '{TENANT}')")),
+            2
+        );
+        assert_eq!(process(100), 2);
+        assert_eq!(
+            count(&format!("SELECT count(*) FROM event_bus.module_event_deliveries WHERE subscription_id = '{late}' AND status = 'completed'")),
+            2
+        );
+        let _ = sub;
+
+        // metrics: Prometheus text with the counters the worker's bookkeeping advanced
+        let metrics = text("SELECT event_bus.metrics()");
+        assert!(
+            metrics.contains("event_bus_events_dispatched_total 7\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("event_bus_attempts_total{result=\"success\"} 10\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("event_bus_deliveries_due 0\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("# TYPE event_bus_oldest_due_seconds gauge\n"),
+            "{metrics}"
+        );
+    }
+
+    #[pg_test]
+    fn the_circuit_breaker_opens_holds_probes_and_closes() {
+        setup_handlers();
+        let sub = subscribe("pay.*", "payments", "inv.fragile", "");
+        Spi::run(&format!("UPDATE event_bus.module_event_subscriptions SET breaker_threshold = 3 WHERE id = '{sub}'"))
+            .unwrap();
+        for _ in 0..5 {
+            emit(TENANT, "pay.made", "pos", "{}");
+        }
+        assert_eq!(process(100), 5);
+        let health = || {
+            text(&format!(
+                "SELECT breaker_state || '/' || consecutive_failures || '/' || attempts_1h || '/' || failures_1h
+                   FROM event_bus.subscription_health WHERE subscription_id = '{sub}'"
+            ))
+        };
+        assert_eq!(health(), "open/5/5/5");
+        let held = |status: &str| {
+            count(&format!(
+                "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = '{status}'"
+            ))
+        };
+        assert_eq!(
+            (held("held"), held("pending")),
+            (4, 1),
+            "one probe, the rest held"
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM event_bus.module_event_deliveries d, event_bus.module_event_subscriptions s
+                  WHERE s.id = '{sub}' AND d.status = 'pending' AND d.next_attempt_at = s.breaker_open_until"
+            )),
+            1,
+            "the probe waits for the cool-down"
+        );
+        // new events to an open breaker are held, not sent
+        emit(TENANT, "pay.made", "pos", "{}");
+        assert_eq!(process(100), 0);
+        assert_eq!(held("held"), 5);
+        assert!(text("SELECT event_bus.metrics()")
+            .contains("event_bus_subscriptions{breaker=\"open\"} 1\n"));
+
+        // the endpoint recovers; the cool-down ends: the probe succeeds, the breaker closes, all flows
+        Spi::run(&format!(
+            "UPDATE inv.flags SET fail = false;
+             UPDATE event_bus.module_event_subscriptions SET breaker_open_until = now() WHERE id = '{sub}';
+             UPDATE event_bus.module_event_deliveries SET next_attempt_at = now() WHERE status = 'pending';"
+        ))
+        .unwrap();
+        assert_eq!(process(100), 1, "only the probe");
+        assert!(health().starts_with("closed/0/"), "{}", health());
+        assert_eq!(held("held"), 0);
+        assert_eq!(process(100), 5);
+        assert_eq!(held("completed"), 6);
+
+        // open again, then reset by hand
+        Spi::run("UPDATE inv.flags SET fail = true").unwrap();
+        for _ in 0..3 {
+            emit(TENANT, "pay.made", "pos", "{}");
+        }
+        assert_eq!(process(100), 3);
+        assert!(health().starts_with("open/3/"), "{}", health());
+        assert_eq!(
+            count(&format!("SELECT event_bus.reset_breaker('{sub}')::bigint")),
+            2
+        );
+        assert!(health().starts_with("closed/0/"), "{}", health());
+        assert_eq!(
+            sqlstate_of("SELECT event_bus.reset_breaker('00000000-0000-0000-0000-000000000001')")
+                .as_deref(),
+            Some("P0002")
+        );
+    }
+
+    #[pg_test]
+    fn retention_deletes_only_old_finished_events_with_their_deliveries_and_logs() {
+        // events from ten days ago: one completed (with a delivery and a log), one dead, one pending
+        Spi::run(&format!(
+            "INSERT INTO event_bus.module_events (id, tenant_id, event_type, source_module, status, created_at, processed_at, dispatched_at)
+             SELECT event_bus.uuid_v7_lower_bound(now() - interval '10 days' + n * interval '1 ms'), '{TENANT}', 'old.event', 'test',
+                    s, now() - interval '10 days', CASE WHEN s <> 'pending' THEN now() - interval '10 days' END, now() - interval '10 days'
+               FROM (VALUES (1, 'completed'), (2, 'failed'), (3, 'pending')) v(n, s);
+             INSERT INTO event_bus.module_event_deliveries (id, event_id, subscription_id, tenant_id, status, attempts)
+             SELECT gen_random_uuid(), id, gen_random_uuid(), tenant_id, status, 1 FROM event_bus.module_events;
+             INSERT INTO event_bus.module_event_logs (event_id, tenant_id, attempt, status)
+             SELECT id, tenant_id, 1, 'success' FROM event_bus.module_events;"
+        ))
+        .unwrap();
+        emit(TENANT, "new.event", "test", "{}");
+        assert_eq!(process(100), 0); // nothing subscribes: completed at once
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'"),
+            2
+        );
+
+        assert_eq!(count("SELECT event_bus.purge_completed('7 days')"), 1);
+        assert_eq!(
+            text("SELECT string_agg(event_type || ':' || status, ',' ORDER BY id) FROM event_bus.module_events"),
+            "old.event:failed,old.event:pending,new.event:completed"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_event_deliveries"),
+            2
+        );
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_event_logs"), 2);
+        assert!(text("SELECT event_bus.metrics()").contains("event_bus_events_purged_total 1\n"));
+        assert_eq!(count("SELECT event_bus.purge_completed('7 days')"), 0);
+        assert_eq!(
+            sqlstate_of("SELECT event_bus.purge_completed(NULL)").as_deref(),
+            Some("22023")
+        );
+        assert_eq!(
+            sqlstate_of("SELECT event_bus.purge_completed('1 day', 0)").as_deref(),
+            Some("22023")
+        );
+    }
+
+    #[pg_test]
+    fn tenants_see_retry_and_replay_only_their_own_events() {
+        setup_handlers();
+        subscribe("#", "audit", "inv.fragile", ", p_max_retries => 0");
+        Spi::run(&format!(
+            "SELECT event_bus.subscribe('invoice.*', 'accounting', 'http://127.0.0.1:9/hook', p_secret => 'topsecret-signing-key',
+                                        p_tenant_id => '{TENANT}', p_headers => '{{\"Authorization\": \"Bearer t\"}}')"
+        ))
+        .unwrap();
+        let a1 = emit(TENANT, "order.created", "sales", "{}");
+        emit(TENANT, "order.created", "sales", "{}");
+        let b1 = emit(TENANT_B, "order.created", "sales", "{}");
+        assert_eq!(process(100), 3);
+        assert_eq!(count("SELECT count(*) FROM event_bus.dead_letters"), 3);
+        Spi::run(
+            "CREATE ROLE eb_tenant_user NOLOGIN; GRANT event_bus_operator TO eb_tenant_user;
+             CREATE ROLE eb_plain_user NOLOGIN;
+             CREATE ROLE eb_admin_user NOLOGIN; GRANT event_bus_admin TO eb_admin_user;",
+        )
+        .unwrap();
+
+        Spi::run(&format!(
+            "SET LOCAL app.tenant_id = '{TENANT}'; SET LOCAL ROLE eb_tenant_user"
+        ))
+        .unwrap();
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_events"), 2);
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_event_deliveries"),
+            2
+        );
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_event_logs"), 2);
+        assert_eq!(count("SELECT count(*) FROM event_bus.list_events()"), 2);
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM event_bus.list_events(p_tenant_id => '{TENANT_B}')"
+            )),
+            0
+        );
+        assert_eq!(count("SELECT count(*) FROM event_bus.dead_letters"), 2);
+        assert_eq!(count("SELECT total FROM event_bus.event_stats()"), 2);
+        assert_eq!(
+            sqlstate_of(&format!("SELECT event_bus.event_detail('{b1}')")).as_deref(),
+            Some("P0002")
+        );
+        // subscriptions: which modules listen, never their secrets, URLs or headers
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_event_subscriptions"),
+            2
+        );
+        for column in ["secret", "handler_url", "headers"] {
+            assert_eq!(
+                sqlstate_of(&format!(
+                    "SELECT {column} FROM event_bus.module_event_subscriptions"
+                ))
+                .as_deref(),
+                Some("42501"),
+                "{column}"
+            );
+        }
+        // repairs stay inside the tenant
+        assert_eq!(
+            sqlstate_of(&format!("SELECT event_bus.retry_event('{b1}')")).as_deref(),
+            Some("P0002")
+        );
+        assert_eq!(
+            count(&format!("SELECT event_bus.retry_event('{a1}')::bigint")),
+            1
+        );
+        assert_eq!(count("SELECT event_bus.retry_failed()::bigint"), 1);
+        assert_eq!(
+            count("SELECT event_bus.replay_events(p_event_type => '#', p_dry_run => true)"),
+            0
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT event_bus.replay_events(p_tenant_id => '{TENANT_B}', p_dry_run => true)"
+            )),
+            0
+        );
+        // emitting: for its own tenant only, through any entry point
+        assert_eq!(
+            sqlstate_of(&format!("SELECT {}", emit_call(TENANT_B))).as_deref(),
+            Some("42501")
+        );
+        assert_eq!(
+            sqlstate_of(&format!(
+                "SELECT event_bus.publish_event('x.y', 'doc', '1', '{{}}', '{{}}', '{TENANT_B}')"
+            ))
+            .as_deref(),
+            Some("42501")
+        );
+        assert_eq!(sqlstate_of(&format!("SELECT {}", emit_call(TENANT))), None);
+        // no management, no writes, no metrics
+        for sql in [
+            "SELECT event_bus.subscribe('#', 'x', 'http://127.0.0.1:9/')",
+            "INSERT INTO event_bus.module_event_subscriptions (event_type, handler_module, handler_kind, handler_url) VALUES ('#', 'x', 'http', 'http://127.0.0.1:9/')",
+            "UPDATE event_bus.module_event_subscriptions SET is_active = false",
+            "UPDATE event_bus.module_event_deliveries SET status = 'completed'",
+            "DELETE FROM event_bus.module_events",
+            "SELECT event_bus.metrics()",
+            "SELECT event_bus.purge_completed('1 day')",
+        ] {
+            assert_eq!(sqlstate_of(sql).as_deref(), Some("42501"), "{sql}");
+        }
+        // without a tenant in the session a tenant role sees and repairs nothing
+        Spi::run("SET LOCAL app.tenant_id = ''").unwrap();
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_events"), 0);
+        assert_eq!(
+            sqlstate_of("SELECT event_bus.retry_failed()").as_deref(),
+            Some("42501")
+        );
+        assert_eq!(
+            sqlstate_of(&format!("SELECT {}", emit_call(TENANT))).as_deref(),
+            Some("42501")
+        );
+
+        // a role outside the event_bus roles reads nothing
+        Spi::run("RESET ROLE; SET LOCAL ROLE eb_plain_user").unwrap();
+        assert_eq!(
+            sqlstate_of("SELECT count(*) FROM event_bus.module_events").as_deref(),
+            Some("42501")
+        );
+        assert_eq!(
+            sqlstate_of("SELECT event_bus.list_events()").as_deref(),
+            Some("42501")
+        );
+        assert_eq!(
+            sqlstate_of("SELECT event_bus.unsubscribe(gen_random_uuid())").as_deref(),
+            Some("42501")
+        );
+
+        // the admin role sees every tenant, secrets included, and can repair any
+        Spi::run("RESET ROLE; SET LOCAL ROLE eb_admin_user").unwrap();
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_events"), 4);
+        assert_eq!(
+            text("SELECT string_agg(secret, ',') FROM event_bus.module_event_subscriptions"),
+            "topsecret-signing-key"
+        );
+        assert_eq!(
+            count(&format!("SELECT event_bus.retry_event('{b1}')::bigint")),
+            1
+        );
+        Spi::run("RESET ROLE").unwrap();
+    }
+
+    fn emit_call(tenant: &str) -> String {
+        format!("event_bus.emit_module_event('{tenant}', 'x.y', 'sales', 'doc', 'D-1', '{{}}')")
+    }
+}

@@ -1,0 +1,195 @@
+//! ALTER EXTENSION event_bus UPDATE from the released 0.1.0: installs 0.1.0's own install script
+//! (tests/fixtures), fills it with data, upgrades, and checks that nothing was lost, that the
+//! worker delivers what waited, and that the upgraded schema is the one a fresh install creates.
+
+mod common;
+
+use common::receiver::{Receiver, Reply};
+use common::{wait_for, Cluster};
+use std::process::Command;
+use std::time::Duration;
+
+const TENANT: &str = "44444444-4444-4444-4444-444444444444";
+
+/// Copy the 0.1.0 install script next to the current version's scripts.
+fn install_old_version_script() {
+    let out = Command::new("pg_config")
+        .arg("--sharedir")
+        .output()
+        .unwrap();
+    let sharedir = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/event_bus--0.1.0.sql"
+    );
+    std::fs::copy(fixture, format!("{sharedir}/extension/event_bus--0.1.0.sql"))
+        .expect("copy the 0.1.0 install script into the extension directory (run as root, like the test command)");
+}
+
+/// Every object of the extension, described, and every column of its tables: equal for a fresh
+/// install and an upgrade if the upgrade script and the install script agree.
+fn schema_fingerprint(c: &mut postgres::Client) -> Vec<String> {
+    let mut rows: Vec<String> = c
+        .query(
+            "SELECT pg_catalog.pg_describe_object(d.classid, d.objid, 0)
+               FROM pg_catalog.pg_depend d
+               JOIN pg_catalog.pg_extension x ON x.oid = d.refobjid AND x.extname = 'event_bus'
+              WHERE d.deptype = 'e'
+             UNION ALL
+             SELECT 'column ' || a.attrelid::regclass || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                    || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+                    || coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '')
+               FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_class t ON t.oid = a.attrelid AND t.relnamespace = 'event_bus'::regnamespace
+                                         AND t.relkind IN ('r', 'v')
+               LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+              WHERE a.attnum > 0 AND NOT a.attisdropped
+             UNION ALL
+             SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+               FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class t ON t.oid = i.indrelid
+              WHERE t.relnamespace = 'event_bus'::regnamespace
+             UNION ALL
+             SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+               FROM pg_catalog.pg_constraint WHERE connamespace = 'event_bus'::regnamespace
+             UNION ALL
+             SELECT 'policy ' || schemaname || '.' || tablename || ' ' || policyname || ' ' || cmd || ' '
+                    || array_to_string(roles, ',') || ' ' || coalesce(qual, '') || ' ' || coalesce(with_check, '')
+               FROM pg_catalog.pg_policies WHERE schemaname = 'event_bus'
+             UNION ALL
+             SELECT 'function ' || p.oid::regprocedure || ' ' || md5(p.prosrc) || ' ' || p.prosecdef
+                    || ' ' || coalesce(array_to_string(p.proconfig, ','), '') || ' ' || coalesce(p.proacl::text, '')
+               FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'event_bus'::regnamespace
+             UNION ALL
+             SELECT 'grant ' || c.relname || ' ' || coalesce(c.relacl::text, '') || ' rls=' || c.relrowsecurity
+               FROM pg_catalog.pg_class c WHERE c.relnamespace = 'event_bus'::regnamespace AND c.relkind IN ('r', 'v')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
+    install_old_version_script();
+    let cluster = Cluster::start(
+        "upgrade",
+        &[
+            "event_bus.poll_interval_ms = 100",
+            "event_bus.backoff_base_ms = 50",
+        ],
+    );
+    let rx = Receiver::start(|_, _| Reply::ok());
+    let mut admin = cluster.connect("postgres");
+    admin.batch_execute("CREATE DATABASE old_db").unwrap();
+    admin.batch_execute("CREATE DATABASE fresh_db").unwrap();
+
+    let mut c = cluster.connect("old_db");
+    c.batch_execute("CREATE EXTENSION event_bus VERSION '0.1.0'")
+        .unwrap();
+    let sub: String = c
+        .query_one(
+            "SELECT event_bus.subscribe('invoice.*', 'accounting', $1, p_secret => 'upgrade-secret-0123456789')::text",
+            &[&rx.url("/hook")],
+        )
+        .unwrap()
+        .get(0);
+    // history as 0.1.0 left it: a finished event with its delivery and log
+    c.batch_execute(&format!(
+        "WITH e AS (
+             INSERT INTO event_bus.module_events (tenant_id, event_type, source_module, status, processed_at, dispatched_at)
+             VALUES ('{TENANT}', 'invoice.paid', 'accounting', 'completed', now(), now()) RETURNING id)
+         , d AS (
+             INSERT INTO event_bus.module_event_deliveries (id, event_id, subscription_id, tenant_id, status, attempts, completed_at)
+             SELECT event_bus._delivery_id(e.id, '{sub}'), e.id, '{sub}', '{TENANT}', 'completed', 1, now() FROM e RETURNING id, event_id)
+         INSERT INTO event_bus.module_event_logs (event_id, subscription_id, delivery_id, tenant_id, attempt, status, http_status)
+         SELECT d.event_id, '{sub}', d.id, '{TENANT}', 1, 'success', 200 FROM d;"
+    ))
+    .unwrap();
+    // events emitted while the new library runs against the old SQL wait for the upgrade
+    for i in 0..3 {
+        c.execute(
+            "SELECT event_bus.emit_module_event($1::text::uuid, 'invoice.posted', 'accounting', 'invoice', $2, '{}')",
+            &[&TENANT, &format!("INV-{i}")],
+        )
+        .unwrap();
+    }
+    wait_for(
+        "the worker to notice the old SQL",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .log()
+                .contains("run ALTER EXTENSION event_bus UPDATE")
+                .then_some(())
+        },
+    );
+    assert_eq!(rx.count("/hook"), 0);
+
+    c.batch_execute("ALTER EXTENSION event_bus UPDATE").unwrap();
+    let version: String = c
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'event_bus'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+
+    wait_for(
+        "the waiting events delivered after the upgrade",
+        Duration::from_secs(60),
+        || (rx.count("/hook") == 3).then_some(()),
+    );
+    wait_for("their outcomes recorded", Duration::from_secs(30), || {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (n == 4).then_some(())
+    });
+    let kept: String = c
+        .query_one(
+            "SELECT concat_ws('|',
+                 (SELECT count(*) FROM event_bus.module_events),
+                 (SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'completed' AND attempt_offset = 0),
+                 (SELECT count(*) FROM event_bus.module_event_logs WHERE status = 'success'),
+                 (SELECT string_agg(id::text || ':' || secret || ':' || consecutive_failures, ',') FROM event_bus.module_event_subscriptions),
+                 (SELECT count(*) FROM event_bus.list_events()),
+                 (SELECT processed FROM event_bus.event_stats()))",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, format!("4|4|4|{sub}:upgrade-secret-0123456789:0|4|4"));
+    let metrics: String = c
+        .query_one("SELECT event_bus.metrics()", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        metrics.contains("event_bus_attempts_total{result=\"success\"} 3\n"),
+        "{metrics}"
+    );
+
+    // the upgraded schema is exactly a fresh install's
+    let mut fresh = cluster.connect("fresh_db");
+    fresh.batch_execute("CREATE EXTENSION event_bus").unwrap();
+    let (upgraded, installed) = (schema_fingerprint(&mut c), schema_fingerprint(&mut fresh));
+    let only_upgraded: Vec<&String> = upgraded.iter().filter(|r| !installed.contains(r)).collect();
+    let only_fresh: Vec<&String> = installed.iter().filter(|r| !upgraded.contains(r)).collect();
+    assert!(
+        only_upgraded.is_empty() && only_fresh.is_empty(),
+        "upgrade and fresh install differ:\nonly after upgrade: {only_upgraded:#?}\nonly in fresh install: {only_fresh:#?}"
+    );
+    assert!(
+        upgraded.len() > 100,
+        "fingerprint too small: {}",
+        upgraded.len()
+    );
+}
