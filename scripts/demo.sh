@@ -57,6 +57,7 @@ CREATE TABLE invoices (
     tenant_id uuid NOT NULL,
     number    text NOT NULL,
     total     numeric(12,2) NOT NULL,
+    lines     jsonb NOT NULL,
     status    text NOT NULL DEFAULT 'draft'
 );
 CREATE FUNCTION invoices_emit_posted() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -64,7 +65,7 @@ BEGIN
     IF NEW.status = 'posted' AND OLD.status IS DISTINCT FROM 'posted' THEN
         PERFORM event_bus.emit_module_event(
             NEW.tenant_id, 'invoice.posted', 'accounting', 'invoice', NEW.id,
-            jsonb_build_object('invoice_number', NEW.number, 'total', NEW.total),
+            jsonb_build_object('invoice_number', NEW.number, 'total', NEW.total, 'lines', NEW.lines),
             jsonb_build_object('actor', current_user));
     END IF;
     RETURN NEW;
@@ -72,10 +73,10 @@ END $$;
 CREATE TRIGGER invoices_posted AFTER UPDATE ON invoices
     FOR EACH ROW EXECUTE FUNCTION invoices_emit_posted();
 
-INSERT INTO invoices (tenant_id, number, total) VALUES
-    ('11111111-1111-1111-1111-111111111111', 'INV-001', 1500.00),
-    ('11111111-1111-1111-1111-111111111111', 'INV-002',  240.50),
-    ('22222222-2222-2222-2222-222222222222', 'INV-100',   99.99);
+INSERT INTO invoices (tenant_id, number, total, lines) VALUES
+    ('11111111-1111-1111-1111-111111111111', 'INV-001', 1500.00, '[{"sku": "WIDGET", "qty": 3}]'),
+    ('11111111-1111-1111-1111-111111111111', 'INV-002',  240.50, '[{"sku": "WIDGET", "qty": 1}]'),
+    ('22222222-2222-2222-2222-222222222222', 'INV-100',   99.99, '[{"sku": "GADGET", "qty": 2}]');
 SQL
 
 HANDLER_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
@@ -86,28 +87,16 @@ for _ in $(seq 100); do
     sleep 0.05
 done
 
-echo "==> subscriptions: accounting over HTTP (signed), a flaky audit webhook, inventory as a SQL function"
+echo "==> subscriptions: the ERP's seed table (examples/erp_subscriptions.sql), a flaky audit hook, a dead endpoint"
+"${PSQL[@]}" -v accounting_url="http://127.0.0.1:$HANDLER_PORT/accounting" -f examples/erp_subscriptions.sql >/dev/null
 "${PSQL[@]}" -v handler="http://127.0.0.1:$HANDLER_PORT" <<'SQL'
--- inventory reacts inside the database, as its own unprivileged role
-CREATE ROLE inventory_handler NOLOGIN;
-CREATE TABLE stock (sku text PRIMARY KEY, on_hand integer NOT NULL);
-INSERT INTO stock VALUES ('WIDGET', 100);
-GRANT SELECT, UPDATE ON stock TO inventory_handler;
-CREATE SCHEMA inventory;
-GRANT USAGE ON SCHEMA inventory TO inventory_handler;
-CREATE FUNCTION inventory.deduct_stock(event event_bus.module_events) RETURNS jsonb
-LANGUAGE sql AS $$
-    UPDATE public.stock SET on_hand = on_hand - 1 WHERE sku = 'WIDGET'
-    RETURNING jsonb_build_object('sku', sku, 'on_hand', on_hand, 'for', event.payload->>'invoice_number');
-$$;
-GRANT USAGE ON SCHEMA event_bus TO inventory_handler;
-
+INSERT INTO inventory.stock (tenant_id, sku, on_hand) VALUES
+    ('11111111-1111-1111-1111-111111111111', 'WIDGET', 100),
+    ('22222222-2222-2222-2222-222222222222', 'GADGET', 50);
 \set QUIET on
-SELECT event_bus.subscribe('invoice.posted', 'inventory', p_handler_function => 'inventory.deduct_stock',
-                           p_run_as => 'inventory_handler') AS inventory_sub \gset
-SELECT event_bus.subscribe('invoice.*', 'accounting', :'handler' || '/accounting',
-                           p_secret => 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw') AS accounting_sub \gset
 SELECT event_bus.subscribe('#', 'audit', :'handler' || '/flaky', p_max_retries => 5) AS audit_sub \gset
+-- nothing listens on port 9: every attempt is refused, and after one retry the delivery is dead
+SELECT event_bus.subscribe('pos.#', 'loyalty', 'http://127.0.0.1:9/points', p_max_retries => 1) AS loyalty_sub \gset
 SELECT event_type AS pattern, handler_module, handler_kind, coalesce(handler_url, handler_function) AS target
   FROM event_bus.module_event_subscriptions ORDER BY created_at;
 SQL
@@ -119,7 +108,8 @@ BEGIN;
 UPDATE invoices SET status = 'posted' WHERE number = 'INV-002';
 ROLLBACK;
 SELECT event_bus.emit_module_event('11111111-1111-1111-1111-111111111111', 'pos.transaction_completed',
-                                   'pos', 'pos_transaction', gen_random_uuid(), '{"total": 12.5}');
+                                   'pos', 'pos_transaction', gen_random_uuid(),
+                                   '{"total": 12.5, "lines": [{"sku": "WIDGET", "qty": 1}]}');
 SQL
 
 echo "==> a rejected emit (payload is not an object) writes nothing:"
@@ -132,19 +122,40 @@ for _ in $(seq 200); do
     sleep 0.1
 done
 
-echo "==> events (status derived from their deliveries)"
-"${PSQL[@]}" -c "SELECT id, tenant_id, event_type, source_module, payload, status, retry_count
-                   FROM event_bus.module_events ORDER BY id"
-echo "==> stock after the inventory SQL handler ran (100 - 2 posted invoices)"
-"${PSQL[@]}" -c "SELECT * FROM stock"
+echo "==> the monitor page's queries"
+echo "--- event_bus.event_stats(): the last 24 hours"
+"${PSQL[@]}" -c "SELECT * FROM event_bus.event_stats()"
+echo "--- event_bus.list_events(p_limit => 10): newest first, page on with p_before => <last id>"
+"${PSQL[@]}" -c "SELECT id, tenant_id, event_type, source_module, status, retry_count,
+                        metadata->>'causation_id' AS caused_by
+                   FROM event_bus.list_events(p_limit => 10)"
+echo "--- event_bus.event_detail(<the journal event>): its chain, deliveries and attempts"
+"${PSQL[@]}" -c "SELECT jsonb_pretty(jsonb_build_object(
+                        'metadata', d->'event'->'metadata',
+                        'deliveries', (SELECT jsonb_agg(x - 'next_attempt_at' - 'last_attempt_at' - 'completed_at')
+                                         FROM jsonb_array_elements(d->'deliveries') x)))
+                   FROM event_bus.list_events(p_event_type => 'journal.created', p_limit => 1) e,
+                        event_bus.event_detail(e.id) d"
+echo "--- event_bus.dead_letters"
+"${PSQL[@]}" -c "SELECT event_type, handler_module, attempts, last_error FROM event_bus.dead_letters"
+echo "--- event_bus.subscription_health"
+"${PSQL[@]}" -c "SELECT handler_module, event_type, breaker_state, consecutive_failures, attempts_1h,
+                        failures_1h, failure_rate_1h FROM event_bus.subscription_health ORDER BY handler_module, event_type"
+echo "--- event_bus.retry_event(<the dead delivery's event>): re-arms only the dead delivery"
+"${PSQL[@]}" -c "SELECT event_bus.retry_event(event_id) AS rearmed FROM event_bus.dead_letters LIMIT 1"
+echo "--- event_bus.replay_events(p_event_type => 'invoice.posted', p_dry_run => true)"
+"${PSQL[@]}" -c "SELECT event_bus.replay_events(p_event_type => 'invoice.posted', p_dry_run => true) AS would_redeliver"
+echo "--- event_bus.metrics() (Prometheus), first lines"
+"${PSQL[@]}" -At -c "SELECT event_bus.metrics()" | grep -v '^#' | head -8 | sed 's/^/    /'
+
+echo "==> the business side: stock after the inventory SQL handler (WIDGET 100 - 3 - 1, GADGET 50 - 2)"
+"${PSQL[@]}" -c "SELECT tenant_id, sku, on_hand FROM inventory.stock ORDER BY sku"
+echo "==> journal entries booked by accounting.create_journal (each also emitted journal.created)"
+"${PSQL[@]}" -c "SELECT tenant_id, source, amount FROM accounting.journal ORDER BY created_at"
 echo "==> attempt log"
-"${PSQL[@]}" -c "SELECT e.event_type, s.handler_module, l.attempt, l.status, l.http_status, l.error_message,
-                        round(l.duration_ms::numeric, 1) AS ms, left(l.response::text, 60) AS response
+"${PSQL[@]}" -c "SELECT e.event_type, s.handler_module, l.attempt, l.status, l.http_status, left(l.error_message, 40) AS error,
+                        round(l.duration_ms::numeric, 1) AS ms, left(l.response::text, 50) AS response
                    FROM event_bus.module_event_logs l
                    JOIN event_bus.module_events e ON e.id = l.event_id
                    JOIN event_bus.module_event_subscriptions s ON s.id = l.subscription_id
                   ORDER BY e.id, s.handler_module, l.attempt"
-echo "==> pattern matching"
-"${PSQL[@]}" -c "SELECT p AS pattern, t AS event_type, event_bus.matches(p, t)
-                   FROM (VALUES ('invoice.*', 'invoice.posted'), ('invoice.*', 'invoice.line.added'),
-                                ('invoice.#', 'invoice.line.added'), ('#', 'pos.transaction_completed')) v(p, t)"
