@@ -473,6 +473,48 @@ COMMENT ON FUNCTION event_bus._refresh_event_status(uuid[]) IS
     'events'' deliveries.';
 
 ------------------------------------------------------------------------------------------------
+-- Internal: an IP-literal URL must be inside event_bus.allowed_networks (host names are checked by
+-- the worker against every address they resolve to, when it connects).
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus._check_destination(p_url text) RETURNS void
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_networks text := nullif(btrim(current_setting('event_bus.allowed_networks', true)), '');
+    v_host     text;
+    v_ip       inet;
+    v_allowed  boolean;
+BEGIN
+    IF v_networks IS NULL THEN
+        RETURN;
+    END IF;
+    v_host := btrim(substring(p_url FROM '^[A-Za-z][A-Za-z0-9+.-]*://(\[[^]]*\]|[^:/?#]*)'), '[]');
+    BEGIN
+        v_ip := v_host::inet;
+    EXCEPTION WHEN invalid_text_representation THEN
+        RETURN;
+    END;
+    BEGIN
+        SELECT bool_or(v_ip <<= btrim(n)::inet) INTO v_allowed
+          FROM unnest(string_to_array(v_networks, ',')) AS n
+         WHERE btrim(n) <> '';
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION 'event_bus: event_bus.allowed_networks is invalid: %', v_networks
+            USING ERRCODE = '22023', HINT = 'List CIDR blocks separated by commas, e.g. ''10.0.0.0/8, 203.0.113.7''.';
+    END;
+    IF NOT coalesce(v_allowed, false) THEN
+        RAISE EXCEPTION 'event_bus: handler URL address % is outside event_bus.allowed_networks', v_ip
+            USING ERRCODE = '22023',
+                  HINT = 'Deliveries may only go to ' || v_networks || '; use an allowed address or ask an administrator.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION event_bus._check_destination(text) IS
+    'Internal: raises 22023 when an IP-literal handler URL is outside event_bus.allowed_networks.';
+
+------------------------------------------------------------------------------------------------
 -- API: Public — subscribe / unsubscribe
 ------------------------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION event_bus.subscribe(
@@ -527,6 +569,7 @@ BEGIN
         END IF;
         v_kind := 'http';
         PERFORM event_bus._check_url(p_handler_url);
+        PERFORM event_bus._check_destination(p_handler_url);
     ELSE
         IF v_kind = 'http' THEN
             RAISE EXCEPTION 'event_bus: handler kind http needs p_handler_url'

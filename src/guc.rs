@@ -40,6 +40,8 @@ pub static BREAKER_COOLDOWN_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000)
 /// Age after which completed events are deleted ('' or 0 keeps them).
 pub static RETENTION: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"7 days"));
+/// CIDR blocks requests may go to ('' = anywhere).
+pub static ALLOWED_NETWORKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// Name of the setting holding the session's tenant.
 pub static TENANT_SETTING: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"app.tenant_id"));
@@ -136,6 +138,15 @@ pub fn register() {
         c"An interval such as '7 days' or '12 hours'; '' or '0' keeps everything. Failed events stay.",
         &RETENTION,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"event_bus.allowed_networks",
+        c"Comma-separated CIDR blocks that HTTP deliveries may connect to; empty allows any address.",
+        c"Checked against every address a handler's host resolves to when the worker connects (so DNS \
+          cannot point a webhook into an internal network), and against IP-literal URLs at subscribe.",
+        &ALLOWED_NETWORKS,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(

@@ -36,18 +36,31 @@ fn the_breaker_pauses_a_failing_endpoint_probes_it_and_resumes_when_it_answers()
     );
     let failing = Arc::new(AtomicBool::new(true));
     let f = failing.clone();
-    let rx = Receiver::start(move |_, _| if f.load(Ordering::SeqCst) { Reply::status(503) } else { Reply::ok() });
+    let rx = Receiver::start(move |_, _| {
+        if f.load(Ordering::SeqCst) {
+            Reply::status(503)
+        } else {
+            Reply::ok()
+        }
+    });
     let mut c = cluster.create_db_with_extension("breaker_db");
     let sub = one(
         &mut c,
-        &format!("SELECT event_bus.subscribe('pos.#', 'loyalty', '{}', p_max_retries => 100)::text", rx.url("/points")),
+        &format!(
+            "SELECT event_bus.subscribe('pos.#', 'loyalty', '{}', p_max_retries => 100)::text",
+            rx.url("/points")
+        ),
     );
-    c.batch_execute(&format!("UPDATE event_bus.module_event_subscriptions SET breaker_threshold = 5 WHERE id = '{sub}'"))
-        .unwrap();
+    c.batch_execute(&format!(
+        "UPDATE event_bus.module_event_subscriptions SET breaker_threshold = 5 WHERE id = '{sub}'"
+    ))
+    .unwrap();
     for _ in 0..20 {
         emit(&mut c, "pos.sale");
     }
-    let health = format!("SELECT breaker_state FROM event_bus.subscription_health WHERE subscription_id = '{sub}'");
+    let health = format!(
+        "SELECT breaker_state FROM event_bus.subscription_health WHERE subscription_id = '{sub}'"
+    );
     wait_for("the breaker to open", Duration::from_secs(30), || {
         let state: String = c.query_one(health.as_str(), &[]).unwrap().get(0);
         (state == "open").then_some(())
@@ -56,20 +69,32 @@ fn the_breaker_pauses_a_failing_endpoint_probes_it_and_resumes_when_it_answers()
     let at_open = rx.count("/points");
     std::thread::sleep(Duration::from_millis(2500));
     let during = rx.count("/points") - at_open;
-    assert!(during <= 4, "{during} requests reached the endpoint while its breaker was open");
+    assert!(
+        during <= 4,
+        "{during} requests reached the endpoint while its breaker was open"
+    );
     let held: i64 = c
-        .query_one("SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'held'", &[])
+        .query_one(
+            "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'held'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert!(held >= 10, "only {held} deliveries held");
     let metrics = one(&mut c, "SELECT event_bus.metrics()");
-    assert!(metrics.contains("event_bus_subscriptions{breaker=\"open\"} 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("event_bus_subscriptions{breaker=\"open\"} 1\n"),
+        "{metrics}"
+    );
 
     // the endpoint recovers: the next probe closes the breaker and everything flows
     failing.store(false, Ordering::SeqCst);
     wait_for("every event completed", Duration::from_secs(60), || {
         let n: i64 = c
-            .query_one("SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'", &[])
+            .query_one(
+                "SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'",
+                &[],
+            )
             .unwrap()
             .get(0);
         (n == 20).then_some(())
@@ -80,7 +105,10 @@ fn the_breaker_pauses_a_failing_endpoint_probes_it_and_resumes_when_it_answers()
     );
     assert_eq!(state, "closed/0");
     let successes: i64 = c
-        .query_one("SELECT count(*) FROM event_bus.module_event_logs WHERE status = 'success'", &[])
+        .query_one(
+            "SELECT count(*) FROM event_bus.module_event_logs WHERE status = 'success'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(successes, 20);
@@ -88,7 +116,13 @@ fn the_breaker_pauses_a_failing_endpoint_probes_it_and_resumes_when_it_answers()
 
 #[test]
 fn retention_deletes_old_completed_events_by_itself_and_keeps_dead_letters() {
-    let cluster = Cluster::start("retention", &["event_bus.poll_interval_ms = 100", "event_bus.retention = '1 second'"]);
+    let cluster = Cluster::start(
+        "retention",
+        &[
+            "event_bus.poll_interval_ms = 100",
+            "event_bus.retention = '1 second'",
+        ],
+    );
     let mut c = cluster.create_db_with_extension("retention_db");
     // a dead letter: nothing listens on port 9, no retries
     c.batch_execute("SELECT event_bus.subscribe('pos.refund', 'loyalty', 'http://127.0.0.1:9/x', p_max_retries => 0)")
@@ -97,14 +131,24 @@ fn retention_deletes_old_completed_events_by_itself_and_keeps_dead_letters() {
     for _ in 0..50 {
         emit(&mut c, "pos.sale"); // no subscription: completed at once
     }
-    wait_for("completed events purged by the worker", Duration::from_secs(30), || {
-        let left = one(
-            &mut c,
-            "SELECT string_agg(event_type || ':' || status, ',') FROM event_bus.module_events",
-        );
-        (left == "pos.refund:failed").then_some(())
-    });
-    assert_eq!(one(&mut c, "SELECT count(*)::text FROM event_bus.dead_letters"), "1");
+    wait_for(
+        "completed events purged by the worker",
+        Duration::from_secs(30),
+        || {
+            let left = one(
+                &mut c,
+                "SELECT string_agg(event_type || ':' || status, ',') FROM event_bus.module_events",
+            );
+            (left == "pos.refund:failed").then_some(())
+        },
+    );
+    assert_eq!(
+        one(&mut c, "SELECT count(*)::text FROM event_bus.dead_letters"),
+        "1"
+    );
     let metrics = one(&mut c, "SELECT event_bus.metrics()");
-    assert!(metrics.contains("event_bus_events_purged_total 50\n"), "{metrics}");
+    assert!(
+        metrics.contains("event_bus_events_purged_total 50\n"),
+        "{metrics}"
+    );
 }

@@ -135,6 +135,7 @@ impl Rng {
 /// The loop. Returns the exit code: 0 = unregister (extension dropped), 1 = restart.
 fn run(dboid: pg_sys::Oid) -> i32 {
     let mut concurrency = guc::MAX_CONCURRENCY.get().max(1) as usize;
+    let mut networks = guc::ALLOWED_NETWORKS.get();
     let mut dispatcher = match Dispatcher::start(concurrency, concurrency) {
         Ok(d) => d,
         Err(e) => {
@@ -158,11 +159,14 @@ fn run(dboid: pg_sys::Oid) -> i32 {
         }
         reload_config_if_requested();
         let wanted = guc::MAX_CONCURRENCY.get().max(1) as usize;
-        if wanted != concurrency && in_flight.is_empty() {
-            // resize the pool at a quiet moment
+        let networks_now = guc::ALLOWED_NETWORKS.get();
+        if (wanted != concurrency || networks_now != networks) && in_flight.is_empty() {
+            // resize the pool at a quiet moment; a new network policy also drops kept-alive
+            // connections opened under the old one
             if let Ok(d) = Dispatcher::start(wanted, wanted) {
                 dispatcher = d;
                 concurrency = wanted;
+                networks = networks_now;
             }
         }
 
@@ -524,6 +528,21 @@ fn fan_out(limit: i64, settings: &ClaimSettings) -> Vec<Job> {
     .unwrap_or_else(|e| panic!("fan-out failed: {e}"))
 }
 
+/// Parse event_bus.allowed_networks and hand it to the HTTP threads.
+fn allowed_networks() -> Result<crate::netpolicy::Networks, String> {
+    let setting = guc::ALLOWED_NETWORKS
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .unwrap_or_default();
+    let parsed = crate::netpolicy::Networks::parse(&setting).map_err(|e| {
+        format!("event_bus.allowed_networks is invalid ({e}); no request is sent until it is fixed")
+    });
+    if let Ok(n) = &parsed {
+        super::deliver::set_allowed_networks(n);
+    }
+    parsed
+}
+
 /// Settings read once per claim.
 pub struct ClaimSettings {
     default_timeout: i32,
@@ -533,6 +552,8 @@ pub struct ClaimSettings {
     max_response: usize,
     follow: bool,
     edge_base: Option<String>,
+    /// event_bus.allowed_networks, or why it is invalid (then every HTTP attempt fails)
+    networks: Result<crate::netpolicy::Networks, String>,
 }
 
 impl ClaimSettings {
@@ -548,6 +569,7 @@ impl ClaimSettings {
                 .get()
                 .and_then(|c| c.into_string().ok())
                 .filter(|s| !s.is_empty()),
+            networks: allowed_networks(),
         }
     }
 
@@ -693,6 +715,10 @@ fn jobs_from(
                                 .unwrap_or_default()
                         })
                         .map_err(|e| format!("invalid subscription headers: {e}"));
+                let target = match &st.networks {
+                    Ok(_) => target,
+                    Err(e) => Err(e.clone()),
+                };
                 match (target, key, headers) {
                     (Ok(url), Ok(secret_key), Ok(headers)) => Job::Http(
                         claimed.clone(),

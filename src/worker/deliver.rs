@@ -3,13 +3,14 @@
 //! [`Request`]s and collects [`Outcome`]s; each finished request writes a byte to a pipe the main
 //! thread waits on (next to its latch), so results are recorded as soon as they arrive.
 
+use crate::netpolicy::Networks;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// One HTTP attempt.
@@ -217,6 +218,48 @@ fn perform(agent: &ureq::Agent, no_redirect_agent: &ureq::Agent, req: &Request) 
     }
 }
 
+/// `event_bus.allowed_networks` as the HTTP threads see it (set by the worker's main thread).
+static ALLOWED: RwLock<Option<Arc<Networks>>> = RwLock::new(None);
+
+/// Apply a new `event_bus.allowed_networks` to requests from now on.
+pub fn set_allowed_networks(networks: &Networks) {
+    let mut current = ALLOWED.write().unwrap_or_else(|e| e.into_inner());
+    if current.as_deref() != Some(networks) {
+        *current = Some(Arc::new(networks.clone()));
+    }
+}
+
+/// Resolves host names and keeps only the addresses `event_bus.allowed_networks` allows — also
+/// for IP literals and redirects, since every connection goes through it.
+struct PolicyResolver;
+
+impl ureq::Resolver for PolicyResolver {
+    fn resolve(&self, netloc: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        use std::net::ToSocketAddrs;
+        let all: Vec<std::net::SocketAddr> = netloc.to_socket_addrs()?.collect();
+        let networks = ALLOWED.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(networks) = networks.filter(|n| !n.is_open()) else {
+            return Ok(all);
+        };
+        let allowed: Vec<std::net::SocketAddr> = all
+            .iter()
+            .copied()
+            .filter(|a| networks.allows(a.ip()))
+            .collect();
+        if allowed.is_empty() && !all.is_empty() {
+            let list: Vec<String> = all.iter().map(|a| a.ip().to_string()).collect();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{netloc} is {}, outside event_bus.allowed_networks",
+                    list.join(", ")
+                ),
+            ));
+        }
+        Ok(allowed)
+    }
+}
+
 /// The thread pool. Dropping it closes the queue; threads finish their current request and exit.
 pub struct Dispatcher {
     tx: Option<Sender<Request>>,
@@ -249,6 +292,7 @@ impl Dispatcher {
                 .max_idle_connections(idle_per_host.max(1) * 4)
                 .max_idle_connections_per_host(idle_per_host.max(1))
                 .timeout_connect(Duration::from_secs(10))
+                .resolver(PolicyResolver)
                 .no_delay(true)
                 .build()
         };
