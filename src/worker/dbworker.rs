@@ -46,11 +46,18 @@ pub extern "C-unwind" fn event_bus_worker_main(arg: pg_sys::Datum) {
     let dboid = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
 
-    let has_extension =
-        in_transaction("checking for the extension", extension_present).unwrap_or(false);
-    if !has_extension {
-        shmem::skip_database(dboid.to_u32());
-        unsafe { pg_sys::proc_exit(0) };
+    match in_transaction("checking for the extension", extension_present) {
+        Ok(true) => {}
+        Ok(false) => {
+            shmem::skip_database(dboid.to_u32());
+            unsafe { pg_sys::proc_exit(0) };
+        }
+        // a transient failure (the database still starting up, say) is not "no extension":
+        // exit without marking the database, and the launcher starts a worker again
+        Err(e) => {
+            log(&format!("event_bus worker: {e}; exiting to be restarted"));
+            unsafe { pg_sys::proc_exit(1) };
+        }
     }
     if !claim_slot(dboid.to_u32()) {
         log("event_bus worker: no free worker slot in shared memory; exiting");

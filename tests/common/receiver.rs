@@ -72,7 +72,16 @@ impl Receiver {
     pub fn start(
         behaviour: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
     ) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Receiver::start_on(0, behaviour)
+    }
+
+    /// Start on a given port (0 = any): a receiver restarted on its old port, after the old
+    /// one was dropped.
+    pub fn start_on(
+        port: u16,
+        behaviour: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
