@@ -10,6 +10,7 @@
 //! - [`api`]            Rust-backed SQL functions: matches, validation, UUIDv7
 //! - [`matcher`]        the event-type / pattern grammar, pure Rust
 //! - [`netpolicy`]      event_bus.allowed_networks: which addresses requests may go to, pure Rust
+//! - [`validate`]       URL / header / secret rules, pure Rust (also fuzzed)
 //! - [`guc`]            every setting
 //! - [`shmem`]          worker latches in shared memory, wake at commit
 //! - [`error`]          one error enum, each variant with its SQLSTATE
@@ -23,6 +24,7 @@ pub mod guc;
 pub mod matcher;
 pub mod netpolicy;
 pub mod shmem;
+pub mod validate;
 pub mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
