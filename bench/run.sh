@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Delivery benchmark: deliveries/s to a local nginx sink beside the sink's own ceiling (wrk), and
-# commit -> handler latency, idle and under a steady 500 events/s stream. Every figure is printed
-# beside its baseline from the same run. Exits non-zero if a run errors, not when a target is missed.
-#   EVENTS="10000 100000" RUNS=3 bench/run.sh
+# The benchmark: every figure beside a baseline measured in the same run (medians of RUNS runs).
+#   delivery  HTTP deliveries/s to a local nginx sink, beside the sink's own ceiling (wrk)
+#   latency   commit -> handler p50/p95/p99, idle and under a steady 500 events/s stream
+#   fanout    one event to 10 subscriptions, beside the single-subscription rate
+#   sql       events/s to a trivial SQL handler, beside calling the function directly
+#   emit      pgbench: UPDATE with an emitting trigger vs without; emit vs a bare INSERT of the same
+#             row; 1 and 4 clients, synchronous_commit on and off
+#   batch     100,000 events emitted in one statement vs the same rows INSERTed
+#   growth    delivery and SQL-handler rates again with GROWTH_EVENTS (5,000,000) completed events,
+#             deliveries and logs in the tables; table sizes before and after retention
+# Exits non-zero if a run errors, not when a target is missed.
+#   EVENTS="10000 100000" RUNS=3 SECTIONS="delivery latency fanout sql emit batch growth" bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EVENTS="${EVENTS:-10000 100000}"
 RUNS="${RUNS:-3}"
 LAT_EVENTS="${LAT_EVENTS:-300}"
+SECTIONS="${SECTIONS:-delivery latency fanout sql emit batch growth}"
+EMIT_SECONDS="${EMIT_SECONDS:-5}"
+GROWTH_EVENTS="${GROWTH_EVENTS:-5000000}"
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 scripts/install-deps.sh
 need=()
@@ -74,6 +86,7 @@ shared_buffers = '1GB'
 max_wal_size = '8GB'
 checkpoint_timeout = '30min'
 event_bus.notify = off
+event_bus.retention = ''
 event_bus.batch_size = 500
 event_bus.max_concurrency = ${BENCH_CONCURRENCY:-64}
 event_bus.workers = ${BENCH_WORKERS:-1}
@@ -89,11 +102,35 @@ psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "CREATE DATABAS
 psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d bench -c "CREATE EXTENSION event_bus" >/dev/null
 [ -n "${BENCH_PROFILE:-}" ] && psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d bench -c "CREATE EXTENSION pg_stat_statements" >/dev/null
 CONN="host=127.0.0.1 port=$PG_PORT user=postgres dbname=bench"
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d bench)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.3f", a/b; else print "-" }'; }
+# seconds a SQL script takes (psql \timing of its last statement is not enough: wall clock)
+timed() { local t0 t1; t0="$(date +%s.%N)"; "${PSQL[@]}" -c "$1" >/dev/null; t1="$(date +%s.%N)"; awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}'; }
+
+# a trivial SQL handler, run as its own role
+"${PSQL[@]}" <<'SQL'
+CREATE ROLE bench_handler NOLOGIN;
+CREATE SCHEMA bench;
+GRANT USAGE ON SCHEMA bench TO bench_handler;
+CREATE FUNCTION bench.h(event event_bus.module_events) RETURNS jsonb LANGUAGE sql
+    AS $$ SELECT jsonb_build_object('ok', true, 'n', event.payload -> 'n') $$;
+SQL
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
 ROWS=()
-for n in $EVENTS; do
+declare -A MED
+throughput_median() { # label target events fanout [keep] -> median deliveries/s
+    local vals=() out v
+    for r in $(seq "$RUNS"); do
+        out="$("$DRIVER" throughput "$CONN" "$2" "$3" "$4" ${5:-})"
+        v="$(sed -n 's/.*deliveries_per_s=\([0-9.]*\).*/\1/p' <<<"$out")"
+        echo "    $1 run $r: $out" >&2
+        vals+=("$v")
+    done
+    printf '%s\n' "${vals[@]}" | median
+}
+want delivery && for n in $EVENTS; do
     vals=()
     for r in $(seq "$RUNS"); do
         out="$("$DRIVER" throughput "$CONN" "$SINK" "$n" 1)"
@@ -102,21 +139,150 @@ for n in $EVENTS; do
         vals+=("$v")
     done
     med="$(printf '%s\n' "${vals[@]}" | median)"
+    MED[http_$n]="$med"
     ROWS+=("| HTTP deliveries/s, $n events, 1 subscription | $med | nginx sink $SINK_RPS req/s | $(awk -v a="$med" -v b="$SINK_RPS" 'BEGIN{printf "%.3f", a/b}') | >= 12000 |")
 done
 
-for rate in 0 500; do
-    p50s=(); p99s=()
+want latency && for rate in 0 500; do
+    p50s=(); p95s=(); p99s=()
     for r in $(seq "$RUNS"); do
         out="$("$DRIVER" latency "$CONN" "$LAT_EVENTS" "$rate")"
         echo "    latency (background $rate/s) run $r: $out"
         p50s+=("$(sed -n 's/.*p50_ms=\([0-9.]*\).*/\1/p' <<<"$out")")
+        p95s+=("$(sed -n 's/.*p95_ms=\([0-9.]*\).*/\1/p' <<<"$out")")
         p99s+=("$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$out")")
     done
     label=$([ "$rate" = 0 ] && echo "idle" || echo "under $rate events/s")
     ROWS+=("| commit -> handler p50 ms, $label | $(printf '%s\n' "${p50s[@]}" | median) | target 5 ms | | < 5 |")
+    ROWS+=("| commit -> handler p95 ms, $label | $(printf '%s\n' "${p95s[@]}" | median) | | | |")
     ROWS+=("| commit -> handler p99 ms, $label | $(printf '%s\n' "${p99s[@]}" | median) | target 25 ms | | < 25 |")
 done
+
+# --- fan-out: one event to 10 subscriptions ----------------------------------------------
+if want fanout; then
+    one="${MED[http_10000]:-$(throughput_median "fan-out baseline, 1 subscription" "$SINK" 10000 1)}"
+    ten="$(throughput_median "fan-out 10 subscriptions" "$SINK" 10000 10)"
+    ROWS+=("| HTTP deliveries/s, 10,000 events x 10 subscriptions | $ten | 1 subscription $one | $(ratio "$ten" "$one") | >= 0.8 |")
+fi
+
+# --- SQL handler ---------------------------------------------------------------------------
+sql_direct_rate() { # calls/s of bench.h over the events in the table, in one statement
+    local n secs
+    n="$("${PSQL[@]}" -At -c "SELECT count(*) FROM event_bus.module_events WHERE event_type = 'bench.created'")"
+    secs="$(timed "SELECT count(bench.h(e)) FROM event_bus.module_events e WHERE e.event_type = 'bench.created'")"
+    awk -v n="$n" -v s="$secs" 'BEGIN{printf "%.0f", n/s}'
+}
+if want sql; then
+    SQL_N="${SQL_EVENTS:-100000}"
+    MED[sql]="$(throughput_median "SQL handler" "sql:bench.h" "$SQL_N" 1)"
+    direct="$(sql_direct_rate)"
+    ROWS+=("| SQL-handler events/s, $SQL_N events | ${MED[sql]} | direct calls $direct/s | $(ratio "${MED[sql]}" "$direct") | >= 10000 |")
+fi
+
+# --- emit overhead on the business write (pgbench) -----------------------------------------
+if want emit; then
+    "${PSQL[@]}" <<'SQL'
+CREATE TABLE bench_invoices (id int PRIMARY KEY, tenant_id uuid NOT NULL, total numeric NOT NULL, n int NOT NULL DEFAULT 0);
+INSERT INTO bench_invoices SELECT g, '11111111-1111-1111-1111-111111111111', g % 1000, 0 FROM generate_series(1, 100000) g;
+CREATE TABLE bench_invoices_emit (LIKE bench_invoices INCLUDING ALL);
+INSERT INTO bench_invoices_emit SELECT * FROM bench_invoices;
+CREATE FUNCTION bench_emit_posted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM event_bus.emit_module_event(NEW.tenant_id, 'invoice.posted', 'accounting', 'invoice', NEW.id::text,
+                                        jsonb_build_object('id', NEW.id, 'total', NEW.total, 'n', NEW.n));
+    RETURN NEW;
+END $$;
+CREATE TRIGGER bench_emit_posted AFTER UPDATE ON bench_invoices_emit FOR EACH ROW EXECUTE FUNCTION bench_emit_posted();
+-- a table shaped like module_events (defaults, indexes, checks), without the extension around it
+CREATE TABLE bench_bare (LIKE event_bus.module_events INCLUDING DEFAULTS INCLUDING INDEXES INCLUDING CONSTRAINTS);
+VACUUM ANALYZE bench_invoices, bench_invoices_emit;
+SQL
+    printf '\\set id random(1, 100000)\nUPDATE bench_invoices SET n = n + 1 WHERE id = :id;\n' > "$WORK/update_plain.sql"
+    printf '\\set id random(1, 100000)\nUPDATE bench_invoices_emit SET n = n + 1 WHERE id = :id;\n' > "$WORK/update_emit.sql"
+    printf "\\\\set id random(1, 100000)\nSELECT event_bus.emit_module_event('11111111-1111-1111-1111-111111111111', 'invoice.posted', 'accounting', 'invoice', ':id', jsonb_build_object('id', :id, 'total', 100));\n" > "$WORK/emit.sql"
+    printf "\\\\set id random(1, 100000)\nINSERT INTO bench_bare (tenant_id, event_type, source_module, entity_type, entity_id, payload) VALUES ('11111111-1111-1111-1111-111111111111', 'invoice.posted', 'accounting', 'invoice', ':id', jsonb_build_object('id', :id, 'total', 100));\n" > "$WORK/bare.sql"
+    tps() { # script clients sync -> tps
+        PGOPTIONS="-c synchronous_commit=$3" pgbench -n -T "$EMIT_SECONDS" -c "$2" -j "$2" -f "$WORK/$1" \
+            -h 127.0.0.1 -p "$PG_PORT" -U postgres bench 2>&1 | awk '/^tps/ {printf "%d", $3}'
+    }
+    for sync in on off; do
+        for clients in 1 4; do
+            for pair in "update_emit.sql update_plain.sql UPDATE+emitting-trigger UPDATE" "emit.sql bare.sql emit_module_event bare-INSERT"; do
+                set -- $pair
+                a=(); b=()
+                for r in $(seq "$RUNS"); do a+=("$(tps "$1" "$clients" "$sync")"); b+=("$(tps "$2" "$clients" "$sync")"); done
+                ma="$(printf '%s\n' "${a[@]}" | median)"; mb="$(printf '%s\n' "${b[@]}" | median)"
+                echo "    $3 vs $4, $clients clients, synchronous_commit=$sync: ${a[*]} vs ${b[*]} tps" >&2
+                ROWS+=("| $3 tps, $clients client(s), sync commit $sync | $ma | $4 $mb | $(ratio "$ma" "$mb") | >= 0.8 |")
+            done
+        done
+    done
+fi
+
+# --- batch emit: 100,000 events in one statement --------------------------------------------
+if want batch; then
+    BATCH_N="${BATCH_EVENTS:-100000}"
+    e=(); b=()
+    for r in $(seq "$RUNS"); do
+        e+=("$(timed "BEGIN; SELECT count(event_bus.emit_module_event('11111111-1111-1111-1111-111111111111', 'invoice.posted', 'accounting', 'invoice', g::text, jsonb_build_object('id', g, 'total', 100))) FROM generate_series(1, $BATCH_N) g; ROLLBACK;")")
+        b+=("$(timed "BEGIN; INSERT INTO bench_bare (tenant_id, event_type, source_module, entity_type, entity_id, payload) SELECT '11111111-1111-1111-1111-111111111111', 'invoice.posted', 'accounting', 'invoice', g::text, jsonb_build_object('id', g, 'total', 100) FROM generate_series(1, $BATCH_N) g; ROLLBACK;")")
+    done
+    es="$(printf '%s\n' "${e[@]}" | median)"; bs="$(printf '%s\n' "${b[@]}" | median)"
+    er="$(awk -v n="$BATCH_N" -v s="$es" 'BEGIN{printf "%.0f", n/s}')"; br="$(awk -v n="$BATCH_N" -v s="$bs" 'BEGIN{printf "%.0f", n/s}')"
+    echo "    batch: emit ${e[*]} s, INSERT ${b[*]} s" >&2
+    ROWS+=("| events/s emitted in one statement, $BATCH_N events | $er | INSERT ... SELECT $br rows/s | $(ratio "$er" "$br") | >= 50000 |")
+fi
+
+# --- growth: the same work with millions of finished rows in the tables ---------------------
+sizes() {
+    "${PSQL[@]}" -At -c "SELECT pg_size_pretty(pg_total_relation_size('event_bus.module_events')) || ' / ' ||
+        pg_size_pretty(pg_total_relation_size('event_bus.module_event_deliveries')) || ' / ' ||
+        pg_size_pretty(pg_total_relation_size('event_bus.module_event_logs'))"
+}
+if want growth; then
+    echo "==> growth: loading $GROWTH_EVENTS completed events with their deliveries and logs" >&2
+    "${PSQL[@]}" -c "TRUNCATE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs" >/dev/null
+    t="$(timed "
+        INSERT INTO event_bus.module_events (id, tenant_id, event_type, source_module, entity_type, entity_id, payload,
+                                             status, created_at, processed_at, dispatched_at)
+        SELECT event_bus.uuid_v7_lower_bound(now() - interval '30 days' + g * interval '1 ms'),
+               '11111111-1111-1111-1111-111111111111', 'history.done', 'history', 'item', g::text,
+               jsonb_build_object('n', g, 'note', repeat('x', 100)), 'completed',
+               now() - interval '30 days', now() - interval '30 days', now() - interval '30 days'
+          FROM generate_series(1, $GROWTH_EVENTS) g;
+        INSERT INTO event_bus.module_event_deliveries (id, event_id, subscription_id, tenant_id, status, attempts,
+                                                       next_attempt_at, last_attempt_at, last_http_status, completed_at, created_at)
+        SELECT event_bus._delivery_id(e.id, '00000000-0000-0000-0000-000000000001'), e.id,
+               '00000000-0000-0000-0000-000000000001', e.tenant_id, 'completed', 1, e.created_at, e.created_at, 200,
+               e.created_at, e.created_at
+          FROM event_bus.module_events e;
+        INSERT INTO event_bus.module_event_logs (event_id, subscription_id, delivery_id, tenant_id, attempt, status,
+                                                 http_status, response, duration_ms, executed_at)
+        SELECT d.event_id, d.subscription_id, d.id, d.tenant_id, 1, 'success', 200, '{\"ok\": true}', 1.0, d.created_at
+          FROM event_bus.module_event_deliveries d;
+        VACUUM ANALYZE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs;")"
+    echo "    loaded in $t s" >&2
+    before="$(sizes)"
+    hg="$(throughput_median "HTTP with history" "$SINK" 100000 1 keep)"
+    base="${MED[http_100000]:-}"
+    ROWS+=("| HTTP deliveries/s, 100,000 events, $GROWTH_EVENTS finished in the tables | $hg | empty tables ${base:--} | $(ratio "$hg" "${base:-0}") | >= 0.8 |")
+    if [ -n "${MED[sql]:-}" ]; then
+        sg="$(throughput_median "SQL handler with history" "sql:bench.h" "${SQL_EVENTS:-100000}" 1 keep)"
+        ROWS+=("| SQL-handler events/s, $GROWTH_EVENTS finished in the tables | $sg | empty tables ${MED[sql]} | $(ratio "$sg" "${MED[sql]}") | >= 0.8 |")
+    fi
+    # retention: what the worker does in batches of 1,000, here in batches of 100,000 to time it
+    t0="$(date +%s.%N)"; purged=0
+    while :; do
+        n="$("${PSQL[@]}" -At -c "SELECT event_bus.purge_completed('7 days', 100000)")"
+        purged=$((purged + n)); [ "$n" -gt 0 ] || break
+    done
+    t1="$(date +%s.%N)"
+    rate="$(awk -v n="$purged" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')"
+    "${PSQL[@]}" -c "VACUUM event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs" >/dev/null
+    after="$(sizes)"
+    ROWS+=("| retention: completed events purged/s (with deliveries and logs) | $rate | $purged events | | |")
+    SIZES="table sizes events / deliveries / logs: $before with $GROWTH_EVENTS finished events; $after after retention and VACUUM (space reused, not returned)"
+fi
 
 if [ -n "${BENCH_PROFILE:-}" ]; then
     echo "==> top statements by total time (pg_stat_statements)"
@@ -131,3 +297,5 @@ echo
 echo "| measure | event_bus | baseline (same run) | ratio | target |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
+[ -n "${SIZES:-}" ] && { echo; echo "$SIZES"; }
+true

@@ -20,10 +20,16 @@ const TENANT: &str = "44444444-4444-4444-4444-444444444444";
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(|s| s.as_str()) {
-        Some("throughput") => throughput(&args[2], &args[3], args[4].parse().unwrap(), args[5].parse().unwrap()),
+        Some("throughput") => throughput(
+            &args[2],
+            &args[3],
+            args[4].parse().unwrap(),
+            args[5].parse().unwrap(),
+            args.get(6).map(|s| s == "keep").unwrap_or(false),
+        ),
         Some("latency") => latency(&args[2], args[3].parse().unwrap(), args[4].parse().unwrap()),
         _ => {
-            eprintln!("usage: throughput <conn> <url> <events> <fanout> | latency <conn> <events> <rate>");
+            eprintln!("usage: throughput <conn> <url|sql:schema.fn> <events> <fanout> [keep] | latency <conn> <events> <rate>");
             std::process::exit(2);
         }
     }
@@ -51,12 +57,27 @@ fn drained(c: &mut postgres::Client) -> bool {
     .get(0)
 }
 
-fn throughput(conn: &str, url: &str, events: i64, fanout: i64) {
+/// `target` is a URL, or `sql:schema.fn` for a SQL handler (run as role bench_handler). With
+/// `keep`, the tables are not emptied first (the growth runs keep their history).
+fn throughput(conn: &str, target: &str, events: i64, fanout: i64, keep: bool) {
     let mut c = connect(conn);
-    reset(&mut c);
-    for i in 0..fanout {
-        c.execute("SELECT event_bus.subscribe('bench.#', $1, $2)", &[&format!("sink{i}"), &url]).unwrap();
+    if keep {
+        c.batch_execute("DELETE FROM event_bus.module_event_subscriptions").unwrap();
+    } else {
+        reset(&mut c);
     }
+    for i in 0..fanout {
+        match target.strip_prefix("sql:") {
+            Some(function) => c
+                .execute(
+                    "SELECT event_bus.subscribe('bench.#', $1, p_handler_function => $2, p_run_as => 'bench_handler')",
+                    &[&format!("handler{i}"), &function],
+                )
+                .unwrap(),
+            None => c.execute("SELECT event_bus.subscribe('bench.#', $1, $2)", &[&format!("sink{i}"), &target]).unwrap(),
+        };
+    }
+    let run_started: std::time::SystemTime = c.query_one("SELECT now()", &[]).unwrap().get(0);
     c.batch_execute("VACUUM ANALYZE event_bus.module_events, event_bus.module_event_deliveries").unwrap();
     // emit inside one transaction; the worker sees nothing until COMMIT
     let mut tx = c.transaction().unwrap();
@@ -81,7 +102,10 @@ fn throughput(conn: &str, url: &str, events: i64, fanout: i64) {
     }
     let secs = start.elapsed().as_secs_f64();
     let done: i64 = c
-        .query_one("SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'completed'", &[])
+        .query_one(
+            "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'completed' AND created_at >= $1",
+            &[&run_started],
+        )
         .unwrap()
         .get(0);
     if done != events * fanout {
