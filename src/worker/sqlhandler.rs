@@ -1,6 +1,6 @@
 //! SQL-function handlers: `schema.fn(event event_bus.module_events)`, run on the worker's main
 //! thread, each in its own subtransaction, as the subscription's `run_as` role (or the function's
-//! owner when that is not a superuser), with the subscription's timeout as statement_timeout.
+//! owner when that is not a superuser), stopped by a timer after the subscription's timeout.
 //! A handler that raises rolls back only its own work; its message and SQLSTATE become the
 //! attempt's error. Its result (any type, through to_jsonb) is the attempt's response.
 
@@ -8,8 +8,13 @@ use super::dbworker::Claimed;
 use super::deliver::Outcome;
 use super::panic_message;
 use pgrx::prelude::*;
-use std::ffi::CString;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::PgOid;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -62,9 +67,70 @@ fn failed(error: String, started: Instant) -> Outcome {
     Outcome::failure(0, error, started.elapsed())
 }
 
-/// Run each call inside the current transaction, each in its own subtransaction.
+/// The event as the handler receives it (its row as text), and the chain it belongs to.
+struct EventRow {
+    row: String,
+    depth: String,
+    correlation: String,
+}
+
+/// Run each call inside the current transaction, each in its own subtransaction. The batch's
+/// events are read in one query, each (function, role) resolved once.
 pub fn run_batch(jobs: &[(Claimed, Call)]) -> Vec<Outcome> {
-    jobs.iter().map(|(c, call)| run_one(c, call)).collect()
+    let started = Instant::now();
+    let ids: Vec<String> = jobs.iter().map(|(c, _)| c.event_id.clone()).collect();
+    let events = match fetch_events(ids) {
+        Ok(e) => e,
+        Err(e) => return jobs.iter().map(|_| failed(e.clone(), started)).collect(),
+    };
+    let mut roles: HashMap<(String, Option<String>), Result<pg_sys::Oid, String>> = HashMap::new();
+    jobs.iter()
+        .map(|(claimed, call)| {
+            let started = Instant::now();
+            if !is_qualified_name(&call.function) {
+                return failed(format!("invalid SQL handler name {:?}", call.function), started);
+            }
+            let role = roles
+                .entry((call.function.clone(), call.run_as.clone()))
+                .or_insert_with(|| resolve_role(call))
+                .clone();
+            match (role, events.get(&claimed.event_id)) {
+                (Err(e), _) => failed(e, started),
+                (_, None) => failed("the event no longer exists".into(), started),
+                (Ok(role), Some(event)) => run_one(claimed, call, role, event, started),
+            }
+        })
+        .collect()
+}
+
+// The worker reads the events; the handler role gets its event as a value and needs no privilege
+// on the event tables. With it, the chain: events the handler emits record it as their cause.
+fn fetch_events(ids: Vec<String>) -> Result<HashMap<String, EventRow>, String> {
+    Spi::connect(|client| {
+        let mut out = HashMap::new();
+        let table = client.select(
+            "SELECT e.id::text, e::text,
+                    CASE WHEN e.metadata ->> 'depth' ~ '^[0-9]{1,6}$'
+                         THEN (e.metadata ->> 'depth')::int ELSE 0 END::text,
+                    coalesce(e.metadata ->> 'correlation_id', e.id::text)
+               FROM event_bus.module_events e WHERE e.id = ANY ($1::uuid[])",
+            None,
+            &[ids.into()],
+        )?;
+        for r in table {
+            let id = r.get::<String>(1)?.unwrap_or_default();
+            out.insert(
+                id,
+                EventRow {
+                    row: r.get::<String>(2)?.unwrap_or_default(),
+                    depth: r.get::<String>(3)?.unwrap_or_else(|| "0".into()),
+                    correlation: r.get::<String>(4)?.unwrap_or_default(),
+                },
+            );
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(|e| e.to_string())
 }
 
 fn resolve_role(call: &Call) -> Result<pg_sys::Oid, String> {
@@ -85,12 +151,7 @@ fn resolve_role(call: &Call) -> Result<pg_sys::Oid, String> {
         &[call.function.as_str().into()],
     )
     .map_err(|e| e.to_string())?
-    .ok_or_else(|| {
-        format!(
-            "SQL handler {}(event_bus.module_events) does not exist",
-            call.function
-        )
-    })?;
+    .ok_or_else(|| format!("SQL handler {}(event_bus.module_events) does not exist", call.function))?;
     if unsafe { pg_sys::superuser_arg(owner) } {
         return Err(format!(
             "SQL handler {} is owned by a superuser and the subscription names no run_as role; \
@@ -101,44 +162,88 @@ fn resolve_role(call: &Call) -> Result<pg_sys::Oid, String> {
     Ok(owner)
 }
 
-fn run_one(claimed: &Claimed, call: &Call) -> Outcome {
-    let started = Instant::now();
-    if !is_qualified_name(&call.function) {
-        return failed(
-            format!("invalid SQL handler name {:?}", call.function),
-            started,
+thread_local! {
+    /// The call statement per handler function, planned once per process and kept.
+    static CALLS: RefCell<HashMap<String, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// Call `function` on the event row; its result through to_jsonb, as text.
+fn call_handler(function: &str, row: &str) -> Result<Option<String>, pgrx::spi::Error> {
+    CALLS.with(|calls| {
+        let mut calls = calls.borrow_mut();
+        Spi::connect_mut(|client| {
+            if !calls.contains_key(function) {
+                // the name was validated (is_qualified_name): identifiers only
+                let sql = format!("SELECT pg_catalog.to_jsonb({function}($1::event_bus.module_events))::text");
+                let stmt = client.prepare_mut(sql.as_str(), &[PgOid::from(pg_sys::TEXTOID)])?.keep();
+                calls.insert(function.to_string(), stmt);
+            }
+            let stmt = &calls[function];
+            client.update(&**stmt, Some(1), &[row.into()])?.first().get_one::<String>()
+        })
+    })
+}
+
+// --- the handler's timeout ------------------------------------------------------------------
+// statement_timeout is only armed for statements a client sends, never for SPI in a background
+// worker, so the worker arms its own timer: when it fires it requests a query cancel, which
+// raises an ERROR at the handler's next interrupt check, inside its subtransaction.
+
+extern "C-unwind" {
+    fn RegisterTimeout(id: i32, handler: Option<unsafe extern "C-unwind" fn()>) -> i32;
+    fn enable_timeout_after(id: i32, delay_ms: i32);
+    fn disable_timeout(id: i32, keep_indicator: bool);
+}
+
+/// `USER_TIMEOUT` of utils/timeout.h: the first id extensions may register.
+#[cfg(not(feature = "pg17"))]
+const USER_TIMEOUT: i32 = 12;
+#[cfg(feature = "pg17")]
+const USER_TIMEOUT: i32 = 13;
+
+static TIMED_OUT: AtomicBool = AtomicBool::new(false);
+static TIMEOUT_ID: AtomicI32 = AtomicI32::new(-1);
+
+/// Runs in a signal handler: only flags and the latch.
+unsafe extern "C-unwind" fn handler_timed_out() {
+    TIMED_OUT.store(true, Ordering::SeqCst);
+    unsafe {
+        pg_sys::QueryCancelPending = 1;
+        pg_sys::InterruptPending = 1;
+        if !pg_sys::MyLatch.is_null() {
+            pg_sys::SetLatch(pg_sys::MyLatch);
+        }
+    }
+}
+
+fn timeout_id() -> i32 {
+    let id = TIMEOUT_ID.load(Ordering::SeqCst);
+    if id >= 0 {
+        return id;
+    }
+    let id = unsafe { RegisterTimeout(USER_TIMEOUT, Some(handler_timed_out)) };
+    TIMEOUT_ID.store(id, Ordering::SeqCst);
+    id
+}
+
+fn set_local(name: &CStr, value: &str) {
+    let value = CString::new(value.replace('\0', "")).unwrap_or_default();
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            PgLogLevel::ERROR as i32,
+            false,
         );
     }
-    let role = match resolve_role(call) {
-        Ok(r) => r,
-        Err(e) => return failed(e, started),
-    };
-    // the worker reads the event; the handler role gets it as a value and needs no privilege on
-    // the event tables
-    // ... and the chain it belongs to: events the handler emits record it as their cause
-    let fetched = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT e::text,
-                        CASE WHEN e.metadata ->> 'depth' ~ '^[0-9]{1,6}$'
-                             THEN (e.metadata ->> 'depth')::int ELSE 0 END::text,
-                        coalesce(e.metadata ->> 'correlation_id', e.id::text)
-                   FROM event_bus.module_events e WHERE e.id = $1::uuid",
-                Some(1),
-                &[claimed.event_id.as_str().into()],
-            )?
-            .first()
-            .get_three::<String, String, String>()
-    });
-    let (row, depth, correlation) = match fetched {
-        Ok((Some(r), d, c)) => (r, d.unwrap_or_else(|| "0".into()), c.unwrap_or_default()),
-        Ok((None, _, _)) => return failed("the event no longer exists".into(), started),
-        Err(e) => return failed(e.to_string(), started),
-    };
-    let sql = format!(
-        "SELECT pg_catalog.to_jsonb({}($1::event_bus.module_events))::text",
-        call.function
-    );
+}
+
+fn run_one(claimed: &Claimed, call: &Call, role: pg_sys::Oid, event: &EventRow, started: Instant) -> Outcome {
+    let timer = timeout_id();
     unsafe {
         let old_context = pg_sys::CurrentMemoryContext;
         let old_owner = pg_sys::CurrentResourceOwner;
@@ -147,33 +252,26 @@ fn run_one(claimed: &Claimed, call: &Call) -> Outcome {
         pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_sec);
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(old_context);
-        // settings made for the handler (timeout, chain) end with it, whatever it commits
+        // settings made for the handler (its chain) end with it, whatever it commits
         let guc_level = pg_sys::NewGUCNestLevel();
-        pg_sys::SetUserIdAndSecContext(
-            role,
-            save_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-        let timeout = call.timeout_ms.to_string();
+        TIMED_OUT.store(false, Ordering::SeqCst);
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            Spi::get_one_with_args::<String>(
-                "SELECT pg_catalog.set_config('statement_timeout', $1, true),
-                        pg_catalog.set_config('event_bus.causation_id', $2, true),
-                        pg_catalog.set_config('event_bus.chain_depth', $3, true),
-                        pg_catalog.set_config('event_bus.correlation_id', $4, true)",
-                &[
-                    timeout.as_str().into(),
-                    claimed.event_id.as_str().into(),
-                    depth.as_str().into(),
-                    correlation.as_str().into(),
-                ],
-            )
-            .map_err(|e| e.to_string())?;
-            Spi::get_one_with_args::<String>(&sql, &[row.as_str().into()])
-                .map_err(|e| e.to_string())
+            set_local(c"event_bus.causation_id", &claimed.event_id);
+            set_local(c"event_bus.chain_depth", &event.depth);
+            set_local(c"event_bus.correlation_id", &event.correlation);
+            pg_sys::SetUserIdAndSecContext(role, save_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+            enable_timeout_after(timer, call.timeout_ms.max(1));
+            call_handler(&call.function, &event.row).map_err(|e| e.to_string())
         }));
+        disable_timeout(timer, false);
+        let timed_out = TIMED_OUT.swap(false, Ordering::SeqCst);
         pg_sys::SetUserIdAndSecContext(save_user, save_sec);
         let outcome = match result {
             Ok(Ok(resp)) => {
+                if timed_out {
+                    // fired after the handler returned: the cancel is ours to withdraw
+                    pg_sys::QueryCancelPending = 0;
+                }
                 pg_sys::AtEOXact_GUC(false, guc_level);
                 pg_sys::ReleaseCurrentSubTransaction();
                 Outcome {
@@ -192,7 +290,12 @@ fn run_one(claimed: &Claimed, call: &Call) -> Outcome {
             }
             Err(panic) => {
                 pg_sys::RollbackAndReleaseCurrentSubTransaction();
-                failed(panic_message(&panic), started)
+                let message = if timed_out {
+                    format!("SQL handler {} timed out after {} ms (SQLSTATE 57014)", call.function, call.timeout_ms)
+                } else {
+                    panic_message(&panic)
+                };
+                failed(message, started)
             }
         };
         pg_sys::MemoryContextSwitchTo(old_context);

@@ -89,6 +89,8 @@ impl Receiver {
         {
             let requests = Arc::clone(&requests);
             let stop = Arc::clone(&stop);
+            // requests per path so far, for the behaviour's n (scanning all requests is quadratic)
+            let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::new(Mutex::new(HashMap::new()));
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
@@ -96,9 +98,10 @@ impl Receiver {
                     }
                     let Ok(conn) = conn else { continue };
                     let requests = Arc::clone(&requests);
+                    let counts = Arc::clone(&counts);
                     let behaviour = Arc::clone(&behaviour);
                     let stop = Arc::clone(&stop);
-                    std::thread::spawn(move || serve(conn, requests, behaviour, stop));
+                    std::thread::spawn(move || serve(conn, requests, counts, behaviour, stop));
                 }
             });
         }
@@ -136,6 +139,7 @@ impl Drop for Receiver {
 fn serve(
     conn: TcpStream,
     requests: Arc<Mutex<Vec<Received>>>,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
     behaviour: Arc<Behaviour>,
     stop: Arc<AtomicBool>,
 ) {
@@ -183,10 +187,11 @@ fn serve(
             at: Instant::now(),
         };
         let n = {
-            let mut all = requests.lock().unwrap();
-            let n = all.iter().filter(|r| r.path == path).count();
-            all.push(req.clone());
-            n
+            let mut per_path = counts.lock().unwrap();
+            let n = per_path.entry(path.clone()).or_insert(0);
+            *n += 1;
+            requests.lock().unwrap().push(req.clone());
+            *n - 1
         };
         let reply = behaviour(&req, n);
         if !reply.delay.is_zero() {
