@@ -68,6 +68,39 @@ mod tests {
             ("NUL escape", emit(&t, "'invoice.posted'", "'acc'", "'{\"a\":\"\\u0000\"}'", "'{}'"), "22P05"),
             ("deeply nested payload", emit(&t, "'invoice.posted'", "'acc'", &deep, "'{}'"), "54001"),
             ("array metadata", emit(&t, "'invoice.posted'", "'acc'", "'{}'", "'[1]'"), "22023"),
+            // emit_module_events (the batch form): one bad element rejects the whole call
+            ("batch: null payloads", format!("SELECT event_bus.emit_module_events({t}, 'a.b', 'acc', 'doc', NULL, NULL)"), "22004"),
+            (
+                "batch: a null payload among good ones",
+                format!("SELECT event_bus.emit_module_events({t}, 'a.b', 'acc', 'doc', NULL, ARRAY['{{}}'::jsonb, NULL])"),
+                "22023",
+            ),
+            (
+                "batch: an array payload",
+                format!("SELECT event_bus.emit_module_events({t}, 'a.b', 'acc', 'doc', NULL, ARRAY['{{}}'::jsonb, '[1]'])"),
+                "22023",
+            ),
+            (
+                "batch: ids and payloads of different lengths",
+                format!("SELECT event_bus.emit_module_events({t}, 'a.b', 'acc', 'doc', ARRAY['1','2'], ARRAY['{{}}'::jsonb])"),
+                "22023",
+            ),
+            (
+                "batch: two-dimensional payloads",
+                format!("SELECT event_bus.emit_module_events({t}, 'a.b', 'acc', 'doc', NULL, ARRAY[['{{}}'::jsonb], ['{{}}'::jsonb]])"),
+                "2202E",
+            ),
+            (
+                "batch: an oversize payload",
+                format!("SELECT event_bus.emit_module_events({t}, 'a.b', 'acc', 'doc', NULL, ARRAY['{{}}'::jsonb, jsonb_build_object('x', repeat('a', 2000000))])"),
+                "54000",
+            ),
+            (
+                "batch: a bad event type",
+                format!("SELECT event_bus.emit_module_events({t}, 'a..b', 'acc', 'doc', NULL, ARRAY['{{}}'::jsonb])"),
+                "22023",
+            ),
+            ("batch: null tenant", "SELECT event_bus.emit_module_events(NULL, 'a.b', 'acc', 'doc', NULL, ARRAY['{}'::jsonb])".into(), "22004"),
             // publish_event
             (
                 "publish without organization",
@@ -210,7 +243,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             executable,
-            "current_tenant,emit_module_event,matches,publish_event,uuid_v7_lower_bound"
+            "current_tenant,emit_module_event,emit_module_events,matches,publish_event,uuid_v7_lower_bound"
         );
         // internal functions that change state are not callable by PUBLIC either
         for f in [

@@ -75,6 +75,53 @@ pub mod tests {
     }
 
     #[pg_test]
+    fn emit_module_events_writes_a_batch_in_input_order() {
+        let ids = count(&format!(
+            "SELECT count(*) FROM event_bus.emit_module_events('{TENANT}', 'invoice.posted', 'accounting', 'invoice',
+                 (SELECT array_agg(g::text ORDER BY g) FROM generate_series(1, 1000) g),
+                 (SELECT array_agg(jsonb_build_object('n', g) ORDER BY g) FROM generate_series(1, 1000) g),
+                 '{{\"batch\": \"b1\"}}')"
+        ));
+        assert_eq!(ids, 1000);
+        // each row got its own entity id and payload, in order, with the shared metadata
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM (SELECT entity_id, payload, metadata, row_number() OVER (ORDER BY id) AS r
+                                         FROM event_bus.module_events) e
+                  WHERE e.entity_id = e.r::text AND (e.payload->>'n')::bigint = e.r
+                    AND e.metadata->>'batch' = 'b1' AND e.r <= 1000"
+            ),
+            1000
+        );
+        // without entity ids, and an empty batch emits nothing
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM event_bus.emit_module_events('{TENANT}', 'a.b', 'm', NULL, NULL, ARRAY['{{}}'::jsonb, '{{}}'])"
+            )),
+            2
+        );
+        assert_eq!(
+            count(&format!("SELECT count(*) FROM event_bus.emit_module_events('{TENANT}', 'a.b', 'm', NULL, NULL, '{{}}')")),
+            0
+        );
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_events WHERE entity_id IS NULL"), 2);
+        // a session bound to another tenant may not emit a batch for this one
+        assert_eq!(sqlstate_of("SELECT 1"), None);
+        Spi::run("CREATE ROLE eb_batch_reader NOLOGIN IN ROLE event_bus_reader").unwrap();
+        Spi::run("SET LOCAL ROLE eb_batch_reader").unwrap();
+        Spi::run("SET LOCAL app.tenant_id = '22222222-2222-2222-2222-222222222222'").unwrap();
+        assert_eq!(
+            sqlstate_of(&format!(
+                "SELECT count(*) FROM event_bus.emit_module_events('{TENANT}', 'a.b', 'm', NULL, NULL, ARRAY['{{}}'::jsonb])"
+            ))
+            .as_deref(),
+            Some("42501")
+        );
+        Spi::run("RESET ROLE").unwrap();
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_events"), 1002);
+    }
+
+    #[pg_test]
     fn emit_rejects_bad_input_with_sqlstate_and_writes_nothing() {
         Spi::run("SET LOCAL event_bus.max_payload_bytes = 100").unwrap();
         let big = format!("jsonb_build_object('x', repeat('a', 200))");
