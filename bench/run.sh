@@ -44,6 +44,7 @@ cleanup() {
     as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
+trap 'exit 1' TERM
 cleanup
 rm -rf "$WORK"; mkdir -p "$WORK"; chown postgres:postgres "$WORK"
 
@@ -106,7 +107,12 @@ CONN="host=127.0.0.1 port=$PG_PORT user=postgres dbname=bench"
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d bench)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.3f", a/b; else print "-" }'; }
 # seconds a SQL script takes (psql \timing of its last statement is not enough: wall clock)
-timed() { local t0 t1; t0="$(date +%s.%N)"; "${PSQL[@]}" -c "$1" >/dev/null; t1="$(date +%s.%N)"; awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}'; }
+# (runs in a command substitution, where set -e does not reach the caller: a failure ends the script)
+timed() {
+    local t0 t1; t0="$(date +%s.%N)"
+    "${PSQL[@]}" -c "$1" >/dev/null || { echo "bench: statement failed: $1" >&2; kill -TERM $$; exit 1; }
+    t1="$(date +%s.%N)"; awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}'
+}
 
 # a trivial SQL handler, run as its own role
 "${PSQL[@]}" <<'SQL'
@@ -115,6 +121,8 @@ CREATE SCHEMA bench;
 GRANT USAGE ON SCHEMA bench TO bench_handler;
 CREATE FUNCTION bench.h(event event_bus.module_events) RETURNS jsonb LANGUAGE sql
     AS $$ SELECT jsonb_build_object('ok', true, 'n', event.payload -> 'n') $$;
+-- a table shaped like module_events (defaults, indexes, checks), without the extension around it
+CREATE TABLE bench_bare (LIKE event_bus.module_events INCLUDING DEFAULTS INCLUDING INDEXES INCLUDING CONSTRAINTS);
 SQL
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
@@ -194,8 +202,6 @@ BEGIN
     RETURN NEW;
 END $$;
 CREATE TRIGGER bench_emit_posted AFTER UPDATE ON bench_invoices_emit FOR EACH ROW EXECUTE FUNCTION bench_emit_posted();
--- a table shaped like module_events (defaults, indexes, checks), without the extension around it
-CREATE TABLE bench_bare (LIKE event_bus.module_events INCLUDING DEFAULTS INCLUDING INDEXES INCLUDING CONSTRAINTS);
 VACUUM ANALYZE bench_invoices, bench_invoices_emit;
 SQL
     printf '\\set id random(1, 100000)\nUPDATE bench_invoices SET n = n + 1 WHERE id = :id;\n' > "$WORK/update_plain.sql"
