@@ -123,6 +123,10 @@ BEGIN
             USING ERRCODE = '54000',
                   HINT = 'Send a reference (an id or URL) instead of the data, or raise event_bus.max_payload_bytes.';
     END IF;
+    -- a registered payload contract (cached per backend: no query for unregistered types)
+    IF event_bus._has_contract(p_event_type) THEN
+        v_ok := event_bus._check_contract(p_event_type, p_payload, v_metadata ->> 'schema_version', NULL);
+    END IF;
 
     INSERT INTO event_bus.module_events
         (tenant_id, event_type, source_module, entity_type, entity_id, payload, metadata)
@@ -137,7 +141,8 @@ $$;
 
 COMMENT ON FUNCTION event_bus.emit_module_event(uuid, text, text, text, text, jsonb, jsonb) IS
     'Emit an event in the current transaction: it exists if and only if the transaction commits. '
-    'Validates the event type, tenant and payload (a JSON object of at most event_bus.max_payload_bytes) '
+    'Validates the event type, tenant and payload (a JSON object of at most event_bus.max_payload_bytes, '
+    'matching the type''s registered schema if it has one: 23514 with the JSON pointer otherwise) '
     'and writes one row; the worker fans it out to matching subscriptions after commit. Returns the event id. '
     'SECURITY DEFINER: callable from any trigger or role with EXECUTE, without table privileges; a session '
     'bound to a tenant (event_bus.current_tenant()) may emit only for that tenant (42501). Emitted from a SQL '
@@ -220,6 +225,10 @@ BEGIN
             USING ERRCODE = '54000',
                   HINT = 'Send a reference (an id or URL) instead of the data, or raise event_bus.max_payload_bytes. '
                          'Nothing was emitted.';
+    END IF;
+    IF event_bus._has_contract(p_event_type) THEN
+        PERFORM event_bus._check_contract(p_event_type, p.v, v_metadata ->> 'schema_version', p.i)
+           FROM unnest(p_payloads) WITH ORDINALITY AS p(v, i);
     END IF;
 
     RETURN QUERY

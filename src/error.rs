@@ -18,6 +18,23 @@ pub enum EventBusError {
     InvalidSecret { reason: String },
     #[error("event_bus: p_limit {value} is out of range")]
     LimitOutOfRange { value: i32 },
+    #[error("event_bus: {what} of {event_type} does not match its schema (version {version}) at JSON pointer {pointer:?}: {message}")]
+    PayloadContract {
+        what: String,
+        event_type: String,
+        version: i32,
+        pointer: String,
+        message: String,
+        schema_path: String,
+    },
+    #[error("event_bus: event type {event_type} has no schema version {version} (registered: {registered})")]
+    UnknownSchemaVersion { event_type: String, version: String, registered: String },
+    #[error("event_bus: event type {event_type} is not registered and event_bus.strict_event_types is on")]
+    UnregisteredEventType { event_type: String },
+    #[error("event_bus: invalid JSON Schema for {event_type}: {reason}")]
+    InvalidSchema { event_type: String, reason: String },
+    #[error("event_bus: version {version} of {event_type} is already registered with a different schema")]
+    SchemaVersionConflict { event_type: String, version: i32 },
 }
 
 impl EventBusError {
@@ -28,9 +45,12 @@ impl EventBusError {
             | EventBusError::InvalidUrl { .. }
             | EventBusError::InvalidHeaders { .. }
             | EventBusError::InvalidSecret { .. }
-            | EventBusError::LimitOutOfRange { .. } => {
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
-            }
+            | EventBusError::LimitOutOfRange { .. }
+            | EventBusError::UnknownSchemaVersion { .. }
+            | EventBusError::InvalidSchema { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            EventBusError::PayloadContract { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+            EventBusError::UnregisteredEventType { .. } => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            EventBusError::SchemaVersionConflict { .. } => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
         }
     }
 
@@ -56,6 +76,36 @@ impl EventBusError {
                  them), e.g. 'whsec_' || encode(gen_random_bytes(32), 'base64')."
             }
             EventBusError::LimitOutOfRange { .. } => "Pass 1 to 10000 deliveries per call.",
+            EventBusError::PayloadContract { .. } => {
+                "Fix the payload at that pointer (nothing was written), or register a new version of the \
+                 schema with event_bus.register_event_type(...). event_bus.check_payload(type, payload) \
+                 lists every violation."
+            }
+            EventBusError::UnknownSchemaVersion { .. } => {
+                "Set metadata's schema_version to a registered version (see event_bus.event_type_schemas), \
+                 or leave it out to validate against the latest."
+            }
+            EventBusError::UnregisteredEventType { .. } => {
+                "Register the type's payload schema with event_bus.register_event_type(type, version, schema), \
+                 or turn event_bus.strict_event_types off."
+            }
+            EventBusError::InvalidSchema { .. } => {
+                "Pass a JSON Schema (draft 2020-12) object, e.g. '{\"type\": \"object\", \"required\": [\"id\"]}'; \
+                 $ref may point only inside the schema itself."
+            }
+            EventBusError::SchemaVersionConflict { .. } => {
+                "Versions are immutable: register the changed schema as a new version (emitters then validate \
+                 against the latest, or the one their metadata's schema_version names)."
+            }
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        match self {
+            EventBusError::PayloadContract { schema_path, .. } => {
+                Some(format!("Failing schema keyword: {schema_path}"))
+            }
+            _ => None,
         }
     }
 
@@ -63,9 +113,11 @@ impl EventBusError {
     pub fn raise(self) -> ! {
         let code = self.code();
         let hint = self.hint();
-        ErrorReport::new(code, self.to_string(), "event_bus")
-            .set_hint(hint)
-            .report(PgLogLevel::ERROR);
+        let mut report = ErrorReport::new(code, self.to_string(), "event_bus").set_hint(hint);
+        if let Some(detail) = self.detail() {
+            report = report.set_detail(detail);
+        }
+        report.report(PgLogLevel::ERROR);
         unreachable!("ERROR does not return")
     }
 }

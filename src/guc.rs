@@ -47,8 +47,18 @@ pub static TENANT_SETTING: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"app.tenant_id"));
 /// Function returning the session's tenant (overrides TENANT_SETTING).
 pub static TENANT_FUNCTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Whether emit refuses event types without a registered payload schema.
+pub static STRICT_EVENT_TYPES: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 pub fn register() {
+    GucRegistry::define_bool_guc(
+        c"event_bus.strict_event_types",
+        c"Refuse to emit event types that have no schema registered with register_event_type.",
+        c"Off (the default): unregistered types stay free-form. On: emit raises SQLSTATE 42704 for them.",
+        &STRICT_EVENT_TYPES,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"event_bus.max_payload_bytes",
         c"Largest event payload emit accepts, in bytes of its JSON text.",

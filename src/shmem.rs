@@ -31,6 +31,9 @@ pub struct Shared {
     pub slots: [Slot; MAX_SLOTS],
     /// oids of databases without the extension (0 = free entry)
     pub skipped_dbs: [u32; MAX_SKIPPED_DBS],
+    /// bumped at the commit of every change to event_type_schemas (any database): backends
+    /// reload their cached payload contracts when it moved
+    pub contracts_gen: u64,
 }
 
 impl Shared {
@@ -45,6 +48,7 @@ impl Shared {
                 latch: 0,
             }; MAX_SLOTS],
             skipped_dbs: [0; MAX_SKIPPED_DBS],
+            contracts_gen: 0,
         }
     }
 }
@@ -149,6 +153,7 @@ thread_local! {
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
     static WAKE_WORKERS: Cell<bool> = const { Cell::new(false) };
     static WAKE_LAUNCHER: Cell<bool> = const { Cell::new(false) };
+    static CONTRACTS_CHANGED: Cell<bool> = const { Cell::new(false) };
 }
 
 #[pg_guard]
@@ -166,11 +171,19 @@ unsafe extern "C-unwind" fn xact_callback(
                 unskip_database(unsafe { pg_sys::MyDatabaseId }.to_u32());
                 wake_launcher();
             }
+            if CONTRACTS_CHANGED.replace(false) {
+                SHARED.exclusive().contracts_gen += 1;
+                crate::contracts::invalidate_local();
+            }
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             // a rollback wakes nobody
             WAKE_WORKERS.set(false);
             WAKE_LAUNCHER.set(false);
+            // this backend may have cached schemas its own transaction wrote
+            if CONTRACTS_CHANGED.replace(false) {
+                crate::contracts::invalidate_local();
+            }
         }
         _ => {}
     }
@@ -197,6 +210,20 @@ pub fn wake_workers_on_commit() {
     }
     ensure_callback();
     WAKE_WORKERS.set(true);
+}
+
+/// The payload-contract generation every backend compares its cache with (None without shared memory).
+pub fn contracts_gen() -> Option<u64> {
+    attached().then(|| SHARED.share().contracts_gen)
+}
+
+/// Tell every backend to reload payload contracts when the current transaction commits.
+pub fn contracts_changed_on_commit() {
+    if !attached() {
+        return;
+    }
+    ensure_callback();
+    CONTRACTS_CHANGED.set(true);
 }
 
 /// Wake the launcher when the current transaction commits: CREATE/DROP EXTENSION call this so
