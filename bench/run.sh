@@ -6,19 +6,20 @@
 #   sql       events/s to a trivial SQL handler, beside calling the function directly
 #   emit      pgbench: UPDATE with an emitting trigger vs without; emit vs a bare INSERT of the same
 #             row; 1 and 4 clients, synchronous_commit on and off
+#   contract  emit of a type with a registered JSON Schema vs without (pgbench; and the batch form)
 #   batch     100,000 events emitted in one statement (emit_module_events, and emit_module_event per
 #             row) vs the same rows INSERTed
 #   growth    delivery and SQL-handler rates again with GROWTH_EVENTS (5,000,000) completed events,
 #             deliveries and logs in the tables; table sizes before and after retention
 # Exits non-zero if a run errors, not when a target is missed.
-#   EVENTS="10000 100000" RUNS=3 SECTIONS="delivery latency fanout sql emit batch growth" bench/run.sh
+#   EVENTS="10000 100000" RUNS=3 SECTIONS="delivery latency fanout sql emit contract batch growth" bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EVENTS="${EVENTS:-10000 100000}"
 RUNS="${RUNS:-3}"
 LAT_EVENTS="${LAT_EVENTS:-300}"
-SECTIONS="${SECTIONS:-delivery latency fanout sql emit batch growth}"
+SECTIONS="${SECTIONS:-delivery latency fanout sql emit contract batch growth}"
 EMIT_SECONDS="${EMIT_SECONDS:-5}"
 GROWTH_EVENTS="${GROWTH_EVENTS:-5000000}"
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -112,6 +113,11 @@ timed() {
     local t0 t1; t0="$(date +%s.%N)"
     "${PSQL[@]}" -c "$1" >/dev/null || { echo "bench: statement failed: $1" >&2; kill -TERM $$; exit 1; }
     t1="$(date +%s.%N)"; awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}'
+}
+
+tps() { # pgbench script, clients, synchronous_commit -> transactions/s
+    PGOPTIONS="-c synchronous_commit=$3" pgbench -n -T "$EMIT_SECONDS" -c "$2" -j "$2" -f "$WORK/$1" \
+        -h 127.0.0.1 -p "$PG_PORT" -U postgres bench 2>&1 | awk '/^tps/ {printf "%d", $3}'
 }
 
 # a trivial SQL handler, run as its own role
@@ -208,10 +214,6 @@ SQL
     printf '\\set id random(1, 100000)\nUPDATE bench_invoices_emit SET n = n + 1 WHERE id = :id;\n' > "$WORK/update_emit.sql"
     printf "\\\\set id random(1, 100000)\nSELECT event_bus.emit_module_event('11111111-1111-1111-1111-111111111111', 'invoice.posted', 'accounting', 'invoice', ':id', jsonb_build_object('id', :id, 'total', 100));\n" > "$WORK/emit.sql"
     printf "\\\\set id random(1, 100000)\nINSERT INTO bench_bare (tenant_id, event_type, source_module, entity_type, entity_id, payload) VALUES ('11111111-1111-1111-1111-111111111111', 'invoice.posted', 'accounting', 'invoice', ':id', jsonb_build_object('id', :id, 'total', 100));\n" > "$WORK/bare.sql"
-    tps() { # script clients sync -> tps
-        PGOPTIONS="-c synchronous_commit=$3" pgbench -n -T "$EMIT_SECONDS" -c "$2" -j "$2" -f "$WORK/$1" \
-            -h 127.0.0.1 -p "$PG_PORT" -U postgres bench 2>&1 | awk '/^tps/ {printf "%d", $3}'
-    }
     for sync in on off; do
         for clients in 1 4; do
             for pair in "update_emit.sql update_plain.sql UPDATE+emitting-trigger UPDATE" "emit.sql bare.sql emit_module_event bare-INSERT"; do
@@ -224,6 +226,28 @@ SQL
             done
         done
     done
+fi
+
+# --- payload contracts: emit of a type with a registered JSON Schema vs one without ---------
+if want contract; then
+    "${PSQL[@]}" -c "SELECT event_bus.register_event_type('invoice.checked', 1, '{\"type\": \"object\", \"required\": [\"id\", \"total\"], \"properties\": {\"id\": {\"type\": \"integer\"}, \"total\": {\"type\": \"number\", \"minimum\": 0}}}')" >/dev/null
+    for t in posted checked; do
+        printf "\\\\set id random(1, 100000)\nSELECT event_bus.emit_module_event('11111111-1111-1111-1111-111111111111', 'invoice.$t', 'accounting', 'invoice', ':id', jsonb_build_object('id', :id, 'total', 100));\n" > "$WORK/emit_$t.sql"
+    done
+    a=(); b=(); ba=(); bb=()
+    for r in $(seq "$RUNS"); do
+        a+=("$(tps emit_checked.sql 1 off)"); b+=("$(tps emit_posted.sql 1 off)")
+        for t in checked posted; do
+            secs="$(timed "BEGIN; SELECT count(*) FROM event_bus.emit_module_events('11111111-1111-1111-1111-111111111111', 'invoice.$t', 'accounting', 'invoice', NULL, (SELECT array_agg(jsonb_build_object('id', g, 'total', 100)) FROM generate_series(1, 100000) g)); ROLLBACK;")"
+            if [ "$t" = checked ]; then ba+=("$secs"); else bb+=("$secs"); fi
+        done
+    done
+    ma="$(printf '%s\n' "${a[@]}" | median)"; mb="$(printf '%s\n' "${b[@]}" | median)"
+    echo "    contract: emit tps with schema ${a[*]}, without ${b[*]}; batch s with ${ba[*]}, without ${bb[*]}" >&2
+    ROWS+=("| emit_module_event tps, registered schema, 1 client, sync commit off | $ma | no schema $mb | $(ratio "$ma" "$mb") | - |")
+    sa="$(printf '%s\n' "${ba[@]}" | median)"; sb="$(printf '%s\n' "${bb[@]}" | median)"
+    ra="$(awk -v s="$sa" 'BEGIN{printf "%.0f", 100000/s}')"; rb="$(awk -v s="$sb" 'BEGIN{printf "%.0f", 100000/s}')"
+    ROWS+=("| emit_module_events events/s, registered schema, 100000 events | $ra | no schema $rb | $(ratio "$ra" "$rb") | - |")
 fi
 
 # --- batch emit: 100,000 events in one statement --------------------------------------------
