@@ -333,7 +333,7 @@ BEGIN
           FROM unnest(p_event_ids) AS ids(id)
           CROSS JOIN LATERAL (
               SELECT count(*) AS n,
-                     count(*) FILTER (WHERE d.status = 'completed') AS n_completed,
+                     count(*) FILTER (WHERE d.status IN ('completed', 'skipped')) AS n_completed,
                      count(*) FILTER (WHERE d.status = 'failed') AS n_failed,
                      count(*) FILTER (WHERE d.attempts > 0) AS n_attempted,
                      coalesce(sum(d.attempts), 0)
@@ -408,6 +408,8 @@ COMMENT ON FUNCTION event_bus._check_destination(text) IS
 ------------------------------------------------------------------------------------------------
 -- API: Public — subscribe / unsubscribe
 ------------------------------------------------------------------------------------------------
+-- 0.2.0 added ordered / max_in_flight / max_per_second: the 0.1.0 signature goes
+DROP FUNCTION IF EXISTS event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer);
 CREATE OR REPLACE FUNCTION event_bus.subscribe(
     p_event_type       text,
     p_handler_module   text,
@@ -422,7 +424,10 @@ CREATE OR REPLACE FUNCTION event_bus.subscribe(
     p_run_as           name    DEFAULT NULL,
     p_description      text    DEFAULT NULL,
     p_backoff_base_ms  integer DEFAULT NULL,
-    p_backoff_max_ms   integer DEFAULT NULL
+    p_backoff_max_ms   integer DEFAULT NULL,
+    p_ordered          boolean DEFAULT false,
+    p_max_in_flight    integer DEFAULT NULL,
+    p_max_per_second   double precision DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -524,6 +529,14 @@ BEGIN
         RAISE EXCEPTION 'event_bus: backoff out of range'
             USING ERRCODE = '22023', HINT = 'backoff_base_ms is 1..86400000 and backoff_max_ms 1..604800000.';
     END IF;
+    IF p_max_in_flight IS NOT NULL AND p_max_in_flight NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'event_bus: max_in_flight % is out of range', p_max_in_flight
+            USING ERRCODE = '22023', HINT = 'Use 1 to 10000 deliveries in flight, or NULL for no cap.';
+    END IF;
+    IF p_max_per_second IS NOT NULL AND NOT (p_max_per_second > 0 AND p_max_per_second <= 100000) THEN
+        RAISE EXCEPTION 'event_bus: max_per_second % is out of range', p_max_per_second
+            USING ERRCODE = '22023', HINT = 'Use a rate above 0 and at most 100000 per second (0.5 = one every 2 s), or NULL.';
+    END IF;
     IF p_run_as IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = p_run_as) THEN
         RAISE EXCEPTION 'event_bus: role % does not exist', p_run_as
             USING ERRCODE = '42704', HINT = 'Create the role the SQL handler should run as, or pass NULL.';
@@ -531,21 +544,24 @@ BEGIN
 
     INSERT INTO event_bus.module_event_subscriptions
         (event_type, handler_module, handler_kind, handler_url, handler_function, tenant_id, headers,
-         secret, timeout_ms, max_retries, backoff_base_ms, backoff_max_ms, run_as, description)
+         secret, timeout_ms, max_retries, backoff_base_ms, backoff_max_ms, run_as, description,
+         ordered, max_in_flight, max_per_second)
     VALUES
         (p_event_type, p_handler_module, v_kind, p_handler_url, v_function, p_tenant_id,
          coalesce(p_headers, '{}'::jsonb), p_secret, p_timeout_ms, p_max_retries, p_backoff_base_ms,
-         p_backoff_max_ms, p_run_as, p_description)
+         p_backoff_max_ms, p_run_as, p_description, coalesce(p_ordered, false), p_max_in_flight, p_max_per_second)
     RETURNING id INTO v_id;
     RETURN v_id;
 END
 $$;
 
-COMMENT ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer) IS
+COMMENT ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision) IS
     'Subscribe a handler to an event-type pattern (* = one segment, # = zero or more). Exactly one target: '
     'p_handler_url (http/https), or p_handler_function: an Edge Function name (resolved against '
     'event_bus.edge_function_base_url) or a SQL function schema.name(event_bus.module_events). Optional: '
-    'signing secret (Standard Webhooks), extra headers, timeout, retry limit, backoff, tenant filter. '
+    'signing secret (Standard Webhooks), extra headers, timeout, retry limit, backoff, tenant filter; '
+    'p_ordered: each entity''s events one at a time in emit order (a dead one parks its stream); '
+    'p_max_in_flight / p_max_per_second: caps toward the endpoint over all workers. '
     'Applies to events emitted after it commits; replay backfills older ones. Returns the subscription id.';
 
 CREATE OR REPLACE FUNCTION event_bus.unsubscribe(p_subscription_id uuid) RETURNS boolean
@@ -601,7 +617,7 @@ COMMENT ON FUNCTION event_bus.uuid_v7_lower_bound(timestamptz) IS
     'Smallest UUIDv7 of that millisecond: id >= uuid_v7_lower_bound(ts) selects events from ts on by primary key.';
 
 -- emit is for everyone (it is the point); management is for the table owner / admin.
-REVOKE ALL ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus.unsubscribe(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus._refresh_event_status(uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus._emit_prepare(uuid, text, text, jsonb) FROM PUBLIC;

@@ -127,15 +127,32 @@ COMMENT ON FUNCTION event_bus._caller_tenant_scope() IS
 ------------------------------------------------------------------------------------------------
 ALTER TABLE event_bus.module_event_deliveries
     ADD COLUMN attempt_offset integer NOT NULL DEFAULT 0,
+    ADD COLUMN ordering_key text,
+    ADD COLUMN capped_subscription_id uuid,
     DROP CONSTRAINT module_event_deliveries_status_check,
     ADD CONSTRAINT module_event_deliveries_status_check
-        CHECK (status IN ('pending', 'processing', 'completed', 'failed', 'held'));
+        CHECK (status IN ('pending', 'processing', 'completed', 'failed', 'held', 'waiting', 'skipped'));
 COMMENT ON COLUMN event_bus.module_event_deliveries.attempt_offset IS
     'Attempts made before the last manual retry or replay: the retry budget and the backoff count '
     'from here, while attempt numbers in the log keep growing.';
+COMMENT ON COLUMN event_bus.module_event_deliveries.ordering_key IS
+    'For an ordered subscription: the entity stream (["entity_type", "entity_id"]) this delivery belongs '
+    'to, together with tenant_id and subscription_id; NULL when unordered or the event names no entity.';
+COMMENT ON COLUMN event_bus.module_event_deliveries.capped_subscription_id IS
+    'Internal: the subscription id while it has max_in_flight (set at claim), so in-flight deliveries of '
+    'capped subscriptions are counted from a small index.';
 COMMENT ON COLUMN event_bus.module_event_deliveries.status IS
     'pending (due at next_attempt_at), processing (leased until next_attempt_at), completed, failed (dead), '
-    'held (its subscription''s circuit breaker is open; released when it closes).';
+    'held (its subscription''s circuit breaker is open; released when it closes), waiting (behind an earlier '
+    'unfinished delivery of its ordered stream), skipped (a dead delivery an operator skipped).';
+-- ordered streams: the unfinished deliveries of each (subscription, tenant, entity), in emit order
+CREATE INDEX module_event_deliveries_stream_idx
+    ON event_bus.module_event_deliveries (subscription_id, tenant_id, ordering_key, event_id)
+    WHERE ordering_key IS NOT NULL AND status IN ('waiting', 'pending', 'processing', 'held', 'failed');
+-- in-flight deliveries of subscriptions with max_in_flight
+CREATE INDEX module_event_deliveries_in_flight_idx
+    ON event_bus.module_event_deliveries (capped_subscription_id, next_attempt_at)
+    WHERE capped_subscription_id IS NOT NULL AND status = 'processing';
 -- held deliveries of one subscription, released when its breaker closes
 CREATE INDEX module_event_deliveries_held_idx
     ON event_bus.module_event_deliveries (subscription_id) WHERE status = 'held';
@@ -158,7 +175,23 @@ ALTER TABLE event_bus.module_event_subscriptions
     ADD COLUMN last_success_at      timestamptz,
     ADD COLUMN last_failure_at      timestamptz,
     ADD COLUMN last_error           text,
-    ADD CONSTRAINT module_event_subscriptions_breaker_check CHECK (breaker_threshold BETWEEN 0 AND 1000000);
+    ADD COLUMN ordered              boolean NOT NULL DEFAULT false,
+    ADD COLUMN max_in_flight        integer,
+    ADD COLUMN max_per_second       double precision,
+    ADD COLUMN rate_next_at         timestamptz,
+    ADD CONSTRAINT module_event_subscriptions_breaker_check CHECK (breaker_threshold BETWEEN 0 AND 1000000),
+    ADD CONSTRAINT module_event_subscriptions_max_in_flight_check CHECK (max_in_flight BETWEEN 1 AND 10000),
+    ADD CONSTRAINT module_event_subscriptions_max_per_second_check CHECK (max_per_second > 0 AND max_per_second <= 100000);
+COMMENT ON COLUMN event_bus.module_event_subscriptions.ordered IS
+    'Deliver each entity''s events (same tenant, entity_type and entity_id) one at a time in emit order; a '
+    'dead delivery parks its entity''s stream until it is retried or skipped (see parked_streams).';
+COMMENT ON COLUMN event_bus.module_event_subscriptions.max_in_flight IS
+    'At most this many deliveries of this subscription in flight at once, over all workers; NULL = no cap.';
+COMMENT ON COLUMN event_bus.module_event_subscriptions.max_per_second IS
+    'At most this many deliveries per second started toward this subscription, over all workers, evenly '
+    'spaced; NULL = no limit.';
+COMMENT ON COLUMN event_bus.module_event_subscriptions.rate_next_at IS
+    'Internal: when the next delivery of a rate-limited subscription may start.';
 COMMENT ON COLUMN event_bus.module_event_subscriptions.breaker_threshold IS
     'Consecutive failed attempts that open the circuit breaker; NULL = event_bus.breaker_threshold, 0 = never.';
 COMMENT ON COLUMN event_bus.module_event_subscriptions.consecutive_failures IS
@@ -222,7 +255,7 @@ GRANT SELECT ON event_bus.module_events, event_bus.module_event_deliveries, even
 GRANT SELECT (id, event_type, handler_module, handler_kind, handler_function, tenant_id, timeout_ms,
               max_retries, description, is_active, created_at, updated_at, breaker_threshold,
               consecutive_failures, breaker_opened_at, breaker_open_until, last_success_at,
-              last_failure_at, last_error)
+              last_failure_at, last_error, ordered, max_in_flight, max_per_second)
     ON event_bus.module_event_subscriptions TO event_bus_reader;
 
 ALTER TABLE event_bus.module_events ENABLE ROW LEVEL SECURITY;
@@ -581,7 +614,7 @@ BEGIN
           FROM unnest(p_event_ids) AS ids(id)
           CROSS JOIN LATERAL (
               SELECT count(*) AS n,
-                     count(*) FILTER (WHERE d.status = 'completed') AS n_completed,
+                     count(*) FILTER (WHERE d.status IN ('completed', 'skipped')) AS n_completed,
                      count(*) FILTER (WHERE d.status = 'failed') AS n_failed,
                      count(*) FILTER (WHERE d.attempts > 0) AS n_attempted,
                      coalesce(sum(d.attempts), 0)
@@ -656,6 +689,8 @@ COMMENT ON FUNCTION event_bus._check_destination(text) IS
 ------------------------------------------------------------------------------------------------
 -- API: Public — subscribe / unsubscribe
 ------------------------------------------------------------------------------------------------
+-- 0.2.0 added ordered / max_in_flight / max_per_second: the 0.1.0 signature goes
+DROP FUNCTION IF EXISTS event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer);
 CREATE OR REPLACE FUNCTION event_bus.subscribe(
     p_event_type       text,
     p_handler_module   text,
@@ -670,7 +705,10 @@ CREATE OR REPLACE FUNCTION event_bus.subscribe(
     p_run_as           name    DEFAULT NULL,
     p_description      text    DEFAULT NULL,
     p_backoff_base_ms  integer DEFAULT NULL,
-    p_backoff_max_ms   integer DEFAULT NULL
+    p_backoff_max_ms   integer DEFAULT NULL,
+    p_ordered          boolean DEFAULT false,
+    p_max_in_flight    integer DEFAULT NULL,
+    p_max_per_second   double precision DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -772,6 +810,14 @@ BEGIN
         RAISE EXCEPTION 'event_bus: backoff out of range'
             USING ERRCODE = '22023', HINT = 'backoff_base_ms is 1..86400000 and backoff_max_ms 1..604800000.';
     END IF;
+    IF p_max_in_flight IS NOT NULL AND p_max_in_flight NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'event_bus: max_in_flight % is out of range', p_max_in_flight
+            USING ERRCODE = '22023', HINT = 'Use 1 to 10000 deliveries in flight, or NULL for no cap.';
+    END IF;
+    IF p_max_per_second IS NOT NULL AND NOT (p_max_per_second > 0 AND p_max_per_second <= 100000) THEN
+        RAISE EXCEPTION 'event_bus: max_per_second % is out of range', p_max_per_second
+            USING ERRCODE = '22023', HINT = 'Use a rate above 0 and at most 100000 per second (0.5 = one every 2 s), or NULL.';
+    END IF;
     IF p_run_as IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = p_run_as) THEN
         RAISE EXCEPTION 'event_bus: role % does not exist', p_run_as
             USING ERRCODE = '42704', HINT = 'Create the role the SQL handler should run as, or pass NULL.';
@@ -779,21 +825,24 @@ BEGIN
 
     INSERT INTO event_bus.module_event_subscriptions
         (event_type, handler_module, handler_kind, handler_url, handler_function, tenant_id, headers,
-         secret, timeout_ms, max_retries, backoff_base_ms, backoff_max_ms, run_as, description)
+         secret, timeout_ms, max_retries, backoff_base_ms, backoff_max_ms, run_as, description,
+         ordered, max_in_flight, max_per_second)
     VALUES
         (p_event_type, p_handler_module, v_kind, p_handler_url, v_function, p_tenant_id,
          coalesce(p_headers, '{}'::jsonb), p_secret, p_timeout_ms, p_max_retries, p_backoff_base_ms,
-         p_backoff_max_ms, p_run_as, p_description)
+         p_backoff_max_ms, p_run_as, p_description, coalesce(p_ordered, false), p_max_in_flight, p_max_per_second)
     RETURNING id INTO v_id;
     RETURN v_id;
 END
 $$;
 
-COMMENT ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer) IS
+COMMENT ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision) IS
     'Subscribe a handler to an event-type pattern (* = one segment, # = zero or more). Exactly one target: '
     'p_handler_url (http/https), or p_handler_function: an Edge Function name (resolved against '
     'event_bus.edge_function_base_url) or a SQL function schema.name(event_bus.module_events). Optional: '
-    'signing secret (Standard Webhooks), extra headers, timeout, retry limit, backoff, tenant filter. '
+    'signing secret (Standard Webhooks), extra headers, timeout, retry limit, backoff, tenant filter; '
+    'p_ordered: each entity''s events one at a time in emit order (a dead one parks its stream); '
+    'p_max_in_flight / p_max_per_second: caps toward the endpoint over all workers. '
     'Applies to events emitted after it commits; replay backfills older ones. Returns the subscription id.';
 
 CREATE OR REPLACE FUNCTION event_bus.unsubscribe(p_subscription_id uuid) RETURNS boolean
@@ -849,7 +898,7 @@ COMMENT ON FUNCTION event_bus.uuid_v7_lower_bound(timestamptz) IS
     'Smallest UUIDv7 of that millisecond: id >= uuid_v7_lower_bound(ts) selects events from ts on by primary key.';
 
 -- emit is for everyone (it is the point); management is for the table owner / admin.
-REVOKE ALL ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus.unsubscribe(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus._refresh_event_status(uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus._emit_prepare(uuid, text, text, jsonb) FROM PUBLIC;
@@ -1145,8 +1194,9 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_events uuid[];
-    v_count  integer;
+    v_events  uuid[];
+    v_count   integer;
+    v_ordered uuid[];
 BEGIN
     WITH r AS (
         UPDATE event_bus.module_event_deliveries d
@@ -1157,9 +1207,13 @@ BEGIN
           FROM event_bus.module_event_subscriptions s
          WHERE d.id = ANY (p_delivery_ids)
            AND s.id = d.subscription_id
-           AND d.status IN ('completed', 'failed')
-        RETURNING d.event_id)
-    SELECT array_agg(DISTINCT r.event_id), count(*) INTO v_events, v_count FROM r;
+           AND d.status IN ('completed', 'failed', 'skipped')
+        RETURNING d.event_id, d.id, d.ordering_key)
+    SELECT array_agg(DISTINCT r.event_id), count(*), array_agg(r.id) FILTER (WHERE r.ordering_key IS NOT NULL)
+      INTO v_events, v_count, v_ordered FROM r;
+    IF v_ordered IS NOT NULL THEN
+        PERFORM event_bus._order_streams(v_ordered);
+    END IF;
     IF v_count > 0 THEN
         PERFORM event_bus._refresh_event_status(v_events);
         PERFORM event_bus._wake_on_commit();
@@ -1169,6 +1223,152 @@ END
 $$;
 COMMENT ON FUNCTION event_bus._rearm(uuid[]) IS
     'Internal: make finished deliveries due now with a fresh retry budget (held if their breaker is open).';
+
+------------------------------------------------------------------------------------------------
+-- Ordered subscriptions: one unfinished delivery at a time per entity stream, in emit order.
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus._lock_streams() RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- one lock per database (advisory locks are per database): fan-outs, claims and stream moves that
+    -- involve ordered or limited subscriptions take it for the rest of their (short) transaction
+    SELECT pg_catalog.pg_advisory_xact_lock(1700951411, 1);
+$$;
+COMMENT ON FUNCTION event_bus._lock_streams() IS
+    'Internal: serialise, until commit, the transactions that decide which delivery of an ordered stream '
+    'may run and how many deliveries a limited subscription has in flight.';
+
+CREATE OR REPLACE FUNCTION event_bus._advance_streams(p_delivery_ids uuid[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    PERFORM event_bus._lock_streams();
+    -- the streams of these deliveries (NULL: every stream with a waiting delivery) whose earliest
+    -- unfinished delivery is waiting with nothing ahead of it: make it due now
+    WITH k AS (
+        SELECT DISTINCT d.subscription_id, d.tenant_id, d.ordering_key
+          FROM event_bus.module_event_deliveries d
+         WHERE d.ordering_key IS NOT NULL
+           AND CASE WHEN p_delivery_ids IS NULL THEN d.status = 'waiting' ELSE d.id = ANY (p_delivery_ids) END
+    ), nxt AS (
+        SELECT (SELECT w.id FROM event_bus.module_event_deliveries w
+                 WHERE w.subscription_id = k.subscription_id AND w.tenant_id = k.tenant_id
+                   AND w.ordering_key = k.ordering_key AND w.status = 'waiting'
+                 ORDER BY w.event_id LIMIT 1) AS id
+          FROM k
+         WHERE NOT EXISTS (
+               SELECT 1 FROM event_bus.module_event_deliveries a
+                WHERE a.subscription_id = k.subscription_id AND a.tenant_id = k.tenant_id
+                  AND a.ordering_key = k.ordering_key
+                  AND a.status IN ('pending', 'processing', 'held', 'failed'))
+    ), upd AS (
+        UPDATE event_bus.module_event_deliveries d
+           SET status = CASE WHEN s.breaker_open_until IS NOT NULL THEN 'held' ELSE 'pending' END,
+               next_attempt_at = now()
+          FROM nxt, event_bus.module_event_subscriptions s
+         WHERE d.id = nxt.id AND d.status = 'waiting' AND s.id = d.subscription_id
+        RETURNING 1)
+    SELECT count(*)::integer INTO v_count FROM upd;
+    RETURN v_count;
+END
+$$;
+COMMENT ON FUNCTION event_bus._advance_streams(uuid[]) IS
+    'Internal: after deliveries of ordered streams finish (or, with NULL, for every stream), make each '
+    'stream''s next waiting delivery due when nothing earlier is unfinished.';
+
+CREATE OR REPLACE FUNCTION event_bus._order_streams(p_delivery_ids uuid[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    PERFORM event_bus._lock_streams();
+    -- re-armed deliveries of ordered streams wait behind anything earlier that is unfinished
+    WITH upd AS (
+        UPDATE event_bus.module_event_deliveries d
+           SET status = 'waiting'
+         WHERE d.id = ANY (p_delivery_ids)
+           AND d.ordering_key IS NOT NULL
+           AND d.status IN ('pending', 'held')
+           AND EXISTS (
+               SELECT 1 FROM event_bus.module_event_deliveries a
+                WHERE a.subscription_id = d.subscription_id AND a.tenant_id = d.tenant_id
+                  AND a.ordering_key = d.ordering_key AND a.event_id < d.event_id
+                  AND a.status IN ('waiting', 'pending', 'processing', 'held', 'failed'))
+        RETURNING 1)
+    SELECT count(*)::integer INTO v_count FROM upd;
+    RETURN v_count;
+END
+$$;
+COMMENT ON FUNCTION event_bus._order_streams(uuid[]) IS
+    'Internal: after a retry or replay re-armed deliveries, put those of ordered streams that have an '
+    'earlier unfinished delivery back to waiting, so a stream still runs one at a time in emit order.';
+
+CREATE OR REPLACE VIEW event_bus.parked_streams WITH (security_invoker = true) AS
+SELECT d.subscription_id,
+       s.handler_module,
+       d.tenant_id,
+       e.entity_type,
+       e.entity_id,
+       d.id              AS delivery_id,
+       d.event_id,
+       e.event_type,
+       d.attempts,
+       d.last_error,
+       d.completed_at    AS parked_at,
+       (SELECT count(*) FROM event_bus.module_event_deliveries w
+         WHERE w.subscription_id = d.subscription_id AND w.tenant_id = d.tenant_id
+           AND w.ordering_key = d.ordering_key AND w.status = 'waiting') AS waiting
+  FROM event_bus.module_event_deliveries d
+  JOIN event_bus.module_events e ON e.id = d.event_id
+  LEFT JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+ WHERE d.ordering_key IS NOT NULL AND d.status = 'failed';
+COMMENT ON VIEW event_bus.parked_streams IS
+    'Entity streams of ordered subscriptions held back by a dead delivery: the dead delivery, its last '
+    'error and how many deliveries wait behind it. Resume with retry_event(event_id) (deliver it again, '
+    'then the rest in order) or skip_delivery(delivery_id) (give it up and go on with the next).';
+
+CREATE OR REPLACE FUNCTION event_bus.skip_delivery(p_delivery_id uuid) RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_scope uuid := event_bus._write_scope();
+    v_event uuid;
+BEGIN
+    PERFORM event_bus._lock_streams();
+    UPDATE event_bus.module_event_deliveries d
+       SET status = 'skipped',
+           completed_at = now(),
+           last_error = left(coalesce(d.last_error || ' ', '') || '(skipped by ' || event_bus._caller() || ')', 2000)
+     WHERE d.id = p_delivery_id AND d.status = 'failed'
+       AND (v_scope IS NULL OR d.tenant_id = v_scope)
+    RETURNING d.event_id INTO v_event;
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT 1 FROM event_bus.module_event_deliveries d
+                    WHERE d.id = p_delivery_id AND (v_scope IS NULL OR d.tenant_id = v_scope)) THEN
+            RAISE EXCEPTION 'event_bus: delivery % is not dead', p_delivery_id
+                USING ERRCODE = '55000', HINT = 'Only failed (dead) deliveries can be skipped; see dead_letters.';
+        END IF;
+        RAISE EXCEPTION 'event_bus: delivery % not found', p_delivery_id
+            USING ERRCODE = 'P0002', HINT = 'It may belong to another tenant, or retention may have deleted it.';
+    END IF;
+    PERFORM event_bus._advance_streams(ARRAY[p_delivery_id]);
+    PERFORM event_bus._refresh_event_status(ARRAY[v_event]);
+    PERFORM event_bus._wake_on_commit();
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION event_bus.skip_delivery(uuid) IS
+    'Give up a dead delivery: it becomes skipped (kept with its attempt log, not sent again) and, in an '
+    'ordered subscription, its parked entity stream goes on with the next delivery. Operators for their '
+    'tenant, admins for any. 55000 if the delivery is not dead, P0002 if not found.';
 
 ------------------------------------------------------------------------------------------------
 -- API: Public — retry_event / retry_failed
@@ -1281,9 +1481,10 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_scope  uuid := event_bus._write_scope();
-    v_count  bigint;
-    v_events uuid[];
+    v_scope   uuid := event_bus._write_scope();
+    v_count   bigint;
+    v_events  uuid[];
+    v_ordered uuid[];
 BEGIN
     IF p_event_type IS NULL AND p_source_module IS NULL AND p_tenant_id IS NULL AND p_from IS NULL
        AND p_to IS NULL AND p_subscription_id IS NULL THEN
@@ -1323,9 +1524,13 @@ BEGIN
                next_attempt_at = now(),
                attempt_offset = d.attempts,
                completed_at = NULL
-         WHERE d.status IN ('completed', 'failed')
-        RETURNING d.event_id)
-    SELECT count(*), array_agg(DISTINCT up.event_id) INTO v_count, v_events FROM up;
+         WHERE d.status IN ('completed', 'failed', 'skipped')
+        RETURNING d.event_id, d.id, d.ordering_key)
+    SELECT count(*), array_agg(DISTINCT up.event_id), array_agg(up.id) FILTER (WHERE up.ordering_key IS NOT NULL)
+      INTO v_count, v_events, v_ordered FROM up;
+    IF v_ordered IS NOT NULL THEN
+        PERFORM event_bus._order_streams(v_ordered);
+    END IF;
     IF v_count > 0 THEN
         PERFORM event_bus._refresh_event_status(v_events);
         PERFORM event_bus._wake_on_commit();
@@ -1498,23 +1703,27 @@ BEGIN
            || 'event_bus_deliveries{status="pending"} ' || count(*) FILTER (WHERE d.status = 'pending') || E'\n'
            || 'event_bus_deliveries{status="processing"} ' || count(*) FILTER (WHERE d.status = 'processing') || E'\n'
            || 'event_bus_deliveries{status="held"} ' || count(*) FILTER (WHERE d.status = 'held') || E'\n'
+           || 'event_bus_deliveries{status="waiting"} ' || count(*) FILTER (WHERE d.status = 'waiting') || E'\n'
            || E'# HELP event_bus_deliveries_due Deliveries due now (queue depth).\n'
            || E'# TYPE event_bus_deliveries_due gauge\n'
            || 'event_bus_deliveries_due '
-           || count(*) FILTER (WHERE d.status <> 'held' AND d.next_attempt_at <= now()) || E'\n'
+           || count(*) FILTER (WHERE d.status IN ('pending', 'processing') AND d.next_attempt_at <= now()) || E'\n'
            || E'# HELP event_bus_oldest_due_seconds How long the longest-waiting due delivery has been due.\n'
            || E'# TYPE event_bus_oldest_due_seconds gauge\n'
            || 'event_bus_oldest_due_seconds '
            || coalesce(round(extract(epoch FROM now() - min(d.next_attempt_at)
-                             FILTER (WHERE d.status <> 'held' AND d.next_attempt_at <= now())), 3), 0) || E'\n'
+                             FILTER (WHERE d.status IN ('pending', 'processing') AND d.next_attempt_at <= now())), 3), 0) || E'\n'
       INTO v_out
       FROM event_bus.module_event_deliveries d
-     WHERE d.status IN ('pending', 'processing', 'held');
+     WHERE d.status IN ('pending', 'processing', 'held', 'waiting');
 
     SELECT v_out
            || E'# HELP event_bus_dead_letters Dead deliveries currently kept.\n'
            || E'# TYPE event_bus_dead_letters gauge\n'
            || 'event_bus_dead_letters ' || count(*) || E'\n'
+           || E'# HELP event_bus_parked_streams Entity streams of ordered subscriptions held back by a dead delivery.\n'
+           || E'# TYPE event_bus_parked_streams gauge\n'
+           || 'event_bus_parked_streams ' || count(*) FILTER (WHERE d.ordering_key IS NOT NULL) || E'\n'
       INTO v_out
       FROM event_bus.module_event_deliveries d
      WHERE d.status = 'failed';
@@ -1714,6 +1923,11 @@ BEGIN
        SET status = 'pending', next_attempt_at = now()
       FROM event_bus.module_event_subscriptions s
      WHERE d.status = 'held' AND s.id = d.subscription_id AND s.breaker_open_until IS NULL;
+    -- a stream whose head finished in a transaction that did not see its next delivery yet
+    IF EXISTS (SELECT 1 FROM event_bus.module_event_deliveries w
+                WHERE w.ordering_key IS NOT NULL AND w.status = 'waiting') THEN
+        PERFORM event_bus._advance_streams(NULL);
+    END IF;
     -- an open breaker whose cool-down ended without a probe on its way (the probe went dead, or
     -- the deliveries arrived after it opened): pick one
     FOR r IN
@@ -1742,7 +1956,8 @@ REVOKE ALL ON FUNCTION event_bus._write_scope(), event_bus._rearm(uuid[]), event
     event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid),
     event_bus._release(uuid),
     event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer),
-    event_bus._maintenance(integer) FROM PUBLIC;
+    event_bus._maintenance(integer), event_bus._lock_streams(), event_bus._advance_streams(uuid[]),
+    event_bus._order_streams(uuid[]) FROM PUBLIC;
 -- reading: a tenant's readers (row-level security filters), admins
 REVOKE ALL ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer),
     event_bus.event_detail(uuid), event_bus.event_stats(interval, uuid),
@@ -1750,21 +1965,24 @@ REVOKE ALL ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz
 GRANT EXECUTE ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer),
     event_bus.event_detail(uuid), event_bus.event_stats(interval, uuid),
     event_bus.event_stats_by_type(interval, uuid) TO event_bus_reader, event_bus_admin;
-GRANT SELECT ON event_bus.dead_letters, event_bus.subscription_health TO event_bus_reader, event_bus_admin;
+GRANT SELECT ON event_bus.dead_letters, event_bus.subscription_health, event_bus.parked_streams
+    TO event_bus_reader, event_bus_admin;
 -- repairing: operators (their tenant), admins
 REVOKE ALL ON FUNCTION event_bus.retry_event(uuid),
     event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz),
-    event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean) FROM PUBLIC;
+    event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean),
+    event_bus.skip_delivery(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_bus.retry_event(uuid),
     event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz),
-    event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean)
+    event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean),
+    event_bus.skip_delivery(uuid)
     TO event_bus_operator, event_bus_admin;
 -- managing: admins
 REVOKE ALL ON FUNCTION event_bus.metrics(), event_bus.reset_breaker(uuid),
     event_bus.purge_completed(interval, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_bus.metrics(), event_bus.reset_breaker(uuid),
     event_bus.purge_completed(interval, integer),
-    event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer),
+    event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision),
     event_bus.unsubscribe(uuid), event_bus.process_pending_events(integer),
     event_bus._rearm(uuid[]), event_bus._hold(uuid), event_bus._release(uuid),
     event_bus._refresh_event_status(uuid[]),

@@ -132,8 +132,9 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_events uuid[];
-    v_count  integer;
+    v_events  uuid[];
+    v_count   integer;
+    v_ordered uuid[];
 BEGIN
     WITH r AS (
         UPDATE event_bus.module_event_deliveries d
@@ -144,9 +145,13 @@ BEGIN
           FROM event_bus.module_event_subscriptions s
          WHERE d.id = ANY (p_delivery_ids)
            AND s.id = d.subscription_id
-           AND d.status IN ('completed', 'failed')
-        RETURNING d.event_id)
-    SELECT array_agg(DISTINCT r.event_id), count(*) INTO v_events, v_count FROM r;
+           AND d.status IN ('completed', 'failed', 'skipped')
+        RETURNING d.event_id, d.id, d.ordering_key)
+    SELECT array_agg(DISTINCT r.event_id), count(*), array_agg(r.id) FILTER (WHERE r.ordering_key IS NOT NULL)
+      INTO v_events, v_count, v_ordered FROM r;
+    IF v_ordered IS NOT NULL THEN
+        PERFORM event_bus._order_streams(v_ordered);
+    END IF;
     IF v_count > 0 THEN
         PERFORM event_bus._refresh_event_status(v_events);
         PERFORM event_bus._wake_on_commit();
@@ -156,6 +161,152 @@ END
 $$;
 COMMENT ON FUNCTION event_bus._rearm(uuid[]) IS
     'Internal: make finished deliveries due now with a fresh retry budget (held if their breaker is open).';
+
+------------------------------------------------------------------------------------------------
+-- Ordered subscriptions: one unfinished delivery at a time per entity stream, in emit order.
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus._lock_streams() RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- one lock per database (advisory locks are per database): fan-outs, claims and stream moves that
+    -- involve ordered or limited subscriptions take it for the rest of their (short) transaction
+    SELECT pg_catalog.pg_advisory_xact_lock(1700951411, 1);
+$$;
+COMMENT ON FUNCTION event_bus._lock_streams() IS
+    'Internal: serialise, until commit, the transactions that decide which delivery of an ordered stream '
+    'may run and how many deliveries a limited subscription has in flight.';
+
+CREATE OR REPLACE FUNCTION event_bus._advance_streams(p_delivery_ids uuid[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    PERFORM event_bus._lock_streams();
+    -- the streams of these deliveries (NULL: every stream with a waiting delivery) whose earliest
+    -- unfinished delivery is waiting with nothing ahead of it: make it due now
+    WITH k AS (
+        SELECT DISTINCT d.subscription_id, d.tenant_id, d.ordering_key
+          FROM event_bus.module_event_deliveries d
+         WHERE d.ordering_key IS NOT NULL
+           AND CASE WHEN p_delivery_ids IS NULL THEN d.status = 'waiting' ELSE d.id = ANY (p_delivery_ids) END
+    ), nxt AS (
+        SELECT (SELECT w.id FROM event_bus.module_event_deliveries w
+                 WHERE w.subscription_id = k.subscription_id AND w.tenant_id = k.tenant_id
+                   AND w.ordering_key = k.ordering_key AND w.status = 'waiting'
+                 ORDER BY w.event_id LIMIT 1) AS id
+          FROM k
+         WHERE NOT EXISTS (
+               SELECT 1 FROM event_bus.module_event_deliveries a
+                WHERE a.subscription_id = k.subscription_id AND a.tenant_id = k.tenant_id
+                  AND a.ordering_key = k.ordering_key
+                  AND a.status IN ('pending', 'processing', 'held', 'failed'))
+    ), upd AS (
+        UPDATE event_bus.module_event_deliveries d
+           SET status = CASE WHEN s.breaker_open_until IS NOT NULL THEN 'held' ELSE 'pending' END,
+               next_attempt_at = now()
+          FROM nxt, event_bus.module_event_subscriptions s
+         WHERE d.id = nxt.id AND d.status = 'waiting' AND s.id = d.subscription_id
+        RETURNING 1)
+    SELECT count(*)::integer INTO v_count FROM upd;
+    RETURN v_count;
+END
+$$;
+COMMENT ON FUNCTION event_bus._advance_streams(uuid[]) IS
+    'Internal: after deliveries of ordered streams finish (or, with NULL, for every stream), make each '
+    'stream''s next waiting delivery due when nothing earlier is unfinished.';
+
+CREATE OR REPLACE FUNCTION event_bus._order_streams(p_delivery_ids uuid[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    PERFORM event_bus._lock_streams();
+    -- re-armed deliveries of ordered streams wait behind anything earlier that is unfinished
+    WITH upd AS (
+        UPDATE event_bus.module_event_deliveries d
+           SET status = 'waiting'
+         WHERE d.id = ANY (p_delivery_ids)
+           AND d.ordering_key IS NOT NULL
+           AND d.status IN ('pending', 'held')
+           AND EXISTS (
+               SELECT 1 FROM event_bus.module_event_deliveries a
+                WHERE a.subscription_id = d.subscription_id AND a.tenant_id = d.tenant_id
+                  AND a.ordering_key = d.ordering_key AND a.event_id < d.event_id
+                  AND a.status IN ('waiting', 'pending', 'processing', 'held', 'failed'))
+        RETURNING 1)
+    SELECT count(*)::integer INTO v_count FROM upd;
+    RETURN v_count;
+END
+$$;
+COMMENT ON FUNCTION event_bus._order_streams(uuid[]) IS
+    'Internal: after a retry or replay re-armed deliveries, put those of ordered streams that have an '
+    'earlier unfinished delivery back to waiting, so a stream still runs one at a time in emit order.';
+
+CREATE OR REPLACE VIEW event_bus.parked_streams WITH (security_invoker = true) AS
+SELECT d.subscription_id,
+       s.handler_module,
+       d.tenant_id,
+       e.entity_type,
+       e.entity_id,
+       d.id              AS delivery_id,
+       d.event_id,
+       e.event_type,
+       d.attempts,
+       d.last_error,
+       d.completed_at    AS parked_at,
+       (SELECT count(*) FROM event_bus.module_event_deliveries w
+         WHERE w.subscription_id = d.subscription_id AND w.tenant_id = d.tenant_id
+           AND w.ordering_key = d.ordering_key AND w.status = 'waiting') AS waiting
+  FROM event_bus.module_event_deliveries d
+  JOIN event_bus.module_events e ON e.id = d.event_id
+  LEFT JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+ WHERE d.ordering_key IS NOT NULL AND d.status = 'failed';
+COMMENT ON VIEW event_bus.parked_streams IS
+    'Entity streams of ordered subscriptions held back by a dead delivery: the dead delivery, its last '
+    'error and how many deliveries wait behind it. Resume with retry_event(event_id) (deliver it again, '
+    'then the rest in order) or skip_delivery(delivery_id) (give it up and go on with the next).';
+
+CREATE OR REPLACE FUNCTION event_bus.skip_delivery(p_delivery_id uuid) RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_scope uuid := event_bus._write_scope();
+    v_event uuid;
+BEGIN
+    PERFORM event_bus._lock_streams();
+    UPDATE event_bus.module_event_deliveries d
+       SET status = 'skipped',
+           completed_at = now(),
+           last_error = left(coalesce(d.last_error || ' ', '') || '(skipped by ' || event_bus._caller() || ')', 2000)
+     WHERE d.id = p_delivery_id AND d.status = 'failed'
+       AND (v_scope IS NULL OR d.tenant_id = v_scope)
+    RETURNING d.event_id INTO v_event;
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT 1 FROM event_bus.module_event_deliveries d
+                    WHERE d.id = p_delivery_id AND (v_scope IS NULL OR d.tenant_id = v_scope)) THEN
+            RAISE EXCEPTION 'event_bus: delivery % is not dead', p_delivery_id
+                USING ERRCODE = '55000', HINT = 'Only failed (dead) deliveries can be skipped; see dead_letters.';
+        END IF;
+        RAISE EXCEPTION 'event_bus: delivery % not found', p_delivery_id
+            USING ERRCODE = 'P0002', HINT = 'It may belong to another tenant, or retention may have deleted it.';
+    END IF;
+    PERFORM event_bus._advance_streams(ARRAY[p_delivery_id]);
+    PERFORM event_bus._refresh_event_status(ARRAY[v_event]);
+    PERFORM event_bus._wake_on_commit();
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION event_bus.skip_delivery(uuid) IS
+    'Give up a dead delivery: it becomes skipped (kept with its attempt log, not sent again) and, in an '
+    'ordered subscription, its parked entity stream goes on with the next delivery. Operators for their '
+    'tenant, admins for any. 55000 if the delivery is not dead, P0002 if not found.';
 
 ------------------------------------------------------------------------------------------------
 -- API: Public — retry_event / retry_failed
@@ -268,9 +419,10 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_scope  uuid := event_bus._write_scope();
-    v_count  bigint;
-    v_events uuid[];
+    v_scope   uuid := event_bus._write_scope();
+    v_count   bigint;
+    v_events  uuid[];
+    v_ordered uuid[];
 BEGIN
     IF p_event_type IS NULL AND p_source_module IS NULL AND p_tenant_id IS NULL AND p_from IS NULL
        AND p_to IS NULL AND p_subscription_id IS NULL THEN
@@ -310,9 +462,13 @@ BEGIN
                next_attempt_at = now(),
                attempt_offset = d.attempts,
                completed_at = NULL
-         WHERE d.status IN ('completed', 'failed')
-        RETURNING d.event_id)
-    SELECT count(*), array_agg(DISTINCT up.event_id) INTO v_count, v_events FROM up;
+         WHERE d.status IN ('completed', 'failed', 'skipped')
+        RETURNING d.event_id, d.id, d.ordering_key)
+    SELECT count(*), array_agg(DISTINCT up.event_id), array_agg(up.id) FILTER (WHERE up.ordering_key IS NOT NULL)
+      INTO v_count, v_events, v_ordered FROM up;
+    IF v_ordered IS NOT NULL THEN
+        PERFORM event_bus._order_streams(v_ordered);
+    END IF;
     IF v_count > 0 THEN
         PERFORM event_bus._refresh_event_status(v_events);
         PERFORM event_bus._wake_on_commit();
@@ -485,23 +641,27 @@ BEGIN
            || 'event_bus_deliveries{status="pending"} ' || count(*) FILTER (WHERE d.status = 'pending') || E'\n'
            || 'event_bus_deliveries{status="processing"} ' || count(*) FILTER (WHERE d.status = 'processing') || E'\n'
            || 'event_bus_deliveries{status="held"} ' || count(*) FILTER (WHERE d.status = 'held') || E'\n'
+           || 'event_bus_deliveries{status="waiting"} ' || count(*) FILTER (WHERE d.status = 'waiting') || E'\n'
            || E'# HELP event_bus_deliveries_due Deliveries due now (queue depth).\n'
            || E'# TYPE event_bus_deliveries_due gauge\n'
            || 'event_bus_deliveries_due '
-           || count(*) FILTER (WHERE d.status <> 'held' AND d.next_attempt_at <= now()) || E'\n'
+           || count(*) FILTER (WHERE d.status IN ('pending', 'processing') AND d.next_attempt_at <= now()) || E'\n'
            || E'# HELP event_bus_oldest_due_seconds How long the longest-waiting due delivery has been due.\n'
            || E'# TYPE event_bus_oldest_due_seconds gauge\n'
            || 'event_bus_oldest_due_seconds '
            || coalesce(round(extract(epoch FROM now() - min(d.next_attempt_at)
-                             FILTER (WHERE d.status <> 'held' AND d.next_attempt_at <= now())), 3), 0) || E'\n'
+                             FILTER (WHERE d.status IN ('pending', 'processing') AND d.next_attempt_at <= now())), 3), 0) || E'\n'
       INTO v_out
       FROM event_bus.module_event_deliveries d
-     WHERE d.status IN ('pending', 'processing', 'held');
+     WHERE d.status IN ('pending', 'processing', 'held', 'waiting');
 
     SELECT v_out
            || E'# HELP event_bus_dead_letters Dead deliveries currently kept.\n'
            || E'# TYPE event_bus_dead_letters gauge\n'
            || 'event_bus_dead_letters ' || count(*) || E'\n'
+           || E'# HELP event_bus_parked_streams Entity streams of ordered subscriptions held back by a dead delivery.\n'
+           || E'# TYPE event_bus_parked_streams gauge\n'
+           || 'event_bus_parked_streams ' || count(*) FILTER (WHERE d.ordering_key IS NOT NULL) || E'\n'
       INTO v_out
       FROM event_bus.module_event_deliveries d
      WHERE d.status = 'failed';
@@ -701,6 +861,11 @@ BEGIN
        SET status = 'pending', next_attempt_at = now()
       FROM event_bus.module_event_subscriptions s
      WHERE d.status = 'held' AND s.id = d.subscription_id AND s.breaker_open_until IS NULL;
+    -- a stream whose head finished in a transaction that did not see its next delivery yet
+    IF EXISTS (SELECT 1 FROM event_bus.module_event_deliveries w
+                WHERE w.ordering_key IS NOT NULL AND w.status = 'waiting') THEN
+        PERFORM event_bus._advance_streams(NULL);
+    END IF;
     -- an open breaker whose cool-down ended without a probe on its way (the probe went dead, or
     -- the deliveries arrived after it opened): pick one
     FOR r IN
@@ -729,7 +894,8 @@ REVOKE ALL ON FUNCTION event_bus._write_scope(), event_bus._rearm(uuid[]), event
     event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid),
     event_bus._release(uuid),
     event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer),
-    event_bus._maintenance(integer) FROM PUBLIC;
+    event_bus._maintenance(integer), event_bus._lock_streams(), event_bus._advance_streams(uuid[]),
+    event_bus._order_streams(uuid[]) FROM PUBLIC;
 -- reading: a tenant's readers (row-level security filters), admins
 REVOKE ALL ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer),
     event_bus.event_detail(uuid), event_bus.event_stats(interval, uuid),
@@ -737,21 +903,24 @@ REVOKE ALL ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz
 GRANT EXECUTE ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer),
     event_bus.event_detail(uuid), event_bus.event_stats(interval, uuid),
     event_bus.event_stats_by_type(interval, uuid) TO event_bus_reader, event_bus_admin;
-GRANT SELECT ON event_bus.dead_letters, event_bus.subscription_health TO event_bus_reader, event_bus_admin;
+GRANT SELECT ON event_bus.dead_letters, event_bus.subscription_health, event_bus.parked_streams
+    TO event_bus_reader, event_bus_admin;
 -- repairing: operators (their tenant), admins
 REVOKE ALL ON FUNCTION event_bus.retry_event(uuid),
     event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz),
-    event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean) FROM PUBLIC;
+    event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean),
+    event_bus.skip_delivery(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_bus.retry_event(uuid),
     event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz),
-    event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean)
+    event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean),
+    event_bus.skip_delivery(uuid)
     TO event_bus_operator, event_bus_admin;
 -- managing: admins
 REVOKE ALL ON FUNCTION event_bus.metrics(), event_bus.reset_breaker(uuid),
     event_bus.purge_completed(interval, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_bus.metrics(), event_bus.reset_breaker(uuid),
     event_bus.purge_completed(interval, integer),
-    event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer),
+    event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision),
     event_bus.unsubscribe(uuid), event_bus.process_pending_events(integer),
     event_bus._rearm(uuid[]), event_bus._hold(uuid), event_bus._release(uuid),
     event_bus._refresh_event_status(uuid[]),

@@ -7,15 +7,32 @@
 ------------------------------------------------------------------------------------------------
 ALTER TABLE event_bus.module_event_deliveries
     ADD COLUMN attempt_offset integer NOT NULL DEFAULT 0,
+    ADD COLUMN ordering_key text,
+    ADD COLUMN capped_subscription_id uuid,
     DROP CONSTRAINT module_event_deliveries_status_check,
     ADD CONSTRAINT module_event_deliveries_status_check
-        CHECK (status IN ('pending', 'processing', 'completed', 'failed', 'held'));
+        CHECK (status IN ('pending', 'processing', 'completed', 'failed', 'held', 'waiting', 'skipped'));
 COMMENT ON COLUMN event_bus.module_event_deliveries.attempt_offset IS
     'Attempts made before the last manual retry or replay: the retry budget and the backoff count '
     'from here, while attempt numbers in the log keep growing.';
+COMMENT ON COLUMN event_bus.module_event_deliveries.ordering_key IS
+    'For an ordered subscription: the entity stream (["entity_type", "entity_id"]) this delivery belongs '
+    'to, together with tenant_id and subscription_id; NULL when unordered or the event names no entity.';
+COMMENT ON COLUMN event_bus.module_event_deliveries.capped_subscription_id IS
+    'Internal: the subscription id while it has max_in_flight (set at claim), so in-flight deliveries of '
+    'capped subscriptions are counted from a small index.';
 COMMENT ON COLUMN event_bus.module_event_deliveries.status IS
     'pending (due at next_attempt_at), processing (leased until next_attempt_at), completed, failed (dead), '
-    'held (its subscription''s circuit breaker is open; released when it closes).';
+    'held (its subscription''s circuit breaker is open; released when it closes), waiting (behind an earlier '
+    'unfinished delivery of its ordered stream), skipped (a dead delivery an operator skipped).';
+-- ordered streams: the unfinished deliveries of each (subscription, tenant, entity), in emit order
+CREATE INDEX module_event_deliveries_stream_idx
+    ON event_bus.module_event_deliveries (subscription_id, tenant_id, ordering_key, event_id)
+    WHERE ordering_key IS NOT NULL AND status IN ('waiting', 'pending', 'processing', 'held', 'failed');
+-- in-flight deliveries of subscriptions with max_in_flight
+CREATE INDEX module_event_deliveries_in_flight_idx
+    ON event_bus.module_event_deliveries (capped_subscription_id, next_attempt_at)
+    WHERE capped_subscription_id IS NOT NULL AND status = 'processing';
 -- held deliveries of one subscription, released when its breaker closes
 CREATE INDEX module_event_deliveries_held_idx
     ON event_bus.module_event_deliveries (subscription_id) WHERE status = 'held';
@@ -38,7 +55,23 @@ ALTER TABLE event_bus.module_event_subscriptions
     ADD COLUMN last_success_at      timestamptz,
     ADD COLUMN last_failure_at      timestamptz,
     ADD COLUMN last_error           text,
-    ADD CONSTRAINT module_event_subscriptions_breaker_check CHECK (breaker_threshold BETWEEN 0 AND 1000000);
+    ADD COLUMN ordered              boolean NOT NULL DEFAULT false,
+    ADD COLUMN max_in_flight        integer,
+    ADD COLUMN max_per_second       double precision,
+    ADD COLUMN rate_next_at         timestamptz,
+    ADD CONSTRAINT module_event_subscriptions_breaker_check CHECK (breaker_threshold BETWEEN 0 AND 1000000),
+    ADD CONSTRAINT module_event_subscriptions_max_in_flight_check CHECK (max_in_flight BETWEEN 1 AND 10000),
+    ADD CONSTRAINT module_event_subscriptions_max_per_second_check CHECK (max_per_second > 0 AND max_per_second <= 100000);
+COMMENT ON COLUMN event_bus.module_event_subscriptions.ordered IS
+    'Deliver each entity''s events (same tenant, entity_type and entity_id) one at a time in emit order; a '
+    'dead delivery parks its entity''s stream until it is retried or skipped (see parked_streams).';
+COMMENT ON COLUMN event_bus.module_event_subscriptions.max_in_flight IS
+    'At most this many deliveries of this subscription in flight at once, over all workers; NULL = no cap.';
+COMMENT ON COLUMN event_bus.module_event_subscriptions.max_per_second IS
+    'At most this many deliveries per second started toward this subscription, over all workers, evenly '
+    'spaced; NULL = no limit.';
+COMMENT ON COLUMN event_bus.module_event_subscriptions.rate_next_at IS
+    'Internal: when the next delivery of a rate-limited subscription may start.';
 COMMENT ON COLUMN event_bus.module_event_subscriptions.breaker_threshold IS
     'Consecutive failed attempts that open the circuit breaker; NULL = event_bus.breaker_threshold, 0 = never.';
 COMMENT ON COLUMN event_bus.module_event_subscriptions.consecutive_failures IS
@@ -102,7 +135,7 @@ GRANT SELECT ON event_bus.module_events, event_bus.module_event_deliveries, even
 GRANT SELECT (id, event_type, handler_module, handler_kind, handler_function, tenant_id, timeout_ms,
               max_retries, description, is_active, created_at, updated_at, breaker_threshold,
               consecutive_failures, breaker_opened_at, breaker_open_until, last_success_at,
-              last_failure_at, last_error)
+              last_failure_at, last_error, ordered, max_in_flight, max_per_second)
     ON event_bus.module_event_subscriptions TO event_bus_reader;
 
 ALTER TABLE event_bus.module_events ENABLE ROW LEVEL SECURITY;

@@ -71,7 +71,10 @@ mod tests {
         let not_uuid = error_of(&emit(r#"{"invoice_id": "I-1", "total": 1}"#, "{}")).unwrap();
         assert!(not_uuid.contains("\"/invoice_id\""), "{not_uuid}");
         let missing = error_of(&emit(r#"{"total": 1}"#, "{}")).unwrap();
-        assert!(missing.starts_with("23514: ") && missing.contains("invoice_id"), "{missing}");
+        assert!(
+            missing.starts_with("23514: ") && missing.contains("invoice_id"),
+            "{missing}"
+        );
 
         // only the conforming emits were written (1 free-form + 1 good)
         assert_eq!(count("SELECT count(*) FROM event_bus.module_events"), 2);
@@ -83,8 +86,14 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert!(found.contains("/invoice_id /properties/invoice_id/format"), "{found}");
-        assert!(found.contains("/total /properties/total/minimum"), "{found}");
+        assert!(
+            found.contains("/invoice_id /properties/invoice_id/format"),
+            "{found}"
+        );
+        assert!(
+            found.contains("/total /properties/total/minimum"),
+            "{found}"
+        );
         assert_eq!(
             count(&format!(
                 "SELECT count(*) FROM event_bus.check_payload('invoice.posted', '{GOOD}')"
@@ -111,7 +120,10 @@ mod tests {
              CREATE TRIGGER ct_emit AFTER INSERT ON public.ct_invoices FOR EACH ROW EXECUTE FUNCTION public.ct_emit();"
         ))
         .unwrap();
-        Spi::run("INSERT INTO public.ct_invoices VALUES ('6f1c1e0e-2f7e-4c39-9a0e-6c1f1b5c1a11', 10)").unwrap();
+        Spi::run(
+            "INSERT INTO public.ct_invoices VALUES ('6f1c1e0e-2f7e-4c39-9a0e-6c1f1b5c1a11', 10)",
+        )
+        .unwrap();
         assert_eq!(
             sqlstate_of("INSERT INTO public.ct_invoices VALUES ('7f1c1e0e-2f7e-4c39-9a0e-6c1f1b5c1a11', -5)").as_deref(),
             Some("23514")
@@ -131,12 +143,21 @@ mod tests {
         );
         // the latest version applies by default
         let e = error_of(&emit(GOOD, "{}")).unwrap();
-        assert!(e.starts_with("23514: ") && e.contains("version 2") && e.contains("currency"), "{e}");
+        assert!(
+            e.starts_with("23514: ") && e.contains("version 2") && e.contains("currency"),
+            "{e}"
+        );
         // an emitter still on v1 says so
         assert_eq!(error_of(&emit(GOOD, r#"{"schema_version": 1}"#)), None);
-        assert_eq!(error_of(&emit(&GOOD.replace('}', r#", "currency": "EUR"}"#), "{}")), None);
+        assert_eq!(
+            error_of(&emit(&GOOD.replace('}', r#", "currency": "EUR"}"#), "{}")),
+            None
+        );
         let unknown = error_of(&emit(GOOD, r#"{"schema_version": 7}"#)).unwrap();
-        assert!(unknown.starts_with("22023: ") && unknown.contains("registered: 1, 2"), "{unknown}");
+        assert!(
+            unknown.starts_with("22023: ") && unknown.contains("registered: 1, 2"),
+            "{unknown}"
+        );
         assert_eq!(
             sqlstate_of(&emit(GOOD, r#"{"schema_version": "x"}"#)).as_deref(),
             Some("22023")
@@ -161,7 +182,10 @@ mod tests {
         ] {
             assert_eq!(sqlstate_of(sql).as_deref(), Some(state), "{sql}");
         }
-        assert_eq!(count("SELECT count(*) FROM event_bus.event_type_schemas"), 2);
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.event_type_schemas"),
+            2
+        );
 
         // unregistering v2 makes v1 the latest; unregistering all makes the type free-form again
         assert_eq!(
@@ -185,8 +209,14 @@ mod tests {
                      NULL, ARRAY['{GOOD}'::jsonb, '{GOOD}', '{third}'])"
             )
         };
-        let e = error_of(&batch(r#"{"invoice_id": "6f1c1e0e-2f7e-4c39-9a0e-6c1f1b5c1a11"}"#)).unwrap();
-        assert!(e.starts_with("23514: event_bus: payload 3 of invoice.posted"), "{e}");
+        let e = error_of(&batch(
+            r#"{"invoice_id": "6f1c1e0e-2f7e-4c39-9a0e-6c1f1b5c1a11"}"#,
+        ))
+        .unwrap();
+        assert!(
+            e.starts_with("23514: event_bus: payload 3 of invoice.posted"),
+            "{e}"
+        );
         assert_eq!(count("SELECT count(*) FROM event_bus.module_events"), 0);
         assert_eq!(error_of(&batch(GOOD)), None);
         assert_eq!(count("SELECT count(*) FROM event_bus.module_events"), 3);
@@ -201,7 +231,10 @@ mod tests {
             "SELECT event_bus.emit_module_event('11111111-1111-1111-1111-111111111111', 'order.created', 'sales', 'order', 'O-1', '{}')",
         )
         .unwrap();
-        assert!(e.starts_with("42704: ") && e.contains("order.created"), "{e}");
+        assert!(
+            e.starts_with("42704: ") && e.contains("order.created"),
+            "{e}"
+        );
         assert_eq!(count("SELECT count(*) FROM event_bus.module_events"), 1);
     }
 
@@ -218,7 +251,8 @@ mod tests {
         for role in ["ct_reader", "ct_app"] {
             Spi::run(&format!("SET LOCAL ROLE {role}")).unwrap();
             assert_eq!(
-                sqlstate_of("SELECT event_bus.register_event_type('order.created', 1, '{}')").as_deref(),
+                sqlstate_of("SELECT event_bus.register_event_type('order.created', 1, '{}')")
+                    .as_deref(),
                 Some("42501"),
                 "{role}"
             );
@@ -230,15 +264,27 @@ mod tests {
             Spi::run("RESET ROLE").unwrap();
         }
         Spi::run("SET LOCAL ROLE ct_reader").unwrap();
-        assert_eq!(count("SELECT count(*) FROM event_bus.event_type_schemas"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.event_type_schemas"),
+            1
+        );
         Spi::run("RESET ROLE").unwrap();
         Spi::run("SET LOCAL ROLE ct_admin").unwrap();
-        Spi::run("SELECT event_bus.register_event_type('order.created', 1, '{\"type\": \"object\"}')").unwrap();
+        Spi::run(
+            "SELECT event_bus.register_event_type('order.created', 1, '{\"type\": \"object\"}')",
+        )
+        .unwrap();
         Spi::run("RESET ROLE").unwrap();
-        assert_eq!(count("SELECT count(*) FROM event_bus.event_type_schemas"), 2);
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.event_type_schemas"),
+            2
+        );
         // an application role emitting a registered type is validated like anyone else
         Spi::run("SET LOCAL ROLE ct_app").unwrap();
-        assert_eq!(sqlstate_of(&emit(r#"{"total": 1}"#, "{}")).as_deref(), Some("23514"));
+        assert_eq!(
+            sqlstate_of(&emit(r#"{"total": 1}"#, "{}")).as_deref(),
+            Some("23514")
+        );
         Spi::run("RESET ROLE").unwrap();
     }
 }

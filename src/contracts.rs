@@ -141,7 +141,10 @@ pub fn has_contract(event_type: &str) -> bool {
 }
 
 /// The compiled schema of `event_type` at `version` (None = the latest), loading/compiling it.
-fn validator_for(event_type: &str, version: Option<&str>) -> Option<(i32, Rc<jsonschema::Validator>)> {
+fn validator_for(
+    event_type: &str,
+    version: Option<&str>,
+) -> Option<(i32, Rc<jsonschema::Validator>)> {
     ensure_loaded();
     CACHE.with(|c| {
         let mut c = c.borrow_mut();

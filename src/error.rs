@@ -28,7 +28,11 @@ pub enum EventBusError {
         schema_path: String,
     },
     #[error("event_bus: event type {event_type} has no schema version {version} (registered: {registered})")]
-    UnknownSchemaVersion { event_type: String, version: String, registered: String },
+    UnknownSchemaVersion {
+        event_type: String,
+        version: String,
+        registered: String,
+    },
     #[error("event_bus: event type {event_type} is not registered and event_bus.strict_event_types is on")]
     UnregisteredEventType { event_type: String },
     #[error("event_bus: invalid JSON Schema for {event_type}: {reason}")]
@@ -47,7 +51,9 @@ impl EventBusError {
             | EventBusError::InvalidSecret { .. }
             | EventBusError::LimitOutOfRange { .. }
             | EventBusError::UnknownSchemaVersion { .. }
-            | EventBusError::InvalidSchema { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            | EventBusError::InvalidSchema { .. } => {
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
+            }
             EventBusError::PayloadContract { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
             EventBusError::UnregisteredEventType { .. } => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             EventBusError::SchemaVersionConflict { .. } => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,

@@ -75,7 +75,11 @@ extension_sql_file!(
     requires = ["tenant"]
 );
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_2_0"]);
-extension_sql_file!("../sql/contracts.sql", name = "contracts", requires = ["api"]);
+extension_sql_file!(
+    "../sql/contracts.sql",
+    name = "contracts",
+    requires = ["api"]
+);
 extension_sql_file!("../sql/operations.sql", name = "operations", finalize);
 
 #[pg_guard]

@@ -208,19 +208,35 @@ mod tests {
                  SELECT '{}'::jsonb $f$;",
         )
         .unwrap();
-        subscribe("work.slow", "slowpoke", "inv.slow", ", p_timeout_ms => 200, p_max_retries => 0");
+        subscribe(
+            "work.slow",
+            "slowpoke",
+            "inv.slow",
+            ", p_timeout_ms => 200, p_max_retries => 0",
+        );
         subscribe("work.#", "quick", "inv.record", "");
         emit(TENANT, "work.slow", "test", "{}");
         let started = std::time::Instant::now();
         assert_eq!(process(100), 2);
         let took = started.elapsed();
         assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
-        let err = text("SELECT error_message FROM event_bus.module_event_logs WHERE status = 'failed'");
+        let err =
+            text("SELECT error_message FROM event_bus.module_event_logs WHERE status = 'failed'");
         assert!(err.contains("inv.slow timed out after 200 ms"), "{err}");
-        assert_eq!(count("SELECT count(*) FROM inv.calls WHERE handler = 'slow'"), 0, "rolled back");
-        assert_eq!(count("SELECT count(*) FROM inv.calls WHERE handler = 'record'"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM inv.calls WHERE handler = 'slow'"),
+            0,
+            "rolled back"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM inv.calls WHERE handler = 'record'"),
+            1
+        );
         // no cancel left pending for the caller
-        assert_eq!(count("SELECT count(*) FROM pg_class WHERE relname = 'pg_class'"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM pg_class WHERE relname = 'pg_class'"),
+            1
+        );
     }
 
     #[pg_test]

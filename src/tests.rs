@@ -104,7 +104,10 @@ pub mod tests {
             count(&format!("SELECT count(*) FROM event_bus.emit_module_events('{TENANT}', 'a.b', 'm', NULL, NULL, '{{}}')")),
             0
         );
-        assert_eq!(count("SELECT count(*) FROM event_bus.module_events WHERE entity_id IS NULL"), 2);
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_events WHERE entity_id IS NULL"),
+            2
+        );
         // a session bound to another tenant may not emit a batch for this one
         assert_eq!(sqlstate_of("SELECT 1"), None);
         Spi::run("CREATE ROLE eb_batch_reader NOLOGIN IN ROLE event_bus_reader").unwrap();

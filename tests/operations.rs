@@ -165,25 +165,40 @@ fn a_schema_registered_in_one_session_binds_every_other_session_from_its_commit(
             &[&TENANT, &total],
         )
     };
-    let state = |r: Result<u64, postgres::Error>| r.err().and_then(|e| e.code().map(|c| c.code().to_string()));
+    let state = |r: Result<u64, postgres::Error>| {
+        r.err().and_then(|e| e.code().map(|c| c.code().to_string()))
+    };
     // b has emitted (and cached "no contracts") before any schema exists
     assert_eq!(state(emit_total(&mut b, "\"ten\"")), None);
-    let schema = r#"{"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}}"#;
+    let schema =
+        r#"{"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}}"#;
 
     // registered but not committed: b is not bound yet
     a.batch_execute("BEGIN").unwrap();
-    a.execute("SELECT event_bus.register_event_type('invoice.posted', 1, $1::text::jsonb)", &[&schema])
-        .unwrap();
-    assert_eq!(state(emit_total(&mut a, "\"ten\"")).as_deref(), Some("23514"));
+    a.execute(
+        "SELECT event_bus.register_event_type('invoice.posted', 1, $1::text::jsonb)",
+        &[&schema],
+    )
+    .unwrap();
+    assert_eq!(
+        state(emit_total(&mut a, "\"ten\"")).as_deref(),
+        Some("23514")
+    );
     a.batch_execute("ROLLBACK").unwrap();
     assert_eq!(state(emit_total(&mut b, "\"ten\"")), None);
     // after a rollback, a is free again too
     assert_eq!(state(emit_total(&mut a, "\"ten\"")), None);
 
     // committed: b's next emit is checked, without reconnecting
-    a.execute("SELECT event_bus.register_event_type('invoice.posted', 1, $1::text::jsonb)", &[&schema])
-        .unwrap();
-    assert_eq!(state(emit_total(&mut b, "\"ten\"")).as_deref(), Some("23514"));
+    a.execute(
+        "SELECT event_bus.register_event_type('invoice.posted', 1, $1::text::jsonb)",
+        &[&schema],
+    )
+    .unwrap();
+    assert_eq!(
+        state(emit_total(&mut b, "\"ten\"")).as_deref(),
+        Some("23514")
+    );
     assert_eq!(state(emit_total(&mut b, "10")), None);
 
     // a new version reaches b the same way; unregistering frees the type everywhere
@@ -193,7 +208,11 @@ fn a_schema_registered_in_one_session_binds_every_other_session_from_its_commit(
     )
     .unwrap();
     assert_eq!(state(emit_total(&mut b, "10")).as_deref(), Some("23514"));
-    a.execute("SELECT event_bus.unregister_event_type('invoice.posted')", &[]).unwrap();
+    a.execute(
+        "SELECT event_bus.unregister_event_type('invoice.posted')",
+        &[],
+    )
+    .unwrap();
     assert_eq!(state(emit_total(&mut b, "\"ten\"")), None);
     let written: i64 = b
         .query_one("SELECT count(*) FROM event_bus.module_events", &[])

@@ -29,6 +29,8 @@ pub struct Claimed {
     pub max_retries: i32,
     pub backoff_base_ms: i64,
     pub backoff_max_ms: i64,
+    /// Part of an ordered subscription's entity stream: finishing it may let the next one run.
+    pub ordered: bool,
 }
 
 /// Longest a finished outcome waits for others before it is recorded.
@@ -228,13 +230,7 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                     return Some(Err(installed));
                 }
                 let settings = ClaimSettings::read();
-                // retries and expired leases first, then new events
-                let (mut jobs, due) = claim(limit as i64, &settings);
-                let left = limit.saturating_sub(jobs.len());
-                if left > 0 {
-                    jobs.extend(fan_out(left as i64, &settings));
-                }
-                Some(Ok((jobs, due)))
+                Some(Ok(claim_and_fan_out(limit as i64, &settings)))
             });
             match result {
                 Ok(None) => {
@@ -471,7 +467,7 @@ const JOB_COLUMNS: &str =
            'deliveryid', d.id,
            'metadata', e.metadata,
            'data', e.payload)::text,
-       d.attempt_offset";
+       d.attempt_offset, d.ordering_key IS NOT NULL";
 
 /// Fan new events out: one delivery per matching active subscription, created already leased to
 /// this worker (first attempt), so a new event costs no separate claim. Events that match nothing
@@ -533,6 +529,208 @@ fn fan_out(limit: i64, settings: &ClaimSettings) -> Vec<Job> {
         jobs_from(table, settings)
     })
     .unwrap_or_else(|e| panic!("fan-out failed: {e}"))
+}
+
+/// Are there active subscriptions that are ordered or limited? Then claims and fan-outs take the
+/// stream lock and the SQL that honours them; otherwise the plain (faster) statements run.
+fn special_mode() -> bool {
+    Spi::connect_mut(|client| {
+        let table = exec(
+            client,
+            "special_mode",
+            || {
+                "SELECT EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions s
+                                 WHERE s.is_active
+                                   AND (s.ordered OR s.max_in_flight IS NOT NULL OR s.max_per_second IS NOT NULL))"
+                    .to_string()
+            },
+            &[],
+            &[],
+        )?;
+        table.first().get_one::<bool>()
+    })
+    .unwrap_or_else(|e| panic!("reading subscription modes failed: {e}"))
+    .unwrap_or(false)
+}
+
+fn lock_streams() {
+    Spi::run("SELECT event_bus._lock_streams()")
+        .unwrap_or_else(|e| panic!("taking the stream lock failed: {e}"));
+}
+
+/// One claim round: due retries and expired leases first, then new events. With ordered or
+/// limited subscriptions, under the stream lock, with the statements that honour them.
+fn claim_and_fan_out(limit: i64, settings: &ClaimSettings) -> (Vec<Job>, Option<f64>) {
+    let special = special_mode();
+    if special {
+        lock_streams();
+    }
+    let (mut jobs, mut due) = claim(limit, settings, special);
+    let left = (limit - jobs.len() as i64).max(0);
+    if left > 0 {
+        if special {
+            let (fanned, queued) = fan_out_special(left, settings);
+            jobs.extend(fanned);
+            if queued {
+                // deliveries of limited subscriptions wait for the next claim, which is due now
+                due = Some(0.0);
+            }
+        } else {
+            jobs.extend(fan_out(left, settings));
+        }
+    }
+    (jobs, due)
+}
+
+/// The fan-out for ordered and limited subscriptions: a delivery with an earlier unfinished one
+/// in its entity stream waits; deliveries of limited subscriptions are queued for the claim,
+/// which applies the limits.
+fn fan_out_special(limit: i64, settings: &ClaimSettings) -> (Vec<Job>, bool) {
+    let sql = || {
+        format!(
+        "WITH ev AS (
+             SELECT e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id
+               FROM event_bus.module_events e
+              WHERE e.dispatched_at IS NULL
+              ORDER BY e.id
+              LIMIT $1
+                FOR UPDATE SKIP LOCKED
+         ), m AS (
+             SELECT ev.id AS event_id, ev.tenant_id, s.id AS sub_id, s.timeout_ms,
+                    s.breaker_open_until IS NOT NULL AS breaker_open,
+                    (s.max_in_flight IS NOT NULL OR s.max_per_second IS NOT NULL) AS limited,
+                    CASE WHEN s.ordered AND ev.entity_id IS NOT NULL
+                         THEN jsonb_build_array(ev.entity_type, ev.entity_id)::text END AS okey
+               FROM ev
+               JOIN event_bus.module_event_subscriptions s
+                 ON s.is_active
+                AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
+                AND event_bus.matches(s.event_type, ev.event_type)
+         ), r AS (
+             SELECT m.*,
+                    m.okey IS NOT NULL
+                    AND (row_number() OVER (PARTITION BY m.sub_id, m.tenant_id, m.okey ORDER BY m.event_id) > 1
+                         OR EXISTS (SELECT 1 FROM event_bus.module_event_deliveries a
+                                     WHERE a.subscription_id = m.sub_id AND a.tenant_id = m.tenant_id
+                                       AND a.ordering_key = m.okey
+                                       AND a.status IN ('waiting', 'pending', 'processing', 'held', 'failed')))
+                      AS waits
+               FROM m
+         ), ins AS (
+             INSERT INTO event_bus.module_event_deliveries
+                 (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at,
+                  ordering_key)
+             SELECT event_bus._delivery_id(r.event_id, r.sub_id), r.event_id, r.sub_id, r.tenant_id,
+                    CASE WHEN r.waits THEN 'waiting' WHEN r.breaker_open THEN 'held'
+                         WHEN r.limited THEN 'pending' ELSE 'processing' END,
+                    CASE WHEN r.waits OR r.breaker_open OR r.limited THEN 0 ELSE 1 END,
+                    CASE WHEN r.waits OR r.breaker_open OR r.limited THEN NULL ELSE now() END,
+                    CASE WHEN r.waits OR r.breaker_open OR r.limited THEN now()
+                         ELSE now() + (coalesce(r.timeout_ms, $2) + $3) * interval '1 millisecond' END,
+                    r.okey
+               FROM r
+              ORDER BY r.event_id, r.sub_id
+             ON CONFLICT (event_id, subscription_id) DO NOTHING
+             RETURNING *
+         ), matched AS (
+             SELECT DISTINCT event_id FROM ins
+         ), upd AS (
+             UPDATE event_bus.module_events e
+                SET dispatched_at = now(),
+                    status = CASE WHEN m.event_id IS NULL THEN 'completed' ELSE e.status END,
+                    processed_at = CASE WHEN m.event_id IS NULL THEN now() ELSE e.processed_at END
+               FROM ev LEFT JOIN matched m ON m.event_id = ev.id
+              WHERE e.id = ev.id
+             RETURNING 1
+         ), counted AS (
+             UPDATE event_bus._counters c
+                SET value = c.value + (SELECT count(*) FROM ev)
+              WHERE c.name = 'events_dispatched' AND EXISTS (SELECT 1 FROM ev)
+         )
+         SELECT {JOB_COLUMNS}, d.status = 'pending'
+           FROM ins d
+           JOIN event_bus.module_events e ON e.id = d.event_id
+           JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+          WHERE d.status IN ('processing', 'pending')
+          ORDER BY d.event_id, d.subscription_id"
+    )
+    };
+    Spi::connect_mut(|client| {
+        let table = client.update(sql().as_str(), None, &settings.args(limit))?;
+        // rows queued for the claim (column 19) are not jobs yet
+        let mut queued = false;
+        let mut rows = Vec::new();
+        for row in table {
+            if row.get::<bool>(19)?.unwrap_or(false) {
+                queued = true;
+            } else {
+                rows.push(row_to_job(&row, settings)?);
+            }
+        }
+        Ok::<_, pgrx::spi::Error>((rows, queued))
+    })
+    .unwrap_or_else(|e| panic!("fan-out failed: {e}"))
+}
+
+/// Subscriptions with limits: how many more may start now (free: NULL = no cap), and from when
+/// the rate allows the next one (base). Deliveries of subscriptions with no room are "blocked".
+/// A rate allows starts up to RATE_SLACK early, so one claim may take a few at high rates.
+const LIMITS_CTE: &str = "lim AS (
+             SELECT s.id, s.max_per_second AS rate,
+                    s.max_in_flight
+                      - (SELECT count(*) FROM event_bus.module_event_deliveries f
+                          WHERE f.capped_subscription_id = s.id AND f.status = 'processing'
+                            AND f.next_attempt_at > now())::integer AS free,
+                    greatest(coalesce(s.rate_next_at, now()), now()) AS base
+               FROM event_bus.module_event_subscriptions s
+              WHERE s.max_in_flight IS NOT NULL OR s.max_per_second IS NOT NULL
+         ), blocked AS (
+             SELECT lim.id FROM lim
+              WHERE lim.free <= 0 OR lim.base > now() + interval '2 milliseconds'
+         )";
+
+/// The claim for when limited subscriptions exist (under the stream lock, so the limits hold over
+/// all workers): no more than `free` in flight per capped subscription, starts of rate-limited
+/// ones spaced 1/rate apart.
+fn claim_limited_sql() -> String {
+    format!(
+        "WITH {LIMITS_CTE}, cand AS (
+             SELECT d.id, d.subscription_id, d.next_attempt_at
+               FROM event_bus.module_event_deliveries d
+              WHERE d.status IN ('pending', 'processing')
+                AND d.next_attempt_at <= now()
+                AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.id = d.subscription_id)
+              ORDER BY d.next_attempt_at
+              LIMIT $1
+                FOR UPDATE SKIP LOCKED
+         ), ranked AS (
+             SELECT cand.id, cand.subscription_id,
+                    row_number() OVER (PARTITION BY cand.subscription_id ORDER BY cand.next_attempt_at, cand.id) AS rn
+               FROM cand
+         ), c AS (
+             SELECT r.id, r.subscription_id
+               FROM ranked r LEFT JOIN lim l ON l.id = r.subscription_id
+              WHERE l.id IS NULL
+                 OR ((l.free IS NULL OR r.rn <= l.free)
+                     AND (l.rate IS NULL
+                          OR l.base + (r.rn - 1) / l.rate * interval '1 second' <= now() + interval '2 milliseconds'))
+         ), paced AS (
+             UPDATE event_bus.module_event_subscriptions s
+                SET rate_next_at = l.base + n.k / l.rate * interval '1 second'
+               FROM (SELECT c.subscription_id, count(*) AS k FROM c GROUP BY c.subscription_id) n
+               JOIN lim l ON l.id = n.subscription_id
+              WHERE s.id = n.subscription_id AND l.rate IS NOT NULL
+         )
+         UPDATE event_bus.module_event_deliveries d
+            SET status = 'processing',
+                attempts = d.attempts + 1,
+                last_attempt_at = now(),
+                next_attempt_at = now() + (coalesce(s.timeout_ms, $2) + $3) * interval '1 millisecond',
+                capped_subscription_id = CASE WHEN s.max_in_flight IS NOT NULL THEN s.id END
+           FROM c, event_bus.module_events e, event_bus.module_event_subscriptions s
+          WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
+         RETURNING {JOB_COLUMNS}"
+    )
 }
 
 /// Parse event_bus.allowed_networks and hand it to the HTTP threads.
@@ -600,7 +798,7 @@ pub enum Job {
 
 /// Claim up to `limit` due deliveries (retries, expired leases) with a lease; returns the jobs
 /// and, when fewer than `limit` were due, the seconds until the next one is.
-fn claim(limit: i64, settings: &ClaimSettings) -> (Vec<Job>, Option<f64>) {
+fn claim(limit: i64, settings: &ClaimSettings, special: bool) -> (Vec<Job>, Option<f64>) {
     let sql = || {
         format!(
         "WITH c AS (
@@ -624,19 +822,32 @@ fn claim(limit: i64, settings: &ClaimSettings) -> (Vec<Job>, Option<f64>) {
     };
     Spi::connect_mut(|client| {
         // planned per call, like the fan-out
-        let table = client.update(sql().as_str(), None, &settings.args(limit))?;
+        let statement = if special { claim_limited_sql() } else { sql() };
+        let table = client.update(statement.as_str(), None, &settings.args(limit))?;
         let jobs = jobs_from(table, settings)?;
         let mut next = None;
         if (jobs.len() as i64) < limit {
-            // min() always returns one row (NULL when nothing is queued)
+            // min() always returns one row (NULL when nothing is queued). With limits: not the
+            // deliveries of subscriptions without room, but when a rate allows the next start.
+            let due_sql = if special {
+                format!(
+                    "WITH {LIMITS_CTE}
+                     SELECT extract(epoch FROM (least(
+                            (SELECT min(d.next_attempt_at) FROM event_bus.module_event_deliveries d
+                              WHERE d.status IN ('pending', 'processing')
+                                AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.id = d.subscription_id)),
+                            (SELECT min(l.base) FROM lim l
+                              WHERE l.rate IS NOT NULL AND l.base > now() AND coalesce(l.free, 1) > 0))
+                            - now()))::float8"
+                )
+            } else {
+                "SELECT extract(epoch FROM (min(d.next_attempt_at) - now()))::float8
+                   FROM event_bus.module_event_deliveries d
+                  WHERE d.status IN ('pending', 'processing')"
+                    .to_string()
+            };
             next = client
-                .select(
-                    "SELECT extract(epoch FROM (min(d.next_attempt_at) - now()))::float8
-                       FROM event_bus.module_event_deliveries d
-                      WHERE d.status IN ('pending', 'processing')",
-                    None,
-                    &[],
-                )?
+                .select(due_sql.as_str(), None, &[])?
                 .first()
                 .get_one::<f64>()?;
         }
@@ -652,6 +863,17 @@ fn jobs_from(
 ) -> Result<Vec<Job>, pgrx::spi::Error> {
     let mut jobs = Vec::with_capacity(table.len());
     for row in table {
+        jobs.push(row_to_job(&row, st)?);
+    }
+    Ok(jobs)
+}
+
+/// One job row (JOB_COLUMNS) as an HTTP request, a SQL call, or a failure that needs no attempt.
+fn row_to_job(
+    row: &pgrx::spi::SpiHeapTupleData,
+    st: &ClaimSettings,
+) -> Result<Job, pgrx::spi::Error> {
+    {
         let claimed = Claimed {
             delivery_id: row.get::<String>(1)?.unwrap_or_default(),
             event_id: row.get::<String>(2)?.unwrap_or_default(),
@@ -662,6 +884,7 @@ fn jobs_from(
             max_retries: row.get::<i32>(6)?.unwrap_or(3),
             backoff_base_ms: row.get::<i64>(7)?.unwrap_or(st.base as i64),
             backoff_max_ms: row.get::<i64>(8)?.unwrap_or(st.cap as i64),
+            ordered: row.get::<bool>(18)?.unwrap_or(false),
         };
         let kind = row.get::<String>(9)?.unwrap_or_default();
         let url = row.get::<String>(10)?;
@@ -745,9 +968,8 @@ fn jobs_from(
                 }
             }
         };
-        jobs.push(job);
+        Ok(job)
     }
-    Ok(jobs)
 }
 
 /// Record a batch of outcomes: one attempt-log row each, the delivery's new state (completed,
@@ -784,6 +1006,20 @@ fn record(batch: &[Finished], delays: &[Duration]) {
     }
     let dead_count = deads.iter().filter(|d| **d).count() as i32;
     let health = SubscriptionHealth::of(batch);
+    let ordered: Vec<String> = batch
+        .iter()
+        .filter(|f| f.claimed.ordered)
+        .map(|f| f.claimed.delivery_id.clone())
+        .collect();
+    if !ordered.is_empty() {
+        // before any row is touched: the fan-out must not decide on these streams meanwhile
+        lock_streams();
+        // the worker's bookkeeping commits asynchronously (a lost commit only means a resend);
+        // a stream that moved on must not move back after a crash, so this commit is durable
+        // before the next delivery of the stream can be sent
+        Spi::run("SET LOCAL synchronous_commit = on")
+            .unwrap_or_else(|e| panic!("setting synchronous_commit failed: {e}"));
+    }
     Spi::connect_mut(|client| {
         exec(
             client,
@@ -858,6 +1094,15 @@ fn record(batch: &[Finished], delays: &[Duration]) {
                 durations.into(),
             ],
         )?;
+        if !ordered.is_empty() {
+            exec(
+                client,
+                "advance_streams",
+                || "SELECT event_bus._advance_streams($1::uuid[])".to_string(),
+                &[pg_sys::TEXTARRAYOID],
+                &[ordered.into()],
+            )?;
+        }
         events.sort();
         events.dedup();
         exec(
@@ -972,11 +1217,7 @@ pub fn process_now(limit: i64) -> i64 {
         );
     }
     let settings = ClaimSettings::read();
-    let (mut jobs, _) = claim(limit, &settings);
-    let left = (limit - jobs.len() as i64).max(0);
-    if left > 0 {
-        jobs.extend(fan_out(left, &settings));
-    }
+    let (jobs, _) = claim_and_fan_out(limit, &settings);
     let attempted = jobs.len() as i64;
     let mut finished = Vec::with_capacity(jobs.len());
     let mut http = Vec::new();

@@ -88,7 +88,10 @@ pub fn run_batch(jobs: &[(Claimed, Call)]) -> Vec<Outcome> {
         .map(|(claimed, call)| {
             let started = Instant::now();
             if !is_qualified_name(&call.function) {
-                return failed(format!("invalid SQL handler name {:?}", call.function), started);
+                return failed(
+                    format!("invalid SQL handler name {:?}", call.function),
+                    started,
+                );
             }
             let role = roles
                 .entry((call.function.clone(), call.run_as.clone()))
@@ -151,7 +154,12 @@ fn resolve_role(call: &Call) -> Result<pg_sys::Oid, String> {
         &[call.function.as_str().into()],
     )
     .map_err(|e| e.to_string())?
-    .ok_or_else(|| format!("SQL handler {}(event_bus.module_events) does not exist", call.function))?;
+    .ok_or_else(|| {
+        format!(
+            "SQL handler {}(event_bus.module_events) does not exist",
+            call.function
+        )
+    })?;
     if unsafe { pg_sys::superuser_arg(owner) } {
         return Err(format!(
             "SQL handler {} is owned by a superuser and the subscription names no run_as role; \
@@ -174,12 +182,19 @@ fn call_handler(function: &str, row: &str) -> Result<Option<String>, pgrx::spi::
         Spi::connect_mut(|client| {
             if !calls.contains_key(function) {
                 // the name was validated (is_qualified_name): identifiers only
-                let sql = format!("SELECT pg_catalog.to_jsonb({function}($1::event_bus.module_events))::text");
-                let stmt = client.prepare_mut(sql.as_str(), &[PgOid::from(pg_sys::TEXTOID)])?.keep();
+                let sql = format!(
+                    "SELECT pg_catalog.to_jsonb({function}($1::event_bus.module_events))::text"
+                );
+                let stmt = client
+                    .prepare_mut(sql.as_str(), &[PgOid::from(pg_sys::TEXTOID)])?
+                    .keep();
                 calls.insert(function.to_string(), stmt);
             }
             let stmt = &calls[function];
-            client.update(&**stmt, Some(1), &[row.into()])?.first().get_one::<String>()
+            client
+                .update(&**stmt, Some(1), &[row.into()])?
+                .first()
+                .get_one::<String>()
         })
     })
 }
@@ -242,7 +257,13 @@ fn set_local(name: &CStr, value: &str) {
     }
 }
 
-fn run_one(claimed: &Claimed, call: &Call, role: pg_sys::Oid, event: &EventRow, started: Instant) -> Outcome {
+fn run_one(
+    claimed: &Claimed,
+    call: &Call,
+    role: pg_sys::Oid,
+    event: &EventRow,
+    started: Instant,
+) -> Outcome {
     let timer = timeout_id();
     unsafe {
         let old_context = pg_sys::CurrentMemoryContext;
@@ -259,7 +280,10 @@ fn run_one(claimed: &Claimed, call: &Call, role: pg_sys::Oid, event: &EventRow, 
             set_local(c"event_bus.causation_id", &claimed.event_id);
             set_local(c"event_bus.chain_depth", &event.depth);
             set_local(c"event_bus.correlation_id", &event.correlation);
-            pg_sys::SetUserIdAndSecContext(role, save_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+            pg_sys::SetUserIdAndSecContext(
+                role,
+                save_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            );
             enable_timeout_after(timer, call.timeout_ms.max(1));
             call_handler(&call.function, &event.row).map_err(|e| e.to_string())
         }));
@@ -291,7 +315,10 @@ fn run_one(claimed: &Claimed, call: &Call, role: pg_sys::Oid, event: &EventRow, 
             Err(panic) => {
                 pg_sys::RollbackAndReleaseCurrentSubTransaction();
                 let message = if timed_out {
-                    format!("SQL handler {} timed out after {} ms (SQLSTATE 57014)", call.function, call.timeout_ms)
+                    format!(
+                        "SQL handler {} timed out after {} ms (SQLSTATE 57014)",
+                        call.function, call.timeout_ms
+                    )
                 } else {
                     panic_message(&panic)
                 };

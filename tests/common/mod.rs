@@ -163,6 +163,11 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("connect to {db}: {e}\n{}", self.log()))
     }
 
+    /// A connection, or None while the server is (re)starting.
+    pub fn try_connect(&self, db: &str) -> Option<postgres::Client> {
+        postgres::Client::connect(&self.connstr(db), postgres::NoTls).ok()
+    }
+
     /// A new database with the extension created.
     pub fn create_db_with_extension(&self, db: &str) -> postgres::Client {
         let mut admin = self.connect("postgres");
