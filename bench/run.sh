@@ -3,6 +3,7 @@
 #   delivery  HTTP deliveries/s to a local nginx sink, beside the sink's own ceiling (wrk)
 #   latency   commit -> handler p50/p95/p99, idle and under a steady 500 events/s stream
 #   fanout    one event to 10 subscriptions, beside the single-subscription rate
+#   ordered   20,000 events over 1,000 entities to an ordered subscription, beside an unordered one
 #   sql       events/s to a trivial SQL handler, beside calling the function directly
 #   emit      pgbench: UPDATE with an emitting trigger vs without; emit vs a bare INSERT of the same
 #             row; 1 and 4 clients, synchronous_commit on and off
@@ -12,14 +13,14 @@
 #   growth    delivery and SQL-handler rates again with GROWTH_EVENTS (5,000,000) completed events,
 #             deliveries and logs in the tables; table sizes before and after retention
 # Exits non-zero if a run errors, not when a target is missed.
-#   EVENTS="10000 100000" RUNS=3 SECTIONS="delivery latency fanout sql emit contract batch growth" bench/run.sh
+#   EVENTS="10000 100000" RUNS=3 SECTIONS="delivery latency fanout ordered sql emit contract batch growth" bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EVENTS="${EVENTS:-10000 100000}"
 RUNS="${RUNS:-3}"
 LAT_EVENTS="${LAT_EVENTS:-300}"
-SECTIONS="${SECTIONS:-delivery latency fanout sql emit contract batch growth}"
+SECTIONS="${SECTIONS:-delivery latency fanout ordered sql emit contract batch growth}"
 EMIT_SECONDS="${EMIT_SECONDS:-5}"
 GROWTH_EVENTS="${GROWTH_EVENTS:-5000000}"
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -135,10 +136,10 @@ median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else prin
 
 ROWS=()
 declare -A MED
-throughput_median() { # label target events fanout [keep] -> median deliveries/s
+throughput_median() { # label target events fanout [options: keep ordered entities=N] -> median deliveries/s
     local vals=() out v
     for r in $(seq "$RUNS"); do
-        out="$("$DRIVER" throughput "$CONN" "$2" "$3" "$4" ${5:-})"
+        out="$("$DRIVER" throughput "$CONN" "$2" "$3" "$4" "${@:5}")"
         v="$(sed -n 's/.*deliveries_per_s=\([0-9.]*\).*/\1/p' <<<"$out")"
         echo "    $1 run $r: $out" >&2
         vals+=("$v")
@@ -178,6 +179,15 @@ if want fanout; then
     one="${MED[http_10000]:-$(throughput_median "fan-out baseline, 1 subscription" "$SINK" 10000 1)}"
     ten="$(throughput_median "fan-out 10 subscriptions" "$SINK" 10000 10)"
     ROWS+=("| HTTP deliveries/s, 10,000 events x 10 subscriptions | $ten | 1 subscription $one | $(ratio "$ten" "$one") | >= 0.8 |")
+fi
+
+# --- ordered subscriptions: the same events to an ordered subscription and to an unordered one --
+if want ordered; then
+    ORD_N="${ORDERED_EVENTS:-20000}"
+    ORD_ENT="${ORDERED_ENTITIES:-1000}"
+    MED[unord]="$(throughput_median "unordered, $ORD_ENT entities" "$SINK" "$ORD_N" 1 "entities=$ORD_ENT")"
+    MED[ord]="$(throughput_median "ordered, $ORD_ENT entities" "$SINK" "$ORD_N" 1 ordered "entities=$ORD_ENT")"
+    ROWS+=("| ordered-subscription deliveries/s, $ORD_N events over $ORD_ENT entities | ${MED[ord]} | unordered ${MED[unord]} | $(ratio "${MED[ord]}" "${MED[unord]}") | - |")
 fi
 
 # --- SQL handler ---------------------------------------------------------------------------

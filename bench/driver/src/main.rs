@@ -1,8 +1,9 @@
 //! event_bus benchmark driver.
 //!
-//! `throughput <connstr> <url> <events> <fanout>`: subscribe `fanout` subscriptions to `url`, emit
-//! `events` events in one committed statement, time from commit until every delivery finished.
-//! Prints `deliveries_per_s=<x> seconds=<y>`.
+//! `throughput <connstr> <url> <events> <fanout> [keep] [ordered] [entities=N]`: subscribe `fanout`
+//! subscriptions to `url` (ordered ones with `ordered`), emit `events` events in one committed
+//! statement (over N entities, round robin, with `entities=N`; else one entity each), time from
+//! commit until every delivery finished. Prints `deliveries_per_s=<x> seconds=<y>`.
 //!
 //! `latency <connstr> <events> <background_rate>`: run an HTTP receiver on 127.0.0.1, subscribe it,
 //! emit `events` single events spaced 10 ms apart (each its own commit) while a second connection
@@ -20,16 +21,27 @@ const TENANT: &str = "44444444-4444-4444-4444-444444444444";
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(|s| s.as_str()) {
-        Some("throughput") => throughput(
-            &args[2],
-            &args[3],
-            args[4].parse().unwrap(),
-            args[5].parse().unwrap(),
-            args.get(6).map(|s| s == "keep").unwrap_or(false),
-        ),
+        Some("throughput") => {
+            let opts = &args[6.min(args.len())..];
+            let entities = opts
+                .iter()
+                .find_map(|o| o.strip_prefix("entities="))
+                .map(|n| n.parse().unwrap());
+            throughput(
+                &args[2],
+                &args[3],
+                args[4].parse().unwrap(),
+                args[5].parse().unwrap(),
+                Options {
+                    keep: opts.iter().any(|o| o == "keep"),
+                    ordered: opts.iter().any(|o| o == "ordered"),
+                    entities,
+                },
+            )
+        }
         Some("latency") => latency(&args[2], args[3].parse().unwrap(), args[4].parse().unwrap()),
         _ => {
-            eprintln!("usage: throughput <conn> <url|sql:schema.fn> <events> <fanout> [keep] | latency <conn> <events> <rate>");
+            eprintln!("usage: throughput <conn> <url|sql:schema.fn> <events> <fanout> [keep] [ordered] [entities=N] | latency <conn> <events> <rate>");
             std::process::exit(2);
         }
     }
@@ -50,18 +62,28 @@ fn reset(c: &mut postgres::Client) {
 fn drained(c: &mut postgres::Client) -> bool {
     c.query_one(
         "SELECT NOT EXISTS (SELECT 1 FROM event_bus.module_events WHERE dispatched_at IS NULL)
-            AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries WHERE status IN ('pending', 'processing'))",
+            AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries
+                             WHERE status IN ('pending', 'processing', 'waiting', 'held'))",
         &[],
     )
     .unwrap()
     .get(0)
 }
 
-/// `target` is a URL, or `sql:schema.fn` for a SQL handler (run as role bench_handler). With
-/// `keep`, the tables are not emptied first (the growth runs keep their history).
-fn throughput(conn: &str, target: &str, events: i64, fanout: i64, keep: bool) {
+struct Options {
+    /// keep the tables' history (the growth runs)
+    keep: bool,
+    /// ordered subscriptions
+    ordered: bool,
+    /// spread the events over this many entities (None: one entity per event)
+    entities: Option<i64>,
+}
+
+/// `target` is a URL, or `sql:schema.fn` for a SQL handler (run as role bench_handler).
+fn throughput(conn: &str, target: &str, events: i64, fanout: i64, opts: Options) {
     let mut c = connect(conn);
-    if keep {
+    let ordered = opts.ordered;
+    if opts.keep {
         c.batch_execute("DELETE FROM event_bus.module_event_subscriptions").unwrap();
     } else {
         reset(&mut c);
@@ -70,11 +92,17 @@ fn throughput(conn: &str, target: &str, events: i64, fanout: i64, keep: bool) {
         match target.strip_prefix("sql:") {
             Some(function) => c
                 .execute(
-                    "SELECT event_bus.subscribe('bench.#', $1, p_handler_function => $2, p_run_as => 'bench_handler')",
-                    &[&format!("handler{i}"), &function],
+                    "SELECT event_bus.subscribe('bench.#', $1, p_handler_function => $2, p_run_as => 'bench_handler',
+                                                p_ordered => $3)",
+                    &[&format!("handler{i}"), &function, &ordered],
                 )
                 .unwrap(),
-            None => c.execute("SELECT event_bus.subscribe('bench.#', $1, $2)", &[&format!("sink{i}"), &target]).unwrap(),
+            None => c
+                .execute(
+                    "SELECT event_bus.subscribe('bench.#', $1, $2, p_ordered => $3)",
+                    &[&format!("sink{i}"), &target, &ordered],
+                )
+                .unwrap(),
         };
     }
     let run_started: std::time::SystemTime = c.query_one("SELECT now()", &[]).unwrap().get(0);
@@ -82,10 +110,11 @@ fn throughput(conn: &str, target: &str, events: i64, fanout: i64, keep: bool) {
     // emit inside one transaction; the worker sees nothing until COMMIT
     let mut tx = c.transaction().unwrap();
     tx.execute(
-        "SELECT count(event_bus.emit_module_event($1::text::uuid, 'bench.created', 'bench', 'item', g::text,
+        "SELECT count(event_bus.emit_module_event($1::text::uuid, 'bench.created', 'bench', 'item',
+                 CASE WHEN $3::bigint IS NULL THEN g::text ELSE (g % $3::bigint)::text END,
                  jsonb_build_object('n', g, 'sku', 'SKU-' || g, 'qty', 1, 'note', repeat('x', 200))))
            FROM generate_series(1, $2::bigint) g",
-        &[&TENANT, &events],
+        &[&TENANT, &events, &opts.entities],
     )
     .unwrap();
     tx.commit().unwrap();
