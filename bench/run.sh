@@ -303,8 +303,8 @@ if want growth; then
         INSERT INTO event_bus.module_event_logs (event_id, subscription_id, delivery_id, tenant_id, attempt, status,
                                                  http_status, response, duration_ms, executed_at)
         SELECT d.event_id, d.subscription_id, d.id, d.tenant_id, 1, 'success', 200, '{\"ok\": true}', 1.0, d.created_at
-          FROM event_bus.module_event_deliveries d;
-        VACUUM ANALYZE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs;")"
+          FROM event_bus.module_event_deliveries d;")"
+    "${PSQL[@]}" -c "VACUUM ANALYZE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs" >/dev/null
     echo "    loaded in $t s" >&2
     before="$(sizes)"
     hg="$(throughput_median "HTTP with history" "$SINK" 100000 1 keep)"

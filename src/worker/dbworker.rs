@@ -469,6 +469,26 @@ const JOB_COLUMNS: &str =
            'data', e.payload)::text,
        d.attempt_offset, d.ordering_key IS NOT NULL";
 
+/// The end of both fan-out statements, after `ins` (the deliveries inserted from `ev`, the events
+/// taken): mark the events dispatched (completed at once when nothing matched) and count them.
+const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
+             RETURNING *
+         ), matched AS (
+             SELECT DISTINCT event_id FROM ins
+         ), upd AS (
+             UPDATE event_bus.module_events e
+                SET dispatched_at = now(),
+                    status = CASE WHEN m.event_id IS NULL THEN 'completed' ELSE e.status END,
+                    processed_at = CASE WHEN m.event_id IS NULL THEN now() ELSE e.processed_at END
+               FROM ev LEFT JOIN matched m ON m.event_id = ev.id
+              WHERE e.id = ev.id
+             RETURNING 1
+         ), counted AS (
+             UPDATE event_bus._counters c
+                SET value = c.value + (SELECT count(*) FROM ev)
+              WHERE c.name = 'events_dispatched' AND EXISTS (SELECT 1 FROM ev)
+         )";
+
 /// Fan new events out: one delivery per matching active subscription, created already leased to
 /// this worker (first attempt), so a new event costs no separate claim. Events that match nothing
 /// are completed at once. Returns the jobs.
@@ -498,23 +518,7 @@ fn fan_out(limit: i64, settings: &ClaimSettings) -> Vec<Job> {
                 AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
                 AND event_bus.matches(s.event_type, ev.event_type)
               ORDER BY ev.id, s.id
-             ON CONFLICT (event_id, subscription_id) DO NOTHING
-             RETURNING *
-         ), matched AS (
-             SELECT DISTINCT event_id FROM ins
-         ), upd AS (
-             UPDATE event_bus.module_events e
-                SET dispatched_at = now(),
-                    status = CASE WHEN m.event_id IS NULL THEN 'completed' ELSE e.status END,
-                    processed_at = CASE WHEN m.event_id IS NULL THEN now() ELSE e.processed_at END
-               FROM ev LEFT JOIN matched m ON m.event_id = ev.id
-              WHERE e.id = ev.id
-             RETURNING 1
-         ), counted AS (
-             UPDATE event_bus._counters c
-                SET value = c.value + (SELECT count(*) FROM ev)
-              WHERE c.name = 'events_dispatched' AND EXISTS (SELECT 1 FROM ev)
-         )
+             {FAN_OUT_TAIL}
          SELECT {JOB_COLUMNS}
            FROM ins d
            JOIN event_bus.module_events e ON e.id = d.event_id
@@ -630,23 +634,7 @@ fn fan_out_special(limit: i64, settings: &ClaimSettings) -> (Vec<Job>, bool) {
                     r.okey
                FROM r
               ORDER BY r.event_id, r.sub_id
-             ON CONFLICT (event_id, subscription_id) DO NOTHING
-             RETURNING *
-         ), matched AS (
-             SELECT DISTINCT event_id FROM ins
-         ), upd AS (
-             UPDATE event_bus.module_events e
-                SET dispatched_at = now(),
-                    status = CASE WHEN m.event_id IS NULL THEN 'completed' ELSE e.status END,
-                    processed_at = CASE WHEN m.event_id IS NULL THEN now() ELSE e.processed_at END
-               FROM ev LEFT JOIN matched m ON m.event_id = ev.id
-              WHERE e.id = ev.id
-             RETURNING 1
-         ), counted AS (
-             UPDATE event_bus._counters c
-                SET value = c.value + (SELECT count(*) FROM ev)
-              WHERE c.name = 'events_dispatched' AND EXISTS (SELECT 1 FROM ev)
-         )
+             {FAN_OUT_TAIL}
          SELECT {JOB_COLUMNS}, d.status = 'pending'
            FROM ins d
            JOIN event_bus.module_events e ON e.id = d.event_id
