@@ -305,6 +305,8 @@ if want growth; then
         SELECT d.event_id, d.subscription_id, d.id, d.tenant_id, 1, 'success', 200, '{\"ok\": true}', 1.0, d.created_at
           FROM event_bus.module_event_deliveries d;")"
     "${PSQL[@]}" -c "VACUUM ANALYZE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs" >/dev/null
+    # measure the steady state, not the checkpoint that writes out the load
+    "${PSQL[@]}" -c "CHECKPOINT" >/dev/null
     echo "    loaded in $t s" >&2
     before="$(sizes)"
     hg="$(throughput_median "HTTP with history" "$SINK" 100000 1 keep)"

@@ -15,6 +15,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_tenant    uuid;
+    v_caller    name;
     v_metadata  jsonb := coalesce(p_metadata, '{}'::jsonb);
     v_cause     text;
     v_depth     integer;
@@ -34,11 +35,14 @@ BEGIN
                                             'app.tenant_id'), true), '') <> '' THEN
         v_tenant := event_bus.current_tenant();
     END IF;
+    IF v_tenant IS DISTINCT FROM p_tenant_id THEN
+        v_caller := CASE WHEN current_setting('role') = 'none' THEN session_user
+                         ELSE current_setting('role')::name END;
+    END IF;
+    -- (event_bus._caller_is_admin(), inline: a SQL function call per emit costs several microseconds)
     IF (v_tenant IS DISTINCT FROM p_tenant_id)
-       AND (v_tenant IS NOT NULL
-            OR pg_has_role(CASE WHEN current_setting('role') = 'none' THEN session_user
-                                ELSE current_setting('role')::name END, 'event_bus_reader', 'USAGE'))
-       AND NOT event_bus._caller_is_admin() THEN
+       AND (v_tenant IS NOT NULL OR pg_has_role(v_caller, 'event_bus_reader', 'USAGE'))
+       AND NOT pg_has_role(v_caller, 'event_bus_admin', 'USAGE') THEN
         RAISE EXCEPTION 'event_bus: this session may not emit events for tenant %', p_tenant_id
             USING ERRCODE = '42501',
                   HINT = 'The session''s tenant (event_bus.current_tenant()) is '

@@ -187,11 +187,17 @@ BEGIN
     PERFORM event_bus._lock_streams();
     -- the streams of these deliveries (NULL: every stream with a waiting delivery) whose earliest
     -- unfinished delivery is waiting with nothing ahead of it: make it due now
+    -- (two branches, each an index probe: the stream index's predicate, or the primary key)
     WITH k AS (
-        SELECT DISTINCT d.subscription_id, d.tenant_id, d.ordering_key
+        SELECT d.subscription_id, d.tenant_id, d.ordering_key
           FROM event_bus.module_event_deliveries d
-         WHERE d.ordering_key IS NOT NULL
-           AND CASE WHEN p_delivery_ids IS NULL THEN d.status = 'waiting' ELSE d.id = ANY (p_delivery_ids) END
+         WHERE p_delivery_ids IS NULL
+           AND d.ordering_key IS NOT NULL
+           AND d.status IN ('waiting', 'pending', 'processing', 'held', 'failed') AND d.status = 'waiting'
+        UNION
+        SELECT d.subscription_id, d.tenant_id, d.ordering_key
+          FROM event_bus.module_event_deliveries d
+         WHERE d.id = ANY (p_delivery_ids) AND d.ordering_key IS NOT NULL
     ), nxt AS (
         SELECT (SELECT w.id FROM event_bus.module_event_deliveries w
                  WHERE w.subscription_id = k.subscription_id AND w.tenant_id = k.tenant_id
@@ -862,8 +868,11 @@ BEGIN
       FROM event_bus.module_event_subscriptions s
      WHERE d.status = 'held' AND s.id = d.subscription_id AND s.breaker_open_until IS NULL;
     -- a stream whose head finished in a transaction that did not see its next delivery yet
+    -- (the stream index's own predicate, so this is an index probe however large the history)
     IF EXISTS (SELECT 1 FROM event_bus.module_event_deliveries w
-                WHERE w.ordering_key IS NOT NULL AND w.status = 'waiting') THEN
+                WHERE w.ordering_key IS NOT NULL
+                  AND w.status IN ('waiting', 'pending', 'processing', 'held', 'failed')
+                  AND w.status = 'waiting') THEN
         PERFORM event_bus._advance_streams(NULL);
     END IF;
     -- an open breaker whose cool-down ended without a probe on its way (the probe went dead, or

@@ -62,8 +62,12 @@ fn reset(c: &mut postgres::Client) {
 fn drained(c: &mut postgres::Client) -> bool {
     c.query_one(
         "SELECT NOT EXISTS (SELECT 1 FROM event_bus.module_events WHERE dispatched_at IS NULL)
+            AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries WHERE status IN ('pending', 'processing'))
+            AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries WHERE status = 'held')
             AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries
-                             WHERE status IN ('pending', 'processing', 'waiting', 'held'))",
+                             WHERE ordering_key IS NOT NULL
+                               AND status IN ('waiting', 'pending', 'processing', 'held', 'failed')
+                               AND status = 'waiting')",
         &[],
     )
     .unwrap()
