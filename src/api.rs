@@ -160,5 +160,5 @@ fn process_pending_events(p_limit: pgrx::default!(i32, 100)) -> i32 {
     if !(1..=10_000).contains(&p_limit) {
         EventBusError::LimitOutOfRange { value: p_limit }.raise();
     }
-    crate::worker::dbworker::process_now(p_limit as i64) as i32
+    crate::worker::inline::process_now(p_limit as i64) as i32
 }

@@ -14,7 +14,9 @@ pub static EDGE_FUNCTION_BASE_URL: GucSetting<Option<CString>> =
 /// Deliveries claimed per batch.
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 /// HTTP requests in flight per worker.
-pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(64);
+pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(256);
+/// HTTP requests in flight per subscription per worker (its share of the worker).
+pub static MAX_IN_FLIGHT_PER_SUBSCRIPTION: GucSetting<i32> = GucSetting::<i32>::new(32);
 /// Fallback poll interval when nothing wakes the worker.
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// How long past a request's timeout a claimed delivery stays leased.
@@ -88,9 +90,10 @@ pub fn register() {
         GucFlags::default(),
     );
 
-    let ints: [(&'static std::ffi::CStr, &'static std::ffi::CStr, &'static GucSetting<i32>, i32, i32); 9] = [
+    let ints: [(&'static std::ffi::CStr, &'static std::ffi::CStr, &'static GucSetting<i32>, i32, i32); 10] = [
         (c"event_bus.batch_size", c"Deliveries a worker claims per batch.", &BATCH_SIZE, 1, 10_000),
-        (c"event_bus.max_concurrency", c"HTTP requests a worker keeps in flight at once.", &MAX_CONCURRENCY, 1, 1024),
+        (c"event_bus.max_concurrency", c"HTTP requests a worker keeps in flight at once.", &MAX_CONCURRENCY, 1, 10_000),
+        (c"event_bus.max_in_flight_per_subscription", c"HTTP requests a worker keeps in flight to one subscription: its share, so a slow or silent endpoint never holds up the others.", &MAX_IN_FLIGHT_PER_SUBSCRIPTION, 1, 10_000),
         (c"event_bus.poll_interval_ms", c"Fallback poll interval; commits wake the worker at once.", &POLL_INTERVAL_MS, 10, 3_600_000),
         (c"event_bus.lease_ms", c"How long past its timeout a claimed delivery stays leased before it is claimed again.", &LEASE_MS, 100, 86_400_000),
         (c"event_bus.default_timeout_ms", c"Request timeout for subscriptions that set none.", &DEFAULT_TIMEOUT_MS, 1, 3_600_000),

@@ -5,7 +5,7 @@
 mod common;
 
 use common::receiver::{Received, Receiver, Reply};
-use common::{wait_for, Cluster};
+use common::{count, wait_for, Cluster};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -131,10 +131,6 @@ fn stream_receiver(
             Reply::ok()
         }
     })
-}
-
-fn count(c: &mut postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap().get(0)
 }
 
 #[test]

@@ -1,17 +1,25 @@
-//! HTTP delivery: a pool of threads that send requests and report outcomes. Knows nothing of
-//! Postgres — no pgrx call may happen on these threads. The worker's main thread submits
+//! HTTP delivery on non-blocking I/O: one thread runs an async runtime (tokio, one thread) that
+//! keeps requests in flight on keep-alive connection pools, and reports outcomes. Knows nothing of
+//! Postgres — no pgrx call may happen on that thread. The worker's main thread submits
 //! [`Request`]s and collects [`Outcome`]s; each finished request writes a byte to a pipe the main
-//! thread waits on (next to its latch), so results are recorded as soon as they arrive.
+//! thread waits on (next to its latch), so outcomes are recorded as they arrive.
+//!
+//! Shares: each request belongs to a group (its subscription) with at most `per_group` requests
+//! in flight, and the sender has at most `max_in_flight` in all; requests wait for their turn here,
+//! in order, so a slow or silent endpoint holds its own share and never the others' — and sending
+//! goes on while the main thread is busy (a SQL handler, a claim). A request that waited longer
+//! than its `wait_limit` comes back unsent ([`Outcome::sent`] false) for its lease to be returned.
 
 use crate::netpolicy::Networks;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::io::Read;
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::mpsc::{channel, Receiver, TryRecvError};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
 
 /// One HTTP attempt.
 #[derive(Debug, Clone)]
@@ -28,6 +36,11 @@ pub struct Request {
     pub timeout: Duration,
     pub max_response_bytes: usize,
     pub follow_redirects: bool,
+    /// Its share: the group (the subscription) and how many of the group may be in flight.
+    pub group: String,
+    pub per_group: usize,
+    /// How long it may wait for its turn before it comes back unsent.
+    pub wait_limit: Duration,
 }
 
 /// What happened to one attempt.
@@ -41,6 +54,8 @@ pub struct Outcome {
     pub error: Option<String>,
     pub retry_after: Option<Duration>,
     pub duration: Duration,
+    /// False: never sent (it waited past its wait limit); not an attempt.
+    pub sent: bool,
 }
 
 impl Outcome {
@@ -54,6 +69,14 @@ impl Outcome {
             error: Some(error),
             retry_after: None,
             duration,
+            sent: true,
+        }
+    }
+
+    fn unsent(token: u64) -> Outcome {
+        Outcome {
+            sent: false,
+            ..Outcome::failure(token, "not sent: waited too long for its turn".into(), Duration::ZERO)
         }
     }
 }
@@ -126,99 +149,171 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn perform(agent: &ureq::Agent, no_redirect_agent: &ureq::Agent, req: &Request) -> Outcome {
-    let started = Instant::now();
-    let timestamp = unix_now();
-    let agent = if req.follow_redirects {
-        agent
-    } else {
-        no_redirect_agent
-    };
-    let mut r = agent
-        .post(&req.url)
-        .timeout(req.timeout)
-        .set(
-            "content-type",
-            "application/cloudevents+json; charset=utf-8",
-        )
-        .set(
-            "user-agent",
-            concat!("event_bus/", env!("CARGO_PKG_VERSION")),
-        )
-        .set("webhook-id", &req.webhook_id)
-        .set("webhook-timestamp", &timestamp.to_string());
-    if let Some(key) = &req.secret_key {
-        r = r.set(
-            "webhook-signature",
-            &sign(key, &req.webhook_id, timestamp, &req.body),
-        );
-    }
-    for (k, v) in &req.headers {
-        r = r.set(k, v);
-    }
-    let result = r.send_string(&req.body);
-    let resp = match result {
-        Ok(resp) | Err(ureq::Error::Status(_, resp)) => Ok(resp),
-        Err(ureq::Error::Transport(t)) => Err(t),
-    };
-    match resp {
-        Ok(resp) => {
-            let status = resp.status();
-            let retry_after = resp
-                .header("retry-after")
-                .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            let location = resp.header("location").map(|s| s.to_string());
-            let mut body = Vec::new();
-            let cap = req.max_response_bytes;
-            let read = resp
-                .into_reader()
-                .take(cap as u64 + 1)
-                .read_to_end(&mut body);
-            let truncated = body.len() > cap;
-            body.truncate(cap);
-            let success = (200..300).contains(&status);
-            let mut error = None;
-            if let Err(e) = read {
-                error = Some(format!("reading the response failed: {e}"));
-            }
-            if !success {
-                error = Some(match (status, location) {
-                    (300..=399, Some(loc)) => format!(
-                        "HTTP {status} redirect to {loc} not followed (set event_bus.follow_redirects to follow)"
-                    ),
-                    _ => format!("HTTP {status}"),
-                });
-            }
-            Outcome {
-                token: req.token,
-                success: success && error.is_none(),
-                http_status: Some(status),
-                response: if cap == 0 {
-                    None
-                } else {
-                    Some(response_json(&body, truncated))
-                },
-                error,
-                retry_after,
-                duration: started.elapsed(),
-            }
+/// An error with its causes, one after the other ("error sending request: ...: Connection refused").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
         }
-        Err(t) => {
-            let elapsed = started.elapsed();
-            let msg = t.to_string();
-            let timed_out =
-                msg.contains("timed out") || msg.contains("Timeout") || elapsed >= req.timeout;
-            let error = if timed_out {
-                format!("timed out after {} ms: {msg}", req.timeout.as_millis())
+        cause = c.source();
+    }
+    msg
+}
+
+/// The two clients: one follows redirects (up to 5, each target checked against the network
+/// policy), one never does.
+#[derive(Clone)]
+struct Clients {
+    follow: reqwest::Client,
+    no_follow: reqwest::Client,
+}
+
+impl Clients {
+    fn build(idle_per_host: usize) -> Result<Clients, String> {
+        let build = |follow: bool| {
+            let policy = if follow {
+                reqwest::redirect::Policy::custom(|attempt| {
+                    if attempt.previous().len() >= 5 {
+                        return attempt.error("more than 5 redirects");
+                    }
+                    match ip_literal_refused(attempt.url()) {
+                        Some(e) => attempt.error(e),
+                        None => attempt.follow(),
+                    }
+                })
             } else {
-                msg
+                reqwest::redirect::Policy::none()
             };
-            Outcome::failure(req.token, error, elapsed)
-        }
+            reqwest::Client::builder()
+                .redirect(policy)
+                .pool_max_idle_per_host(idle_per_host.max(1))
+                .pool_idle_timeout(Duration::from_secs(60))
+                .connect_timeout(Duration::from_secs(10))
+                .tcp_nodelay(true)
+                .no_proxy()
+                .dns_resolver(Arc::new(PolicyResolver))
+                .build()
+                .map_err(|e| error_chain(&e))
+        };
+        Ok(Clients {
+            follow: build(true)?,
+            no_follow: build(false)?,
+        })
     }
 }
 
-/// `event_bus.allowed_networks` as the HTTP threads see it (set by the worker's main thread).
+async fn perform(clients: &Clients, req: &Request) -> Outcome {
+    let started = Instant::now();
+    let timestamp = unix_now();
+    if let Some(refused) = url::Url::parse(&req.url)
+        .ok()
+        .and_then(|u| ip_literal_refused(&u))
+    {
+        return Outcome::failure(req.token, refused, started.elapsed());
+    }
+    let client = if req.follow_redirects {
+        &clients.follow
+    } else {
+        &clients.no_follow
+    };
+    let mut r = client
+        .post(&req.url)
+        .timeout(req.timeout)
+        .header(
+            "content-type",
+            "application/cloudevents+json; charset=utf-8",
+        )
+        .header(
+            "user-agent",
+            concat!("event_bus/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("webhook-id", &req.webhook_id)
+        .header("webhook-timestamp", timestamp.to_string());
+    if let Some(key) = &req.secret_key {
+        r = r.header(
+            "webhook-signature",
+            sign(key, &req.webhook_id, timestamp, &req.body),
+        );
+    }
+    for (k, v) in &req.headers {
+        r = r.header(k.as_str(), v.as_str());
+    }
+    let timed_out = |msg: String| format!("timed out after {} ms: {msg}", req.timeout.as_millis());
+    let mut resp = match r.body(req.body.clone()).send().await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let msg = error_chain(&e);
+            let error = if e.is_timeout() || started.elapsed() >= req.timeout {
+                timed_out(msg)
+            } else {
+                msg
+            };
+            return Outcome::failure(req.token, error, started.elapsed());
+        }
+    };
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.to_string());
+    // read no more than the cap (+1 to know it was cut); the rest is never read
+    let cap = req.max_response_bytes;
+    let mut body = Vec::new();
+    let mut read_error = None;
+    while body.len() <= cap {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(cap + 1 - body.len())]),
+            Ok(None) => break,
+            Err(e) => {
+                let msg = error_chain(&e);
+                read_error = Some(if e.is_timeout() {
+                    timed_out(format!("reading the response: {msg}"))
+                } else {
+                    format!("reading the response failed: {msg}")
+                });
+                break;
+            }
+        }
+    }
+    let truncated = body.len() > cap;
+    body.truncate(cap);
+    let success = (200..300).contains(&status);
+    let mut error = read_error;
+    if !success {
+        error = Some(match (status, location) {
+            (300..=399, Some(loc)) => format!(
+                "HTTP {status} redirect to {loc} not followed (set event_bus.follow_redirects to follow)"
+            ),
+            _ => format!("HTTP {status}"),
+        });
+    }
+    Outcome {
+        token: req.token,
+        success: success && error.is_none(),
+        http_status: Some(status),
+        response: if cap == 0 {
+            None
+        } else {
+            Some(response_json(&body, truncated))
+        },
+        error,
+        retry_after,
+        duration: started.elapsed(),
+        sent: true,
+    }
+}
+
+/// `event_bus.allowed_networks` as the I/O thread sees it (set by the worker's main thread).
 static ALLOWED: RwLock<Option<Arc<Networks>>> = RwLock::new(None);
 
 /// Apply a new `event_bus.allowed_networks` to requests from now on.
@@ -229,43 +324,93 @@ pub fn set_allowed_networks(networks: &Networks) {
     }
 }
 
-/// Resolves host names and keeps only the addresses `event_bus.allowed_networks` allows — also
-/// for IP literals and redirects, since every connection goes through it.
+/// The policy in force, unless it allows everything.
+fn policy() -> Option<Arc<Networks>> {
+    ALLOWED
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .filter(|n| !n.is_open())
+}
+
+/// Why a URL whose host is an IP literal may not be reached (host names go through the
+/// resolver below; IP literals never reach a resolver).
+fn ip_literal_refused(url: &url::Url) -> Option<String> {
+    let ip: std::net::IpAddr = match url.host()? {
+        url::Host::Ipv4(a) => a.into(),
+        url::Host::Ipv6(a) => a.into(),
+        url::Host::Domain(_) => return None,
+    };
+    let networks = policy()?;
+    (!networks.allows(ip)).then(|| format!("{ip} is outside event_bus.allowed_networks"))
+}
+
+/// Resolves host names and keeps only the addresses `event_bus.allowed_networks` allows, so a
+/// name that points inside a forbidden network is refused at connect time (redirects included).
 struct PolicyResolver;
 
-impl ureq::Resolver for PolicyResolver {
-    fn resolve(&self, netloc: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
-        use std::net::ToSocketAddrs;
-        let all: Vec<std::net::SocketAddr> = netloc.to_socket_addrs()?.collect();
-        let networks = ALLOWED.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(networks) = networks.filter(|n| !n.is_open()) else {
-            return Ok(all);
-        };
-        let allowed: Vec<std::net::SocketAddr> = all
-            .iter()
-            .copied()
-            .filter(|a| networks.allows(a.ip()))
-            .collect();
-        if allowed.is_empty() && !all.is_empty() {
-            let list: Vec<String> = all.iter().map(|a| a.ip().to_string()).collect();
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!(
-                    "{netloc} is {}, outside event_bus.allowed_networks",
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let all: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let Some(networks) = policy() else {
+                return Ok(Box::new(all.into_iter()) as reqwest::dns::Addrs);
+            };
+            let allowed: Vec<std::net::SocketAddr> = all
+                .iter()
+                .copied()
+                .filter(|a| networks.allows(a.ip()))
+                .collect();
+            if allowed.is_empty() && !all.is_empty() {
+                let list: Vec<String> = all.iter().map(|a| a.ip().to_string()).collect();
+                return Err(format!(
+                    "{host} is {}, outside event_bus.allowed_networks",
                     list.join(", ")
-                ),
-            ));
-        }
-        Ok(allowed)
+                )
+                .into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
-/// The thread pool. Dropping it closes the queue; threads finish their current request and exit.
+/// The groups' shares, by group name; a group's share is made anew when its size changes, and
+/// groups with nothing in flight or waiting are forgotten now and then.
+#[derive(Default)]
+struct Groups {
+    map: HashMap<String, (usize, Arc<Semaphore>)>,
+    since_tidy: usize,
+}
+
+impl Groups {
+    fn get(&mut self, name: &str, size: usize) -> Arc<Semaphore> {
+        self.since_tidy += 1;
+        if self.since_tidy >= 10_000 {
+            self.since_tidy = 0;
+            // in use: a task holds a clone, or permits are out
+            self.map
+                .retain(|_, (n, s)| Arc::strong_count(s) > 1 || s.available_permits() < *n);
+        }
+        let size = size.max(1);
+        let entry = self
+            .map
+            .entry(name.to_string())
+            .or_insert_with(|| (size, Arc::new(Semaphore::new(size))));
+        if entry.0 != size {
+            *entry = (size, Arc::new(Semaphore::new(size)));
+        }
+        Arc::clone(&entry.1)
+    }
+}
+
+/// The sender: one I/O thread with its runtime. Dropping it closes the queue; the runtime stops
+/// and requests still in flight are abandoned (their leases bring them back).
 pub struct Dispatcher {
-    tx: Option<Sender<Request>>,
+    tx: Option<tokio::sync::mpsc::UnboundedSender<Request>>,
     results: Receiver<Outcome>,
     wake_read: OwnedFd,
-    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -278,86 +423,79 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 impl Dispatcher {
-    /// Start `threads` sender threads. Signals are blocked on them, so every signal keeps going
-    /// to the Postgres main thread.
-    pub fn start(threads: usize, idle_per_host: usize) -> std::io::Result<Dispatcher> {
-        let (tx, rx) = channel::<Request>();
-        let rx = Arc::new(Mutex::new(rx));
+    /// Start the I/O thread, keeping up to `idle_per_host` idle connections per host. Signals
+    /// are blocked on it, so every signal keeps going to the Postgres main thread.
+    pub fn start(max_in_flight: usize, idle_per_host: usize) -> std::io::Result<Dispatcher> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
         let (res_tx, results) = channel::<Outcome>();
         let (wake_read, wake_write) = pipe()?;
         let wake_write = Arc::new(wake_write);
-        let build = |redirects: u32| {
-            ureq::AgentBuilder::new()
-                .redirects(redirects)
-                .max_idle_connections(idle_per_host.max(1) * 4)
-                .max_idle_connections_per_host(idle_per_host.max(1))
-                .timeout_connect(Duration::from_secs(10))
-                .resolver(PolicyResolver)
-                .no_delay(true)
-                .build()
-        };
-        let agent = build(5);
-        let no_redirect = build(0);
+        let clients = Clients::build(idle_per_host).map_err(std::io::Error::other)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let all = Arc::new(Semaphore::new(max_in_flight.max(1)));
 
-        // block all signals while spawning so the threads inherit a full mask
-        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // block all signals while spawning so the thread inherits a full mask
+        let mut full_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
         let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
         unsafe {
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            libc::sigfillset(&mut full_mask);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &full_mask, &mut old);
         }
-        let mut handles = Vec::with_capacity(threads);
-        let mut spawn_err = None;
-        for i in 0..threads.max(1) {
-            let rx = Arc::clone(&rx);
-            let res_tx = res_tx.clone();
-            let wake = Arc::clone(&wake_write);
-            let agent = agent.clone();
-            let no_redirect = no_redirect.clone();
-            let h = std::thread::Builder::new()
-                .name(format!("event_bus-http-{i}"))
-                .stack_size(256 * 1024)
-                .spawn(move || loop {
-                    let next = { rx.lock().map(|r| r.recv()) };
-                    let req = match next {
-                        Ok(Ok(req)) => req,
-                        _ => return,
-                    };
-                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        perform(&agent, &no_redirect, &req)
-                    }))
-                    .unwrap_or_else(|_| {
-                        Outcome::failure(
-                            req.token,
-                            "internal error in the HTTP client".into(),
-                            Duration::ZERO,
-                        )
-                    });
-                    if res_tx.send(outcome).is_err() {
-                        return;
+        let spawned = std::thread::Builder::new()
+            .name("event_bus-io".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut groups = Groups::default();
+                    while let Some(req) = rx.recv().await {
+                        let group = groups.get(&req.group, req.per_group);
+                        let all = Arc::clone(&all);
+                        let clients = clients.clone();
+                        let res_tx = res_tx.clone();
+                        let wake = Arc::clone(&wake_write);
+                        tokio::spawn(async move {
+                            let token = req.token;
+                            let turn = tokio::time::timeout(req.wait_limit, async move {
+                                let mine = group.acquire_owned().await;
+                                let any = all.acquire_owned().await;
+                                (mine, any)
+                            })
+                            .await;
+                            let outcome = match turn {
+                                Ok((Ok(mine), Ok(any))) => {
+                                    // a panic inside the client ends its own task only
+                                    let outcome = match tokio::spawn(async move {
+                                        perform(&clients, &req).await
+                                    })
+                                    .await
+                                    {
+                                        Ok(o) => o,
+                                        Err(_) => Outcome::failure(
+                                            token,
+                                            "internal error in the HTTP client".into(),
+                                            Duration::ZERO,
+                                        ),
+                                    };
+                                    drop((mine, any));
+                                    outcome
+                                }
+                                _ => Outcome::unsent(token),
+                            };
+                            if res_tx.send(outcome).is_ok() {
+                                let b = [1u8];
+                                unsafe { libc::write(wake.as_raw_fd(), b.as_ptr() as *const _, 1) };
+                            }
+                        });
                     }
-                    let b = [1u8];
-                    unsafe { libc::write(wake.as_raw_fd(), b.as_ptr() as *const _, 1) };
                 });
-            match h {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    spawn_err = Some(e);
-                    break;
-                }
-            }
-        }
+            });
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-        if let Some(e) = spawn_err {
-            if handles.is_empty() {
-                return Err(e);
-            }
-        }
+        spawned?;
         Ok(Dispatcher {
             tx: Some(tx),
             results,
             wake_read,
-            threads: handles,
         })
     }
 
@@ -392,7 +530,7 @@ impl Dispatcher {
         }
     }
 
-    /// Wait up to `timeout` for one more outcome (used at shutdown only).
+    /// Wait up to `timeout` for one more outcome (shutdown and in-session processing).
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Outcome> {
         self.results.recv_timeout(timeout).ok()
     }
@@ -400,9 +538,8 @@ impl Dispatcher {
 
 impl Drop for Dispatcher {
     fn drop(&mut self) {
+        // the I/O thread's loop ends with its queue; it owns nothing of Postgres
         self.tx.take();
-        // threads stuck in a slow request are detached, not joined: they own nothing of Postgres
-        self.threads.clear();
     }
 }
 

@@ -4,13 +4,21 @@
 //!   starts one or more dynamic delivery workers per database; a worker in a database without the
 //!   extension marks it skipped and exits, and `CREATE EXTENSION` wakes the launcher at commit.
 //! - [`dbworker`]: the per-database delivery loop: fan out, claim with a lease, send over HTTP on
-//!   other threads, record outcomes — each database step its own short transaction.
-//! - [`deliver`]: the HTTP side, no Postgres.
+//!   another thread, record outcomes — each database step its own short transaction.
+//! - [`claim`]: the fan-out and claim statements; [`job`]: the claimed rows decoded;
+//!   [`record`]: recording outcomes; [`schedule`]: which claimed job runs when (per-subscription
+//!   shares); [`inline`]: `process_pending_events` in the caller's session.
+//! - [`deliver`]: the HTTP side on non-blocking I/O, no Postgres.
 //! - [`sqlhandler`]: SQL-function handlers, run in a subtransaction as a named role.
 
+pub mod claim;
 pub mod dbworker;
 pub mod deliver;
+pub mod inline;
+pub mod job;
 pub mod launcher;
+pub mod record;
+pub mod schedule;
 pub mod sqlhandler;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};

@@ -4,7 +4,7 @@
 //! A handler that raises rolls back only its own work; its message and SQLSTATE become the
 //! attempt's error. Its result (any type, through to_jsonb) is the attempt's response.
 
-use super::dbworker::Claimed;
+use super::job::Claimed;
 use super::deliver::Outcome;
 use super::panic_message;
 use pgrx::prelude::*;
@@ -74,9 +74,10 @@ struct EventRow {
     correlation: String,
 }
 
-/// Run each call inside the current transaction, each in its own subtransaction. The batch's
-/// events are read in one query, each (function, role) resolved once.
-pub fn run_batch(jobs: &[(Claimed, Call)]) -> Vec<Outcome> {
+/// Run calls inside the current transaction, each in its own subtransaction, in order, until
+/// `deadline` passes (the first always runs): the outcomes of those that ran, a prefix of `jobs`.
+/// The batch's events are read in one query, each (function, role) resolved once.
+pub fn run_batch(jobs: &[(Claimed, Call)], deadline: Option<Instant>) -> Vec<Outcome> {
     let started = Instant::now();
     let ids: Vec<String> = jobs.iter().map(|(c, _)| c.event_id.clone()).collect();
     let events = match fetch_events(ids) {
@@ -84,26 +85,30 @@ pub fn run_batch(jobs: &[(Claimed, Call)]) -> Vec<Outcome> {
         Err(e) => return jobs.iter().map(|_| failed(e.clone(), started)).collect(),
     };
     let mut roles: HashMap<(String, Option<String>), Result<pg_sys::Oid, String>> = HashMap::new();
-    jobs.iter()
-        .map(|(claimed, call)| {
-            let started = Instant::now();
-            if !is_qualified_name(&call.function) {
-                return failed(
-                    format!("invalid SQL handler name {:?}", call.function),
-                    started,
-                );
-            }
-            let role = roles
-                .entry((call.function.clone(), call.run_as.clone()))
-                .or_insert_with(|| resolve_role(call))
-                .clone();
-            match (role, events.get(&claimed.event_id)) {
-                (Err(e), _) => failed(e, started),
-                (_, None) => failed("the event no longer exists".into(), started),
-                (Ok(role), Some(event)) => run_one(claimed, call, role, event, started),
-            }
-        })
-        .collect()
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for (claimed, call) in jobs {
+        if !outcomes.is_empty() && deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let started = Instant::now();
+        if !is_qualified_name(&call.function) {
+            outcomes.push(failed(
+                format!("invalid SQL handler name {:?}", call.function),
+                started,
+            ));
+            continue;
+        }
+        let role = roles
+            .entry((call.function.clone(), call.run_as.clone()))
+            .or_insert_with(|| resolve_role(call))
+            .clone();
+        outcomes.push(match (role, events.get(&claimed.event_id)) {
+            (Err(e), _) => failed(e, started),
+            (_, None) => failed("the event no longer exists".into(), started),
+            (Ok(role), Some(event)) => run_one(claimed, call, role, event, started),
+        });
+    }
+    outcomes
 }
 
 // The worker reads the events; the handler role gets its event as a value and needs no privilege
@@ -306,6 +311,7 @@ fn run_one(
                     error: None,
                     retry_after: None,
                     duration: started.elapsed(),
+                    sent: true,
                 }
             }
             Ok(Err(e)) => {

@@ -1,0 +1,443 @@
+//! The claim side's statements: fan new events out into deliveries, claim due ones with a lease,
+//! and find when the next one is due. Each runs inside the caller's transaction.
+
+use super::job::{jobs_from, row_to_job, ClaimSettings, Job, JOB_COLUMNS, JOB_COLUMN_COUNT};
+use pgrx::prelude::*;
+use std::collections::HashMap;
+
+thread_local! {
+    /// Plans of the worker's record statements, prepared once per process and kept
+    /// (SPI_keepplan): they run every batch and their plans do not depend on the batch size.
+    static PLANS: std::cell::RefCell<HashMap<&'static str, pgrx::spi::OwnedPreparedStatement>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// Execute the statement `name` (prepared from `sql()` with parameter `types` on first use).
+pub fn exec<'conn>(
+    client: &mut pgrx::spi::SpiClient<'conn>,
+    name: &'static str,
+    sql: impl FnOnce() -> String,
+    types: &[pg_sys::Oid],
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<pgrx::spi::SpiTupleTable<'conn>, pgrx::spi::Error> {
+    PLANS.with(|plans| {
+        let mut plans = plans.borrow_mut();
+        let stmt = match plans.entry(name) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let oids: Vec<pgrx::PgOid> = types.iter().map(|t| pgrx::PgOid::from(*t)).collect();
+                e.insert(client.prepare_mut(sql().as_str(), &oids)?.keep())
+            }
+        };
+        client.update(&*stmt, None, args)
+    })
+}
+
+/// The end of both fan-out statements, after `ins` (the deliveries inserted from `ev`, the events
+/// taken): mark the events dispatched (completed at once when nothing matched) and count them.
+const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
+             RETURNING *
+         ), matched AS (
+             SELECT DISTINCT event_id FROM ins
+         ), upd AS (
+             UPDATE event_bus.module_events e
+                SET dispatched_at = now(),
+                    status = CASE WHEN m.event_id IS NULL THEN 'completed' ELSE e.status END,
+                    processed_at = CASE WHEN m.event_id IS NULL THEN now() ELSE e.processed_at END
+               FROM ev LEFT JOIN matched m ON m.event_id = ev.id
+              WHERE e.id = ev.id
+             RETURNING 1
+         ), counted AS (
+             UPDATE event_bus._counters c
+                SET value = c.value + (SELECT count(*) FROM ev)
+              WHERE c.name = 'events_dispatched' AND EXISTS (SELECT 1 FROM ev)
+         )";
+
+/// Fan new events out: one delivery per matching active subscription, created already leased to
+/// this worker (first attempt), so a new event costs no separate claim — except for the
+/// subscriptions in `full` (this worker already holds their share: their deliveries are created
+/// due, for a later claim) and open breakers (held). Events that match nothing are completed at
+/// once, in the same statement. Returns the jobs and how many events were taken.
+fn fan_out(limit: i64, settings: &ClaimSettings, full: &[String], pass: Pass) -> (Vec<Job>, i64) {
+    let sql = || {
+        format!(
+        "WITH ev AS ({events}), m AS (
+             SELECT ev.id AS event_id, ev.tenant_id, s.id AS sub_id, s.timeout_ms,
+                    CASE WHEN s.breaker_open_until IS NOT NULL THEN 'held'
+                         WHEN s.id = ANY ($6::uuid[]) THEN 'pending'
+                         ELSE 'processing' END AS status
+               FROM ev
+               JOIN event_bus.module_event_subscriptions s
+                 ON s.is_active
+                AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
+                AND event_bus.matches(s.event_type, ev.event_type)
+         ), ins AS (
+             INSERT INTO event_bus.module_event_deliveries
+                 (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at)
+             SELECT event_bus._delivery_id(m.event_id, m.sub_id), m.event_id, m.sub_id, m.tenant_id, m.status,
+                    CASE WHEN m.status = 'processing' THEN 1 ELSE 0 END,
+                    CASE WHEN m.status = 'processing' THEN now() END,
+                    CASE WHEN m.status = 'processing'
+                         THEN now() + (coalesce(m.timeout_ms, $2) + $3) * interval '1 millisecond'
+                         ELSE now() END
+               FROM m
+              ORDER BY m.event_id, m.sub_id
+             {FAN_OUT_TAIL}
+         {jobs}",
+        jobs = jobs_of_ins(),
+        events = events_to_take(pass)
+    )
+    };
+    Spi::connect_mut(|client| {
+        // planned per call: a generic plan cannot see the small LIMIT and hashes whole tables
+        let table = client.update(sql().as_str(), None, &settings.args(limit, full))?;
+        jobs_and_taken(table, settings)
+    })
+    .unwrap_or_else(|e| panic!("fan-out failed: {e}"))
+}
+
+/// Which undispatched events a fan-out takes.
+#[derive(Clone, Copy, PartialEq)]
+enum Pass {
+    /// The oldest, in emit order.
+    Head,
+    /// The newest that no ordered subscription wants, while a backlog is worked off from the
+    /// head: so a burst never holds up what comes after it. (Events for ordered subscriptions
+    /// wait for the head, which keeps their order.)
+    Tail,
+}
+
+/// The `ev` CTE of a fan-out: the events it takes, locked ($1 of them at most).
+fn events_to_take(pass: Pass) -> String {
+    const COLUMNS: &str = "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id";
+    match pass {
+        Pass::Head => format!(
+            "SELECT {COLUMNS}
+               FROM event_bus.module_events e
+              WHERE e.dispatched_at IS NULL
+              ORDER BY e.id
+              LIMIT $1
+                FOR UPDATE SKIP LOCKED"
+        ),
+        // among the newest few times $1 (a bound on the work: a tail that only ordered
+        // subscriptions want is not scanned to its end)
+        Pass::Tail => format!(
+            "SELECT {COLUMNS}
+               FROM (SELECT {COLUMNS}
+                       FROM event_bus.module_events e
+                      WHERE e.dispatched_at IS NULL
+                      ORDER BY e.id DESC
+                      LIMIT $1 * 4
+                        FOR UPDATE SKIP LOCKED) e
+              WHERE NOT EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions o
+                                 WHERE o.is_active AND o.ordered
+                                   AND (o.tenant_id IS NULL OR o.tenant_id = e.tenant_id)
+                                   AND event_bus.matches(o.event_type, e.event_type))
+              ORDER BY e.id DESC
+              LIMIT $1"
+        ),
+    }
+}
+
+/// The end of both fan-out statements: the jobs (deliveries created leased), in one row each,
+/// and how many events were taken (column JOB_COLUMN_COUNT + 1) — on a row of its own, NULL
+/// jobs, when none was created, so a round that matched nothing still says it took events.
+fn jobs_of_ins() -> String {
+    format!(
+        "SELECT j.*, (SELECT count(*) FROM ev)::bigint
+           FROM (SELECT 1) one
+           LEFT JOIN LATERAL (
+               SELECT {JOB_COLUMNS}
+                 FROM ins d
+                 JOIN event_bus.module_events e ON e.id = d.event_id
+                 JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+                WHERE d.status = 'processing'
+                ORDER BY d.event_id, d.subscription_id) j ON true"
+    )
+}
+
+/// Decode a fan-out's rows: the jobs, and the number of events taken.
+fn jobs_and_taken(
+    table: pgrx::spi::SpiTupleTable,
+    settings: &ClaimSettings,
+) -> Result<(Vec<Job>, i64), pgrx::spi::Error> {
+    let mut jobs = Vec::with_capacity(table.len());
+    let mut taken = 0;
+    for row in table {
+        taken = row.get::<i64>(JOB_COLUMN_COUNT + 1)?.unwrap_or(0);
+        if row.get::<String>(1)?.is_some() {
+            jobs.push(row_to_job(&row, settings)?);
+        }
+    }
+    Ok((jobs, taken))
+}
+
+/// Are there active subscriptions that are ordered or limited? Then claims and fan-outs take the
+/// stream lock and the SQL that honours them; otherwise the plain (faster) statements run.
+fn special_mode() -> bool {
+    Spi::connect_mut(|client| {
+        let table = exec(
+            client,
+            "special_mode",
+            || {
+                "SELECT EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions s
+                                 WHERE s.is_active
+                                   AND (s.ordered OR s.max_in_flight IS NOT NULL OR s.max_per_second IS NOT NULL))"
+                    .to_string()
+            },
+            &[],
+            &[],
+        )?;
+        table.first().get_one::<bool>()
+    })
+    .unwrap_or_else(|e| panic!("reading subscription modes failed: {e}"))
+    .unwrap_or(false)
+}
+
+pub fn lock_streams() {
+    Spi::run("SELECT event_bus._lock_streams()")
+        .unwrap_or_else(|e| panic!("taking the stream lock failed: {e}"));
+}
+
+/// What one claim round found.
+pub struct Round {
+    pub jobs: Vec<Job>,
+    /// The claim or the fan-out took as many as it could: more may be waiting, go again at once
+    /// (even when nothing in this round was sendable: events matching nothing, held, waiting).
+    pub more: bool,
+    /// Otherwise: seconds until the next delivery this worker may claim is due (None: none).
+    pub due: Option<f64>,
+}
+
+/// One claim round: due retries and expired leases first, then new events. With ordered or
+/// limited subscriptions, under the stream lock, with the statements that honour them. `full`:
+/// subscriptions this worker holds enough of already — not claimed, their new deliveries left due.
+pub fn claim_and_fan_out(limit: i64, settings: &ClaimSettings, full: &[String]) -> Round {
+    // The fan-out and the claim read the first rows of a partial index in its order. Its
+    // statistics rarely know how many rows it holds (it empties as fast as it fills), and a
+    // bitmap scan then reads every entry of a backlog — dead ones included, which only an
+    // ordered index scan marks for reuse — and sorts them, on every round: 5x slower at a
+    // backlog of 50,000 events, and worse as it grows.
+    Spi::run("SET LOCAL enable_bitmapscan = off")
+        .unwrap_or_else(|e| panic!("setting the claim's plan options failed: {e}"));
+    let special = special_mode();
+    if special {
+        lock_streams();
+    }
+    let mut jobs = claim(limit, settings, special, full);
+    let mut more = jobs.len() as i64 >= limit;
+    let left = (limit - jobs.len() as i64).max(0);
+    if left > 0 {
+        let fan = |n: i64, pass: Pass| {
+            if special {
+                fan_out_special(n, settings, full, pass)
+            } else {
+                fan_out(n, settings, full, pass)
+            }
+        };
+        let (fanned, taken) = fan(left, Pass::Head);
+        jobs.extend(fanned);
+        more = taken >= left;
+        if more {
+            // a backlog: what was emitted last goes out now too, not after the backlog
+            let (fanned, _) = fan((left / 10).max(10), Pass::Tail);
+            jobs.extend(fanned);
+        }
+    }
+    let due = if more {
+        None
+    } else {
+        next_due(special, full)
+    };
+    Round { jobs, more, due }
+}
+
+/// The fan-out for ordered and limited subscriptions: a delivery with an earlier unfinished one
+/// in its entity stream waits; deliveries of limited subscriptions are queued for the claim,
+/// which applies the limits.
+fn fan_out_special(
+    limit: i64,
+    settings: &ClaimSettings,
+    full: &[String],
+    pass: Pass,
+) -> (Vec<Job>, i64) {
+    let sql = || {
+        format!(
+        "WITH ev AS ({events}), m AS (
+             SELECT ev.id AS event_id, ev.tenant_id, s.id AS sub_id, s.timeout_ms,
+                    s.breaker_open_until IS NOT NULL AS breaker_open,
+                    (s.max_in_flight IS NOT NULL OR s.max_per_second IS NOT NULL
+                     OR s.id = ANY ($6::uuid[])) AS limited,
+                    CASE WHEN s.ordered AND ev.entity_id IS NOT NULL
+                         THEN jsonb_build_array(ev.entity_type, ev.entity_id)::text END AS okey
+               FROM ev
+               JOIN event_bus.module_event_subscriptions s
+                 ON s.is_active
+                AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
+                AND event_bus.matches(s.event_type, ev.event_type)
+         ), r AS (
+             SELECT m.*,
+                    m.okey IS NOT NULL
+                    AND (row_number() OVER (PARTITION BY m.sub_id, m.tenant_id, m.okey ORDER BY m.event_id) > 1
+                         OR EXISTS (SELECT 1 FROM event_bus.module_event_deliveries a
+                                     WHERE a.subscription_id = m.sub_id AND a.tenant_id = m.tenant_id
+                                       AND a.ordering_key = m.okey
+                                       AND a.status IN ('waiting', 'pending', 'processing', 'held', 'failed')))
+                      AS waits
+               FROM m
+         ), ins AS (
+             INSERT INTO event_bus.module_event_deliveries
+                 (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at,
+                  ordering_key)
+             SELECT event_bus._delivery_id(r.event_id, r.sub_id), r.event_id, r.sub_id, r.tenant_id,
+                    CASE WHEN r.waits THEN 'waiting' WHEN r.breaker_open THEN 'held'
+                         WHEN r.limited THEN 'pending' ELSE 'processing' END,
+                    CASE WHEN r.waits OR r.breaker_open OR r.limited THEN 0 ELSE 1 END,
+                    CASE WHEN r.waits OR r.breaker_open OR r.limited THEN NULL ELSE now() END,
+                    CASE WHEN r.waits OR r.breaker_open OR r.limited THEN now()
+                         ELSE now() + (coalesce(r.timeout_ms, $2) + $3) * interval '1 millisecond' END,
+                    r.okey
+               FROM r
+              ORDER BY r.event_id, r.sub_id
+             {FAN_OUT_TAIL}
+         {jobs}",
+        jobs = jobs_of_ins(),
+        events = events_to_take(pass)
+    )
+    };
+    Spi::connect_mut(|client| {
+        // deliveries queued for the claim (limited or full subscriptions) are not jobs yet
+        let table = client.update(sql().as_str(), None, &settings.args(limit, full))?;
+        jobs_and_taken(table, settings)
+    })
+    .unwrap_or_else(|e| panic!("fan-out failed: {e}"))
+}
+
+/// Subscriptions with limits: how many more may start now (free: NULL = no cap), and from when
+/// the rate allows the next one (base). Deliveries of subscriptions with no room are "blocked".
+/// A rate allows starts up to RATE_SLACK early, so one claim may take a few at high rates.
+const LIMITS_CTE: &str = "lim AS (
+             SELECT s.id, s.max_per_second AS rate,
+                    s.max_in_flight
+                      - (SELECT count(*) FROM event_bus.module_event_deliveries f
+                          WHERE f.capped_subscription_id = s.id AND f.status = 'processing'
+                            AND f.next_attempt_at > now())::integer AS free,
+                    greatest(coalesce(s.rate_next_at, now()), now()) AS base
+               FROM event_bus.module_event_subscriptions s
+              WHERE s.max_in_flight IS NOT NULL OR s.max_per_second IS NOT NULL
+         ), blocked AS (
+             SELECT lim.id FROM lim
+              WHERE lim.free <= 0 OR lim.base > now() + interval '2 milliseconds'
+         )";
+
+/// The claim for when limited subscriptions exist (under the stream lock, so the limits hold over
+/// all workers): no more than `free` in flight per capped subscription, starts of rate-limited
+/// ones spaced 1/rate apart.
+fn claim_limited_sql() -> String {
+    format!(
+        "WITH {LIMITS_CTE}, cand AS (
+             SELECT d.id, d.subscription_id, d.next_attempt_at
+               FROM event_bus.module_event_deliveries d
+              WHERE d.status IN ('pending', 'processing')
+                AND d.next_attempt_at <= now()
+                AND NOT (d.subscription_id = ANY ($6::uuid[]))
+                AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.id = d.subscription_id)
+              ORDER BY d.next_attempt_at
+              LIMIT $1
+                FOR UPDATE SKIP LOCKED
+         ), ranked AS (
+             SELECT cand.id, cand.subscription_id,
+                    row_number() OVER (PARTITION BY cand.subscription_id ORDER BY cand.next_attempt_at, cand.id) AS rn
+               FROM cand
+         ), c AS (
+             SELECT r.id, r.subscription_id
+               FROM ranked r LEFT JOIN lim l ON l.id = r.subscription_id
+              WHERE l.id IS NULL
+                 OR ((l.free IS NULL OR r.rn <= l.free)
+                     AND (l.rate IS NULL
+                          OR l.base + (r.rn - 1) / l.rate * interval '1 second' <= now() + interval '2 milliseconds'))
+         ), paced AS (
+             UPDATE event_bus.module_event_subscriptions s
+                SET rate_next_at = l.base + n.k / l.rate * interval '1 second'
+               FROM (SELECT c.subscription_id, count(*) AS k FROM c GROUP BY c.subscription_id) n
+               JOIN lim l ON l.id = n.subscription_id
+              WHERE s.id = n.subscription_id AND l.rate IS NOT NULL
+         )
+         UPDATE event_bus.module_event_deliveries d
+            SET status = 'processing',
+                attempts = d.attempts + 1,
+                last_attempt_at = now(),
+                next_attempt_at = now() + (coalesce(s.timeout_ms, $2) + $3) * interval '1 millisecond',
+                capped_subscription_id = CASE WHEN s.max_in_flight IS NOT NULL THEN s.id END
+           FROM c, event_bus.module_events e, event_bus.module_event_subscriptions s
+          WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
+         RETURNING {JOB_COLUMNS}"
+    )
+}
+
+/// Claim up to `limit` due deliveries (retries, expired leases, deliveries queued by the fan-out)
+/// with a lease, leaving out the subscriptions in `full`.
+fn claim(limit: i64, settings: &ClaimSettings, special: bool, full: &[String]) -> Vec<Job> {
+    let sql = || {
+        format!(
+        "WITH c AS (
+             SELECT d.id
+               FROM event_bus.module_event_deliveries d
+              WHERE d.status IN ('pending', 'processing')
+                AND d.next_attempt_at <= now()
+                AND NOT (d.subscription_id = ANY ($6::uuid[]))
+              ORDER BY d.next_attempt_at
+              LIMIT $1
+                FOR UPDATE SKIP LOCKED
+         )
+         UPDATE event_bus.module_event_deliveries d
+            SET status = 'processing',
+                attempts = d.attempts + 1,
+                last_attempt_at = now(),
+                next_attempt_at = now() + (coalesce(s.timeout_ms, $2) + $3) * interval '1 millisecond'
+           FROM c, event_bus.module_events e, event_bus.module_event_subscriptions s
+          WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
+         RETURNING {JOB_COLUMNS}"
+    )
+    };
+    Spi::connect_mut(|client| {
+        // planned per call, like the fan-out
+        let statement = if special { claim_limited_sql() } else { sql() };
+        let table = client.update(statement.as_str(), None, &settings.args(limit, full))?;
+        jobs_from(table, settings)
+    })
+    .unwrap_or_else(|e| panic!("claim failed: {e}"))
+}
+
+/// Seconds until the next delivery this worker may claim is due (negative: already; None: none).
+/// Leaves out the subscriptions in `full`; with limits, not the deliveries of subscriptions
+/// without room, but when a rate allows the next start.
+fn next_due(special: bool, full: &[String]) -> Option<f64> {
+    // min() always returns one row (NULL when nothing is queued)
+    let due_sql = if special {
+        format!(
+            "WITH {LIMITS_CTE}
+             SELECT extract(epoch FROM (least(
+                    (SELECT min(d.next_attempt_at) FROM event_bus.module_event_deliveries d
+                      WHERE d.status IN ('pending', 'processing')
+                        AND NOT (d.subscription_id = ANY ($1::uuid[]))
+                        AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.id = d.subscription_id)),
+                    (SELECT min(l.base) FROM lim l
+                      WHERE l.rate IS NOT NULL AND l.base > now() AND coalesce(l.free, 1) > 0))
+                    - now()))::float8"
+        )
+    } else {
+        "SELECT extract(epoch FROM (min(d.next_attempt_at) - now()))::float8
+           FROM event_bus.module_event_deliveries d
+          WHERE d.status IN ('pending', 'processing')
+            AND NOT (d.subscription_id = ANY ($1::uuid[]))"
+            .to_string()
+    };
+    Spi::connect(|client| {
+        client
+            .select(due_sql.as_str(), None, &[full.to_vec().into()])?
+            .first()
+            .get_one::<f64>()
+    })
+    .unwrap_or_else(|e| panic!("finding the next due delivery failed: {e}"))
+}

@@ -1,0 +1,246 @@
+//! What a claim hands the loop: the claimed delivery ([`Claimed`]) and the work it needs ([`Job`]),
+//! decoded from the job rows every claim and fan-out statement returns ([`JOB_COLUMNS`]).
+
+use super::deliver::Request;
+use super::sqlhandler;
+use crate::{api, guc};
+use std::time::Duration;
+
+/// One claimed delivery, in flight.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub delivery_id: String,
+    pub event_id: String,
+    pub subscription_id: String,
+    pub tenant_id: String,
+    pub attempt: i32,
+    /// Attempts made before the last manual retry or replay: the budget counts from here.
+    pub attempt_offset: i32,
+    pub max_retries: i32,
+    pub backoff_base_ms: i64,
+    pub backoff_max_ms: i64,
+    /// Part of an ordered subscription's entity stream: finishing it may let the next one run.
+    pub ordered: bool,
+}
+
+/// The columns every job row has, over aliases d (delivery), e (event), s (subscription).
+/// $2 = default timeout, $3 = lease, $4/$5 = default backoff base/cap.
+pub const JOB_COLUMNS: &str =
+    "d.id::text, d.event_id::text, d.subscription_id::text, d.tenant_id::text, d.attempts,
+       coalesce(s.max_retries, e.max_retries),
+       coalesce(s.backoff_base_ms, $4)::bigint, coalesce(s.backoff_max_ms, $5)::bigint,
+       s.handler_kind, s.handler_url, s.handler_function, s.headers::text, s.secret,
+       coalesce(s.timeout_ms, $2), s.run_as::text,
+       json_build_object(
+           'specversion', '1.0',
+           'id', e.id,
+           'source', '/event_bus/' || e.source_module,
+           'type', e.event_type,
+           'time', e.created_at,
+           'subject', CASE WHEN e.entity_id IS NOT NULL
+                           THEN coalesce(e.entity_type || '/', '') || e.entity_id END,
+           'datacontenttype', 'application/json',
+           'tenantid', e.tenant_id,
+           'sourcemodule', e.source_module,
+           'entitytype', e.entity_type,
+           'entityid', e.entity_id,
+           'deliveryid', d.id,
+           'metadata', e.metadata,
+           'data', e.payload)::text,
+       d.attempt_offset, d.ordering_key IS NOT NULL";
+
+/// How many columns JOB_COLUMNS has.
+pub const JOB_COLUMN_COUNT: usize = 18;
+
+/// Settings read once per claim.
+pub struct ClaimSettings {
+    default_timeout: i32,
+    lease_ms: i32,
+    base: i32,
+    cap: i32,
+    max_response: usize,
+    follow: bool,
+    edge_base: Option<String>,
+    /// event_bus.allowed_networks, or why it is invalid (then every HTTP attempt fails)
+    networks: Result<crate::netpolicy::Networks, String>,
+    /// A subscription's share of the sender (event_bus.max_in_flight_per_subscription).
+    pub per_subscription: usize,
+}
+
+impl ClaimSettings {
+    pub fn read() -> ClaimSettings {
+        ClaimSettings {
+            default_timeout: guc::DEFAULT_TIMEOUT_MS.get(),
+            lease_ms: guc::LEASE_MS.get(),
+            base: guc::BACKOFF_BASE_MS.get(),
+            cap: guc::BACKOFF_MAX_MS.get(),
+            max_response: guc::MAX_RESPONSE_BYTES.get().max(0) as usize,
+            follow: guc::FOLLOW_REDIRECTS.get(),
+            edge_base: guc::EDGE_FUNCTION_BASE_URL
+                .get()
+                .and_then(|c| c.into_string().ok())
+                .filter(|s| !s.is_empty()),
+            networks: allowed_networks(),
+            per_subscription: guc::MAX_IN_FLIGHT_PER_SUBSCRIPTION.get().max(1) as usize,
+        }
+    }
+
+    /// How long a claimed job may wait for its turn in this worker: half its lease, so it goes
+    /// back to the table before another worker could take it.
+    pub fn wait_limit(&self) -> Duration {
+        Duration::from_millis((self.lease_ms.max(100) / 2) as u64)
+    }
+
+    /// $1 limit, $2-$5 as JOB_COLUMNS says, $6 the subscriptions not to claim for (uuid[]).
+    pub fn args(&self, limit: i64, full: &[String]) -> Vec<pgrx::datum::DatumWithOid<'static>> {
+        vec![
+            limit.into(),
+            self.default_timeout.into(),
+            self.lease_ms.into(),
+            self.base.into(),
+            self.cap.into(),
+            full.to_vec().into(),
+        ]
+    }
+}
+
+pub enum Job {
+    Http(Claimed, Request),
+    Sql(Claimed, sqlhandler::Call),
+    /// Could not even be attempted (bad URL, no base URL): recorded as a failed attempt.
+    Failed(Claimed, String),
+}
+
+/// Parse event_bus.allowed_networks and hand it to the HTTP threads.
+fn allowed_networks() -> Result<crate::netpolicy::Networks, String> {
+    let setting = guc::ALLOWED_NETWORKS
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .unwrap_or_default();
+    let parsed = crate::netpolicy::Networks::parse(&setting).map_err(|e| {
+        format!("event_bus.allowed_networks is invalid ({e}); no request is sent until it is fixed")
+    });
+    if let Ok(n) = &parsed {
+        super::deliver::set_allowed_networks(n);
+    }
+    parsed
+}
+
+/// Turn job rows (JOB_COLUMNS) into HTTP requests, SQL calls, or failures that need no attempt.
+pub fn jobs_from(
+    table: pgrx::spi::SpiTupleTable,
+    st: &ClaimSettings,
+) -> Result<Vec<Job>, pgrx::spi::Error> {
+    let mut jobs = Vec::with_capacity(table.len());
+    for row in table {
+        jobs.push(row_to_job(&row, st)?);
+    }
+    Ok(jobs)
+}
+
+/// One job row (JOB_COLUMNS) as an HTTP request, a SQL call, or a failure that needs no attempt.
+pub fn row_to_job(
+    row: &pgrx::spi::SpiHeapTupleData,
+    st: &ClaimSettings,
+) -> Result<Job, pgrx::spi::Error> {
+    {
+        let claimed = Claimed {
+            delivery_id: row.get::<String>(1)?.unwrap_or_default(),
+            event_id: row.get::<String>(2)?.unwrap_or_default(),
+            subscription_id: row.get::<String>(3)?.unwrap_or_default(),
+            tenant_id: row.get::<String>(4)?.unwrap_or_default(),
+            attempt: row.get::<i32>(5)?.unwrap_or(1),
+            attempt_offset: row.get::<i32>(17)?.unwrap_or(0),
+            max_retries: row.get::<i32>(6)?.unwrap_or(3),
+            backoff_base_ms: row.get::<i64>(7)?.unwrap_or(st.base as i64),
+            backoff_max_ms: row.get::<i64>(8)?.unwrap_or(st.cap as i64),
+            ordered: row.get::<bool>(18)?.unwrap_or(false),
+        };
+        let kind = row.get::<String>(9)?.unwrap_or_default();
+        let url = row.get::<String>(10)?;
+        let function = row.get::<String>(11)?;
+        let headers_text = row.get::<String>(12)?.unwrap_or_else(|| "{}".into());
+        let secret = row.get::<String>(13)?;
+        let timeout_ms = row.get::<i32>(14)?.unwrap_or(st.default_timeout);
+        let run_as = row.get::<String>(15)?;
+        let body = row.get::<String>(16)?.unwrap_or_default();
+
+        let job = match kind.as_str() {
+            "sql" => Job::Sql(
+                claimed,
+                sqlhandler::Call {
+                    function: function.unwrap_or_default(),
+                    run_as,
+                    timeout_ms,
+                },
+            ),
+            _ => {
+                let target = if kind == "edge_function" {
+                    match (&st.edge_base, &function) {
+                        (Some(b), Some(f)) => Ok(format!("{}/{}", b.trim_end_matches('/'), f)),
+                        _ => Err(
+                            "event_bus.edge_function_base_url is not set, so the Edge Function \
+                                  cannot be resolved; set it and reload"
+                                .to_string(),
+                        ),
+                    }
+                } else {
+                    url.ok_or_else(|| "subscription has no handler_url".to_string())
+                };
+                let target = target.and_then(|u| {
+                    api::validate_url(&u)
+                        .map(|_| u)
+                        .map_err(|e| format!("invalid URL: {e}"))
+                });
+                let key = match secret.as_deref().map(api::secret_key) {
+                    Some(Err(e)) => Err(format!("invalid signing secret: {e}")),
+                    Some(Ok(k)) => Ok(Some(k)),
+                    None => Ok(None),
+                };
+                // headers written past subscribe() (a direct UPDATE) are checked again: a bad one
+                // fails the attempt rather than sending without, say, its Authorization header
+                let headers: Result<Vec<(String, String)>, String> =
+                    serde_json::from_str::<serde_json::Value>(&headers_text)
+                        .map_err(|e| e.to_string())
+                        .and_then(|v| api::validate_headers(&v).map(|_| v))
+                        .map(|v| {
+                            v.as_object()
+                                .map(|o| {
+                                    o.iter()
+                                        .filter_map(|(k, v)| {
+                                            v.as_str().map(|s| (k.clone(), s.to_string()))
+                                        })
+                                        .collect()
+                                })
+                                .unwrap_or_default()
+                        })
+                        .map_err(|e| format!("invalid subscription headers: {e}"));
+                let target = match &st.networks {
+                    Ok(_) => target,
+                    Err(e) => Err(e.clone()),
+                };
+                match (target, key, headers) {
+                    (Ok(url), Ok(secret_key), Ok(headers)) => Job::Http(
+                        claimed.clone(),
+                        Request {
+                            token: 0,
+                            webhook_id: claimed.delivery_id.clone(),
+                            url,
+                            body,
+                            headers,
+                            secret_key,
+                            timeout: Duration::from_millis(timeout_ms.max(1) as u64),
+                            max_response_bytes: st.max_response,
+                            follow_redirects: st.follow,
+                            group: claimed.subscription_id.clone(),
+                            per_group: st.per_subscription,
+                            wait_limit: st.wait_limit(),
+                        },
+                    ),
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Job::Failed(claimed, e),
+                }
+            }
+        };
+        Ok(job)
+    }
+}

@@ -1,0 +1,273 @@
+//! Recording outcomes: the attempt log, the delivery's next state (completed, retried after its
+//! backoff, dead), the events' status and the subscriptions' health, in one short transaction;
+//! and handing unfinished leases back.
+
+use super::claim::{exec, lock_streams};
+use super::deliver::{backoff, Outcome};
+use super::job::Claimed;
+use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub struct Finished {
+    pub claimed: Claimed,
+    pub outcome: Outcome,
+}
+
+/// Simple xorshift for jitter; seeded per process.
+pub struct Rng(u64);
+impl Rng {
+    /// Seeded from the clock and the pid, so workers do not share a jitter sequence.
+    pub fn seeded() -> Rng {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        Rng((nanos as u64) ^ ((unsafe { pg_sys::MyProcPid } as u64) << 32) | 1)
+    }
+
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub fn retry_delay(c: &Claimed, o: &Outcome, rng: &mut Rng) -> Duration {
+    backoff(
+        (c.attempt - c.attempt_offset).max(1),
+        c.backoff_base_ms.max(1) as u64,
+        c.backoff_max_ms.max(1) as u64,
+        o.retry_after,
+        rng.next_f64(),
+    )
+}
+
+/// Record a batch of outcomes: one attempt-log row each, the delivery's new state (completed,
+/// retried after its backoff, or dead), and the events' derived status.
+pub fn record(batch: &[Finished], delays: &[Duration]) {
+    let n = batch.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut events = Vec::with_capacity(n);
+    let mut subs = Vec::with_capacity(n);
+    let mut tenants = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut oks = Vec::with_capacity(n);
+    let mut deads = Vec::with_capacity(n);
+    let mut statuses: Vec<Option<i32>> = Vec::with_capacity(n);
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut responses: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut durations = Vec::with_capacity(n);
+    let mut delay_ms = Vec::with_capacity(n);
+    for (f, d) in batch.iter().zip(delays) {
+        let c = &f.claimed;
+        let o = &f.outcome;
+        ids.push(c.delivery_id.clone());
+        events.push(c.event_id.clone());
+        subs.push(c.subscription_id.clone());
+        tenants.push(c.tenant_id.clone());
+        attempts.push(c.attempt);
+        oks.push(o.success);
+        deads.push(!o.success && c.attempt - c.attempt_offset > c.max_retries);
+        statuses.push(o.http_status.map(|s| s as i32));
+        errors.push(o.error.as_ref().map(|e| e.chars().take(2000).collect()));
+        responses.push(o.response.clone());
+        durations.push(o.duration.as_secs_f64() * 1000.0);
+        delay_ms.push(d.as_millis().min(i64::MAX as u128) as i64);
+    }
+    let dead_count = deads.iter().filter(|d| **d).count() as i32;
+    let health = SubscriptionHealth::of(batch);
+    let ordered: Vec<String> = batch
+        .iter()
+        .filter(|f| f.claimed.ordered)
+        .map(|f| f.claimed.delivery_id.clone())
+        .collect();
+    if !ordered.is_empty() {
+        // before any row is touched: the fan-out must not decide on these streams meanwhile
+        lock_streams();
+        // the worker's bookkeeping commits asynchronously (a lost commit only means a resend);
+        // a stream that moved on must not move back after a crash, so this commit is durable
+        // before the next delivery of the stream can be sent
+        Spi::run("SET LOCAL synchronous_commit = on")
+            .unwrap_or_else(|e| panic!("setting synchronous_commit failed: {e}"));
+    }
+    Spi::connect_mut(|client| {
+        exec(
+            client,
+            "record_deliveries",
+            || "WITH o AS (
+                 SELECT * FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::bool[], $5::int[], $6::text[], $7::bigint[])
+                     AS o(id, attempt, ok, dead, http_status, err, delay_ms)
+             )
+             UPDATE event_bus.module_event_deliveries d
+                SET status = CASE WHEN o.ok THEN 'completed' WHEN o.dead THEN 'failed' ELSE 'pending' END,
+                    next_attempt_at = CASE WHEN o.ok OR o.dead THEN d.next_attempt_at
+                                           ELSE now() + o.delay_ms * interval '1 millisecond' END,
+                    completed_at = CASE WHEN o.ok OR o.dead THEN now() END,
+                    last_http_status = o.http_status,
+                    last_error = o.err
+               FROM o
+              WHERE d.id = o.id AND d.status = 'processing' AND d.attempts = o.attempt"
+                .to_string(),
+            &[
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::BOOLARRAYOID,
+                pg_sys::BOOLARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT8ARRAYOID,
+            ],
+            &[
+                ids.clone().into(),
+                attempts.clone().into(),
+                oks.clone().into(),
+                deads.into(),
+                statuses.clone().into(),
+                errors.clone().into(),
+                delay_ms.into(),
+            ],
+        )?;
+        exec(
+            client,
+            "record_logs",
+            || "INSERT INTO event_bus.module_event_logs
+                 (delivery_id, event_id, subscription_id, tenant_id, attempt, status, http_status,
+                  response, error_message, duration_ms)
+             SELECT o.id, o.event_id, o.sub_id, o.tenant_id, o.attempt,
+                    CASE WHEN o.ok THEN 'success' ELSE 'failed' END, o.http_status, o.resp::jsonb, o.err, o.dur
+               FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int[], $6::bool[], $7::int[],
+                           $8::text[], $9::text[], $10::float8[])
+                 AS o(id, event_id, sub_id, tenant_id, attempt, ok, http_status, resp, err, dur)"
+                .to_string(),
+            &[
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::BOOLARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::FLOAT8ARRAYOID,
+            ],
+            &[
+                ids.into(),
+                events.clone().into(),
+                subs.into(),
+                tenants.into(),
+                attempts.into(),
+                oks.into(),
+                statuses.into(),
+                responses.into(),
+                errors.into(),
+                durations.into(),
+            ],
+        )?;
+        if !ordered.is_empty() {
+            exec(
+                client,
+                "advance_streams",
+                || "SELECT event_bus._advance_streams($1::uuid[])".to_string(),
+                &[pg_sys::TEXTARRAYOID],
+                &[ordered.into()],
+            )?;
+        }
+        events.sort();
+        events.dedup();
+        exec(
+            client,
+            "refresh_status",
+            || "SELECT event_bus._refresh_event_status($1::uuid[])".to_string(),
+            &[pg_sys::TEXTARRAYOID],
+            &[events.into()],
+        )?;
+        exec(
+            client,
+            "record_subscriptions",
+            || "SELECT event_bus._record_subscription_outcomes($1::uuid[], $2, $3, $4, $5, $6)".to_string(),
+            &[
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT4OID,
+            ],
+            &[
+                health.ids.into(),
+                health.ok.into(),
+                health.failed.into(),
+                health.trailing.into(),
+                health.last_error.into(),
+                dead_count.into(),
+            ],
+        )?;
+        Ok::<(), pgrx::spi::Error>(())
+    })
+    .unwrap_or_else(|e| panic!("recording outcomes failed: {e}"))
+}
+
+/// A batch's outcomes per subscription, in batch order: what the circuit breaker and the
+/// subscription's health columns need.
+#[derive(Default)]
+struct SubscriptionHealth {
+    ids: Vec<String>,
+    ok: Vec<i32>,
+    failed: Vec<i32>,
+    /// failures after the subscription's last success in the batch
+    trailing: Vec<i32>,
+    last_error: Vec<Option<String>>,
+}
+
+impl SubscriptionHealth {
+    fn of(batch: &[Finished]) -> SubscriptionHealth {
+        let mut h = SubscriptionHealth::default();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for f in batch {
+            let i = *index
+                .entry(f.claimed.subscription_id.as_str())
+                .or_insert_with(|| {
+                    h.ids.push(f.claimed.subscription_id.clone());
+                    h.ok.push(0);
+                    h.failed.push(0);
+                    h.trailing.push(0);
+                    h.last_error.push(None);
+                    h.ids.len() - 1
+                });
+            if f.outcome.success {
+                h.ok[i] += 1;
+                h.trailing[i] = 0;
+            } else {
+                h.failed[i] += 1;
+                h.trailing[i] += 1;
+                h.last_error[i] = f
+                    .outcome
+                    .error
+                    .as_ref()
+                    .map(|e| e.chars().take(2000).collect());
+            }
+        }
+        h
+    }
+}
+
+/// Hand unfinished leases back (shutdown): due again now, the interrupted attempt not counted.
+pub fn release(unfinished: &[Claimed]) {
+    let ids: Vec<String> = unfinished.iter().map(|c| c.delivery_id.clone()).collect();
+    let attempts: Vec<i32> = unfinished.iter().map(|c| c.attempt).collect();
+    Spi::connect_mut(|client| {
+        client.update(
+            "UPDATE event_bus.module_event_deliveries d
+                SET status = 'pending', next_attempt_at = now(), attempts = d.attempts - 1
+               FROM unnest($1::uuid[], $2::int[]) AS o(id, attempt)
+              WHERE d.id = o.id AND d.status = 'processing' AND d.attempts = o.attempt",
+            None,
+            &[ids.into(), attempts.into()],
+        )?;
+        Ok::<(), pgrx::spi::Error>(())
+    })
+    .unwrap_or_else(|e| panic!("releasing leases failed: {e}"))
+}
