@@ -1,4 +1,4 @@
--- event_bus SQL API: emit, publish_event, subscribe, unsubscribe, the notify trigger.
+-- event_bus SQL API: emit, publish_event, subscribe, unsubscribe.
 -- Loaded last (finalize), after the tables and the Rust-backed functions exist.
 
 ------------------------------------------------------------------------------------------------
@@ -286,30 +286,6 @@ COMMENT ON FUNCTION event_bus.publish_event(text, text, text, jsonb, jsonb, uuid
     'Compatibility entry point for the publish_event design: aggregate_type becomes entity_type, '
     'aggregate_id the entity id, organization_id the tenant (required); source_module is '
     'metadata->>''source_module'' or else the aggregate type. Same validation as emit_module_event.';
-
-------------------------------------------------------------------------------------------------
--- Notify trigger: LISTEN module_event sees {"id","event_type","tenant_id"} of each committed event.
-------------------------------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION event_bus._notify_module_event() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM pg_notify('module_event',
-        json_build_object('id', NEW.id, 'event_type', NEW.event_type, 'tenant_id', NEW.tenant_id)::text);
-    RETURN NULL;
-END
-$$;
-
-COMMENT ON FUNCTION event_bus._notify_module_event() IS
-    'Internal: AFTER INSERT trigger on module_events sending pg_notify(''module_event'', {id, event_type, '
-    'tenant_id}) unless event_bus.notify is off.';
-
-CREATE OR REPLACE TRIGGER module_events_notify
-    AFTER INSERT ON event_bus.module_events
-    FOR EACH ROW
-    WHEN (coalesce(nullif(pg_catalog.current_setting('event_bus.notify', true), '')::boolean, true))
-    EXECUTE FUNCTION event_bus._notify_module_event();
 
 ------------------------------------------------------------------------------------------------
 -- Internal: derive an event's status from its deliveries.

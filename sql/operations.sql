@@ -774,9 +774,14 @@ BEGIN
              WHERE id = r.id;
             PERFORM event_bus._release(r.id);
         ELSIF r.threshold > 0 AND r.consecutive_failures >= r.threshold THEN
-            -- open (or, after a failed probe, re-open) for another cool-down
+            -- open for a second, or, after a failed probe, re-open for as long as the endpoint has
+            -- been failing so far (so about doubling), at most event_bus.breaker_cooldown_ms: a
+            -- short outage costs seconds, a long one a probe per cool-down
             UPDATE event_bus.module_event_subscriptions
-               SET breaker_open_until = now() + v_cooldown * interval '1 millisecond',
+               SET breaker_open_until = now() + least(v_cooldown, greatest(1000,
+                       CASE WHEN breaker_open_until IS NULL THEN 0
+                            ELSE extract(epoch FROM now() - breaker_opened_at) * 1000 END))
+                       * interval '1 millisecond',
                    breaker_opened_at = CASE WHEN breaker_open_until IS NULL THEN now() ELSE breaker_opened_at END
              WHERE id = r.id;
             PERFORM event_bus._hold(r.id);

@@ -5,7 +5,7 @@ use std::ffi::CString;
 
 /// Largest payload emit accepts, in bytes of its JSON text.
 pub static MAX_PAYLOAD_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1_048_576);
-/// Whether inserts into module_events send pg_notify('module_event', ...).
+/// Whether the worker sends pg_notify('module_event', ...) for the events it fans out.
 pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Base URL that Edge Function names are resolved against.
 pub static EDGE_FUNCTION_BASE_URL: GucSetting<Option<CString>> =
@@ -73,11 +73,11 @@ pub fn register() {
     );
     GucRegistry::define_bool_guc(
         c"event_bus.notify",
-        c"Send pg_notify('module_event', ...) for every emitted event.",
-        c"NOTIFY serialises committing transactions on a global lock; turn it off for write-heavy \
-          workloads. The delivery worker never depends on it.",
+        c"Have the delivery worker send pg_notify('module_event', ...) for every event it fans out.",
+        c"Sent from the worker's fan-out transaction, a millisecond after the event's commit, never \
+          from the emitting transaction. The delivery worker never depends on it.",
         &NOTIFY,
-        GucContext::Suset,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -137,8 +137,9 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"event_bus.breaker_cooldown_ms",
-        c"How long an open circuit breaker holds deliveries before it sends one probe.",
-        c"",
+        c"Longest an open circuit breaker holds deliveries before it sends one probe.",
+        c"A breaker first opens for a second; after each failed probe it re-opens for as long as the \
+          endpoint has been failing so far, up to this.",
         &BREAKER_COOLDOWN_MS,
         1,
         86_400_000,

@@ -74,7 +74,12 @@ extension_sql_file!(
     name = "schema_0_2_0",
     requires = ["tenant"]
 );
-extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_2_0"]);
+extension_sql_file!(
+    "../sql/schema_0.3.0.sql",
+    name = "schema_0_3_0",
+    requires = ["schema_0_2_0"]
+);
+extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_3_0"]);
 extension_sql_file!(
     "../sql/contracts.sql",
     name = "contracts",

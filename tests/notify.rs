@@ -1,4 +1,5 @@
-//! LISTEN module_event from a real client sees committed events only, with a small payload.
+//! LISTEN module_event from a real client sees committed events only, with a small payload, each
+//! once; the delivery worker sends them as it fans the events out (not the emitting transaction).
 
 mod common;
 
@@ -54,13 +55,50 @@ fn listen_sees_committed_events_with_id_type_and_tenant() {
         payload.len()
     );
 
-    // event_bus.notify = off silences it
+    // a burst: every committed event is notified exactly once
     app.batch_execute(&format!(
-        "SET event_bus.notify = off; SELECT event_bus.emit_module_event('{tenant}', 'invoice.posted', 'accounting', 'invoice', 'INV-10', '{{}}');"
+        "SELECT count(*) FROM event_bus.emit_module_events('{tenant}', 'invoice.posted', 'accounting', 'invoice', NULL,
+             (SELECT array_agg(jsonb_build_object('n', g)) FROM generate_series(1, 1000) g))"
+    ))
+    .unwrap();
+    let mut ids = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ids.len() < 1000 && Instant::now() < deadline {
+        let mut n = listener.notifications();
+        let mut it = n.timeout_iter(Duration::from_millis(200));
+        while let Ok(Some(note)) = it.next() {
+            let v: serde_json::Value = serde_json::from_str(note.payload()).unwrap();
+            assert!(
+                ids.insert(v["id"].as_str().unwrap().to_string()),
+                "notified twice: {v}"
+            );
+        }
+    }
+    assert_eq!(ids.len(), 1000);
+
+    // event_bus.notify = off (server-wide: the worker reads it) silences it
+    app.batch_execute("ALTER SYSTEM SET event_bus.notify = off")
+        .unwrap();
+    app.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let off = |app: &mut postgres::Client| -> bool {
+        app.query_one(
+            "SELECT setting = 'off' FROM pg_settings WHERE name = 'event_bus.notify'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    common::wait_for("the reload", Duration::from_secs(10), || {
+        off(&mut app).then_some(())
+    });
+    // the worker reloads between rounds: one emit it has surely seen after the reload
+    std::thread::sleep(Duration::from_millis(300));
+    app.batch_execute(&format!(
+        "SELECT event_bus.emit_module_event('{tenant}', 'invoice.posted', 'accounting', 'invoice', 'INV-10', '{{}}');"
     ))
     .unwrap();
     let mut n = listener.notifications();
-    let mut it = n.timeout_iter(Duration::from_millis(500));
+    let mut it = n.timeout_iter(Duration::from_millis(1000));
     assert!(
         matches!(it.next(), Ok(None)),
         "no notification with event_bus.notify = off"

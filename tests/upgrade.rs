@@ -1,6 +1,8 @@
-//! ALTER EXTENSION event_bus UPDATE from the released 0.1.0: installs 0.1.0's own install script
+//! ALTER EXTENSION event_bus UPDATE from each released version (0.2.0, the previous one, and 0.1.0,
+//! through every script in between): installs that release's own install script
 //! (tests/fixtures), fills it with data, upgrades, and checks that nothing was lost, that the
-//! worker delivers what waited, and that the upgraded schema is the one a fresh install creates.
+//! worker delivers what waited (deliveries in flight and waiting for a retry included), and that
+//! the upgraded schema is the one a fresh install creates.
 
 mod common;
 
@@ -11,19 +13,19 @@ use std::time::Duration;
 
 const TENANT: &str = "44444444-4444-4444-4444-444444444444";
 
-/// Copy the 0.1.0 install script next to the current version's scripts.
-fn install_old_version_script() {
+/// Copy a released install script next to the current version's scripts.
+fn install_old_version_script(version: &str) {
     let out = Command::new("pg_config")
         .arg("--sharedir")
         .output()
         .unwrap();
     let sharedir = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/event_bus--0.1.0.sql"
+    let fixture = format!(
+        "{}/tests/fixtures/event_bus--{version}.sql",
+        env!("CARGO_MANIFEST_DIR")
     );
-    std::fs::copy(fixture, format!("{sharedir}/extension/event_bus--0.1.0.sql"))
-        .expect("copy the 0.1.0 install script into the extension directory (run as root, like the test command)");
+    std::fs::copy(fixture, format!("{sharedir}/extension/event_bus--{version}.sql"))
+        .expect("copy the old install script into the extension directory (run as root, like the test command)");
 }
 
 /// Every object of the extension, described, and every column of its tables: equal for a fresh
@@ -75,10 +77,19 @@ fn schema_fingerprint(c: &mut postgres::Client) -> Vec<String> {
 }
 
 #[test]
+fn upgrade_from_0_2_0_keeps_every_row_and_matches_a_fresh_install() {
+    upgrade_from("0.2.0");
+}
+
+#[test]
 fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
-    install_old_version_script();
+    upgrade_from("0.1.0");
+}
+
+fn upgrade_from(old: &str) {
+    install_old_version_script(old);
     let cluster = Cluster::start(
-        "upgrade",
+        &format!("upgrade-{old}"),
         &[
             "event_bus.poll_interval_ms = 100",
             "event_bus.backoff_base_ms = 50",
@@ -90,7 +101,7 @@ fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
     admin.batch_execute("CREATE DATABASE fresh_db").unwrap();
 
     let mut c = cluster.connect("old_db");
-    c.batch_execute("CREATE EXTENSION event_bus VERSION '0.1.0'")
+    c.batch_execute(&format!("CREATE EXTENSION event_bus VERSION '{old}'"))
         .unwrap();
     let sub: String = c
         .query_one(
@@ -111,6 +122,24 @@ fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
          SELECT d.event_id, '{sub}', d.id, '{TENANT}', 1, 'success', 200 FROM d;"
     ))
     .unwrap();
+    // 0.2.0 left deliveries mid-way: one in flight (its lease ran out with the old worker) and one
+    // waiting for its retry; both go out after the upgrade, each once more
+    let mid_way = if old == "0.1.0" { 0 } else { 2 };
+    if mid_way > 0 {
+        c.batch_execute(&format!(
+            "WITH e AS (
+                 INSERT INTO event_bus.module_events (tenant_id, event_type, source_module, status, dispatched_at)
+                 VALUES ('{TENANT}', 'invoice.sent', 'accounting', 'processing', now()),
+                        ('{TENANT}', 'invoice.sent', 'accounting', 'processing', now()) RETURNING id)
+             INSERT INTO event_bus.module_event_deliveries (id, event_id, subscription_id, tenant_id, status, attempts,
+                                                            last_attempt_at, next_attempt_at)
+             SELECT event_bus._delivery_id(e.id, '{sub}'), e.id, '{sub}', '{TENANT}',
+                    (ARRAY['processing', 'pending'])[row_number() OVER ()], 1, now() - interval '1 minute',
+                    now() - interval '1 second'
+               FROM e"
+        ))
+        .unwrap();
+    }
     // events emitted while the new library runs against the old SQL wait for the upgrade
     for i in 0..3 {
         c.execute(
@@ -144,7 +173,7 @@ fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
     wait_for(
         "the waiting events delivered after the upgrade",
         Duration::from_secs(60),
-        || (rx.count("/hook") == 3).then_some(()),
+        || (rx.count("/hook") == 3 + mid_way).then_some(()),
     );
     wait_for("their outcomes recorded", Duration::from_secs(30), || {
         let n: i64 = c
@@ -154,7 +183,7 @@ fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
             )
             .unwrap()
             .get(0);
-        (n == 4).then_some(())
+        (n == 4 + mid_way as i64).then_some(())
     });
     let kept: String = c
         .query_one(
@@ -169,13 +198,20 @@ fn upgrade_from_0_1_0_keeps_every_row_and_matches_a_fresh_install() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(kept, format!("4|4|4|{sub}:upgrade-secret-0123456789:0|4|4"));
+    let n = 4 + mid_way;
+    assert_eq!(
+        kept,
+        format!("{n}|{n}|{n}|{sub}:upgrade-secret-0123456789:0|{n}|{n}")
+    );
     let metrics: String = c
         .query_one("SELECT event_bus.metrics()", &[])
         .unwrap()
         .get(0);
     assert!(
-        metrics.contains("event_bus_attempts_total{result=\"success\"} 3\n"),
+        metrics.contains(&format!(
+            "event_bus_attempts_total{{result=\"success\"}} {}\n",
+            3 + mid_way
+        )),
         "{metrics}"
     );
 

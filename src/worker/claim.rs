@@ -34,7 +34,8 @@ pub fn exec<'conn>(
 }
 
 /// The end of both fan-out statements, after `ins` (the deliveries inserted from `ev`, the events
-/// taken): mark the events dispatched (completed at once when nothing matched) and count them.
+/// taken): mark the events dispatched (completed at once when nothing matched), count them, and
+/// with event_bus.notify ($7) send LISTEN module_event its notifications, at this commit.
 const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
              RETURNING *
          ), matched AS (
@@ -51,6 +52,11 @@ const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
              UPDATE event_bus._counters c
                 SET value = c.value + (SELECT count(*) FROM ev)
               WHERE c.name = 'events_dispatched' AND EXISTS (SELECT 1 FROM ev)
+         ), notified AS (
+             SELECT pg_catalog.pg_notify('module_event',
+                        json_build_object('id', ev.id, 'event_type', ev.event_type, 'tenant_id', ev.tenant_id)::text)
+               FROM ev
+              WHERE $7
          )";
 
 /// Fan new events out: one delivery per matching active subscription, created already leased to
@@ -85,7 +91,7 @@ fn fan_out(limit: i64, settings: &ClaimSettings, full: &[String], pass: Pass) ->
              {FAN_OUT_TAIL}
          {jobs}",
         jobs = jobs_of_ins(),
-        events = events_to_take(pass)
+        events = events_to_take(pass, false)
     )
     };
     Spi::connect_mut(|client| {
@@ -108,7 +114,7 @@ enum Pass {
 }
 
 /// The `ev` CTE of a fan-out: the events it takes, locked ($1 of them at most).
-fn events_to_take(pass: Pass) -> String {
+fn events_to_take(pass: Pass, special: bool) -> String {
     const COLUMNS: &str = "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id";
     match pass {
         Pass::Head => format!(
@@ -116,6 +122,15 @@ fn events_to_take(pass: Pass) -> String {
                FROM event_bus.module_events e
               WHERE e.dispatched_at IS NULL
               ORDER BY e.id
+              LIMIT $1
+                FOR UPDATE SKIP LOCKED"
+        ),
+        // no ordered subscription (plain mode): the newest $1
+        Pass::Tail if !special => format!(
+            "SELECT {COLUMNS}
+               FROM event_bus.module_events e
+              WHERE e.dispatched_at IS NULL
+              ORDER BY e.id DESC
               LIMIT $1
                 FOR UPDATE SKIP LOCKED"
         ),
@@ -144,7 +159,7 @@ fn events_to_take(pass: Pass) -> String {
 /// jobs, when none was created, so a round that matched nothing still says it took events.
 fn jobs_of_ins() -> String {
     format!(
-        "SELECT j.*, (SELECT count(*) FROM ev)::bigint
+        "SELECT j.*, (SELECT count(*) FROM ev)::bigint, (SELECT count(*) FROM notified)
            FROM (SELECT 1) one
            LEFT JOIN LATERAL (
                SELECT {JOB_COLUMNS}
@@ -244,6 +259,14 @@ pub fn claim_and_fan_out(limit: i64, settings: &ClaimSettings, full: &[String]) 
             jobs.extend(fanned);
         }
     }
+    // The plain statements are right only while no subscription is ordered or limited. Each
+    // statement sees the subscriptions as of its own start: one created or changed between the
+    // check above and a statement would have its deliveries created or claimed without its order
+    // or limits. Checked again after them (a later snapshot): if that happened, roll back and go
+    // again (the caller's transaction ends with this panic).
+    if !special && special_mode() {
+        panic!("a subscription became ordered or limited during the claim; claiming again");
+    }
     let due = if more {
         None
     } else {
@@ -302,7 +325,7 @@ fn fan_out_special(
              {FAN_OUT_TAIL}
          {jobs}",
         jobs = jobs_of_ins(),
-        events = events_to_take(pass)
+        events = events_to_take(pass, true)
     )
     };
     Spi::connect_mut(|client| {

@@ -430,7 +430,8 @@ impl Dispatcher {
         let (res_tx, results) = channel::<Outcome>();
         let (wake_read, wake_write) = pipe()?;
         let wake_write = Arc::new(wake_write);
-        let clients = Clients::build(idle_per_host).map_err(std::io::Error::other)?;
+        // every request in flight may go to the same host: keep as many connections
+        let clients = Clients::build(idle_per_host.max(max_in_flight)).map_err(std::io::Error::other)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

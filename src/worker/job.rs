@@ -65,6 +65,8 @@ pub struct ClaimSettings {
     networks: Result<crate::netpolicy::Networks, String>,
     /// A subscription's share of the sender (event_bus.max_in_flight_per_subscription).
     pub per_subscription: usize,
+    /// event_bus.notify: the fan-out sends LISTEN module_event its notifications.
+    notify: bool,
 }
 
 impl ClaimSettings {
@@ -82,6 +84,7 @@ impl ClaimSettings {
                 .filter(|s| !s.is_empty()),
             networks: allowed_networks(),
             per_subscription: guc::MAX_IN_FLIGHT_PER_SUBSCRIPTION.get().max(1) as usize,
+            notify: guc::NOTIFY.get(),
         }
     }
 
@@ -91,7 +94,8 @@ impl ClaimSettings {
         Duration::from_millis((self.lease_ms.max(100) / 2) as u64)
     }
 
-    /// $1 limit, $2-$5 as JOB_COLUMNS says, $6 the subscriptions not to claim for (uuid[]).
+    /// $1 limit, $2-$5 as JOB_COLUMNS says, $6 the subscriptions not to claim for (uuid[]),
+    /// $7 whether the fan-out notifies.
     pub fn args(&self, limit: i64, full: &[String]) -> Vec<pgrx::datum::DatumWithOid<'static>> {
         vec![
             limit.into(),
@@ -100,6 +104,7 @@ impl ClaimSettings {
             self.base.into(),
             self.cap.into(),
             full.to_vec().into(),
+            self.notify.into(),
         ]
     }
 }
