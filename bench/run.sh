@@ -5,11 +5,15 @@
 #   fanout    one event to 10 subscriptions, beside the single-subscription rate
 #   ordered   20,000 events over 1,000 entities to an ordered subscription, beside an unordered one
 #   sql       events/s to a trivial SQL handler, beside calling the function directly
-#   emit      pgbench: UPDATE with an emitting trigger vs without; emit vs a bare INSERT of the same
-#             row; 1 and 4 clients, synchronous_commit on and off
+#   emit      pgbench while the worker delivers what is emitted: emit vs an INSERT of the same columns
+#             into a primary-key-only table (and a copy of module_events, and PgQ's insert_event);
+#             UPDATE with an emitting trigger vs without; 1 and 4 clients, synchronous_commit on/off
 #   contract  emit of a type with a registered JSON Schema vs without (pgbench; and the batch form)
 #   batch     100,000 events emitted in one statement (emit_module_events, and emit_module_event per
 #             row) vs the same rows INSERTed
+#   isolation 100,000 events matching nothing: completed/s and a matched event's latency behind them;
+#             latency while another endpoint hangs (500 requests in flight), beside idle; a healthy
+#             subscription's rate beside a neighbour failing every delivery, beside the rate alone
 #   growth    delivery and SQL-handler rates again with GROWTH_EVENTS (5,000,000) completed events,
 #             deliveries and logs in the tables; table sizes before and after retention
 # Exits non-zero if a run errors, not when a target is missed.
@@ -20,14 +24,14 @@ cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000 100000}"
 RUNS="${RUNS:-3}"
 LAT_EVENTS="${LAT_EVENTS:-300}"
-SECTIONS="${SECTIONS:-delivery latency fanout ordered sql emit contract batch growth}"
+SECTIONS="${SECTIONS:-delivery latency fanout ordered isolation sql emit contract batch growth}"
 EMIT_SECONDS="${EMIT_SECONDS:-5}"
 GROWTH_EVENTS="${GROWTH_EVENTS:-5000000}"
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 scripts/install-deps.sh
 need=()
-for p in nginx wrk; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+for p in nginx wrk postgresql-15-pgq3; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if [ "${#need[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -64,11 +68,13 @@ http {
     server {
         listen 127.0.0.1:$NGINX_PORT;
         location / { return 200 '{"ok":true}'; }
+        location /fail { return 500 '{"error":"always"}'; }
     }
 }
 CONF
 nginx -c "$WORK/nginx.conf"
 SINK="http://127.0.0.1:$NGINX_PORT/hook"
+SINK_FAIL="http://127.0.0.1:$NGINX_PORT/fail"
 cat > "$WORK/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -89,12 +95,12 @@ shared_preload_libraries = 'event_bus'
 shared_buffers = '1GB'
 max_wal_size = '8GB'
 checkpoint_timeout = '30min'
-event_bus.notify = off
 event_bus.retention = ''
 event_bus.batch_size = 500
-event_bus.max_concurrency = ${BENCH_CONCURRENCY:-64}
 event_bus.workers = ${BENCH_WORKERS:-1}
 CONF
+[ -n "${BENCH_CONCURRENCY:-}" ] && echo "event_bus.max_concurrency = $BENCH_CONCURRENCY" >> "$WORK/data/postgresql.conf"
+[ -n "${BENCH_NOTIFY:-}" ] && echo "event_bus.notify = $BENCH_NOTIFY" >> "$WORK/data/postgresql.conf"
 if [ -n "${BENCH_PROFILE:-}" ]; then
     cat >> "$WORK/data/postgresql.conf" <<CONF
 shared_preload_libraries = 'event_bus,pg_stat_statements'
@@ -169,9 +175,10 @@ want latency && for rate in 0 500; do
         p99s+=("$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$out")")
     done
     label=$([ "$rate" = 0 ] && echo "idle" || echo "under $rate events/s")
-    ROWS+=("| commit -> handler p50 ms, $label | $(printf '%s\n' "${p50s[@]}" | median) | target 5 ms | | < 5 |")
+    MED[p50_$rate]="$(printf '%s\n' "${p50s[@]}" | median)"; MED[p99_$rate]="$(printf '%s\n' "${p99s[@]}" | median)"
+    ROWS+=("| commit -> handler p50 ms, $label | ${MED[p50_$rate]} | target 5 ms | | < 5 |")
     ROWS+=("| commit -> handler p95 ms, $label | $(printf '%s\n' "${p95s[@]}" | median) | | | |")
-    ROWS+=("| commit -> handler p99 ms, $label | $(printf '%s\n' "${p99s[@]}" | median) | target 25 ms | | < 25 |")
+    ROWS+=("| commit -> handler p99 ms, $label | ${MED[p99_$rate]} | target 25 ms | | < 25 |")
 done
 
 # --- fan-out: one event to 10 subscriptions ----------------------------------------------
@@ -190,6 +197,39 @@ if want ordered; then
     ROWS+=("| ordered-subscription deliveries/s, $ORD_N events over $ORD_ENT entities | ${MED[ord]} | unordered ${MED[unord]} | $(ratio "${MED[ord]}" "${MED[unord]}") | - |")
 fi
 
+# --- isolation: bursts of unmatched events, a hanging endpoint, a failing neighbour -----------
+latency_runs() { # extra driver options -> "p50 p99" medians
+    local p50s=() p99s=() out
+    for r in $(seq "$RUNS"); do
+        out="$("$DRIVER" latency "$CONN" "$LAT_EVENTS" 0 "$@")"
+        echo "    latency ($*) run $r: $out" >&2
+        p50s+=("$(sed -n 's/.*p50_ms=\([0-9.]*\).*/\1/p' <<<"$out")")
+        p99s+=("$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$out")")
+    done
+    echo "$(printf '%s\n' "${p50s[@]}" | median) $(printf '%s\n' "${p99s[@]}" | median)"
+}
+if want isolation; then
+    UNM_N="${UNMATCHED_EVENTS:-100000}"
+    rates=(); probes=()
+    for r in $(seq "$RUNS"); do
+        out="$("$DRIVER" unmatched "$CONN" "$UNM_N")"
+        echo "    unmatched run $r: $out"
+        rates+=("$(sed -n 's/.*unmatched_per_s=\([0-9.]*\).*/\1/p' <<<"$out")")
+        probes+=("$(sed -n 's/.*probe_ms=\([0-9.]*\).*/\1/p' <<<"$out")")
+    done
+    ur="$(printf '%s\n' "${rates[@]}" | median)"; up="$(printf '%s\n' "${probes[@]}" | median)"
+    http="${MED[http_100000]:-${MED[http_10000]:-}}"
+    ROWS+=("| events matching nothing completed/s, $UNM_N events | $ur | HTTP deliveries/s ${http:--} | $(ratio "$ur" "${http:-0}") | - |")
+    ROWS+=("| commit -> handler ms, one matched event emitted behind them | $up | idle p50 ${MED[p50_0]:--} | | < 2000 |")
+    read -r idle50 idle99 <<<"$(if [ -n "${MED[p50_0]:-}" ]; then echo "${MED[p50_0]} ${MED[p99_0]}"; else latency_runs; fi)"
+    read -r hang50 hang99 <<<"$(latency_runs hang=500)"
+    ROWS+=("| commit -> handler p50 ms, another endpoint hanging (500 in flight) | $hang50 | idle $idle50 | $(ratio "$hang50" "$idle50") | < 5 |")
+    ROWS+=("| commit -> handler p99 ms, another endpoint hanging (500 in flight) | $hang99 | idle $idle99 | $(ratio "$hang99" "$idle99") | < 25 |")
+    alone="${MED[http_10000]:-$(throughput_median "healthy alone" "$SINK" 10000 1)}"
+    beside="$(throughput_median "healthy beside a failing subscription" "$SINK" 10000 1 "failing=$SINK_FAIL")"
+    ROWS+=("| HTTP deliveries/s, 10,000 events, beside a subscription failing every delivery | $beside | alone $alone | $(ratio "$beside" "$alone") | >= 0.8 |")
+fi
+
 # --- SQL handler ---------------------------------------------------------------------------
 sql_direct_rate() { # calls/s of bench.h over the events in the table, in one statement
     local n secs
@@ -205,37 +245,53 @@ if want sql; then
 fi
 
 # --- emit overhead on the business write (pgbench) -----------------------------------------
+# While the worker delivers what is emitted (a subscription to the nginx sink), with the defaults
+# (event_bus.notify on). Baselines in the same run: an INSERT of the same columns into a table with
+# only a uuid primary key, the same into a copy of module_events with all its indexes, PgQ's
+# insert_event, and for the trigger pair the UPDATE alone.
 if want emit; then
-    "${PSQL[@]}" <<'SQL'
+    "${PSQL[@]}" <<SQL
+CREATE EXTENSION IF NOT EXISTS pgq;
+SELECT pgq.create_queue('bench_q');
+CREATE TABLE bench_pk (id uuid PRIMARY KEY DEFAULT event_bus._uuid_v7(), tenant_id uuid, event_type text, source_module text,
+                       entity_type text, entity_id text, payload jsonb, metadata jsonb DEFAULT '{}');
 CREATE TABLE bench_invoices (id int PRIMARY KEY, tenant_id uuid NOT NULL, total numeric NOT NULL, n int NOT NULL DEFAULT 0);
 INSERT INTO bench_invoices SELECT g, '11111111-1111-1111-1111-111111111111', g % 1000, 0 FROM generate_series(1, 100000) g;
 CREATE TABLE bench_invoices_emit (LIKE bench_invoices INCLUDING ALL);
 INSERT INTO bench_invoices_emit SELECT * FROM bench_invoices;
-CREATE FUNCTION bench_emit_posted() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION bench_emit_posted() RETURNS trigger LANGUAGE plpgsql AS \$\$
 BEGIN
     PERFORM event_bus.emit_module_event(NEW.tenant_id, 'invoice.posted', 'accounting', 'invoice', NEW.id::text,
                                         jsonb_build_object('id', NEW.id, 'total', NEW.total, 'n', NEW.n));
     RETURN NEW;
-END $$;
+END \$\$;
 CREATE TRIGGER bench_emit_posted AFTER UPDATE ON bench_invoices_emit FOR EACH ROW EXECUTE FUNCTION bench_emit_posted();
 VACUUM ANALYZE bench_invoices, bench_invoices_emit;
+DELETE FROM event_bus.module_event_subscriptions;
+SELECT event_bus.subscribe('invoice.#', 'sink', '$SINK');
 SQL
     printf '\\set id random(1, 100000)\nUPDATE bench_invoices SET n = n + 1 WHERE id = :id;\n' > "$WORK/update_plain.sql"
     printf '\\set id random(1, 100000)\nUPDATE bench_invoices_emit SET n = n + 1 WHERE id = :id;\n' > "$WORK/update_emit.sql"
     printf "\\\\set id random(1, 100000)\nSELECT event_bus.emit_module_event('11111111-1111-1111-1111-111111111111', 'invoice.posted', 'accounting', 'invoice', ':id', jsonb_build_object('id', :id, 'total', 100));\n" > "$WORK/emit.sql"
     printf "\\\\set id random(1, 100000)\nINSERT INTO bench_bare (tenant_id, event_type, source_module, entity_type, entity_id, payload) VALUES ('11111111-1111-1111-1111-111111111111', 'invoice.posted', 'accounting', 'invoice', ':id', jsonb_build_object('id', :id, 'total', 100));\n" > "$WORK/bare.sql"
+    printf "\\\\set id random(1, 100000)\nINSERT INTO bench_pk (tenant_id, event_type, source_module, entity_type, entity_id, payload) VALUES ('11111111-1111-1111-1111-111111111111', 'invoice.posted', 'accounting', 'invoice', ':id', jsonb_build_object('id', :id, 'total', 100));\n" > "$WORK/pk.sql"
+    printf "\\\\set id random(1, 100000)\nSELECT pgq.insert_event('bench_q', 'invoice.posted', jsonb_build_object('id', :id, 'total', 100)::text);\n" > "$WORK/pgq.sql"
     for sync in on off; do
         for clients in 1 4; do
-            for pair in "update_emit.sql update_plain.sql UPDATE+emitting-trigger UPDATE" "emit.sql bare.sql emit_module_event bare-INSERT"; do
-                set -- $pair
-                a=(); b=()
-                for r in $(seq "$RUNS"); do a+=("$(tps "$1" "$clients" "$sync")"); b+=("$(tps "$2" "$clients" "$sync")"); done
-                ma="$(printf '%s\n' "${a[@]}" | median)"; mb="$(printf '%s\n' "${b[@]}" | median)"
-                echo "    $3 vs $4, $clients clients, synchronous_commit=$sync: ${a[*]} vs ${b[*]} tps" >&2
-                ROWS+=("| $3 tps, $clients client(s), sync commit $sync | $ma | $4 $mb | $(ratio "$ma" "$mb") | >= 0.8 |")
+            declare -A V=()
+            for r in $(seq "$RUNS"); do
+                for f in emit pk bare pgq update_emit update_plain; do V[$f]+="$(tps "$f.sql" "$clients" "$sync") "; done
             done
+            m() { printf '%s\n' ${V[$1]} | median; }
+            echo "    $clients clients, synchronous_commit=$sync: $(for f in emit pk bare pgq update_emit update_plain; do printf '%s: %s; ' "$f" "${V[$f]}"; done)" >&2
+            e="$(m emit)"; pk="$(m pk)"; bare="$(m bare)"; q="$(m pgq)"; ue="$(m update_emit)"; up="$(m update_plain)"
+            ROWS+=("| emit_module_event tps, $clients client(s), sync commit $sync | $e | INSERT, primary key only $pk | $(ratio "$e" "$pk") | >= 0.8 |")
+            ROWS+=("| (same run) INSERT into a copy of module_events with its indexes / PgQ insert_event | $bare / $q | INSERT, primary key only $pk | $(ratio "$bare" "$pk") / $(ratio "$q" "$pk") | - |")
+            ROWS+=("| UPDATE + emitting trigger tps, $clients client(s), sync commit $sync | $ue | UPDATE alone $up | $(ratio "$ue" "$up") | $([ "$clients" = 4 ] && echo '>= 0.7' || echo '-') |")
+            unset V
         done
     done
+    "${PSQL[@]}" -c "DELETE FROM event_bus.module_event_subscriptions" >/dev/null
 fi
 
 # --- payload contracts: emit of a type with a registered JSON Schema vs one without ---------

@@ -324,7 +324,8 @@ fn run(dboid: pg_sys::Oid) -> i32 {
 /// passed (at least one runs). Each handler is its own subtransaction; outcomes go to `finished`,
 /// calls that did not get to run back to the scheduler.
 fn run_sql_slice(sched: &mut Scheduler, finished: &mut Vec<Finished>) {
-    const CHUNK: usize = 64;
+    // calls whose events are read in one query (run_batch stops at the deadline within one)
+    const CHUNK: usize = 512;
     let deadline = Instant::now() + SQL_SLICE;
     let mut ran: Vec<SqlJob> = Vec::new();
     let mut outcomes: Vec<Outcome> = Vec::new();

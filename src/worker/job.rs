@@ -23,7 +23,8 @@ pub struct Claimed {
     pub ordered: bool,
 }
 
-/// The columns every job row has, over aliases d (delivery), e (event), s (subscription).
+/// The columns every job row has, over aliases d (delivery), e (event), s (subscription). The
+/// CloudEvents body is built for HTTP jobs only (a SQL handler gets the event row itself).
 /// $2 = default timeout, $3 = lease, $4/$5 = default backoff base/cap.
 pub const JOB_COLUMNS: &str =
     "d.id::text, d.event_id::text, d.subscription_id::text, d.tenant_id::text, d.attempts,
@@ -31,7 +32,7 @@ pub const JOB_COLUMNS: &str =
        coalesce(s.backoff_base_ms, $4)::bigint, coalesce(s.backoff_max_ms, $5)::bigint,
        s.handler_kind, s.handler_url, s.handler_function, s.headers::text, s.secret,
        coalesce(s.timeout_ms, $2), s.run_as::text,
-       json_build_object(
+       CASE WHEN s.handler_kind <> 'sql' THEN json_build_object(
            'specversion', '1.0',
            'id', e.id,
            'source', '/event_bus/' || e.source_module,
@@ -46,7 +47,7 @@ pub const JOB_COLUMNS: &str =
            'entityid', e.entity_id,
            'deliveryid', d.id,
            'metadata', e.metadata,
-           'data', e.payload)::text,
+           'data', e.payload)::text END,
        d.attempt_offset, d.ordering_key IS NOT NULL";
 
 /// How many columns JOB_COLUMNS has.

@@ -5,9 +5,19 @@
 //! statement (over N entities, round robin, with `entities=N`; else one entity each), time from
 //! commit until every delivery finished. Prints `deliveries_per_s=<x> seconds=<y>`.
 //!
-//! `latency <connstr> <events> <background_rate>`: run an HTTP receiver on 127.0.0.1, subscribe it,
-//! emit `events` single events spaced 10 ms apart (each its own commit) while a second connection
-//! emits `background_rate` events/s to the same subscription; print p50/p95/p99 of commit → handler.
+//! `latency <connstr> <events> <background_rate> [hang=N]`: run an HTTP receiver on 127.0.0.1,
+//! subscribe it, emit `events` single events spaced 10 ms apart (each its own commit) while a second
+//! connection emits `background_rate` events/s to the same subscription; print p50/p95/p99 of
+//! commit → handler. With `hang=N`: first N events to a second subscription whose endpoint accepts
+//! connections and never answers (30 s timeout), still in flight while the probes run.
+//!
+//! `unmatched <connstr> <events>`: emit `events` events that match no subscription in one statement,
+//! then one that does; print how fast the burst was completed (`unmatched_per_s`) and how long the
+//! matched one took from its commit to its handler (`probe_ms`).
+//!
+//! `throughput ... failing=URL`: a second subscription to URL (answering errors at once) beside the
+//! measured one, with a subscription's defaults (retries with backoff, the circuit breaker); timed
+//! until the measured subscriptions are done.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,12 +46,24 @@ fn main() {
                     keep: opts.iter().any(|o| o == "keep"),
                     ordered: opts.iter().any(|o| o == "ordered"),
                     entities,
+                    failing: opts
+                        .iter()
+                        .find_map(|o| o.strip_prefix("failing="))
+                        .map(|s| s.to_string()),
                 },
             )
         }
-        Some("latency") => latency(&args[2], args[3].parse().unwrap(), args[4].parse().unwrap()),
+        Some("latency") => {
+            let hang = args
+                .get(5)
+                .and_then(|o| o.strip_prefix("hang="))
+                .map(|n| n.parse().unwrap())
+                .unwrap_or(0);
+            latency(&args[2], args[3].parse().unwrap(), args[4].parse().unwrap(), hang)
+        }
+        Some("unmatched") => unmatched(&args[2], args[3].parse().unwrap()),
         _ => {
-            eprintln!("usage: throughput <conn> <url|sql:schema.fn> <events> <fanout> [keep] [ordered] [entities=N] | latency <conn> <events> <rate>");
+            eprintln!("usage: throughput <conn> <url|sql:schema.fn> <events> <fanout> [keep] [ordered] [entities=N] [failing=URL] | latency <conn> <events> <rate> [hang=N] | unmatched <conn> <events>");
             std::process::exit(2);
         }
     }
@@ -52,11 +74,20 @@ fn connect(conn: &str) -> postgres::Client {
 }
 
 fn reset(c: &mut postgres::Client) {
-    c.batch_execute(
-        "TRUNCATE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs;
-         DELETE FROM event_bus.module_event_subscriptions;",
-    )
-    .unwrap();
+    // TRUNCATE waits for the worker's transactions and may deadlock with one: try again
+    for attempt in 1.. {
+        match c.batch_execute(
+            "DELETE FROM event_bus.module_event_subscriptions;
+             TRUNCATE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs;",
+        ) {
+            Ok(()) => return,
+            Err(e) if attempt < 20 => {
+                eprintln!("reset: {e}; trying again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("reset failed: {e}"),
+        }
+    }
 }
 
 fn drained(c: &mut postgres::Client) -> bool {
@@ -81,6 +112,8 @@ struct Options {
     ordered: bool,
     /// spread the events over this many entities (None: one entity per event)
     entities: Option<i64>,
+    /// a neighbour subscription to this URL, failing every delivery once
+    failing: Option<String>,
 }
 
 /// `target` is a URL, or `sql:schema.fn` for a SQL handler (run as role bench_handler).
@@ -109,6 +142,11 @@ fn throughput(conn: &str, target: &str, events: i64, fanout: i64, opts: Options)
                 .unwrap(),
         };
     }
+    if let Some(url) = &opts.failing {
+        // with the defaults a subscription gets (retries with backoff, the breaker)
+        c.execute("SELECT event_bus.subscribe('bench.#', 'failing', $1)", &[url])
+            .unwrap();
+    }
     let run_started: std::time::SystemTime = c.query_one("SELECT now()", &[]).unwrap().get(0);
     c.batch_execute("VACUUM ANALYZE event_bus.module_events, event_bus.module_event_deliveries").unwrap();
     // emit inside one transaction; the worker sees nothing until COMMIT
@@ -124,7 +162,22 @@ fn throughput(conn: &str, target: &str, events: i64, fanout: i64, opts: Options)
     tx.commit().unwrap();
     let start = Instant::now();
     loop {
-        if drained(&mut c) {
+        // with a failing neighbour: until the measured subscriptions are done (the neighbour's
+        // deliveries go on retrying, or wait behind its breaker)
+        let done = if opts.failing.is_some() {
+            c.query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM event_bus.module_events WHERE dispatched_at IS NULL)
+                    AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries d
+                                      JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+                                     WHERE d.status IN ('pending', 'processing') AND s.handler_module <> 'failing')",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+        } else {
+            drained(&mut c)
+        };
+        if done {
             break;
         }
         if start.elapsed() > Duration::from_secs(900) {
@@ -136,7 +189,9 @@ fn throughput(conn: &str, target: &str, events: i64, fanout: i64, opts: Options)
     let secs = start.elapsed().as_secs_f64();
     let done: i64 = c
         .query_one(
-            "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'completed' AND created_at >= $1",
+            "SELECT count(*) FROM event_bus.module_event_deliveries d
+               JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+              WHERE d.status = 'completed' AND d.created_at >= $1 AND s.handler_module <> 'failing'",
             &[&run_started],
         )
         .unwrap()
@@ -156,8 +211,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx]
 }
 
-fn latency(conn: &str, events: usize, rate: u64) {
-    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// An HTTP receiver on 127.0.0.1 that notes when each event id first arrived; returns its port.
+fn start_receiver(arrivals: &Arrivals) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     {
@@ -206,9 +263,106 @@ fn latency(conn: &str, events: usize, rate: u64) {
             }
         });
     }
+    port
+}
+
+/// An endpoint that accepts connections and never answers; returns its port.
+fn start_silent() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    port
+}
+
+/// Wait until every id in `ids` has arrived (60 s at most); the times from commit to arrival, ms.
+fn wait_arrivals(arrivals: &Arrivals, committed: &[(String, Instant)]) -> Vec<f64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = arrivals.lock().unwrap();
+        if committed.iter().all(|(id, _)| a.contains_key(id)) || Instant::now() > deadline {
+            return committed
+                .iter()
+                .filter_map(|(id, t)| a.get(id).map(|at| at.saturating_duration_since(*t).as_secs_f64() * 1000.0))
+                .collect();
+        }
+        drop(a);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn emit_probe(c: &mut postgres::Client) -> (String, Instant) {
+    let id: String = c
+        .query_one(
+            "SELECT event_bus.emit_module_event($1::text::uuid, 'bench.probe', 'bench', 'item', 'p', '{}')::text",
+            &[&TENANT],
+        )
+        .unwrap()
+        .get(0);
+    (id, Instant::now())
+}
+
+fn unmatched(conn: &str, events: i64) {
+    let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let port = start_receiver(&arrivals);
     let mut c = connect(conn);
     reset(&mut c);
     c.execute("SELECT event_bus.subscribe('bench.#', 'sink', $1)", &[&format!("http://127.0.0.1:{port}/")]).unwrap();
+    c.execute(
+        "SELECT count(*) FROM event_bus.emit_module_events($1::text::uuid, 'nobody.cares', 'bench', 'item', NULL,
+             (SELECT array_agg(jsonb_build_object('n', g)) FROM generate_series(1, $2::bigint) g))",
+        &[&TENANT, &events],
+    )
+    .unwrap();
+    let start = Instant::now();
+    let probe = emit_probe(&mut c);
+    let probe_ms = wait_arrivals(&arrivals, &[probe]);
+    if probe_ms.is_empty() {
+        eprintln!("the matched event never arrived");
+        std::process::exit(1);
+    }
+    loop {
+        let left: i64 = c
+            .query_one("SELECT count(*) FROM event_bus.module_events WHERE dispatched_at IS NULL", &[])
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(900) {
+            eprintln!("not drained after 900 s");
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("unmatched_per_s={:.0} probe_ms={:.2} seconds={:.3}", events as f64 / secs, probe_ms[0], secs);
+}
+
+fn latency(conn: &str, events: usize, rate: u64, hang: i64) {
+    let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let port = start_receiver(&arrivals);
+    let mut c = connect(conn);
+    reset(&mut c);
+    c.execute("SELECT event_bus.subscribe('bench.#', 'sink', $1)", &[&format!("http://127.0.0.1:{port}/")]).unwrap();
+    if hang > 0 {
+        let silent = start_silent();
+        c.execute(
+            "SELECT event_bus.subscribe('hang.#', 'hang', $1, p_timeout_ms => 30000)",
+            &[&format!("http://127.0.0.1:{silent}/")],
+        )
+        .unwrap();
+        c.execute(
+            "SELECT count(*) FROM event_bus.emit_module_events($1::text::uuid, 'hang.event', 'bench', 'item', NULL,
+                 (SELECT array_agg(jsonb_build_object('n', g)) FROM generate_series(1, $2::bigint) g))",
+            &[&TENANT, &hang],
+        )
+        .unwrap();
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let bg = if rate > 0 {
@@ -238,31 +392,10 @@ fn latency(conn: &str, events: usize, rate: u64) {
 
     let mut committed: Vec<(String, Instant)> = Vec::with_capacity(events);
     for _ in 0..events {
-        let id: String = c
-            .query_one(
-                "SELECT event_bus.emit_module_event($1::text::uuid, 'bench.probe', 'bench', 'item', 'p', '{}')::text",
-                &[&TENANT],
-            )
-            .unwrap()
-            .get(0);
-        committed.push((id, Instant::now()));
+        committed.push(emit_probe(&mut c));
         std::thread::sleep(Duration::from_millis(10));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut lat: Vec<f64> = Vec::new();
-    loop {
-        let a = arrivals.lock().unwrap();
-        if committed.iter().all(|(id, _)| a.contains_key(id)) || Instant::now() > deadline {
-            for (id, t) in &committed {
-                if let Some(at) = a.get(id) {
-                    lat.push(at.saturating_duration_since(*t).as_secs_f64() * 1000.0);
-                }
-            }
-            break;
-        }
-        drop(a);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut lat = wait_arrivals(&arrivals, &committed);
     stop.store(true, Ordering::SeqCst);
     if let Some(h) = bg {
         let _ = h.join();
