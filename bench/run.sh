@@ -276,8 +276,8 @@ SQL
     printf "\\\\set id random(1, 100000)\nINSERT INTO bench_bare (tenant_id, event_type, source_module, entity_type, entity_id, payload) VALUES ('11111111-1111-1111-1111-111111111111', 'invoice.posted', 'accounting', 'invoice', ':id', jsonb_build_object('id', :id, 'total', 100));\n" > "$WORK/bare.sql"
     printf "\\\\set id random(1, 100000)\nINSERT INTO bench_pk (tenant_id, event_type, source_module, entity_type, entity_id, payload) VALUES ('11111111-1111-1111-1111-111111111111', 'invoice.posted', 'accounting', 'invoice', ':id', jsonb_build_object('id', :id, 'total', 100));\n" > "$WORK/pk.sql"
     printf "\\\\set id random(1, 100000)\nSELECT pgq.insert_event('bench_q', 'invoice.posted', jsonb_build_object('id', :id, 'total', 100)::text);\n" > "$WORK/pgq.sql"
-    for sync in on off; do
-        for clients in 1 4; do
+    for sync in ${EMIT_SYNC:-on off}; do
+        for clients in ${EMIT_CLIENTS:-1 4}; do
             declare -A V=()
             for r in $(seq "$RUNS"); do
                 for f in emit pk bare pgq update_emit update_plain; do V[$f]+="$(tps "$f.sql" "$clients" "$sync") "; done
@@ -291,7 +291,11 @@ SQL
             unset V
         done
     done
-    "${PSQL[@]}" -c "DELETE FROM event_bus.module_event_subscriptions" >/dev/null
+    # stop delivering the backlog (the DELETE can deadlock with the worker's bookkeeping: again)
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        "${PSQL[@]}" -c "DELETE FROM event_bus.module_event_subscriptions" >/dev/null 2>&1 && break
+        sleep 0.5
+    done
 fi
 
 # --- payload contracts: emit of a type with a registered JSON Schema vs one without ---------

@@ -206,7 +206,7 @@ impl Clients {
     }
 }
 
-async fn perform(clients: &Clients, req: &Request) -> Outcome {
+async fn perform(clients: &Clients, mut req: Request) -> Outcome {
     let started = Instant::now();
     let timestamp = unix_now();
     if let Some(refused) = url::Url::parse(&req.url)
@@ -243,7 +243,8 @@ async fn perform(clients: &Clients, req: &Request) -> Outcome {
         r = r.header(k.as_str(), v.as_str());
     }
     let timed_out = |msg: String| format!("timed out after {} ms: {msg}", req.timeout.as_millis());
-    let mut resp = match r.body(req.body.clone()).send().await {
+    // the body moves into the request (it was signed above)
+    let mut resp = match r.body(std::mem::take(&mut req.body)).send().await {
         Ok(resp) => resp,
         Err(e) => {
             let msg = error_chain(&e);
@@ -467,7 +468,7 @@ impl Dispatcher {
                                 Ok((Ok(mine), Ok(any))) => {
                                     // a panic inside the client ends its own task only
                                     let outcome = match tokio::spawn(async move {
-                                        perform(&clients, &req).await
+                                        perform(&clients, req).await
                                     })
                                     .await
                                     {
