@@ -522,6 +522,11 @@ pub mod tests {
             Spi::get_one::<i32>("SELECT event_bus.process_pending_events()").unwrap(),
             Some(3)
         );
+        // the round's plan settings do not leak into the caller's transaction
+        assert_eq!(
+            Spi::get_one::<String>("SELECT current_setting('enable_bitmapscan')").unwrap(),
+            Some("on".to_string())
+        );
         assert_eq!(count("SELECT count(*) FROM public.seen"), 2);
         assert_eq!(count("SELECT sum(qty)::bigint FROM public.seen"), 7);
         assert_eq!(

@@ -228,13 +228,36 @@ pub struct Round {
 /// limited subscriptions, under the stream lock, with the statements that honour them. `full`:
 /// subscriptions this worker holds enough of already — not claimed, their new deliveries left due.
 pub fn claim_and_fan_out(limit: i64, settings: &ClaimSettings, full: &[String]) -> Round {
-    // The fan-out and the claim read the first rows of a partial index in its order. Its
-    // statistics rarely know how many rows it holds (it empties as fast as it fills), and a
-    // bitmap scan then reads every entry of a backlog — dead ones included, which only an
-    // ordered index scan marks for reuse — and sorts them, on every round: 5x slower at a
-    // backlog of 50,000 events, and worse as it grows.
-    Spi::run("SET LOCAL enable_bitmapscan = off")
-        .unwrap_or_else(|e| panic!("setting the claim's plan options failed: {e}"));
+    without_bitmap_scans(|| claim_round(limit, settings, full))
+}
+
+/// The fan-out and the claim read the first rows of a partial index in its order. Its statistics
+/// rarely know how many rows it holds (it empties as fast as it fills), and a bitmap scan then
+/// reads every entry of a backlog — dead ones included, which only an ordered index scan marks
+/// for reuse — and sorts them, on every round: 5x slower at a backlog of 50,000 events, and worse
+/// as it grows. So bitmap scans are off while a round is planned, and back as they were after it
+/// (process_pending_events runs a round inside its caller's transaction).
+fn without_bitmap_scans<R>(f: impl FnOnce() -> R) -> R {
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"enable_bitmapscan".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            PgLogLevel::ERROR as i32,
+            false,
+        );
+        // an error inside ends the (sub)transaction, which restores the setting
+        let r = f();
+        pg_sys::AtEOXact_GUC(true, level);
+        r
+    }
+}
+
+fn claim_round(limit: i64, settings: &ClaimSettings, full: &[String]) -> Round {
     let special = special_mode();
     if special {
         lock_streams();
