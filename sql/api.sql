@@ -571,7 +571,7 @@ BEGIN
     WITH gone AS (
         DELETE FROM event_bus.module_event_deliveries d
          USING old_rows o
-         WHERE d.subscription_id = o.id AND d.status IN ('pending', 'processing', 'held')
+         WHERE d.subscription_id = o.id AND d.status IN ('pending', 'processing', 'held', 'waiting')
         RETURNING d.event_id)
     SELECT array_agg(DISTINCT event_id) INTO v_events FROM gone;
     IF v_events IS NOT NULL THEN

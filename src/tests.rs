@@ -457,6 +457,24 @@ pub mod tests {
             sqlstate_of(&format!("SELECT event_bus.unsubscribe('{sub}')")).as_deref(),
             Some("P0002")
         );
+        // an ordered subscription's deliveries waiting in their stream go with it too
+        let ordered = Spi::get_one::<pgrx::Uuid>(
+            "SELECT event_bus.subscribe('a.b', 'o', 'https://example.com/o', p_ordered => true)",
+        )
+        .unwrap()
+        .unwrap();
+        Spi::run(&format!(
+            "INSERT INTO event_bus.module_event_deliveries (id, event_id, subscription_id, tenant_id, status, attempts, ordering_key)
+             VALUES (event_bus._delivery_id('{ev}', '{ordered}'), '{ev}', '{ordered}', '{TENANT}', 'waiting', 0, '[\"x\", \"1\"]')"
+        ))
+        .unwrap();
+        Spi::run(&format!("SELECT event_bus.unsubscribe('{ordered}')")).unwrap();
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM event_bus.module_event_deliveries WHERE subscription_id = '{ordered}'"
+            )),
+            0
+        );
     }
 
     #[pg_test]
