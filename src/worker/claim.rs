@@ -117,13 +117,25 @@ enum Pass {
 fn events_to_take(pass: Pass, special: bool) -> String {
     const COLUMNS: &str = "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id";
     match pass {
-        Pass::Head => format!(
+        Pass::Head if !special => format!(
             "SELECT {COLUMNS}
                FROM event_bus.module_events e
               WHERE e.dispatched_at IS NULL
               ORDER BY e.id
               LIMIT $1
                 FOR UPDATE SKIP LOCKED"
+        ),
+        // With ordered subscriptions an older event must never be skipped: a plain round that
+        // began before a subscription became ordered may hold it locked (and roll back, see
+        // claim_round), and the next event of its stream would go first. Fan-outs in this mode
+        // are serialised by the stream lock anyway, so waiting costs no concurrency.
+        Pass::Head => format!(
+            "SELECT {COLUMNS}
+               FROM event_bus.module_events e
+              WHERE e.dispatched_at IS NULL
+              ORDER BY e.id
+              LIMIT $1
+                FOR UPDATE"
         ),
         // no ordered subscription (plain mode): the newest $1
         Pass::Tail if !special => format!(
