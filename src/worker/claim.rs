@@ -94,12 +94,7 @@ fn fan_out(limit: i64, settings: &ClaimSettings, full: &[String], pass: Pass) ->
         events = events_to_take(pass, false)
     )
     };
-    Spi::connect_mut(|client| {
-        // planned per call: a generic plan cannot see the small LIMIT and hashes whole tables
-        let table = client.update(sql().as_str(), None, &settings.args(limit, full))?;
-        jobs_and_taken(table, settings)
-    })
-    .unwrap_or_else(|e| panic!("fan-out failed: {e}"))
+    run_fan_out(&sql(), limit, settings, full)
 }
 
 /// Which undispatched events a fan-out takes.
@@ -183,20 +178,27 @@ fn jobs_of_ins() -> String {
     )
 }
 
-/// Decode a fan-out's rows: the jobs, and the number of events taken.
-fn jobs_and_taken(
-    table: pgrx::spi::SpiTupleTable,
+/// Run a fan-out statement and decode its rows: the jobs, and the number of events taken.
+/// Planned per call: a generic plan cannot see the small LIMIT and hashes whole tables.
+fn run_fan_out(
+    sql: &str,
+    limit: i64,
     settings: &ClaimSettings,
-) -> Result<(Vec<Job>, i64), pgrx::spi::Error> {
-    let mut jobs = Vec::with_capacity(table.len());
-    let mut taken = 0;
-    for row in table {
-        taken = row.get::<i64>(JOB_COLUMN_COUNT + 1)?.unwrap_or(0);
-        if row.get::<String>(1)?.is_some() {
-            jobs.push(row_to_job(&row, settings)?);
+    full: &[String],
+) -> (Vec<Job>, i64) {
+    Spi::connect_mut(|client| {
+        let table = client.update(sql, None, &settings.args(limit, full))?;
+        let mut jobs = Vec::with_capacity(table.len());
+        let mut taken = 0;
+        for row in table {
+            taken = row.get::<i64>(JOB_COLUMN_COUNT + 1)?.unwrap_or(0);
+            if row.get::<String>(1)?.is_some() {
+                jobs.push(row_to_job(&row, settings)?);
+            }
         }
-    }
-    Ok((jobs, taken))
+        Ok::<_, pgrx::spi::Error>((jobs, taken))
+    })
+    .unwrap_or_else(|e| panic!("fan-out failed: {e}"))
 }
 
 /// Are there active subscriptions that are ordered or limited? Then claims and fan-outs take the
@@ -363,12 +365,8 @@ fn fan_out_special(
         events = events_to_take(pass, true)
     )
     };
-    Spi::connect_mut(|client| {
-        // deliveries queued for the claim (limited or full subscriptions) are not jobs yet
-        let table = client.update(sql().as_str(), None, &settings.args(limit, full))?;
-        jobs_and_taken(table, settings)
-    })
-    .unwrap_or_else(|e| panic!("fan-out failed: {e}"))
+    // deliveries queued for the claim (limited or full subscriptions) are not jobs yet
+    run_fan_out(&sql(), limit, settings, full)
 }
 
 /// Subscriptions with limits: how many more may start now (free: NULL = no cap), and from when
