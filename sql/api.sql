@@ -4,91 +4,27 @@
 ------------------------------------------------------------------------------------------------
 -- Internal: the checks every emit makes once per call (tenant, type, module, metadata, chain).
 ------------------------------------------------------------------------------------------------
+-- The emit functions' bodies are Rust (src/emit.rs): a plpgsql body cost five times the INSERT
+-- it makes, on every business write.
 CREATE OR REPLACE FUNCTION event_bus._emit_prepare(
     p_tenant_id     uuid,
     p_event_type    text,
     p_source_module text,
     p_metadata      jsonb
 ) RETURNS jsonb
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_tenant    uuid;
-    v_caller    name;
-    v_metadata  jsonb := coalesce(p_metadata, '{}'::jsonb);
-    v_cause     text;
-    v_depth     integer;
-    v_max_depth integer;
-    v_ok        boolean;
-BEGIN
-    IF p_tenant_id IS NULL THEN
-        RAISE EXCEPTION 'event_bus: tenant_id must not be null'
-            USING ERRCODE = '22004',
-                  HINT = 'Pass the tenant (organization) the event belongs to as the first argument.';
-    END IF;
-    -- a session bound to a tenant emits for that tenant only (admins for any). On this hot path
-    -- current_tenant() is only called when a tenant source has a value, and the caller is
-    -- computed inline (each SECURITY DEFINER / SET call costs a few microseconds).
-    IF coalesce(current_setting('event_bus.tenant_function', true), '') <> ''
-       OR coalesce(current_setting(coalesce(nullif(current_setting('event_bus.tenant_setting', true), ''),
-                                            'app.tenant_id'), true), '') <> '' THEN
-        v_tenant := event_bus.current_tenant();
-    END IF;
-    IF v_tenant IS DISTINCT FROM p_tenant_id THEN
-        v_caller := CASE WHEN current_setting('role') = 'none' THEN session_user
-                         ELSE current_setting('role')::name END;
-    END IF;
-    -- (event_bus._caller_is_admin(), inline: a SQL function call per emit costs several microseconds)
-    IF (v_tenant IS DISTINCT FROM p_tenant_id)
-       AND (v_tenant IS NOT NULL OR pg_has_role(v_caller, 'event_bus_reader', 'USAGE'))
-       AND NOT pg_has_role(v_caller, 'event_bus_admin', 'USAGE') THEN
-        RAISE EXCEPTION 'event_bus: this session may not emit events for tenant %', p_tenant_id
-            USING ERRCODE = '42501',
-                  HINT = 'The session''s tenant (event_bus.current_tenant()) is '
-                         || coalesce(v_tenant::text, 'not set') || '; emit for that tenant.';
-    END IF;
-    IF p_event_type IS NULL THEN
-        RAISE EXCEPTION 'event_bus: event_type must not be null'
-            USING ERRCODE = '22004', HINT = 'Pass an event type such as ''invoice.posted''.';
-    END IF;
-    -- (expressions, not PERFORM: plpgsql evaluates them without starting an executor)
-    v_ok := event_bus._check_event_type(p_event_type);
-    IF p_source_module IS NULL OR p_source_module = '' THEN
-        RAISE EXCEPTION 'event_bus: source_module must not be empty'
-            USING ERRCODE = '22004', HINT = 'Pass the emitting module, e.g. ''accounting''.';
-    END IF;
-    IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN
-        RAISE EXCEPTION 'event_bus: metadata must be a JSON object, got %', jsonb_typeof(p_metadata)
-            USING ERRCODE = '22023', HINT = 'Pass NULL, ''{}'' or an object such as {"correlation_id": "..."}.';
-    END IF;
-
-    -- inside a SQL handler the worker names the event being handled: record the chain, stop loops
-    v_cause := nullif(current_setting('event_bus.causation_id', true), '');
-    IF v_cause IS NOT NULL THEN
-        v_depth := coalesce(nullif(current_setting('event_bus.chain_depth', true), '')::integer, 0) + 1;
-        v_max_depth := coalesce(nullif(current_setting('event_bus.max_chain_depth', true), '')::integer, 16);
-        IF v_depth > v_max_depth THEN
-            RAISE EXCEPTION 'event_bus: event chain too deep: % would be at depth %, over event_bus.max_chain_depth (%)',
-                    p_event_type, v_depth, v_max_depth
-                USING ERRCODE = '54000',
-                      HINT = 'Handlers that emit events in reply to each other loop; the chain starts at '
-                             'correlation_id ' || coalesce(current_setting('event_bus.correlation_id', true), v_cause)
-                             || '. Break the loop, or raise event_bus.max_chain_depth for a longer legitimate chain.';
-        END IF;
-        v_metadata := v_metadata || jsonb_build_object(
-            'causation_id', v_cause,
-            'correlation_id', coalesce(v_metadata ->> 'correlation_id',
-                                       nullif(current_setting('event_bus.correlation_id', true), ''), v_cause),
-            'depth', v_depth);
-    END IF;
-    RETURN v_metadata;
-END
-$$;
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'emit_prepare_wrapper';
 
 COMMENT ON FUNCTION event_bus._emit_prepare(uuid, text, text, jsonb) IS
     'Internal: the per-call checks of emit_module_event and emit_module_events (tenant may emit for this '
     'tenant, event type, module, metadata object, chain depth); returns the metadata to store.';
+
+CREATE OR REPLACE FUNCTION event_bus._check_payload_value(p_payload jsonb, p_position bigint) RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'check_payload_element_wrapper';
+COMMENT ON FUNCTION event_bus._check_payload_value(jsonb, bigint) IS
+    'Internal: raise 22023 unless the payload is a JSON object, 54000 if it is over '
+    'event_bus.max_payload_bytes (as text); p_position names the element of a batch emit (NULL: none).';
 
 ------------------------------------------------------------------------------------------------
 -- API: Public — emit_module_event
@@ -102,46 +38,10 @@ CREATE OR REPLACE FUNCTION event_bus.emit_module_event(
     p_payload       jsonb,
     p_metadata      jsonb DEFAULT '{}'::jsonb
 ) RETURNS uuid
-LANGUAGE plpgsql
+LANGUAGE c VOLATILE PARALLEL UNSAFE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_id       uuid;
-    v_limit    bigint;
-    v_size     bigint;
-    v_metadata jsonb;
-    v_ok       boolean;
-BEGIN
-    v_metadata := event_bus._emit_prepare(p_tenant_id, p_event_type, p_source_module, p_metadata);
-    IF p_payload IS NULL OR jsonb_typeof(p_payload) <> 'object' THEN
-        RAISE EXCEPTION 'event_bus: payload must be a JSON object, got %',
-                coalesce(jsonb_typeof(p_payload), 'NULL')
-            USING ERRCODE = '22023',
-                  HINT = 'Wrap the value in an object, e.g. jsonb_build_object(''value'', ...).';
-    END IF;
-    v_limit := coalesce(nullif(current_setting('event_bus.max_payload_bytes', true), '')::bigint, 1048576);
-    v_size := octet_length(p_payload::text);
-    IF v_size > v_limit THEN
-        RAISE EXCEPTION 'event_bus: payload is % bytes, over event_bus.max_payload_bytes (%)', v_size, v_limit
-            USING ERRCODE = '54000',
-                  HINT = 'Send a reference (an id or URL) instead of the data, or raise event_bus.max_payload_bytes.';
-    END IF;
-    -- a registered payload contract (cached per backend: no query for unregistered types)
-    IF event_bus._has_contract(p_event_type) THEN
-        v_ok := event_bus._check_contract(p_event_type, p_payload, v_metadata ->> 'schema_version', NULL);
-    END IF;
-
-    INSERT INTO event_bus.module_events
-        (tenant_id, event_type, source_module, entity_type, entity_id, payload, metadata)
-    VALUES
-        (p_tenant_id, p_event_type, p_source_module, p_entity_type, p_entity_id, p_payload, v_metadata)
-    RETURNING id INTO v_id;
-
-    v_ok := event_bus._wake_on_commit() IS NULL;
-    RETURN v_id;
-END
-$$;
+AS 'MODULE_PATHNAME', 'emit_module_event_wrapper';
 
 COMMENT ON FUNCTION event_bus.emit_module_event(uuid, text, text, text, text, jsonb, jsonb) IS
     'Emit an event in the current transaction: it exists if and only if the transaction commits. '
@@ -163,13 +63,10 @@ CREATE OR REPLACE FUNCTION event_bus.emit_module_event(
     p_payload       jsonb,
     p_metadata      jsonb DEFAULT '{}'::jsonb
 ) RETURNS uuid
-LANGUAGE sql
+LANGUAGE c VOLATILE PARALLEL UNSAFE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT event_bus.emit_module_event(p_tenant_id, p_event_type, p_source_module, p_entity_type,
-                                       p_entity_id::text, p_payload, p_metadata);
-$$;
+AS 'MODULE_PATHNAME', 'emit_module_event_uuid_wrapper';
 
 COMMENT ON FUNCTION event_bus.emit_module_event(uuid, text, text, text, uuid, jsonb, jsonb) IS
     'emit_module_event with a uuid entity id (stored as its text form).';
@@ -192,8 +89,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_metadata jsonb;
-    v_limit    bigint;
-    v_bad      record;
     v_ok       boolean;
 BEGIN
     v_metadata := event_bus._emit_prepare(p_tenant_id, p_event_type, p_source_module, p_metadata);
@@ -212,24 +107,7 @@ BEGIN
             USING ERRCODE = '22023',
                   HINT = 'Pass one entity id per payload (in the same order), or NULL for events without entity ids.';
     END IF;
-    v_limit := coalesce(nullif(current_setting('event_bus.max_payload_bytes', true), '')::bigint, 1048576);
-    SELECT i, v INTO v_bad
-      FROM unnest(p_payloads) WITH ORDINALITY AS p(v, i)
-     WHERE v IS NULL OR jsonb_typeof(v) <> 'object' OR octet_length(v::text) > v_limit
-     LIMIT 1;
-    IF FOUND THEN
-        IF v_bad.v IS NULL OR jsonb_typeof(v_bad.v) <> 'object' THEN
-            RAISE EXCEPTION 'event_bus: payload % must be a JSON object, got %',
-                    v_bad.i, coalesce(jsonb_typeof(v_bad.v), 'NULL')
-                USING ERRCODE = '22023',
-                      HINT = 'Wrap the value in an object, e.g. jsonb_build_object(''value'', ...). Nothing was emitted.';
-        END IF;
-        RAISE EXCEPTION 'event_bus: payload % is % bytes, over event_bus.max_payload_bytes (%)',
-                v_bad.i, octet_length(v_bad.v::text), v_limit
-            USING ERRCODE = '54000',
-                  HINT = 'Send a reference (an id or URL) instead of the data, or raise event_bus.max_payload_bytes. '
-                         'Nothing was emitted.';
-    END IF;
+    PERFORM event_bus._check_payload_value(p.v, p.i) FROM unnest(p_payloads) WITH ORDINALITY AS p(v, i);
     IF event_bus._has_contract(p_event_type) THEN
         PERFORM event_bus._check_contract(p_event_type, p.v, v_metadata ->> 'schema_version', p.i)
            FROM unnest(p_payloads) WITH ORDINALITY AS p(v, i);

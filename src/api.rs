@@ -40,7 +40,7 @@ fn is_valid_pattern(pattern: &str) -> bool {
 
 /// Raises 22023 with the reason when `event_type` is not a concrete event type.
 #[pg_extern(immutable, strict, parallel_safe, name = "_check_event_type")]
-fn check_event_type(event_type: &str) -> bool {
+pub(crate) fn check_event_type(event_type: &str) -> bool {
     if let Err(e) = matcher::validate_event_type(event_type) {
         EventBusError::InvalidEventType {
             value: truncate(event_type),

@@ -3,6 +3,7 @@
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
+use std::borrow::Cow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventBusError {
@@ -39,6 +40,36 @@ pub enum EventBusError {
     InvalidSchema { event_type: String, reason: String },
     #[error("event_bus: version {version} of {event_type} is already registered with a different schema")]
     SchemaVersionConflict { event_type: String, version: i32 },
+    #[error("event_bus: {what} must not be {empty}")]
+    MissingArgument {
+        what: &'static str,
+        empty: &'static str,
+        hint: &'static str,
+    },
+    #[error("event_bus: {what}{} must be a JSON object, got {got}", position.map(|p| format!(" {p}")).unwrap_or_default())]
+    NotAnObject {
+        what: &'static str,
+        position: Option<i64>,
+        got: String,
+    },
+    #[error("event_bus: payload{} is {size} bytes, over event_bus.max_payload_bytes ({limit})", position.map(|p| format!(" {p}")).unwrap_or_default())]
+    PayloadTooLarge {
+        position: Option<i64>,
+        size: usize,
+        limit: i64,
+    },
+    #[error("event_bus: this session may not emit events for tenant {tenant}")]
+    TenantNotAllowed {
+        tenant: String,
+        session_tenant: Option<String>,
+    },
+    #[error("event_bus: event chain too deep: {event_type} would be at depth {depth}, over event_bus.max_chain_depth ({max})")]
+    ChainTooDeep {
+        event_type: String,
+        depth: i64,
+        max: i64,
+        correlation_id: String,
+    },
 }
 
 impl EventBusError {
@@ -51,17 +82,21 @@ impl EventBusError {
             | EventBusError::InvalidSecret { .. }
             | EventBusError::LimitOutOfRange { .. }
             | EventBusError::UnknownSchemaVersion { .. }
-            | EventBusError::InvalidSchema { .. } => {
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
+            | EventBusError::InvalidSchema { .. }
+            | EventBusError::NotAnObject { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            EventBusError::MissingArgument { .. } => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            EventBusError::PayloadTooLarge { .. } | EventBusError::ChainTooDeep { .. } => {
+                PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED
             }
+            EventBusError::TenantNotAllowed { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             EventBusError::PayloadContract { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
             EventBusError::UnregisteredEventType { .. } => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             EventBusError::SchemaVersionConflict { .. } => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
         }
     }
 
-    fn hint(&self) -> &'static str {
-        match self {
+    fn hint(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
             EventBusError::InvalidEventType { .. } => {
                 "Use dot-separated segments of letters, digits, '_', '-' or ':', e.g. 'invoice.posted'."
             }
@@ -103,7 +138,38 @@ impl EventBusError {
                 "Versions are immutable: register the changed schema as a new version (emitters then validate \
                  against the latest, or the one their metadata's schema_version names)."
             }
-        }
+            EventBusError::MissingArgument { hint, .. } => hint,
+            EventBusError::NotAnObject { what: "metadata", .. } => {
+                "Pass NULL, '{}' or an object such as {\"correlation_id\": \"...\"}."
+            }
+            EventBusError::NotAnObject { position, .. } => {
+                if position.is_some() {
+                    "Wrap the value in an object, e.g. jsonb_build_object('value', ...). Nothing was emitted."
+                } else {
+                    "Wrap the value in an object, e.g. jsonb_build_object('value', ...)."
+                }
+            }
+            EventBusError::PayloadTooLarge { position, .. } => {
+                if position.is_some() {
+                    "Send a reference (an id or URL) instead of the data, or raise event_bus.max_payload_bytes. \
+                     Nothing was emitted."
+                } else {
+                    "Send a reference (an id or URL) instead of the data, or raise event_bus.max_payload_bytes."
+                }
+            }
+            EventBusError::TenantNotAllowed { session_tenant, .. } => {
+                return Cow::Owned(format!(
+                    "The session's tenant (event_bus.current_tenant()) is {}; emit for that tenant.",
+                    session_tenant.as_deref().unwrap_or("not set")
+                ))
+            }
+            EventBusError::ChainTooDeep { correlation_id, .. } => {
+                return Cow::Owned(format!(
+                    "Handlers that emit events in reply to each other loop; the chain starts at correlation_id \
+                     {correlation_id}. Break the loop, or raise event_bus.max_chain_depth for a longer legitimate chain."
+                ))
+            }
+        })
     }
 
     fn detail(&self) -> Option<String> {
@@ -119,7 +185,7 @@ impl EventBusError {
     pub fn raise(self) -> ! {
         let code = self.code();
         let hint = self.hint();
-        let mut report = ErrorReport::new(code, self.to_string(), "event_bus").set_hint(hint);
+        let mut report = ErrorReport::new(code, self.to_string(), "event_bus").set_hint(hint.into_owned());
         if let Some(detail) = self.detail() {
             report = report.set_detail(detail);
         }

@@ -75,6 +75,44 @@ pub mod tests {
     }
 
     #[pg_test]
+    fn emit_limits_the_payload_by_its_text_size_and_stores_both_entity_id_forms() {
+        // the limit is on the payload as text (octet_length(payload::text)), also when the binary
+        // form is far smaller: 300 control characters are 300 bytes stored, 1,800 as text
+        Spi::run("SET LOCAL event_bus.max_payload_bytes = 1000").unwrap();
+        let escaped = "jsonb_build_object('s', repeat(chr(1), 300))";
+        let emit = |payload: &str, entity: &str| {
+            format!("SELECT event_bus.emit_module_event('{TENANT}', 'a.b', 'm', 'doc', {entity}, {payload})")
+        };
+        assert_eq!(sqlstate_of(&emit(escaped, "'1'")).as_deref(), Some("54000"));
+        // at the limit exactly: accepted ({"s": "<n x>"} is n + 9 bytes)
+        assert_eq!(sqlstate_of(&emit("jsonb_build_object('s', repeat('x', 991))", "'3'")), None);
+        assert_eq!(sqlstate_of(&emit("jsonb_build_object('s', repeat('x', 992))", "'4'")).as_deref(), Some("54000"));
+        // the uuid overload stores the id's text form; NULL metadata is stored as {}
+        let u = "0190f7a0-0000-7000-8000-000000000001";
+        assert_eq!(sqlstate_of(&emit("'{}'", &format!("'{u}'::uuid"))), None);
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM event_bus.module_events
+                  WHERE entity_id IN ('3', '{u}') AND metadata = '{{}}' AND payload ? 's' = (entity_id = '3')"
+            )),
+            2
+        );
+        let id = Spi::get_one::<pgrx::Uuid>(&format!(
+            "SELECT event_bus.emit_module_event('{TENANT}', 'a.b', 'm', NULL, NULL::text, '{{}}', NULL)"
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM event_bus.module_events
+                  WHERE id = '{id}' AND metadata = '{{}}' AND status = 'pending' AND dispatched_at IS NULL
+                    AND created_at = now() AND entity_id IS NULL"
+            )),
+            1
+        );
+    }
+
+    #[pg_test]
     fn emit_module_events_writes_a_batch_in_input_order() {
         let ids = count(&format!(
             "SELECT count(*) FROM event_bus.emit_module_events('{TENANT}', 'invoice.posted', 'accounting', 'invoice',

@@ -1,4 +1,4 @@
-//! ALTER EXTENSION event_bus UPDATE from each released version (0.2.0, the previous one, and 0.1.0,
+//! ALTER EXTENSION event_bus UPDATE from each released version (0.3.0, the previous one, 0.2.0 and 0.1.0,
 //! through every script in between): installs that release's own install script
 //! (tests/fixtures), fills it with data, upgrades, and checks that nothing was lost, that the
 //! worker delivers what waited (deliveries in flight and waiting for a retry included), and that
@@ -77,6 +77,11 @@ fn schema_fingerprint(c: &mut postgres::Client) -> Vec<String> {
 }
 
 #[test]
+fn upgrade_from_0_3_0_keeps_every_row_and_matches_a_fresh_install() {
+    upgrade_from("0.3.0");
+}
+
+#[test]
 fn upgrade_from_0_2_0_keeps_every_row_and_matches_a_fresh_install() {
     upgrade_from("0.2.0");
 }
@@ -122,7 +127,7 @@ fn upgrade_from(old: &str) {
          SELECT d.event_id, '{sub}', d.id, '{TENANT}', 1, 'success', 200 FROM d;"
     ))
     .unwrap();
-    // 0.2.0 left deliveries mid-way: one in flight (its lease ran out with the old worker) and one
+    // 0.2.0 and later left deliveries mid-way: one in flight (its lease ran out with the old worker) and one
     // waiting for its retry; both go out after the upgrade, each once more
     let mid_way = if old == "0.1.0" { 0 } else { 2 };
     if mid_way > 0 {

@@ -1,37 +1,9 @@
 //! The claim side's statements: fan new events out into deliveries, claim due ones with a lease,
 //! and find when the next one is due. Each runs inside the caller's transaction.
 
+use crate::plans::exec;
 use super::job::{jobs_from, row_to_job, ClaimSettings, Job, JOB_COLUMNS, JOB_COLUMN_COUNT};
 use pgrx::prelude::*;
-use std::collections::HashMap;
-
-thread_local! {
-    /// Plans of the worker's record statements, prepared once per process and kept
-    /// (SPI_keepplan): they run every batch and their plans do not depend on the batch size.
-    static PLANS: std::cell::RefCell<HashMap<&'static str, pgrx::spi::OwnedPreparedStatement>> =
-        std::cell::RefCell::new(HashMap::new());
-}
-
-/// Execute the statement `name` (prepared from `sql()` with parameter `types` on first use).
-pub fn exec<'conn>(
-    client: &mut pgrx::spi::SpiClient<'conn>,
-    name: &'static str,
-    sql: impl FnOnce() -> String,
-    types: &[pg_sys::Oid],
-    args: &[pgrx::datum::DatumWithOid],
-) -> Result<pgrx::spi::SpiTupleTable<'conn>, pgrx::spi::Error> {
-    PLANS.with(|plans| {
-        let mut plans = plans.borrow_mut();
-        let stmt = match plans.entry(name) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let oids: Vec<pgrx::PgOid> = types.iter().map(|t| pgrx::PgOid::from(*t)).collect();
-                e.insert(client.prepare_mut(sql().as_str(), &oids)?.keep())
-            }
-        };
-        client.update(&*stmt, None, args)
-    })
-}
 
 /// The end of both fan-out statements, after `ins` (the deliveries inserted from `ev`, the events
 /// taken): mark the events dispatched (completed at once when nothing matched), count them, and

@@ -2,7 +2,8 @@
 //! backoff, dead), the events' status and the subscriptions' health, in one short transaction;
 //! and handing unfinished leases back.
 
-use super::claim::{exec, lock_streams};
+use super::claim::lock_streams;
+use crate::plans::exec;
 use super::deliver::{backoff, Outcome};
 use super::job::Claimed;
 use pgrx::prelude::*;
