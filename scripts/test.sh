@@ -1,16 +1,57 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, SQL-surface #[pg_test]s and the integration tests in tests/
 # (each of which starts its own throwaway cluster). Run as root on Debian; idempotent.
+#
+# PostgreSQL versions:
+#   PG_VERSIONS         the whole suite on each (default "15 17")
+#   PG_SMOKE_VERSIONS   the SQL-level tests (every unit test and #[pg_test]) and one delivery
+#                       integration test on each (default: 16 and 18, less any in PG_VERSIONS)
+#   e.g. PG_VERSIONS="15 16 17 18" scripts/test.sh    runs everything on all four.
+# Prints the time each version took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+PG_VERSIONS="${PG_VERSIONS-15 17}"
+if [ -z "${PG_SMOKE_VERSIONS+x}" ]; then
+    PG_SMOKE_VERSIONS=""
+    for v in 16 18; do
+        [[ " $PG_VERSIONS " == *" $v "* ]] || PG_SMOKE_VERSIONS+="$v "
+    done
+fi
+
 scripts/install-deps.sh
+# shellcheck disable=SC2086 # word splitting intended: a list of versions
+scripts/install-pg.sh $PG_VERSIONS $PG_SMOKE_VERSIONS
 # the committed upgrade script must be what the install sources generate
 scripts/gen-upgrade.sh --check
 
-PGDATA_DIR="${EVENT_BUS_TEST_PGDATA:-/var/tmp/event_bus-pgrx-test}"
-mkdir -p "$PGDATA_DIR"
-chown postgres:postgres "$PGDATA_DIR"
+pg_bin() { # the bin directory of PostgreSQL $1
+    if [ "$1" = 15 ]; then echo /usr/lib/postgresql/15/bin; else echo "${EVENT_BUS_PG_ROOT:-/opt/event_bus-pg}/$1/bin"; fi
+}
+pgdata() { # a data directory for pgrx's test cluster of version $1, writable by postgres
+    local d="${EVENT_BUS_TEST_PGDATA:-/var/tmp/event_bus-pgrx-test}-$1"
+    mkdir -p "$d"
+    chown postgres:postgres "$d"
+    echo "$d"
+}
 
-echo "==> cargo pgrx test pg15"
-cargo pgrx test pg15 --runas postgres --pgdata "$PGDATA_DIR"
+TIMES=()
+for v in $PG_VERSIONS; do
+    echo "==> PostgreSQL $v: the whole suite (cargo pgrx test pg$v)"
+    start=$SECONDS
+    # the integration tests start their clusters with the pg_config first on PATH
+    PATH="$(pg_bin "$v"):$PATH" cargo pgrx test "pg$v" --runas postgres --pgdata "$(pgdata "$v")"
+    TIMES+=("PostgreSQL $v, whole suite: $((SECONDS - start)) s")
+done
+for v in $PG_SMOKE_VERSIONS; do
+    echo "==> PostgreSQL $v: unit and SQL-level tests, and one delivery integration test"
+    start=$SECONDS
+    # every test of the library (unit tests and #[pg_test]s live in modules named *tests)
+    PATH="$(pg_bin "$v"):$PATH" cargo pgrx test "pg$v" "tests::" --runas postgres --pgdata "$(pgdata "$v")"
+    # (cargo pgrx test installed this version's build of the extension)
+    PATH="$(pg_bin "$v"):$PATH" cargo test --no-default-features --features "pg$v" --test delivery \
+        failing_handler_is_retried_with_backoff_then_succeeds
+    TIMES+=("PostgreSQL $v, SQL-level tests + one delivery test: $((SECONDS - start)) s")
+done
+echo "==> times"
+printf '    %s\n' "${TIMES[@]}"

@@ -263,7 +263,7 @@ pub fn contracts_changed() {
 }
 
 #[cfg(test)]
-mod unit {
+mod unit_tests {
     use super::*;
     use serde_json::json;
 

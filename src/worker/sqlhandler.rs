@@ -215,10 +215,11 @@ extern "C-unwind" {
     fn disable_timeout(id: i32, keep_indicator: bool);
 }
 
-/// `USER_TIMEOUT` of utils/timeout.h: the first id extensions may register.
-#[cfg(not(feature = "pg17"))]
+/// `USER_TIMEOUT` of utils/timeout.h: the first id extensions may register (17 added
+/// TRANSACTION_TIMEOUT before it). pgrx does not bind timeout.h.
+#[cfg(any(feature = "pg15", feature = "pg16"))]
 const USER_TIMEOUT: i32 = 12;
-#[cfg(feature = "pg17")]
+#[cfg(any(feature = "pg17", feature = "pg18"))]
 const USER_TIMEOUT: i32 = 13;
 
 static TIMED_OUT: AtomicBool = AtomicBool::new(false);
