@@ -1,4 +1,4 @@
-//! Integration-test harness: a throwaway PostgreSQL 15 cluster with event_bus preloaded, on a free
+//! Integration-test harness: a throwaway PostgreSQL cluster (the pg_config first on PATH) with event_bus preloaded, on a free
 //! loopback port, owned by the `postgres` user when the tests run as root. The extension must be
 //! installed (`cargo pgrx test` installs it before the tests run).
 #![allow(dead_code)]
@@ -26,16 +26,25 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Run a Postgres binary as the cluster owner.
+/// Run a Postgres binary as the cluster owner, with its own libpq: relocated builds (the 16-18
+/// of scripts/install-pg.sh) carry a RUNPATH of the directory they were built for, and would
+/// load the system's older libpq (the walreceiver then rejects a newer pg_basebackup's options).
 fn pg_cmd(bin: &str) -> Command {
     let path = pg_bindir().join(bin);
-    if is_root() {
+    let mut c = if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(path);
         c
     } else {
         Command::new(path)
+    };
+    if let Ok(out) = Command::new("pg_config").arg("--libdir").output() {
+        let libdir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if std::path::Path::new(&libdir).join("libpq.so.5").exists() && !libdir.starts_with("/usr/lib") {
+            c.env("LD_LIBRARY_PATH", libdir);
+        }
     }
+    c
 }
 
 pub fn free_port() -> u16 {
@@ -109,6 +118,68 @@ impl Cluster {
         };
         c.pg_ctl_start();
         c
+    }
+
+    /// A streaming replica of `primary` (pg_basebackup -R, which also copies the primary's
+    /// settings: event_bus preloaded), started, on its own port. The primary needs
+    /// `wal_level = replica` (the default) and WAL senders (the default 10).
+    pub fn replica_of(primary: &Cluster, name: &str) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("event_bus-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            assert!(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success());
+        }
+        let data = dir.join("data");
+        let out = pg_cmd("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-X", "stream", "-R", "--no-sync", "-c", "fast", "-p"])
+            .arg(primary.port.to_string())
+            .arg("-D")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        // later lines win: the replica's own port and socket directory
+        let conf_path = data.join("postgresql.conf");
+        let mut conf = std::fs::read_to_string(&conf_path).unwrap();
+        conf.push_str(&format!(
+            "\nport = {port}\nunix_socket_directories = '{}'\n",
+            dir.display()
+        ));
+        std::fs::write(&conf_path, conf).unwrap();
+        let c = Cluster {
+            dir,
+            port,
+            keep: std::env::var_os("EVENT_BUS_KEEP_CLUSTER").is_some(),
+        };
+        c.pg_ctl_start();
+        c
+    }
+
+    /// pg_ctl promote: the replica becomes a primary (waits until it is).
+    pub fn promote(&self) {
+        let out = pg_cmd("pg_ctl")
+            .args(["-w", "-t", "60", "-D"])
+            .arg(self.data())
+            .arg("promote")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl promote: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
     }
 
     pub fn data(&self) -> PathBuf {
