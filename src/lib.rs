@@ -96,7 +96,11 @@ pub extern "C-unwind" fn _PG_init() {
     guc::register();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         shmem::init();
-        worker::register_launcher();
+        // pg_upgrade starts both servers in binary-upgrade mode: nothing may deliver (or write)
+        // while it copies the catalogs
+        if !unsafe { pg_sys::IsBinaryUpgrade } {
+            worker::register_launcher();
+        }
     }
 }
 

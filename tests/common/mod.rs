@@ -30,7 +30,12 @@ fn is_root() -> bool {
 /// of scripts/install-pg.sh) carry a RUNPATH of the directory they were built for, and would
 /// load the system's older libpq (the walreceiver then rejects a newer pg_basebackup's options).
 fn pg_cmd(bin: &str) -> Command {
-    let path = pg_bindir().join(bin);
+    pg_cmd_in(&pg_bindir(), bin)
+}
+
+/// `pg_cmd` for the binaries in `bindir` (another PostgreSQL version than the one on PATH).
+pub fn pg_cmd_in(bindir: &std::path::Path, bin: &str) -> Command {
+    let path = bindir.join(bin);
     let mut c = if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(path);
@@ -38,7 +43,7 @@ fn pg_cmd(bin: &str) -> Command {
     } else {
         Command::new(path)
     };
-    if let Ok(out) = Command::new("pg_config").arg("--libdir").output() {
+    if let Ok(out) = Command::new(bindir.join("pg_config")).arg("--libdir").output() {
         let libdir = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if std::path::Path::new(&libdir).join("libpq.so.5").exists() && !libdir.starts_with("/usr/lib") {
             c.env("LD_LIBRARY_PATH", libdir);
@@ -58,12 +63,21 @@ pub fn free_port() -> u16 {
 pub struct Cluster {
     pub dir: PathBuf,
     pub port: u16,
+    /// The PostgreSQL binaries this cluster runs with.
+    pub bindir: PathBuf,
     keep: bool,
 }
 
 impl Cluster {
     /// initdb + start, with `extra_conf` lines appended to postgresql.conf.
     pub fn start(name: &str, extra_conf: &[&str]) -> Cluster {
+        let c = Cluster::init_with(&pg_bindir(), name, extra_conf);
+        c.pg_ctl_start();
+        c
+    }
+
+    /// initdb with the binaries in `bindir`, not started.
+    pub fn init_with(bindir: &std::path::Path, name: &str, extra_conf: &[&str]) -> Cluster {
         let dir = std::env::temp_dir().join(format!("event_bus-it-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -76,7 +90,7 @@ impl Cluster {
             assert!(ok.success());
         }
         let data = dir.join("data");
-        let out = pg_cmd("initdb")
+        let out = pg_cmd_in(bindir, "initdb")
             .args([
                 "-A",
                 "trust",
@@ -111,13 +125,12 @@ impl Cluster {
         let mut existing = std::fs::read_to_string(&conf_path).unwrap();
         existing.push_str(&conf);
         std::fs::write(&conf_path, existing).unwrap();
-        let c = Cluster {
+        Cluster {
             dir,
             port,
+            bindir: bindir.to_path_buf(),
             keep: std::env::var_os("EVENT_BUS_KEEP_CLUSTER").is_some(),
-        };
-        c.pg_ctl_start();
-        c
+        }
     }
 
     /// A streaming replica of `primary` (pg_basebackup -R, which also copies the primary's
@@ -136,7 +149,7 @@ impl Cluster {
                 .success());
         }
         let data = dir.join("data");
-        let out = pg_cmd("pg_basebackup")
+        let out = pg_cmd_in(&primary.bindir, "pg_basebackup")
             .args(["-h", "127.0.0.1", "-U", "postgres", "-X", "stream", "-R", "--no-sync", "-c", "fast", "-p"])
             .arg(primary.port.to_string())
             .arg("-D")
@@ -160,6 +173,7 @@ impl Cluster {
         let c = Cluster {
             dir,
             port,
+            bindir: primary.bindir.clone(),
             keep: std::env::var_os("EVENT_BUS_KEEP_CLUSTER").is_some(),
         };
         c.pg_ctl_start();
@@ -168,7 +182,7 @@ impl Cluster {
 
     /// pg_ctl promote: the replica becomes a primary (waits until it is).
     pub fn promote(&self) {
-        let out = pg_cmd("pg_ctl")
+        let out = pg_cmd_in(&self.bindir, "pg_ctl")
             .args(["-w", "-t", "60", "-D"])
             .arg(self.data())
             .arg("promote")
@@ -195,7 +209,7 @@ impl Cluster {
     }
 
     pub fn pg_ctl_start(&self) {
-        let out = pg_cmd("pg_ctl")
+        let out = pg_cmd_in(&self.bindir, "pg_ctl")
             .args(["-w", "-t", "60", "-D"])
             .arg(self.data())
             .arg("-l")
@@ -213,7 +227,7 @@ impl Cluster {
 
     /// Stop: "fast" or "immediate" (a crash: no shutdown checkpoint, recovery on start).
     pub fn pg_ctl_stop(&self, mode: &str) {
-        let _ = pg_cmd("pg_ctl")
+        let _ = pg_cmd_in(&self.bindir, "pg_ctl")
             .args(["-w", "-t", "60", "-m", mode, "-D"])
             .arg(self.data())
             .arg("stop")
