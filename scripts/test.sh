@@ -8,6 +8,8 @@
 #                       integration test on each (default: 16 and 18, less any in PG_VERSIONS)
 #   e.g. PG_VERSIONS="15 16 17 18" scripts/test.sh    runs everything on all four.
 #   PG_UPGRADE_TEST=0   leaves out the pg_upgrade test (from 15 to 17, run after the suites)
+#   PACKAGE_TEST=0      leaves out the Debian package test (run last: it builds the 15 package,
+#                       installs it in place of the development install, delivers, removes it)
 # Prints the time each version took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +68,27 @@ if [ "${PG_UPGRADE_TEST:-1}" = 1 ]; then
     EVENT_BUS_UPGRADE_FROM_BINDIR="$root/15-upstream/bin" EVENT_BUS_UPGRADE_TO_BINDIR="$root/17/bin" \
         cargo test --test pg_upgrade -- --ignored --nocapture
     TIMES+=("pg_upgrade 15 -> 17: $((SECONDS - start)) s")
+fi
+if [ "${PACKAGE_TEST:-1}" = 1 ]; then
+    echo "==> the Debian package: dpkg -i into Debian's PostgreSQL 15, create, deliver, dpkg -r"
+    start=$SECONDS
+    scripts/package.sh 15
+    version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
+    deb="target/packages/postgresql-15-event-bus_${version}-1_$(dpkg --print-architecture).deb"
+    libdir="$(/usr/bin/pg_config --pkglibdir)"
+    extdir="$(/usr/bin/pg_config --sharedir)/extension"
+    # a clean PostgreSQL: without the development install the suites used
+    rm -f "$libdir/event_bus.so" "$extdir"/event_bus.control "$extdir"/event_bus--*.sql
+    dpkg -i "$deb"
+    PATH="$(pg_bin 15):$PATH" cargo test --test package -- --ignored
+    dpkg -r postgresql-15-event-bus
+    left="$(ls "$libdir"/event_bus* "$extdir"/event_bus* 2>/dev/null || true)"
+    if [ -n "$left" ] || dpkg -s postgresql-15-event-bus >/dev/null 2>&1; then
+        echo "dpkg -r left event_bus behind: $left" >&2
+        exit 1
+    fi
+    echo "    installed, delivered and removed cleanly ($(basename "$deb"))"
+    TIMES+=("Debian package: $((SECONDS - start)) s")
 fi
 echo "==> times"
 printf '    %s\n' "${TIMES[@]}"
