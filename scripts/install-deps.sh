@@ -4,7 +4,7 @@ set -euo pipefail
 
 PGRX_VERSION=0.18.1
 need_pkgs=()
-for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
+for p in postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap libclang-dev clang sudo; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -56,6 +56,12 @@ for v in $PG_SMOKE_VERSIONS; do
         failing_handler_is_retried_with_backoff_then_succeeds
     TIMES+=("PostgreSQL $v, SQL-level tests + one delivery test: $((SECONDS - start)) s")
 done
+if [[ " $PG_VERSIONS " == *" 15 "* ]]; then
+    echo "==> the README's pgTAP example on PostgreSQL 15 (postgresql-15-pgtap)"
+    start=$SECONDS
+    PATH="$(pg_bin 15):$PATH" cargo test --test pgtap -- --ignored
+    TIMES+=("pgTAP example: $((SECONDS - start)) s")
+fi
 if [ "${PG_UPGRADE_TEST:-1}" = 1 ]; then
     echo "==> pg_upgrade from PostgreSQL 15 to 17 with event_bus installed"
     start=$SECONDS

@@ -737,6 +737,112 @@ COMMENT ON FUNCTION event_bus._release(uuid) IS 'Internal: a closed breaker make
 
 -- Called by the worker with each recorded batch, aggregated per subscription (batch order):
 -- successes, failures, failures after the batch's last success, last error; and the batch's dead count.
+------------------------------------------------------------------------------------------------
+-- Operational events: the bus's own state changes as events (event_bus.operational_events)
+------------------------------------------------------------------------------------------------
+-- Emitted in the transaction that makes the change, in the tenant of the event concerned, with
+-- source_module 'event_bus'. Never about a delivery of an event_bus.* event: a subscription to
+-- event_bus.# that fails cannot feed itself.
+CREATE OR REPLACE FUNCTION event_bus._operational_events_on() RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(nullif(current_setting('event_bus.operational_events', true), '')::boolean, true);
+$$;
+COMMENT ON FUNCTION event_bus._operational_events_on() IS
+    'Internal: is event_bus.operational_events on (the default)?';
+
+CREATE OR REPLACE FUNCTION event_bus._deliveries_dead(p_ids uuid[]) RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_dead   integer;
+    v_parked integer;
+BEGIN
+    IF NOT event_bus._operational_events_on() THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO event_bus.module_events (tenant_id, event_type, source_module, entity_type, entity_id, payload, metadata)
+    SELECT d.tenant_id, 'event_bus.delivery.dead', 'event_bus', 'delivery', d.id::text,
+           jsonb_build_object('delivery_id', d.id, 'event_id', e.id, 'event_type', e.event_type,
+                              'entity_type', e.entity_type, 'entity_id', e.entity_id,
+                              'subscription_id', s.id, 'handler_module', s.handler_module,
+                              'attempts', d.attempts, 'last_error', d.last_error,
+                              'last_http_status', d.last_http_status),
+           jsonb_build_object('causation_id', e.id::text,
+                              'correlation_id', coalesce(e.metadata ->> 'correlation_id', e.id::text))
+      FROM event_bus.module_event_deliveries d
+      JOIN event_bus.module_events e ON e.id = d.event_id
+      JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+     WHERE d.id = ANY (p_ids) AND d.status = 'failed' AND e.event_type NOT LIKE 'event\_bus.%';
+    GET DIAGNOSTICS v_dead = ROW_COUNT;
+    -- a dead delivery of an ordered stream parks the stream behind it
+    INSERT INTO event_bus.module_events (tenant_id, event_type, source_module, entity_type, entity_id, payload, metadata)
+    SELECT d.tenant_id, 'event_bus.stream.parked', 'event_bus', e.entity_type, e.entity_id,
+           jsonb_build_object('subscription_id', d.subscription_id, 'entity_type', e.entity_type,
+                              'entity_id', e.entity_id, 'blocking_delivery_id', d.id, 'event_id', e.id,
+                              'event_type', e.event_type, 'last_error', d.last_error,
+                              'waiting', (SELECT count(*) FROM event_bus.module_event_deliveries w
+                                           WHERE w.subscription_id = d.subscription_id AND w.tenant_id = d.tenant_id
+                                             AND w.ordering_key = d.ordering_key AND w.status = 'waiting')),
+           jsonb_build_object('causation_id', e.id::text,
+                              'correlation_id', coalesce(e.metadata ->> 'correlation_id', e.id::text))
+      FROM event_bus.module_event_deliveries d
+      JOIN event_bus.module_events e ON e.id = d.event_id
+     WHERE d.id = ANY (p_ids) AND d.status = 'failed' AND d.ordering_key IS NOT NULL
+       AND e.event_type NOT LIKE 'event\_bus.%';
+    GET DIAGNOSTICS v_parked = ROW_COUNT;
+    IF v_dead + v_parked > 0 THEN
+        PERFORM event_bus._wake_on_commit();
+    END IF;
+    RETURN v_dead + v_parked;
+END
+$$;
+COMMENT ON FUNCTION event_bus._deliveries_dead(uuid[]) IS
+    'Internal: emit event_bus.delivery.dead for each of these deliveries that is dead (and '
+    'event_bus.stream.parked when it blocks an ordered stream), unless its event is an event_bus.* event.';
+
+CREATE OR REPLACE FUNCTION event_bus._breaker_changed(p_subscription_id uuid, p_opened boolean) RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_tenant uuid;
+    v_sub    record;
+BEGIN
+    IF NOT event_bus._operational_events_on() THEN
+        RETURN false;
+    END IF;
+    SELECT s.id, s.tenant_id, s.handler_module, s.event_type, s.consecutive_failures, s.last_error,
+           s.breaker_open_until, s.breaker_opened_at
+      INTO v_sub
+      FROM event_bus.module_event_subscriptions s WHERE s.id = p_subscription_id;
+    -- the tenant of the event concerned: the subscription's, or that of its latest attempt
+    v_tenant := coalesce(v_sub.tenant_id,
+                         (SELECT l.tenant_id FROM event_bus.module_event_logs l
+                           WHERE l.subscription_id = p_subscription_id
+                           ORDER BY l.executed_at DESC LIMIT 1));
+    IF v_tenant IS NULL THEN
+        RETURN false;
+    END IF;
+    INSERT INTO event_bus.module_events (tenant_id, event_type, source_module, entity_type, entity_id, payload)
+    VALUES (v_tenant, CASE WHEN p_opened THEN 'event_bus.breaker.opened' ELSE 'event_bus.breaker.closed' END,
+            'event_bus', 'subscription', p_subscription_id::text,
+            jsonb_build_object('subscription_id', v_sub.id, 'handler_module', v_sub.handler_module,
+                               'pattern', v_sub.event_type, 'consecutive_failures', v_sub.consecutive_failures,
+                               'last_error', v_sub.last_error, 'open_until', v_sub.breaker_open_until,
+                               'opened_at', v_sub.breaker_opened_at));
+    PERFORM event_bus._wake_on_commit();
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION event_bus._breaker_changed(uuid, boolean) IS
+    'Internal: emit event_bus.breaker.opened / event_bus.breaker.closed for the subscription (after the change).';
+REVOKE ALL ON FUNCTION event_bus._deliveries_dead(uuid[]), event_bus._breaker_changed(uuid, boolean) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION event_bus._record_subscription_outcomes(
     p_ids uuid[], p_ok integer[], p_failed integer[], p_trailing integer[], p_errors text[], p_dead integer
 ) RETURNS void
@@ -773,6 +879,7 @@ BEGIN
                SET breaker_open_until = NULL
              WHERE id = r.id;
             PERFORM event_bus._release(r.id);
+            PERFORM event_bus._breaker_changed(r.id, false);
         ELSIF r.threshold > 0 AND r.consecutive_failures >= r.threshold THEN
             -- open for a second, or, after a failed probe, re-open for as long as the endpoint has
             -- been failing so far (so about doubling), at most event_bus.breaker_cooldown_ms: a
@@ -785,6 +892,10 @@ BEGIN
                    breaker_opened_at = CASE WHEN breaker_open_until IS NULL THEN now() ELSE breaker_opened_at END
              WHERE id = r.id;
             PERFORM event_bus._hold(r.id);
+            IF r.breaker_open_until IS NULL THEN
+                -- opened now (not re-opened after a failed probe)
+                PERFORM event_bus._breaker_changed(r.id, true);
+            END IF;
         END IF;
     END LOOP;
 END
@@ -796,13 +907,20 @@ CREATE OR REPLACE FUNCTION event_bus.reset_breaker(p_subscription_id uuid) RETUR
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_was_open boolean;
 BEGIN
-    UPDATE event_bus.module_event_subscriptions
-       SET breaker_open_until = NULL, consecutive_failures = 0
-     WHERE id = p_subscription_id;
+    SELECT s.breaker_open_until IS NOT NULL INTO v_was_open
+      FROM event_bus.module_event_subscriptions s WHERE s.id = p_subscription_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'event_bus: subscription % does not exist', p_subscription_id
             USING ERRCODE = 'P0002', HINT = 'See SELECT * FROM event_bus.subscription_health.';
+    END IF;
+    UPDATE event_bus.module_event_subscriptions
+       SET breaker_open_until = NULL, consecutive_failures = 0
+     WHERE id = p_subscription_id;
+    IF v_was_open THEN
+        PERFORM event_bus._breaker_changed(p_subscription_id, false);
     END IF;
     RETURN event_bus._release(p_subscription_id);
 END

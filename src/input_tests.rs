@@ -251,7 +251,8 @@ mod tests {
         .unwrap();
         assert_eq!(
             executable,
-            "current_tenant,emit_module_event,emit_module_events,matches,publish_event,uuid_v7_lower_bound"
+            "assert_emitted,current_tenant,emit_module_event,emit_module_events,emitted_events,matches,publish_event,\
+             uuid_v7_lower_bound"
         );
         // internal functions that change state are not callable by PUBLIC either
         for f in [

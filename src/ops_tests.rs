@@ -574,6 +574,9 @@ mod tests {
 
     #[pg_test]
     fn tenants_see_retry_and_replay_only_their_own_events() {
+        // (the dead deliveries below would be reported as event_bus.delivery.dead events, which
+        // the '#' subscription receives: not what this test counts)
+        Spi::run("SET LOCAL event_bus.operational_events = off").unwrap();
         setup_handlers();
         subscribe("#", "audit", "inv.fragile", ", p_max_retries => 0");
         Spi::run(&format!(
@@ -719,5 +722,84 @@ mod tests {
 
     fn emit_call(tenant: &str) -> String {
         format!("event_bus.emit_module_event('{tenant}', 'x.y', 'sales', 'doc', 'D-1', '{{}}')")
+    }
+
+    #[pg_test]
+    fn operational_events_report_dead_deliveries_breakers_and_parked_streams_without_loops() {
+        setup_handlers();
+        // a subscription to the bus's own events that fails too: its dead deliveries of
+        // event_bus.* events must not produce more of them
+        let watcher = subscribe("event_bus.#", "ops", "inv.fragile", ", p_max_retries => 0");
+        let dead_sub = subscribe("pay.*", "payments", "inv.fragile", ", p_max_retries => 0");
+        let ev = emit(TENANT, "pay.made", "pos", r#"{"n": 1}"#);
+        assert_eq!(process(100), 1);
+        let op = |t: &str| {
+            count(&format!(
+                "SELECT count(*) FROM event_bus.module_events WHERE event_type = '{t}'"
+            ))
+        };
+        assert_eq!(op("event_bus.delivery.dead"), 1);
+        assert_eq!(
+            text(&format!(
+                "SELECT concat_ws('|', tenant_id, source_module, payload->>'event_id', payload->>'subscription_id',
+                                  payload->>'attempts', payload->>'last_error' LIKE 'fragile handler refuses%',
+                                  metadata->>'causation_id')
+                   FROM event_bus.module_events WHERE event_type = 'event_bus.delivery.dead'"
+            )),
+            format!("{TENANT}|event_bus|{ev}|{dead_sub}|1|t|{ev}")
+        );
+        // the watcher gets it, fails, and its dead delivery is not reported again
+        assert_eq!(process(100), 1);
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM event_bus.module_event_deliveries WHERE subscription_id = '{watcher}' AND status = 'failed'"
+            )),
+            1
+        );
+        assert_eq!(op("event_bus.delivery.dead"), 1, "no loop");
+        assert_eq!(process(100), 0);
+
+        // breaker: opened when it opens, closed by reset_breaker (once each)
+        let flaky = subscribe("ship.*", "shipping", "inv.fragile", "");
+        Spi::run(&format!("UPDATE event_bus.module_event_subscriptions SET breaker_threshold = 2 WHERE id = '{flaky}'"))
+            .unwrap();
+        for _ in 0..3 {
+            emit(TENANT, "ship.sent", "wms", "{}");
+        }
+        assert_eq!(process(100), 3);
+        assert_eq!(op("event_bus.breaker.opened"), 1);
+        assert_eq!(
+            text("SELECT concat_ws('|', entity_type, payload->>'handler_module', payload->>'consecutive_failures')
+                    FROM event_bus.module_events WHERE event_type = 'event_bus.breaker.opened'"),
+            "subscription|shipping|3"
+        );
+        assert_eq!(op("event_bus.breaker.closed"), 0);
+        Spi::run(&format!("SELECT event_bus.reset_breaker('{flaky}')")).unwrap();
+        assert_eq!(op("event_bus.breaker.closed"), 1);
+        Spi::run(&format!("SELECT event_bus.reset_breaker('{flaky}')")).unwrap();
+        assert_eq!(op("event_bus.breaker.closed"), 1, "an already closed breaker does not close again");
+
+        // an ordered stream parked behind a dead delivery
+        Spi::run(&format!(
+            "SELECT event_bus.subscribe('stock.*', 'inventory', p_handler_function => 'inv.fragile',
+                                        p_run_as => 'eb_test_handler', p_max_retries => 0, p_ordered => true)"
+        ))
+        .unwrap();
+        emit(TENANT, "stock.moved", "wms", "{}");
+        emit(TENANT, "stock.moved", "wms", "{}");
+        process(100);
+        assert_eq!(op("event_bus.stream.parked"), 1);
+        assert_eq!(
+            text("SELECT concat_ws('|', entity_type, entity_id, payload->>'waiting') FROM event_bus.module_events
+                   WHERE event_type = 'event_bus.stream.parked'"),
+            "doc|D-1|1"
+        );
+
+        // switched off: nothing
+        Spi::run("SET LOCAL event_bus.operational_events = off").unwrap();
+        emit(TENANT, "pay.made", "pos", "{}");
+        let before = op("event_bus.delivery.dead");
+        process(100);
+        assert_eq!(op("event_bus.delivery.dead"), before);
     }
 }

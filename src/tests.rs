@@ -16,7 +16,7 @@ pub mod tests {
         {
             Spi::run(
                 "CREATE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $f$
-                 BEGIN EXECUTE q; RETURN NULL; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $f$",
+                 BEGIN EXECUTE q; RETURN NULL; EXCEPTION WHEN OTHERS OR assert_failure THEN RETURN SQLSTATE; END $f$",
             )
             .unwrap();
         }

@@ -78,6 +78,12 @@ pub fn record(batch: &[Finished], delays: &[Duration]) {
         delay_ms.push(d.as_millis().min(i64::MAX as u128) as i64);
     }
     let dead_count = deads.iter().filter(|d| **d).count() as i32;
+    let dead_ids: Vec<String> = batch
+        .iter()
+        .zip(&deads)
+        .filter(|(_, dead)| **dead)
+        .map(|(f, _)| f.claimed.delivery_id.clone())
+        .collect();
     let health = SubscriptionHealth::of(batch);
     let ordered: Vec<String> = batch
         .iter()
@@ -167,6 +173,17 @@ pub fn record(batch: &[Finished], delays: &[Duration]) {
                 durations.into(),
             ],
         )?;
+        if !dead_ids.is_empty() {
+            // operational events (event_bus.delivery.dead, event_bus.stream.parked), in this
+            // transaction
+            exec(
+                client,
+                "deliveries_dead",
+                || "SELECT event_bus._deliveries_dead($1::uuid[])".to_string(),
+                &[pg_sys::TEXTARRAYOID],
+                &[dead_ids.into()],
+            )?;
+        }
         if !ordered.is_empty() {
             exec(
                 client,

@@ -2,7 +2,8 @@
 //! thread, each in its own subtransaction, as the subscription's `run_as` role (or the function's
 //! owner when that is not a superuser), stopped by a timer after the subscription's timeout.
 //! A handler that raises rolls back only its own work; its message and SQLSTATE become the
-//! attempt's error. Its result (any type, through to_jsonb) is the attempt's response.
+//! attempt's error. Its result (any type, through to_jsonb) is the attempt's response. While it
+//! runs, `event_bus.causation_id` names its event and `event_bus.subscription_id` its subscription.
 
 use super::job::Claimed;
 use super::deliver::Outcome;
@@ -78,15 +79,25 @@ struct EventRow {
 /// `deadline` passes (the first always runs): the outcomes of those that ran, a prefix of `jobs`.
 /// The batch's events are read in one query, each (function, role) resolved once.
 pub fn run_batch(jobs: &[(Claimed, Call)], deadline: Option<Instant>) -> Vec<Outcome> {
+    let calls: Vec<(&str, &str, &Call)> = jobs
+        .iter()
+        .map(|(c, call)| (c.event_id.as_str(), c.subscription_id.as_str(), call))
+        .collect();
+    run_calls(&calls, deadline)
+}
+
+/// `run_batch` for (event id, subscription id, call) triples: also `event_bus.run_handlers`,
+/// which runs the handlers of the events of the caller's own transaction.
+pub fn run_calls(jobs: &[(&str, &str, &Call)], deadline: Option<Instant>) -> Vec<Outcome> {
     let started = Instant::now();
-    let ids: Vec<String> = jobs.iter().map(|(c, _)| c.event_id.clone()).collect();
+    let ids: Vec<String> = jobs.iter().map(|(e, _, _)| e.to_string()).collect();
     let events = match fetch_events(ids) {
         Ok(e) => e,
         Err(e) => return jobs.iter().map(|_| failed(e.clone(), started)).collect(),
     };
     let mut roles: HashMap<(String, Option<String>), Result<pg_sys::Oid, String>> = HashMap::new();
     let mut outcomes = Vec::with_capacity(jobs.len());
-    for (claimed, call) in jobs {
+    for (event_id, subscription_id, call) in jobs {
         if !outcomes.is_empty() && deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
@@ -102,10 +113,10 @@ pub fn run_batch(jobs: &[(Claimed, Call)], deadline: Option<Instant>) -> Vec<Out
             .entry((call.function.clone(), call.run_as.clone()))
             .or_insert_with(|| resolve_role(call))
             .clone();
-        outcomes.push(match (role, events.get(&claimed.event_id)) {
+        outcomes.push(match (role, events.get(*event_id)) {
             (Err(e), _) => failed(e, started),
             (_, None) => failed("the event no longer exists".into(), started),
-            (Ok(role), Some(event)) => run_one(claimed, call, role, event, started),
+            (Ok(role), Some(event)) => run_one(event_id, subscription_id, call, role, event, started),
         });
     }
     outcomes
@@ -264,7 +275,8 @@ fn set_local(name: &CStr, value: &str) {
 }
 
 fn run_one(
-    claimed: &Claimed,
+    event_id: &str,
+    subscription_id: &str,
     call: &Call,
     role: pg_sys::Oid,
     event: &EventRow,
@@ -283,7 +295,8 @@ fn run_one(
         let guc_level = pg_sys::NewGUCNestLevel();
         TIMED_OUT.store(false, Ordering::SeqCst);
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            set_local(c"event_bus.causation_id", &claimed.event_id);
+            set_local(c"event_bus.causation_id", event_id);
+            set_local(c"event_bus.subscription_id", subscription_id);
             set_local(c"event_bus.chain_depth", &event.depth);
             set_local(c"event_bus.correlation_id", &event.correlation);
             pg_sys::SetUserIdAndSecContext(

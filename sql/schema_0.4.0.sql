@@ -1,0 +1,17 @@
+-- 0.4.0 table changes: what mock handlers (event_bus.mock_handler) received.
+
+CREATE TABLE event_bus._mock_calls (
+    seq             bigint      GENERATED ALWAYS AS IDENTITY,
+    subscription_id uuid        NOT NULL,
+    event_id        uuid        NOT NULL,
+    event           jsonb       NOT NULL,
+    called_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    CONSTRAINT _mock_calls_pkey PRIMARY KEY (seq),
+    CONSTRAINT _mock_calls_subscription_fkey FOREIGN KEY (subscription_id)
+        REFERENCES event_bus.module_event_subscriptions (id) ON DELETE CASCADE
+);
+CREATE INDEX _mock_calls_subscription_idx ON event_bus._mock_calls (subscription_id, seq);
+COMMENT ON TABLE event_bus._mock_calls IS
+    'Internal: each event a mock handler (event_bus.mock_handler) received, in order; read with '
+    'event_bus.mock_calls(mock). Rows go with the test''s transaction, or with the mock''s subscription.';
+REVOKE ALL ON event_bus._mock_calls FROM PUBLIC;
