@@ -11,6 +11,8 @@
 #   contract  emit of a type with a registered JSON Schema vs without (pgbench; and the batch form)
 #   batch     100,000 events emitted in one statement (emit_module_events, and emit_module_event per
 #             row) vs the same rows INSERTed
+#   sustained 4 clients emit single events for 60 s while the worker delivers to nginx: emitted/s,
+#             delivered/s, the backlog at the end and how long it takes to drain, probe latency
 #   isolation 100,000 events matching nothing: completed/s and a matched event's latency behind them;
 #             latency while another endpoint hangs (500 requests in flight), beside idle; a healthy
 #             subscription's rate beside a neighbour failing every delivery, beside the rate alone
@@ -24,7 +26,7 @@ cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000 100000}"
 RUNS="${RUNS:-3}"
 LAT_EVENTS="${LAT_EVENTS:-300}"
-SECTIONS="${SECTIONS:-delivery latency fanout ordered isolation sql emit contract batch growth}"
+SECTIONS="${SECTIONS:-delivery latency fanout ordered isolation sustained sql emit contract batch growth}"
 EMIT_SECONDS="${EMIT_SECONDS:-5}"
 GROWTH_EVENTS="${GROWTH_EVENTS:-5000000}"
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -228,6 +230,27 @@ if want isolation; then
     alone="${MED[http_10000]:-$(throughput_median "healthy alone" "$SINK" 10000 1)}"
     beside="$(throughput_median "healthy beside a failing subscription" "$SINK" 10000 1 "failing=$SINK_FAIL")"
     ROWS+=("| HTTP deliveries/s, 10,000 events, beside a subscription failing every delivery | $beside | alone $alone | $(ratio "$beside" "$alone") | >= 0.8 |")
+fi
+
+# --- sustained: 4 clients emit while the worker delivers -----------------------------------
+if want sustained; then
+    SUS_S="${SUSTAINED_SECONDS:-60}"; SUS_C="${SUSTAINED_CLIENTS:-4}"
+    em=(); dl=(); bl=(); dr=(); s50=(); s99=()
+    for r in $(seq "$RUNS"); do
+        out="$("$DRIVER" sustained "$CONN" "$SINK" "$SUS_C" "$SUS_S")"
+        echo "    sustained run $r: $out" >&2
+        em+=("$(sed -n 's/.*emitted_per_s=\([0-9.]*\).*/\1/p' <<<"$out")")
+        dl+=("$(sed -n 's/.*delivered_per_s=\([0-9.]*\).*/\1/p' <<<"$out")")
+        bl+=("$(sed -n 's/.*backlog_at_end=\([0-9]*\).*/\1/p' <<<"$out")")
+        dr+=("$(sed -n 's/.*drain_s=\([0-9.]*\).*/\1/p' <<<"$out")")
+        s50+=("$(sed -n 's/.*probe_p50_ms=\([0-9.]*\).*/\1/p' <<<"$out")")
+        s99+=("$(sed -n 's/.*probe_p99_ms=\([0-9.]*\).*/\1/p' <<<"$out")")
+    done
+    m() { printf '%s\n' "$@" | median; }
+    e="$(m "${em[@]}")"; d="$(m "${dl[@]}")"
+    ROWS+=("| sustained, $SUS_C clients emitting for $SUS_S s: deliveries/s during it | $d | events emitted/s $e | $(ratio "$d" "$e") | >= 1 (keeps up) |")
+    ROWS+=("| sustained: backlog at the end / seconds to drain it | $(m "${bl[@]}") / $(m "${dr[@]}") | | | drained < 5 s |")
+    ROWS+=("| sustained: commit -> handler p50 / p99 ms of a probe every 50 ms during it | $(m "${s50[@]}") / $(m "${s99[@]}") | | | |")
 fi
 
 # --- SQL handler ---------------------------------------------------------------------------

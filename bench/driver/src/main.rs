@@ -15,6 +15,12 @@
 //! then one that does; print how fast the burst was completed (`unmatched_per_s`) and how long the
 //! matched one took from its commit to its handler (`probe_ms`).
 //!
+//! `sustained <connstr> <url> <clients> <seconds>`: `clients` connections emit single events (each
+//! its own commit) as fast as they can for `seconds`, to a subscription to `url`, while a probe
+//! emits an event every 50 ms to this driver's own receiver. Prints events emitted/s, deliveries
+//! completed/s during the run, the backlog (events not yet delivered) at its end, how long it took
+//! to drain, and the probes' commit → handler p50/p99.
+//!
 //! `throughput ... failing=URL`: a second subscription to URL (answering errors at once) beside the
 //! measured one, with a subscription's defaults (retries with backoff, the circuit breaker); timed
 //! until the measured subscriptions are done.
@@ -62,6 +68,12 @@ fn main() {
             latency(&args[2], args[3].parse().unwrap(), args[4].parse().unwrap(), hang)
         }
         Some("unmatched") => unmatched(&args[2], args[3].parse().unwrap()),
+        Some("sustained") => sustained(
+            &args[2],
+            &args[3],
+            args[4].parse().unwrap(),
+            args[5].parse().unwrap(),
+        ),
         _ => {
             eprintln!("usage: throughput <conn> <url|sql:schema.fn> <events> <fanout> [keep] [ordered] [entities=N] [failing=URL] | latency <conn> <events> <rate> [hang=N] | unmatched <conn> <events>");
             std::process::exit(2);
@@ -409,6 +421,86 @@ fn latency(conn: &str, events: usize, rate: u64, hang: i64) {
         "p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} n={}",
         percentile(&lat, 0.5),
         percentile(&lat, 0.95),
+        percentile(&lat, 0.99),
+        lat.len()
+    );
+}
+
+fn sustained(conn: &str, url: &str, clients: usize, seconds: u64) {
+    let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let port = start_receiver(&arrivals);
+    let mut c = connect(conn);
+    reset(&mut c);
+    let sink: String = c
+        .query_one("SELECT event_bus.subscribe('sustained.#', 'sink', $1)::text", &[&url])
+        .unwrap()
+        .get(0);
+    c.execute("SELECT event_bus.subscribe('bench.probe', 'probe', $1)", &[&format!("http://127.0.0.1:{port}/")])
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let emitters: Vec<_> = (0..clients)
+        .map(|i| {
+            let stop = Arc::clone(&stop);
+            let conn = conn.to_string();
+            std::thread::spawn(move || {
+                let mut c = connect(&conn);
+                let stmt = c
+                    .prepare(
+                        "SELECT event_bus.emit_module_event($1::text::uuid, 'sustained.event', 'bench', 'item', $2,
+                                                            jsonb_build_object('client', $3::int, 'n', $4::bigint))",
+                    )
+                    .unwrap();
+                let mut n: i64 = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    c.execute(&stmt, &[&TENANT, &format!("{i}-{n}"), &(i as i32), &n]).unwrap();
+                }
+                n
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let mut committed = Vec::new();
+    let mut p = connect(conn);
+    while start.elapsed() < Duration::from_secs(seconds) {
+        committed.push(emit_probe(&mut p));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let emitted: i64 = emitters.into_iter().map(|h| h.join().unwrap()).sum();
+    let elapsed = start.elapsed().as_secs_f64();
+    let end = Instant::now();
+    let backlog_query = "SELECT count(*) FROM event_bus.module_events e
+                          WHERE e.event_type = 'sustained.event' AND e.status <> 'completed'";
+    let delivered: i64 = c
+        .query_one(
+            "SELECT count(*) FROM event_bus.module_event_deliveries d
+              WHERE d.status = 'completed' AND d.subscription_id = $1::text::uuid",
+            &[&sink],
+        )
+        .unwrap()
+        .get(0);
+    let backlog: i64 = c.query_one(backlog_query, &[]).unwrap().get(0);
+    let drain_deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let left: i64 = c.query_one(backlog_query, &[]).unwrap().get(0);
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > drain_deadline {
+            eprintln!("{left} events still undelivered 600 s after the emitters stopped");
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let drain_s = end.elapsed().as_secs_f64();
+    let mut lat = wait_arrivals(&arrivals, &committed);
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "emitted_per_s={:.0} delivered_per_s={:.0} backlog_at_end={backlog} drain_s={drain_s:.2} probe_p50_ms={:.2} probe_p99_ms={:.2} probes={}",
+        emitted as f64 / elapsed,
+        delivered as f64 / elapsed,
+        percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         lat.len()
     );
