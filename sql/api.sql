@@ -455,11 +455,17 @@ BEGIN
     IF v_events IS NOT NULL THEN
         PERFORM event_bus._refresh_event_status(v_events);
     END IF;
+    -- a fan-out that read these subscriptions before this commit may still add deliveries for
+    -- them: the worker sweeps those later
+    INSERT INTO event_bus._deleted_subscriptions (id)
+    SELECT o.id FROM old_rows o
+    ON CONFLICT (id) DO UPDATE SET deleted_at = now();
     RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION event_bus._subscriptions_deleted() IS
-    'Internal: drops the unfinished deliveries of deleted subscriptions and re-derives their events'' status.';
+    'Internal: drops the unfinished deliveries of deleted subscriptions, re-derives their events'' status, '
+    'and remembers the subscriptions for the worker''s sweep of deliveries a concurrent fan-out added.';
 CREATE OR REPLACE TRIGGER module_event_subscriptions_deleted
     AFTER DELETE ON event_bus.module_event_subscriptions
     REFERENCING OLD TABLE AS old_rows

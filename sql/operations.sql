@@ -977,6 +977,49 @@ COMMENT ON FUNCTION event_bus.purge_completed(interval, integer) IS
     'deliveries and attempt logs. Failed events (dead letters) and unfinished ones are kept. The worker '
     'calls it by itself when event_bus.retention is set. Returns how many events were deleted.';
 
+CREATE OR REPLACE FUNCTION event_bus._sweep_deleted_subscriptions(p_min_age interval) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ids    uuid[];
+    v_events uuid[];
+    v_count  integer;
+BEGIN
+    SELECT array_agg(t.id) INTO v_ids
+      FROM event_bus._deleted_subscriptions t
+     WHERE t.deleted_at <= now() - p_min_age
+       AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions s WHERE s.id = t.id);
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- each unfinished state through its own partial index: the sweep reads the queue, not the history
+    WITH orphans AS (
+        SELECT d.id FROM event_bus.module_event_deliveries d
+         WHERE d.status IN ('pending', 'processing') AND d.subscription_id = ANY (v_ids)
+        UNION ALL
+        SELECT d.id FROM event_bus.module_event_deliveries d
+         WHERE d.status = 'held' AND d.subscription_id = ANY (v_ids)
+        UNION ALL
+        SELECT d.id FROM event_bus.module_event_deliveries d
+         WHERE d.ordering_key IS NOT NULL AND d.status IN ('waiting', 'pending', 'processing', 'held', 'failed')
+           AND d.status = 'waiting' AND d.subscription_id = ANY (v_ids)
+    ), gone AS (
+        DELETE FROM event_bus.module_event_deliveries d USING orphans o WHERE d.id = o.id
+        RETURNING d.event_id
+    )
+    SELECT array_agg(DISTINCT event_id), count(*) INTO v_events, v_count FROM gone;
+    IF v_events IS NOT NULL THEN
+        PERFORM event_bus._refresh_event_status(v_events);
+    END IF;
+    DELETE FROM event_bus._deleted_subscriptions t WHERE t.id = ANY (v_ids);
+    RETURN v_count;
+END
+$$;
+COMMENT ON FUNCTION event_bus._sweep_deleted_subscriptions(interval) IS
+    'Internal: delete the unfinished deliveries of subscriptions deleted at least p_min_age ago (added by a '
+    'fan-out that raced with the DELETE; nothing would ever claim them) and re-derive their events'' status.';
+
 CREATE OR REPLACE FUNCTION event_bus._maintenance(p_batch_size integer DEFAULT 1000) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -998,6 +1041,9 @@ BEGIN
                   AND w.status = 'waiting') THEN
         PERFORM event_bus._advance_streams(NULL);
     END IF;
+    -- deliveries a fan-out added for a subscription deleted meanwhile (a fan-out transaction
+    -- lasts milliseconds; half a minute is a wide margin)
+    PERFORM event_bus._sweep_deleted_subscriptions(interval '30 seconds');
     -- an open breaker whose cool-down ended without a probe on its way (the probe went dead, or
     -- the deliveries arrived after it opened): pick one
     FOR r IN
@@ -1017,7 +1063,8 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION event_bus._maintenance(integer) IS
-    'Internal: the worker''s upkeep: breaker probes and releases, retention (event_bus.retention).';
+    'Internal: the worker''s upkeep: breaker probes and releases, deliveries of deleted subscriptions, '
+    'retention (event_bus.retention).';
 
 ------------------------------------------------------------------------------------------------
 -- Privileges
@@ -1026,7 +1073,8 @@ REVOKE ALL ON FUNCTION event_bus._write_scope(), event_bus._rearm(uuid[]), event
     event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid),
     event_bus._release(uuid),
     event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer),
-    event_bus._maintenance(integer), event_bus._lock_streams(), event_bus._advance_streams(uuid[]),
+    event_bus._maintenance(integer), event_bus._sweep_deleted_subscriptions(interval),
+    event_bus._lock_streams(), event_bus._advance_streams(uuid[]),
     event_bus._order_streams(uuid[]) FROM PUBLIC;
 -- reading: a tenant's readers (row-level security filters), admins
 REVOKE ALL ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer),

@@ -15,3 +15,16 @@ COMMENT ON TABLE event_bus._mock_calls IS
     'Internal: each event a mock handler (event_bus.mock_handler) received, in order; read with '
     'event_bus.mock_calls(mock). Rows go with the test''s transaction, or with the mock''s subscription.';
 REVOKE ALL ON event_bus._mock_calls FROM PUBLIC;
+
+-- Subscriptions deleted in the last moments: a fan-out that read a subscription just before the
+-- DELETE committed can still insert deliveries for it, which nothing would ever claim; the
+-- worker's upkeep removes those once such a fan-out cannot be running any more.
+CREATE TABLE event_bus._deleted_subscriptions (
+    id         uuid        NOT NULL,
+    deleted_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT _deleted_subscriptions_pkey PRIMARY KEY (id)
+);
+COMMENT ON TABLE event_bus._deleted_subscriptions IS
+    'Internal: subscriptions deleted recently, kept until the worker has swept deliveries a concurrent '
+    'fan-out inserted for them (event_bus._sweep_deleted_subscriptions).';
+REVOKE ALL ON event_bus._deleted_subscriptions FROM PUBLIC;

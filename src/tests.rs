@@ -513,6 +513,54 @@ pub mod tests {
             )),
             0
         );
+
+        // a fan-out that read the subscription before the DELETE committed adds deliveries for it
+        // afterwards (as if here): nothing claims them; the worker's sweep removes them, and the
+        // event's status is derived again
+        let ev2 = Spi::get_one::<pgrx::Uuid>(&emit_sql("'a.b'", "'{}'"))
+            .unwrap()
+            .unwrap();
+        Spi::run(&format!(
+            "UPDATE event_bus.module_events SET dispatched_at = now(), status = 'processing' WHERE id = '{ev2}';
+             INSERT INTO event_bus.module_event_deliveries (id, event_id, subscription_id, tenant_id, status, attempts, ordering_key)
+             VALUES (event_bus._delivery_id('{ev2}', '{sub}'), '{ev2}', '{sub}', '{TENANT}', 'pending', 0, NULL),
+                    (event_bus._delivery_id('{ev2}', '{ordered}'), '{ev2}', '{ordered}', '{TENANT}', 'waiting', 0, '[\"x\", \"2\"]');"
+        ))
+        .unwrap();
+        // not before the fan-out could still be running
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT event_bus._sweep_deleted_subscriptions('30 seconds')").unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT event_bus._sweep_deleted_subscriptions('0 seconds')").unwrap(),
+            Some(2)
+        );
+        assert_eq!(
+            count(&format!("SELECT count(*) FROM event_bus.module_event_deliveries WHERE event_id = '{ev2}'")),
+            0
+        );
+        assert_eq!(
+            Spi::get_one::<String>(&format!("SELECT status FROM event_bus.module_events WHERE id = '{ev2}'"))
+                .unwrap()
+                .unwrap(),
+            "completed"
+        );
+        assert_eq!(count("SELECT count(*) FROM event_bus._deleted_subscriptions"), 0);
+        // a live subscription is never swept, whatever its id was once
+        let live = Spi::get_one::<pgrx::Uuid>("SELECT event_bus.subscribe('a.b', 'l', 'https://example.com/l')")
+            .unwrap()
+            .unwrap();
+        Spi::run(&format!(
+            "INSERT INTO event_bus._deleted_subscriptions (id, deleted_at) VALUES ('{live}', now() - interval '1 hour');
+             INSERT INTO event_bus.module_event_deliveries (id, event_id, subscription_id, tenant_id, status, attempts)
+             VALUES (event_bus._delivery_id('{ev2}', '{live}'), '{ev2}', '{live}', '{TENANT}', 'pending', 0);"
+        ))
+        .unwrap();
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT event_bus._sweep_deleted_subscriptions('0 seconds')").unwrap(),
+            Some(0)
+        );
     }
 
     #[pg_test]
