@@ -73,36 +73,30 @@ fn has_role(member: pg_sys::Oid, role: &CStr) -> bool {
     role != pg_sys::InvalidOid && unsafe { pg_sys::has_privs_of_role(member, role) }
 }
 
-/// The JSON type of a jsonb datum, by its root container's header.
-fn jsonb_kind(datum: pg_sys::Datum) -> &'static str {
-    const JB_FSCALAR: u32 = 0x1000_0000;
+/// The size in bytes of a jsonb datum that holds an object (read from its root container's
+/// header, detoasting once), or the JSON type it holds instead (`jsonb_typeof`, for the error).
+fn object_size(datum: pg_sys::Datum) -> Result<usize, String> {
     const JB_FOBJECT: u32 = 0x2000_0000;
     unsafe {
         let v = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
         let header = (pgrx::varlena::vardata_any(v) as *const u32).read_unaligned();
         if header & JB_FOBJECT != 0 {
-            "object"
-        } else if header & JB_FSCALAR == 0 {
-            "array"
-        } else {
-            "scalar"
+            return Ok(pgrx::varlena::varsize_any_exhdr(v));
         }
     }
+    Err(unsafe { pgrx::direct_function_call::<String>(pg_sys::jsonb_typeof, &[Some(datum)]) }.unwrap_or_default())
 }
 
 /// The jsonb's size as text (`octet_length(v::text)`), computed only when it could be over
 /// `limit`: the text form is never more than six times the binary one (an escaped control
 /// character) plus a little.
-fn text_size_over(datum: pg_sys::Datum, limit: i64) -> Option<usize> {
-    unsafe {
-        let binary = pgrx::varlena::varsize_any_exhdr(pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr()));
-        if (binary as i64).saturating_mul(6).saturating_add(64) <= limit {
-            return None;
-        }
-        let text: &CStr = pgrx::direct_function_call(pg_sys::jsonb_out, &[Some(datum)])?;
-        let size = text.to_bytes().len();
-        (size as i64 > limit).then_some(size)
+fn text_size_over(datum: pg_sys::Datum, binary: usize, limit: i64) -> Option<usize> {
+    if (binary as i64).saturating_mul(6).saturating_add(64) <= limit {
+        return None;
     }
+    let text: &CStr = unsafe { pgrx::direct_function_call(pg_sys::jsonb_out, &[Some(datum)]) }?;
+    let size = text.to_bytes().len();
+    (size as i64 > limit).then_some(size)
 }
 
 /// Raise 22023 / 54000 unless `payload` is a JSON object of at most event_bus.max_payload_bytes.
@@ -116,18 +110,16 @@ fn check_payload(payload: Option<pg_sys::Datum>, position: Option<i64>) -> pg_sy
         }
         .raise()
     };
-    if jsonb_kind(payload) != "object" {
-        let got: String = unsafe { pgrx::direct_function_call(pg_sys::jsonb_typeof, &[Some(payload)]) }
-            .unwrap_or_default();
+    let binary = object_size(payload).unwrap_or_else(|got| {
         EventBusError::NotAnObject {
             what: "payload",
             position,
             got,
         }
         .raise()
-    }
+    });
     let limit = guc::MAX_PAYLOAD_BYTES.get() as i64;
-    if let Some(size) = text_size_over(payload, limit) {
+    if let Some(size) = text_size_over(payload, binary, limit) {
         EventBusError::PayloadTooLarge {
             position,
             size,
@@ -186,17 +178,15 @@ fn prepare(
     }
     let metadata = match metadata {
         None => JsonB(serde_json::json!({})).into_datum().expect("jsonb datum"),
-        Some(m) if jsonb_kind(m) != "object" => {
-            let got: String = unsafe { pgrx::direct_function_call(pg_sys::jsonb_typeof, &[Some(m)]) }
-                .unwrap_or_default();
-            EventBusError::NotAnObject {
+        Some(m) => match object_size(m) {
+            Ok(_) => m,
+            Err(got) => EventBusError::NotAnObject {
                 what: "metadata",
                 position: None,
                 got,
             }
-            .raise()
-        }
-        Some(m) => m,
+            .raise(),
+        },
     };
 
     // inside a SQL handler the worker names the event being handled: record the chain, stop loops

@@ -77,13 +77,13 @@ pub fn record(batch: &[Finished], delays: &[Duration]) {
         durations.push(o.duration.as_secs_f64() * 1000.0);
         delay_ms.push(d.as_millis().min(i64::MAX as u128) as i64);
     }
-    let dead_count = deads.iter().filter(|d| **d).count() as i32;
     let dead_ids: Vec<String> = batch
         .iter()
         .zip(&deads)
         .filter(|(_, dead)| **dead)
         .map(|(f, _)| f.claimed.delivery_id.clone())
         .collect();
+    let dead_count = dead_ids.len() as i32;
     let health = SubscriptionHealth::of(batch);
     let ordered: Vec<String> = batch
         .iter()
