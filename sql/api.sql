@@ -268,6 +268,8 @@ COMMENT ON FUNCTION event_bus._check_destination(text) IS
 ------------------------------------------------------------------------------------------------
 -- 0.2.0 added ordered / max_in_flight / max_per_second: the 0.1.0 signature goes
 DROP FUNCTION IF EXISTS event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer);
+-- 0.5.0 added replies / idempotency_key / idempotency_window: the 0.2.0 signature goes
+DROP FUNCTION IF EXISTS event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision);
 CREATE OR REPLACE FUNCTION event_bus.subscribe(
     p_event_type       text,
     p_handler_module   text,
@@ -285,7 +287,10 @@ CREATE OR REPLACE FUNCTION event_bus.subscribe(
     p_backoff_max_ms   integer DEFAULT NULL,
     p_ordered          boolean DEFAULT false,
     p_max_in_flight    integer DEFAULT NULL,
-    p_max_per_second   double precision DEFAULT NULL
+    p_max_per_second   double precision DEFAULT NULL,
+    p_replies          boolean DEFAULT false,
+    p_idempotency_key  text    DEFAULT NULL,
+    p_idempotency_window interval DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -395,6 +400,23 @@ BEGIN
         RAISE EXCEPTION 'event_bus: max_per_second % is out of range', p_max_per_second
             USING ERRCODE = '22023', HINT = 'Use a rate above 0 and at most 100000 per second (0.5 = one every 2 s), or NULL.';
     END IF;
+    IF p_idempotency_key IS NOT NULL
+       AND p_idempotency_key !~ '^(entity_id|(payload|metadata)(\.[A-Za-z0-9_-]{1,100}){1,16})$' THEN
+        RAISE EXCEPTION 'event_bus: invalid idempotency key path %', left(p_idempotency_key, 200)
+            USING ERRCODE = '22023',
+                  HINT = 'Name where the key is in the event: ''entity_id'', ''payload.<field>[.<field>...]'' or '
+                         '''metadata.<field>[...]'', fields of letters, digits, ''_'' and ''-'' (e.g. ''payload.order_id'').';
+    END IF;
+    IF p_idempotency_window IS NOT NULL THEN
+        IF p_idempotency_key IS NULL THEN
+            RAISE EXCEPTION 'event_bus: an idempotency window needs an idempotency key'
+                USING ERRCODE = '22023', HINT = 'Pass p_idempotency_key too, e.g. ''payload.order_id''.';
+        END IF;
+        IF NOT (p_idempotency_window > interval '0' AND p_idempotency_window <= interval '366 days') THEN
+            RAISE EXCEPTION 'event_bus: idempotency window % is out of range', p_idempotency_window
+                USING ERRCODE = '22023', HINT = 'Use an interval above 0 and at most 366 days, e.g. ''7 days''.';
+        END IF;
+    END IF;
     IF p_run_as IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = p_run_as) THEN
         RAISE EXCEPTION 'event_bus: role % does not exist', p_run_as
             USING ERRCODE = '42704', HINT = 'Create the role the SQL handler should run as, or pass NULL.';
@@ -403,23 +425,28 @@ BEGIN
     INSERT INTO event_bus.module_event_subscriptions
         (event_type, handler_module, handler_kind, handler_url, handler_function, tenant_id, headers,
          secret, timeout_ms, max_retries, backoff_base_ms, backoff_max_ms, run_as, description,
-         ordered, max_in_flight, max_per_second)
+         ordered, max_in_flight, max_per_second, replies, idempotency_key, idempotency_window)
     VALUES
         (p_event_type, p_handler_module, v_kind, p_handler_url, v_function, p_tenant_id,
          coalesce(p_headers, '{}'::jsonb), p_secret, p_timeout_ms, p_max_retries, p_backoff_base_ms,
-         p_backoff_max_ms, p_run_as, p_description, coalesce(p_ordered, false), p_max_in_flight, p_max_per_second)
+         p_backoff_max_ms, p_run_as, p_description, coalesce(p_ordered, false), p_max_in_flight, p_max_per_second,
+         coalesce(p_replies, false), p_idempotency_key,
+         CASE WHEN p_idempotency_key IS NOT NULL THEN coalesce(p_idempotency_window, interval '7 days') END)
     RETURNING id INTO v_id;
     RETURN v_id;
 END
 $$;
 
-COMMENT ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision) IS
+COMMENT ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision, boolean, text, interval) IS
     'Subscribe a handler to an event-type pattern (* = one segment, # = zero or more). Exactly one target: '
     'p_handler_url (http/https), or p_handler_function: an Edge Function name (resolved against '
     'event_bus.edge_function_base_url) or a SQL function schema.name(event_bus.module_events). Optional: '
     'signing secret (Standard Webhooks), extra headers, timeout, retry limit, backoff, tenant filter; '
     'p_ordered: each entity''s events one at a time in emit order (a dead one parks its stream); '
     'p_max_in_flight / p_max_per_second: caps toward the endpoint over all workers. '
+    'p_replies: answers event_bus.request calls for the types it matches. p_idempotency_key (entity_id, '
+    'payload.<path> or metadata.<path>) with p_idempotency_window (default 7 days): a delivery whose key this '
+    'subscription already handled successfully within the window completes without calling the handler. '
     'Applies to events emitted after it commits; replay backfills older ones. Returns the subscription id.';
 
 CREATE OR REPLACE FUNCTION event_bus.unsubscribe(p_subscription_id uuid) RETURNS boolean
@@ -475,16 +502,211 @@ COMMENT ON FUNCTION event_bus.unsubscribe(uuid) IS
     'Delete a subscription and its unfinished deliveries (finished ones and the attempt log stay). '
     'Raises P0002 if it does not exist. To pause instead, UPDATE ... SET is_active = false.';
 
+------------------------------------------------------------------------------------------------
+-- API: Public — request-reply
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus._request_call(p_delivery_id uuid, p_timeout_ms integer) RETURNS jsonb
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'request_call_wrapper';
+COMMENT ON FUNCTION event_bus._request_call(uuid, integer) IS
+    'Internal (event_bus.request): the one attempt of a request''s delivery, now, in this session; returns '
+    '{"success", "http_status", "response", "error", "timed_out", "duration_ms"}.';
+
+-- SQLSTATEs of a request that was made but got no reply (class EB, event_bus):
+--   EB001 no active subscription answers the type   EB002 more than one does
+--   EB003 the responder did not answer in time       EB004 the handler failed (raised, or the request
+--   EB005 the HTTP responder answered non-2xx              could not be sent)
+CREATE OR REPLACE FUNCTION event_bus.try_request(
+    p_event_type    text,
+    p_payload       jsonb,
+    p_timeout_ms    integer DEFAULT 5000,
+    p_tenant_id     uuid    DEFAULT NULL,
+    p_source_module text    DEFAULT 'request',
+    p_entity_type   text    DEFAULT NULL,
+    p_entity_id     text    DEFAULT NULL,
+    p_metadata      jsonb   DEFAULT '{}'::jsonb,
+    OUT ok              boolean,
+    OUT reply           jsonb,
+    OUT sqlstate        text,
+    OUT error           text,
+    OUT event_id        uuid,
+    OUT subscription_id uuid,
+    OUT http_status     integer,
+    OUT duration_ms     double precision
+)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_tenant   uuid := coalesce(p_tenant_id, event_bus.current_tenant());
+    v_metadata jsonb;
+    v_subs     uuid[];
+    v_module   text;
+    v_delivery uuid;
+    v_out      jsonb;
+BEGIN
+    -- bad input: an error, nothing written
+    IF p_event_type IS NOT NULL AND p_event_type ~ '[*#]' THEN
+        RAISE EXCEPTION 'event_bus: a request goes to one event type, not to the pattern %', left(p_event_type, 200)
+            USING ERRCODE = '22023',
+                  HINT = 'Name the type the responder answers, e.g. ''inventory.stock_check''; patterns are for subscriptions.';
+    END IF;
+    IF p_timeout_ms IS NULL OR p_timeout_ms NOT BETWEEN 1 AND 60000 THEN
+        RAISE EXCEPTION 'event_bus: request timeout % ms is out of range', p_timeout_ms
+            USING ERRCODE = '22023',
+                  HINT = 'Use 1 to 60000 ms: the caller''s transaction (and its locks) waits that long at most.';
+    END IF;
+    IF v_tenant IS NULL THEN
+        RAISE EXCEPTION 'event_bus: a request needs a tenant'
+            USING ERRCODE = '22004',
+                  HINT = 'Pass p_tenant_id, or run in a session bound to a tenant (see event_bus.current_tenant()).';
+    END IF;
+    v_metadata := event_bus._emit_prepare(v_tenant, p_event_type, p_source_module, coalesce(p_metadata, '{}'::jsonb));
+    PERFORM event_bus._check_payload_value(coalesce(p_payload, '{}'::jsonb), NULL);
+    IF event_bus._has_contract(p_event_type) THEN
+        PERFORM event_bus._check_contract(p_event_type, coalesce(p_payload, '{}'::jsonb),
+                                          v_metadata ->> 'schema_version', NULL);
+    END IF;
+
+    -- the record: an event the worker never fans out (dispatched at once)
+    INSERT INTO event_bus.module_events
+        (tenant_id, event_type, source_module, entity_type, entity_id, payload, metadata, status,
+         dispatched_at, is_request)
+    VALUES (v_tenant, p_event_type, p_source_module, p_entity_type, p_entity_id, coalesce(p_payload, '{}'::jsonb),
+            v_metadata, 'processing', now(), true)
+    RETURNING id INTO event_id;
+
+    SELECT array_agg(s.id ORDER BY s.id), min(s.handler_module) INTO v_subs, v_module
+      FROM event_bus.module_event_subscriptions s
+     WHERE s.is_active AND s.replies
+       AND (s.tenant_id IS NULL OR s.tenant_id = v_tenant)
+       AND event_bus.matches(s.event_type, p_event_type);
+    IF v_subs IS NULL OR cardinality(v_subs) <> 1 THEN
+        ok := false;
+        IF v_subs IS NULL THEN
+            sqlstate := 'EB001';
+            error := format('no active subscription answers requests for %s (tenant %s)', p_event_type, v_tenant);
+        ELSE
+            sqlstate := 'EB002';
+            error := format('%s active subscriptions answer requests for %s (tenant %s): %s',
+                            cardinality(v_subs), p_event_type, v_tenant, array_to_string(v_subs, ', '));
+        END IF;
+        UPDATE event_bus.module_events e
+           SET status = 'failed', processed_at = now(), error_message = try_request.error
+         WHERE e.id = try_request.event_id;
+        RETURN;
+    END IF;
+
+    subscription_id := v_subs[1];
+    v_delivery := event_bus._delivery_id(event_id, subscription_id);
+    INSERT INTO event_bus.module_event_deliveries
+        (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at)
+    VALUES (v_delivery, event_id, subscription_id, v_tenant, 'processing', 1, now(), now());
+
+    v_out := event_bus._request_call(v_delivery, p_timeout_ms);
+
+    ok := coalesce((v_out ->> 'success')::boolean, false);
+    http_status := (v_out ->> 'http_status')::integer;
+    duration_ms := (v_out ->> 'duration_ms')::double precision;
+    error := v_out ->> 'error';
+    IF ok THEN
+        reply := v_out -> 'response';
+    ELSE
+        sqlstate := CASE WHEN (v_out ->> 'timed_out')::boolean THEN 'EB003'
+                         WHEN http_status IS NOT NULL THEN 'EB005'
+                         ELSE 'EB004' END;
+        IF sqlstate = 'EB005' AND nullif(v_out -> 'response', 'null') IS NOT NULL THEN
+            error := error || ': ' || left((v_out -> 'response')::text, 500);
+        END IF;
+    END IF;
+    UPDATE event_bus.module_event_deliveries d
+       SET status = CASE WHEN ok THEN 'completed' ELSE 'failed' END,
+           completed_at = now(),
+           last_http_status = try_request.http_status,
+           last_error = try_request.error
+     WHERE d.id = v_delivery;
+    INSERT INTO event_bus.module_event_logs
+        (event_id, subscription_id, delivery_id, tenant_id, attempt, status, http_status, response,
+         error_message, duration_ms)
+    VALUES (event_id, subscription_id, v_delivery, v_tenant, 1, CASE WHEN ok THEN 'success' ELSE 'failed' END,
+            http_status, CASE WHEN ok THEN v_out -> 'response' ELSE nullif(v_out -> 'response', 'null') END,
+            error, duration_ms);
+    UPDATE event_bus.module_events e
+       SET status = CASE WHEN ok THEN 'completed' ELSE 'failed' END,
+           processed_at = now(),
+           error_message = try_request.error
+     WHERE e.id = try_request.event_id;
+    IF NOT ok THEN
+        error := format('request %s to %s (subscription %s) failed: %s', p_event_type, v_module,
+                        subscription_id, error);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION event_bus.try_request(text, jsonb, integer, uuid, text, text, text, jsonb) IS
+    'event_bus.request that returns the outcome instead of raising: ok, reply, sqlstate (EB001 no responder, '
+    'EB002 several, EB003 timeout, EB004 handler error, EB005 non-2xx answer), error, the request''s event and '
+    'subscription ids, http_status, duration_ms. Its record (event, delivery, attempt log) is written in the '
+    'caller''s transaction, failures included. Bad input still raises (22023, 22004, 42501, 54000, 23514).';
+
+CREATE OR REPLACE FUNCTION event_bus.request(
+    p_event_type    text,
+    p_payload       jsonb,
+    p_timeout_ms    integer DEFAULT 5000,
+    p_tenant_id     uuid    DEFAULT NULL,
+    p_source_module text    DEFAULT 'request',
+    p_entity_type   text    DEFAULT NULL,
+    p_entity_id     text    DEFAULT NULL,
+    p_metadata      jsonb   DEFAULT '{}'::jsonb
+) RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    SELECT * INTO r
+      FROM event_bus.try_request(p_event_type, p_payload, p_timeout_ms, p_tenant_id, p_source_module,
+                                 p_entity_type, p_entity_id, p_metadata);
+    IF r.ok THEN
+        RETURN r.reply;
+    END IF;
+    -- the record goes with this statement: say in the server log what happened
+    RAISE LOG 'event_bus: request % (event %) failed with %: %', p_event_type, r.event_id, r.sqlstate, r.error;
+    RAISE EXCEPTION 'event_bus: %', r.error
+        USING ERRCODE = r.sqlstate,
+              DETAIL = format('request event %s', r.event_id),
+              HINT = CASE r.sqlstate
+                  WHEN 'EB001' THEN 'Subscribe a handler with p_replies => true for this type (and tenant), or activate it.'
+                  WHEN 'EB002' THEN 'Exactly one active subscription may answer a type: set replies = false on the others.'
+                  WHEN 'EB003' THEN 'The responder did not answer within p_timeout_ms; raise it or make the handler faster.'
+                  WHEN 'EB004' THEN 'The handler failed (see the error); fix it, or catch this SQLSTATE and go on.'
+                  ELSE 'The HTTP responder answered with an error status (see the error); its body is in the attempt log.'
+              END;
+END
+$$;
+COMMENT ON FUNCTION event_bus.request(text, jsonb, integer, uuid, text, text, text, jsonb) IS
+    'Request-reply: ask the one active subscription with replies = true that matches p_event_type (in the '
+    'tenant, default event_bus.current_tenant()) and return its reply, waiting at most p_timeout_ms (1-60000). '
+    'A SQL handler runs now in a subtransaction as its run_as role and its return value is the reply; an HTTP or '
+    'Edge Function handler gets the signed CloudEvents request the worker would send and its JSON body is the '
+    'reply. Raises EB001 (no responder), EB002 (several), EB003 (timeout), EB004 (handler error), EB005 (non-2xx), '
+    'catchable: the caller''s transaction stays usable. Recorded as an event with is_request = true, its delivery '
+    'and attempt log, in the caller''s transaction (a raised failure''s record goes with the failed statement: '
+    'use try_request to keep it); never delivered by the worker. Locks the caller holds stay held while it waits.';
+
 COMMENT ON FUNCTION event_bus.matches(text, text) IS
     'Does the pattern (AMQP topic rules: * one segment, # zero or more) match the event type?';
 COMMENT ON FUNCTION event_bus.uuid_v7_lower_bound(timestamptz) IS
     'Smallest UUIDv7 of that millisecond: id >= uuid_v7_lower_bound(ts) selects events from ts on by primary key.';
 
 -- emit is for everyone (it is the point); management is for the table owner / admin.
-REVOKE ALL ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision, boolean, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus.unsubscribe(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus._refresh_event_status(uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus._emit_prepare(uuid, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_bus._request_call(uuid, integer) FROM PUBLIC;
 
 -- a database that gains the extension gets its delivery worker at once.
 SELECT event_bus._wake_launcher_on_commit();

@@ -146,6 +146,8 @@ BEGIN
          WHERE d.id = ANY (p_delivery_ids)
            AND s.id = d.subscription_id
            AND d.status IN ('completed', 'failed', 'skipped')
+           -- a request was answered (or not) in its caller's session: never sent again
+           AND NOT EXISTS (SELECT 1 FROM event_bus.module_events r WHERE r.id = d.event_id AND r.is_request)
         RETURNING d.event_id, d.id, d.ordering_key)
     SELECT array_agg(DISTINCT r.event_id), count(*), array_agg(r.id) FILTER (WHERE r.ordering_key IS NOT NULL)
       INTO v_events, v_count, v_ordered FROM r;
@@ -396,6 +398,7 @@ AS $$
        AND (p_subscription_id IS NULL OR s.id = p_subscription_id)
        AND event_bus.matches(s.event_type, e.event_type)
      WHERE e.dispatched_at IS NOT NULL
+       AND NOT e.is_request
        AND (p_scope IS NULL OR e.tenant_id = p_scope)
        AND (p_tenant_id IS NULL OR e.tenant_id = p_tenant_id)
        AND (p_source_module IS NULL OR e.source_module = p_source_module)
@@ -512,7 +515,7 @@ SELECT d.id              AS delivery_id,
   FROM event_bus.module_event_deliveries d
   JOIN event_bus.module_events e ON e.id = d.event_id
   LEFT JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
- WHERE d.status = 'failed';
+ WHERE d.status = 'failed' AND NOT e.is_request;
 COMMENT ON VIEW event_bus.dead_letters IS
     'Dead letters: deliveries that used up their retries, with the event, the handler and the last error. '
     'Re-arm with retry_event(event_id) or retry_failed(...).';
@@ -1020,6 +1023,132 @@ COMMENT ON FUNCTION event_bus._sweep_deleted_subscriptions(interval) IS
     'Internal: delete the unfinished deliveries of subscriptions deleted at least p_min_age ago (added by a '
     'fan-out that raced with the DELETE; nothing would ever claim them) and re-derive their events'' status.';
 
+------------------------------------------------------------------------------------------------
+-- Idempotency keys: the claim takes a key per delivery of subscriptions that name one; the
+-- record marks it handled (success) or frees it (failure).
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus._idempotency_value(p_path text, p_event event_bus.module_events) RETURNS text
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN p_path = 'entity_id' THEN p_event.entity_id
+        WHEN split_part(p_path, '.', 1) = 'payload'
+            THEN p_event.payload #>> (pg_catalog.string_to_array(p_path, '.'))[2:]
+        WHEN split_part(p_path, '.', 1) = 'metadata'
+            THEN p_event.metadata #>> (pg_catalog.string_to_array(p_path, '.'))[2:]
+    END
+$$;
+COMMENT ON FUNCTION event_bus._idempotency_value(text, event_bus.module_events) IS
+    'Internal: the idempotency key of an event at a subscription''s idempotency_key path (entity_id, '
+    'payload.<path>, metadata.<path>), as text; NULL when the event has none there.';
+
+-- The claim's gate, in the claim transaction, for the just-claimed deliveries of subscriptions
+-- with an idempotency key. Per (subscription, tenant, key) one delivery at a time holds the key
+-- (a row in _idempotency_keys, inserted under its unique index: a second worker's claim of the
+-- same key waits for the first claim to commit, then sees it). Returns the deliveries that may not
+-- run now: duplicate_of set = that delivery already handled the key within the window (the caller
+-- completes this one without calling the handler); NULL = the key is held by a delivery under way
+-- (this one was put back, due in a second, its attempt not counted).
+CREATE OR REPLACE FUNCTION event_bus._idempotency_gate(p_ids uuid[])
+RETURNS TABLE (delivery_id uuid, duplicate_of uuid)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_taken    uuid[];
+    v_deferred uuid[] := '{}';
+BEGIN
+    -- the first delivery (in emit order) of each key takes it: when it is free, held by itself
+    -- (a retry, a replay), held by a delivery no longer under way (failed, or its lease ended),
+    -- or handled longer ago than the window
+    WITH k AS (
+        SELECT d.id, d.subscription_id, d.tenant_id, d.event_id,
+               event_bus._idempotency_value(s.idempotency_key, e) AS key
+          FROM event_bus.module_event_deliveries d
+          JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+          JOIN event_bus.module_events e ON e.id = d.event_id
+         WHERE d.id = ANY (p_ids) AND s.idempotency_key IS NOT NULL
+    ), firsts AS (
+        SELECT DISTINCT ON (k.subscription_id, k.tenant_id, k.key) k.*
+          FROM k WHERE k.key IS NOT NULL
+         ORDER BY k.subscription_id, k.tenant_id, k.key, k.event_id
+    ), ins AS (
+        INSERT INTO event_bus._idempotency_keys AS x (subscription_id, tenant_id, key, delivery_id, state)
+        SELECT f.subscription_id, f.tenant_id, f.key, f.id, 'claimed'
+          FROM firsts f
+         ORDER BY f.subscription_id, f.tenant_id, f.key
+        ON CONFLICT (subscription_id, tenant_id, key) DO UPDATE
+           SET delivery_id = excluded.delivery_id, state = 'claimed', handled_at = NULL
+         WHERE x.delivery_id = excluded.delivery_id
+            OR (x.state = 'done'
+                AND x.handled_at < now() - coalesce((SELECT s.idempotency_window
+                                                       FROM event_bus.module_event_subscriptions s
+                                                      WHERE s.id = x.subscription_id), interval '7 days'))
+            OR (x.state = 'claimed'
+                AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries h
+                                 WHERE h.id = x.delivery_id AND h.status = 'processing'
+                                   AND h.next_attempt_at > now()))
+        RETURNING x.delivery_id)
+    SELECT coalesce(array_agg(ins.delivery_id), '{}') INTO v_taken FROM ins;
+
+    -- the others, as the keys stand now (this statement sees what concurrent claims committed)
+    FOR delivery_id, duplicate_of IN
+        WITH k AS (
+            SELECT d.id, d.subscription_id, d.tenant_id, s.idempotency_window AS win,
+                   event_bus._idempotency_value(s.idempotency_key, e) AS key
+              FROM event_bus.module_event_deliveries d
+              JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+              JOIN event_bus.module_events e ON e.id = d.event_id
+             WHERE d.id = ANY (p_ids) AND NOT (d.id = ANY (v_taken)) AND s.idempotency_key IS NOT NULL
+        )
+        SELECT k.id,
+               CASE WHEN x.state = 'done' AND x.handled_at >= now() - coalesce(k.win, interval '7 days')
+                    THEN x.delivery_id END
+          FROM k
+          LEFT JOIN event_bus._idempotency_keys x
+            ON x.subscription_id = k.subscription_id AND x.tenant_id = k.tenant_id AND x.key = k.key
+         WHERE k.key IS NOT NULL
+    LOOP
+        IF duplicate_of IS NULL THEN
+            v_deferred := v_deferred || delivery_id;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+
+    -- put back the ones whose key is held by a delivery under way (not counted as an attempt)
+    IF cardinality(v_deferred) > 0 THEN
+        UPDATE event_bus.module_event_deliveries d
+           SET status = 'pending',
+               attempts = greatest(d.attempts - 1, 0),
+               next_attempt_at = now() + interval '1 second',
+               capped_subscription_id = NULL
+         WHERE d.id = ANY (v_deferred) AND d.status = 'processing';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION event_bus._idempotency_gate(uuid[]) IS
+    'Internal (the worker''s claim): take the idempotency keys of just-claimed deliveries; returns the ones '
+    'that must not run now: duplicate_of = the delivery that already handled the key within the window, '
+    'NULL = key held by a delivery under way (put back, due in a second).';
+
+CREATE OR REPLACE FUNCTION event_bus._idempotency_settle(p_handled uuid[], p_failed uuid[]) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE event_bus._idempotency_keys x
+       SET state = 'done', handled_at = now()
+     WHERE x.delivery_id = ANY (p_handled) AND x.state = 'claimed';
+    -- a failed attempt does not count as handled: the key is free for the retry or another delivery
+    DELETE FROM event_bus._idempotency_keys x
+     WHERE x.delivery_id = ANY (p_failed) AND x.state = 'claimed';
+$$;
+COMMENT ON FUNCTION event_bus._idempotency_settle(uuid[], uuid[]) IS
+    'Internal (the worker''s record): the keys held by deliveries that succeeded become handled (now); '
+    'those held by deliveries that failed are freed.';
+
 CREATE OR REPLACE FUNCTION event_bus._maintenance(p_batch_size integer DEFAULT 1000) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1044,6 +1173,16 @@ BEGIN
     -- deliveries a fan-out added for a subscription deleted meanwhile (a fan-out transaction
     -- lasts milliseconds; half a minute is a wide margin)
     PERFORM event_bus._sweep_deleted_subscriptions(interval '30 seconds');
+    -- idempotency keys handled longer ago than their window (or of a subscription that no longer
+    -- names a key)
+    DELETE FROM event_bus._idempotency_keys x
+     WHERE x.ctid = ANY (ARRAY(
+           SELECT k.ctid FROM event_bus._idempotency_keys k
+             JOIN event_bus.module_event_subscriptions s ON s.id = k.subscription_id
+            WHERE k.state = 'done'
+              AND (s.idempotency_key IS NULL
+                   OR k.handled_at < now() - coalesce(s.idempotency_window, interval '7 days'))
+            LIMIT p_batch_size));
     -- an open breaker whose cool-down ended without a probe on its way (the probe went dead, or
     -- the deliveries arrived after it opened): pick one
     FOR r IN
@@ -1100,7 +1239,7 @@ REVOKE ALL ON FUNCTION event_bus.metrics(), event_bus.reset_breaker(uuid),
     event_bus.purge_completed(interval, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_bus.metrics(), event_bus.reset_breaker(uuid),
     event_bus.purge_completed(interval, integer),
-    event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision),
+    event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision, boolean, text, interval),
     event_bus.unsubscribe(uuid), event_bus.process_pending_events(integer),
     event_bus._rearm(uuid[]), event_bus._hold(uuid), event_bus._release(uuid),
     event_bus._refresh_event_status(uuid[]),

@@ -37,6 +37,7 @@ BEGIN
      WHERE e.id >= event_bus.uuid_v7_lower_bound(now() - interval '1 minute')
        AND e.created_at = now()
        AND event_bus._in_current_transaction(e.xmin)
+       AND NOT e.is_request
        AND event_bus.matches(p_event_type, e.event_type)
      ORDER BY e.id;
 END

@@ -12,6 +12,7 @@
 //! - [`api`]            Rust-backed SQL functions: matches, validation, UUIDv7
 //! - [`emit`]           emit_module_event and the checks every emit makes
 //! - [`plans`]          statements prepared once per backend and kept
+//! - [`request`]        request-reply: one attempt now, in the caller's session
 //! - [`testing`]        test helpers for users' tests: run_handlers, the transaction's own rows
 //! - [`contracts`]      JSON Schema payload contracts, cached per backend
 //! - [`matcher`]        the event-type / pattern grammar, pure Rust
@@ -32,6 +33,7 @@ pub mod guc;
 pub mod matcher;
 pub mod netpolicy;
 pub mod plans;
+pub mod request;
 pub mod shmem;
 pub mod testing;
 pub mod validate;
@@ -93,7 +95,12 @@ extension_sql_file!(
     name = "schema_0_4_0",
     requires = ["schema_0_3_0"]
 );
-extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_4_0"]);
+extension_sql_file!(
+    "../sql/schema_0.5.0.sql",
+    name = "schema_0_5_0",
+    requires = ["schema_0_4_0"]
+);
+extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_5_0"]);
 extension_sql_file!(
     "../sql/contracts.sql",
     name = "contracts",

@@ -276,12 +276,55 @@ fn claim_round(limit: i64, settings: &ClaimSettings, full: &[String]) -> Round {
     if !special && special_mode() {
         panic!("a subscription became ordered or limited during the claim; claiming again");
     }
+    if jobs.iter().any(|j| j.claimed().idempotent) {
+        jobs = idempotency_gate(jobs);
+    }
     let due = if more {
         None
     } else {
         next_due(special, full)
     };
     Round { jobs, more, due }
+}
+
+/// Deliveries of subscriptions with an idempotency key take their key (event_bus._idempotency_gate,
+/// in this claim's transaction): one whose key was handled within the window becomes a duplicate
+/// (completed without calling the handler), one whose key another delivery holds right now was
+/// put back and leaves the round.
+fn idempotency_gate(jobs: Vec<Job>) -> Vec<Job> {
+    let ids: Vec<String> = jobs
+        .iter()
+        .filter(|j| j.claimed().idempotent)
+        .map(|j| j.claimed().delivery_id.clone())
+        .collect();
+    let held: std::collections::HashMap<String, Option<String>> = Spi::connect_mut(|client| {
+        let table = exec(
+            client,
+            "idempotency_gate",
+            || "SELECT delivery_id::text, duplicate_of::text FROM event_bus._idempotency_gate($1::uuid[])".to_string(),
+            &[pg_sys::TEXTARRAYOID],
+            &[ids.into()],
+        )?;
+        let mut out = std::collections::HashMap::new();
+        for row in table {
+            out.insert(row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?);
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| panic!("taking idempotency keys failed: {e}"));
+    if held.is_empty() {
+        return jobs;
+    }
+    jobs.into_iter()
+        .filter_map(|job| match held.get(&job.claimed().delivery_id) {
+            None => Some(job),
+            Some(None) => None,
+            Some(Some(of)) => {
+                let claimed = job.claimed().clone();
+                Some(Job::Duplicate(claimed, of.clone()))
+            }
+        })
+        .collect()
 }
 
 /// The fan-out for ordered and limited subscriptions: a delivery with an earlier unfinished one

@@ -59,6 +59,23 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A delivery completed without calling its handler: its idempotency key was handled by
+    /// delivery `of` within the subscription's window.
+    pub fn duplicate(of: &str) -> Outcome {
+        Outcome {
+            token: 0,
+            success: true,
+            http_status: None,
+            response: Some(
+                serde_json::json!({ "duplicate_of": of, "note": format!("duplicate of {of}") }).to_string(),
+            ),
+            error: None,
+            retry_after: None,
+            duration: Duration::ZERO,
+            sent: true,
+        }
+    }
+
     /// A failed attempt that got no response.
     pub fn failure(token: u64, error: String, duration: Duration) -> Outcome {
         Outcome {

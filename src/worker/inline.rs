@@ -42,6 +42,10 @@ pub fn process_now(limit: i64) -> i64 {
                 outcome: Outcome::failure(0, e, Duration::ZERO),
             }),
             Job::Sql(c, call) => sql.push((c, call)),
+            Job::Duplicate(c, of) => finished.push(Finished {
+                claimed: c,
+                outcome: Outcome::duplicate(&of),
+            }),
         }
     }
     if !sql.is_empty() {

@@ -21,6 +21,9 @@ pub struct Claimed {
     pub backoff_max_ms: i64,
     /// Part of an ordered subscription's entity stream: finishing it may let the next one run.
     pub ordered: bool,
+    /// Its subscription names an idempotency key: the claim's gate decides whether it runs, and
+    /// its outcome settles the key.
+    pub idempotent: bool,
 }
 
 /// The columns every job row has, over aliases d (delivery), e (event), s (subscription). The
@@ -48,10 +51,10 @@ pub const JOB_COLUMNS: &str =
            'deliveryid', d.id,
            'metadata', e.metadata,
            'data', e.payload)::text END,
-       d.attempt_offset, d.ordering_key IS NOT NULL";
+       d.attempt_offset, d.ordering_key IS NOT NULL, s.idempotency_key IS NOT NULL";
 
 /// How many columns JOB_COLUMNS has.
-pub const JOB_COLUMN_COUNT: usize = 18;
+pub const JOB_COLUMN_COUNT: usize = 19;
 
 /// Settings read once per claim.
 pub struct ClaimSettings {
@@ -115,6 +118,17 @@ pub enum Job {
     Sql(Claimed, sqlhandler::Call),
     /// Could not even be attempted (bad URL, no base URL): recorded as a failed attempt.
     Failed(Claimed, String),
+    /// Its idempotency key was handled by this delivery (id) within the window: recorded as a
+    /// success without calling the handler.
+    Duplicate(Claimed, String),
+}
+
+impl Job {
+    pub fn claimed(&self) -> &Claimed {
+        match self {
+            Job::Http(c, _) | Job::Sql(c, _) | Job::Failed(c, _) | Job::Duplicate(c, _) => c,
+        }
+    }
 }
 
 /// Parse event_bus.allowed_networks and hand it to the HTTP threads.
@@ -161,6 +175,7 @@ pub fn row_to_job(
             backoff_base_ms: row.get::<i64>(7)?.unwrap_or(st.base as i64),
             backoff_max_ms: row.get::<i64>(8)?.unwrap_or(st.cap as i64),
             ordered: row.get::<bool>(18)?.unwrap_or(false),
+            idempotent: row.get::<bool>(19)?.unwrap_or(false),
         };
         let kind = row.get::<String>(9)?.unwrap_or_default();
         let url = row.get::<String>(10)?;

@@ -85,6 +85,12 @@ pub fn record(batch: &[Finished], delays: &[Duration]) {
         .collect();
     let dead_count = dead_ids.len() as i32;
     let health = SubscriptionHealth::of(batch);
+    let (handled, unhandled): (Vec<&Finished>, Vec<&Finished>) = batch
+        .iter()
+        .filter(|f| f.claimed.idempotent)
+        .partition(|f| f.outcome.success);
+    let handled: Vec<String> = handled.iter().map(|f| f.claimed.delivery_id.clone()).collect();
+    let unhandled: Vec<String> = unhandled.iter().map(|f| f.claimed.delivery_id.clone()).collect();
     let ordered: Vec<String> = batch
         .iter()
         .filter(|f| f.claimed.ordered)
@@ -182,6 +188,15 @@ pub fn record(batch: &[Finished], delays: &[Duration]) {
                 || "SELECT event_bus._deliveries_dead($1::uuid[])".to_string(),
                 &[pg_sys::TEXTARRAYOID],
                 &[dead_ids.into()],
+            )?;
+        }
+        if !handled.is_empty() || !unhandled.is_empty() {
+            exec(
+                client,
+                "idempotency_settle",
+                || "SELECT event_bus._idempotency_settle($1::uuid[], $2::uuid[])".to_string(),
+                &[pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID],
+                &[handled.into(), unhandled.into()],
             )?;
         }
         if !ordered.is_empty() {

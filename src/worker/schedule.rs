@@ -101,6 +101,7 @@ impl Scheduler {
             Job::Failed(claimed, error) => {
                 Some((claimed, Outcome::failure(0, error, Duration::ZERO)))
             }
+            Job::Duplicate(claimed, of) => Some((claimed, Outcome::duplicate(&of))),
         }
     }
 
@@ -270,6 +271,7 @@ mod tests {
             backoff_base_ms: 1,
             backoff_max_ms: 1,
             ordered: false,
+            idempotent: false,
         }
     }
 
