@@ -13,8 +13,8 @@
 
 use crate::error::EventBusError;
 use crate::{contracts, guc, plans, shmem};
-use pgrx::prelude::*;
 use pgrx::datum::Internal;
+use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use std::ffi::{CStr, CString};
 
@@ -52,9 +52,8 @@ fn session_tenant() -> Option<Uuid> {
             return Some(Uuid::from_bytes(*u.as_bytes()));
         }
     }
-    Spi::get_one::<Uuid>("SELECT event_bus.current_tenant()").unwrap_or_else(|e| {
-        error!("event_bus: could not read the session's tenant: {e}")
-    })
+    Spi::get_one::<Uuid>("SELECT event_bus.current_tenant()")
+        .unwrap_or_else(|e| error!("event_bus: could not read the session's tenant: {e}"))
 }
 
 /// The role the session acts as: SET ROLE's role, else the login role (inside a SECURITY
@@ -84,7 +83,10 @@ fn object_size(datum: pg_sys::Datum) -> Result<usize, String> {
             return Ok(pgrx::varlena::varsize_any_exhdr(v));
         }
     }
-    Err(unsafe { pgrx::direct_function_call::<String>(pg_sys::jsonb_typeof, &[Some(datum)]) }.unwrap_or_default())
+    Err(
+        unsafe { pgrx::direct_function_call::<String>(pg_sys::jsonb_typeof, &[Some(datum)]) }
+            .unwrap_or_default(),
+    )
 }
 
 /// The jsonb's size as text (`octet_length(v::text)`), computed only when it could be over
@@ -151,7 +153,9 @@ fn prepare(
     let session = session_tenant();
     if session != Some(tenant) {
         let who = caller();
-        if (session.is_some() || has_role(who, c"event_bus_reader")) && !has_role(who, c"event_bus_admin") {
+        if (session.is_some() || has_role(who, c"event_bus_reader"))
+            && !has_role(who, c"event_bus_admin")
+        {
             EventBusError::TenantNotAllowed {
                 tenant: tenant.to_string(),
                 session_tenant: session.map(|s| s.to_string()),
@@ -177,7 +181,9 @@ fn prepare(
         .raise()
     }
     let metadata = match metadata {
-        None => JsonB(serde_json::json!({})).into_datum().expect("jsonb datum"),
+        None => JsonB(serde_json::json!({}))
+            .into_datum()
+            .expect("jsonb datum"),
         Some(m) => match object_size(m) {
             Ok(_) => m,
             Err(got) => EventBusError::NotAnObject {
@@ -237,7 +243,9 @@ fn emit_prepare(
     source_module: Option<&str>,
     metadata: Internal,
 ) -> Internal {
-    Internal::from(Some(prepare(tenant, event_type, source_module, metadata.unwrap()).2))
+    Internal::from(Some(
+        prepare(tenant, event_type, source_module, metadata.unwrap()).2,
+    ))
 }
 
 /// Body of `event_bus._check_payload(jsonb, bigint)`: the batch emit's per-element check.
@@ -265,11 +273,12 @@ fn emit(
     let payload = check_payload(payload, None);
     // a registered payload contract (cached per backend: no query for unregistered types)
     if contracts::has_contract(&event_type) {
-        let schema_version = unsafe { JsonB::from_datum(metadata, false) }
-            .and_then(|m| m.0.get("schema_version").map(|v| match v {
+        let schema_version = unsafe { JsonB::from_datum(metadata, false) }.and_then(|m| {
+            m.0.get("schema_version").map(|v| match v {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
-            }));
+            })
+        });
         let payload_json = unsafe { JsonB::from_datum(payload, false) }.expect("payload");
         contracts::check_contract(&event_type, payload_json, schema_version.as_deref(), None);
     }
@@ -297,8 +306,10 @@ fn emit(
         pg_sys::JSONBOID,
         pg_sys::JSONBOID,
     ];
-    Spi::connect_mut(|client| plans::exec(client, "emit", || INSERT.to_string(), &TYPES, &args).map(|_| ()))
-        .unwrap_or_else(|e| error!("event_bus: could not insert the event: {e}"));
+    Spi::connect_mut(|client| {
+        plans::exec(client, "emit", || INSERT.to_string(), &TYPES, &args).map(|_| ())
+    })
+    .unwrap_or_else(|e| error!("event_bus: could not insert the event: {e}"));
     shmem::wake_workers_on_commit();
     id
 }

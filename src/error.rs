@@ -88,7 +88,9 @@ impl EventBusError {
             EventBusError::PayloadTooLarge { .. } | EventBusError::ChainTooDeep { .. } => {
                 PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED
             }
-            EventBusError::TenantNotAllowed { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            EventBusError::TenantNotAllowed { .. } => {
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
+            }
             EventBusError::PayloadContract { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
             EventBusError::UnregisteredEventType { .. } => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             EventBusError::SchemaVersionConflict { .. } => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
@@ -185,7 +187,8 @@ impl EventBusError {
     pub fn raise(self) -> ! {
         let code = self.code();
         let hint = self.hint();
-        let mut report = ErrorReport::new(code, self.to_string(), "event_bus").set_hint(hint.into_owned());
+        let mut report =
+            ErrorReport::new(code, self.to_string(), "event_bus").set_hint(hint.into_owned());
         if let Some(detail) = self.detail() {
             report = report.set_detail(detail);
         }

@@ -46,6 +46,8 @@ mod input_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod ops_tests;
 #[cfg(any(test, feature = "pg_test"))]
+mod request_tests;
+#[cfg(any(test, feature = "pg_test"))]
 mod testing_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;

@@ -777,7 +777,11 @@ mod tests {
         Spi::run(&format!("SELECT event_bus.reset_breaker('{flaky}')")).unwrap();
         assert_eq!(op("event_bus.breaker.closed"), 1);
         Spi::run(&format!("SELECT event_bus.reset_breaker('{flaky}')")).unwrap();
-        assert_eq!(op("event_bus.breaker.closed"), 1, "an already closed breaker does not close again");
+        assert_eq!(
+            op("event_bus.breaker.closed"),
+            1,
+            "an already closed breaker does not close again"
+        );
 
         // an ordered stream parked behind a dead delivery
         Spi::run(&format!(

@@ -31,4 +31,3 @@ pub fn exec<'conn>(
         client.update(&*stmt, None, args)
     })
 }
-

@@ -22,7 +22,10 @@ thread_local! {
 /// Is this outcome a timeout? Both attempt kinds say "timed out after N ms" (sqlhandler::run_one,
 /// deliver::perform).
 fn timed_out(o: &Outcome) -> bool {
-    !o.success && o.error.as_deref().is_some_and(|e| e.contains("timed out after"))
+    !o.success
+        && o.error
+            .as_deref()
+            .is_some_and(|e| e.contains("timed out after"))
 }
 
 /// The job of one delivery, as the worker's claim would build it.
@@ -45,7 +48,9 @@ fn job_of(delivery_id: Uuid) -> Option<Job> {
             None => Ok(None),
         }
     })
-    .unwrap_or_else(|e: pgrx::spi::Error| error!("event_bus: could not read the request's delivery: {e}"))
+    .unwrap_or_else(|e: pgrx::spi::Error| {
+        error!("event_bus: could not read the request's delivery: {e}")
+    })
 }
 
 /// Send one HTTP request through this session's sender and wait for its outcome, checking for
@@ -79,14 +84,21 @@ fn send_http(mut req: crate::worker::deliver::Request, timeout: Duration) -> Out
                     return if o.sent {
                         o
                     } else {
-                        Outcome::failure(token, format!("timed out after {} ms: not sent", timeout.as_millis()), started.elapsed())
+                        Outcome::failure(
+                            token,
+                            format!("timed out after {} ms: not sent", timeout.as_millis()),
+                            started.elapsed(),
+                        )
                     };
                 }
             }
             if started.elapsed() > guard {
                 return Outcome::failure(
                     token,
-                    format!("timed out after {} ms: no answer from the sender", timeout.as_millis()),
+                    format!(
+                        "timed out after {} ms: no answer from the sender",
+                        timeout.as_millis()
+                    ),
                     started.elapsed(),
                 );
             }
@@ -100,13 +112,23 @@ fn send_http(mut req: crate::worker::deliver::Request, timeout: Duration) -> Out
 fn request_call(delivery_id: Uuid, timeout_ms: i32) -> JsonB {
     let timeout = Duration::from_millis(timeout_ms.max(1) as u64);
     let outcome = match job_of(delivery_id) {
-        None => Outcome::failure(0, "the request's delivery does not exist".into(), Duration::ZERO),
+        None => Outcome::failure(
+            0,
+            "the request's delivery does not exist".into(),
+            Duration::ZERO,
+        ),
         Some(Job::Sql(claimed, mut call)) => {
             call.timeout_ms = timeout_ms.max(1);
-            let calls = [(claimed.event_id.as_str(), claimed.subscription_id.as_str(), &call)];
+            let calls = [(
+                claimed.event_id.as_str(),
+                claimed.subscription_id.as_str(),
+                &call,
+            )];
             sqlhandler::run_calls(&calls, None)
                 .pop()
-                .unwrap_or_else(|| Outcome::failure(0, "the SQL handler did not run".into(), Duration::ZERO))
+                .unwrap_or_else(|| {
+                    Outcome::failure(0, "the SQL handler did not run".into(), Duration::ZERO)
+                })
         }
         Some(Job::Http(_, req)) => send_http(req, timeout),
         Some(Job::Failed(_, e)) => Outcome::failure(0, e, Duration::ZERO),

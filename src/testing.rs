@@ -88,7 +88,9 @@ fn run_handlers(
         .iter()
         .zip(outcomes)
         .map(|((event, sub, call), o)| {
-            let parse = |s: &str| Uuid::from_bytes(*uuid::Uuid::parse_str(s).unwrap_or_default().as_bytes());
+            let parse = |s: &str| {
+                Uuid::from_bytes(*uuid::Uuid::parse_str(s).unwrap_or_default().as_bytes())
+            };
             (
                 parse(event),
                 parse(sub),

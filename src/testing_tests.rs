@@ -46,27 +46,42 @@ mod tests {
             text("SELECT string_agg(event_type, ',' ORDER BY id) FROM event_bus.emitted_events()"),
             "invoice.posted,invoice.posted,order.created,invoice.sent"
         );
-        assert_eq!(count("SELECT count(*) FROM event_bus.emitted_events('invoice.*')"), 3);
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.emitted_events('invoice.*')"),
+            3
+        );
         // a batch emit counts too
         Spi::run(&format!(
             "SELECT count(*) FROM event_bus.emit_module_events('{TENANT}', 'stock.moved', 'inventory', 'sku', NULL,
                  ARRAY['{{\"sku\": \"A\"}}'::jsonb, '{{\"sku\": \"B\"}}'])"
         ))
         .unwrap();
-        assert_eq!(count("SELECT count(*) FROM event_bus.emitted_events('stock.#')"), 2);
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.emitted_events('stock.#')"),
+            2
+        );
 
         let ok = |sql: &str| Spi::get_one::<bool>(sql).unwrap() == Some(true);
         assert!(ok("SELECT event_bus.assert_emitted('invoice.posted')"));
-        assert!(ok("SELECT event_bus.assert_emitted('invoice.posted', '{}', 2)"));
-        assert!(ok(r#"SELECT event_bus.assert_emitted('invoice.*', '{"number": "INV-2"}', 1)"#));
-        assert!(ok("SELECT event_bus.assert_emitted('invoice.voided', '{}', 0)"));
+        assert!(ok(
+            "SELECT event_bus.assert_emitted('invoice.posted', '{}', 2)"
+        ));
+        assert!(ok(
+            r#"SELECT event_bus.assert_emitted('invoice.*', '{"number": "INV-2"}', 1)"#
+        ));
+        assert!(ok(
+            "SELECT event_bus.assert_emitted('invoice.voided', '{}', 0)"
+        ));
         // a failed expectation: P0004, and the message lists what was emitted
         assert_eq!(
             sqlstate_of("SELECT event_bus.assert_emitted('invoice.voided')").as_deref(),
             Some("P0004")
         );
         assert_eq!(
-            sqlstate_of(r#"SELECT event_bus.assert_emitted('invoice.posted', '{"number": "INV-9"}')"#).as_deref(),
+            sqlstate_of(
+                r#"SELECT event_bus.assert_emitted('invoice.posted', '{"number": "INV-9"}')"#
+            )
+            .as_deref(),
             Some("P0004")
         );
         assert_eq!(
@@ -75,11 +90,26 @@ mod tests {
         );
         // bad input: SQLSTATE and nothing written
         for (sql, want) in [
-            ("SELECT event_bus.assert_emitted('invoice.posted', '{}', -1)", "22023"),
-            ("SELECT event_bus.assert_emitted('invoice.posted', '[1]')", "22023"),
-            ("SELECT event_bus.assert_emitted('invoice..posted')", "22023"),
-            ("SELECT count(*) FROM event_bus.emitted_events(NULL)", "22004"),
-            ("SELECT count(*) FROM event_bus.emitted_events('a.#.#x')", "22023"),
+            (
+                "SELECT event_bus.assert_emitted('invoice.posted', '{}', -1)",
+                "22023",
+            ),
+            (
+                "SELECT event_bus.assert_emitted('invoice.posted', '[1]')",
+                "22023",
+            ),
+            (
+                "SELECT event_bus.assert_emitted('invoice..posted')",
+                "22023",
+            ),
+            (
+                "SELECT count(*) FROM event_bus.emitted_events(NULL)",
+                "22004",
+            ),
+            (
+                "SELECT count(*) FROM event_bus.emitted_events('a.#.#x')",
+                "22023",
+            ),
         ] {
             assert_eq!(sqlstate_of(sql).as_deref(), Some(want), "{sql}");
         }
@@ -105,7 +135,8 @@ mod tests {
         );
         let detail = text("SELECT detail FROM failure");
         assert!(
-            detail.contains("This transaction emitted 1 event(s)") && detail.contains(r#"invoice.posted {"number": "INV-1"}"#),
+            detail.contains("This transaction emitted 1 event(s)")
+                && detail.contains(r#"invoice.posted {"number": "INV-1"}"#),
             "{detail}"
         );
     }
@@ -179,9 +210,17 @@ mod tests {
         );
         // one event only, and no delivery was recorded
         let placed = text("SELECT id::text FROM event_bus.emitted_events('order.placed')");
-        assert_eq!(count(&format!("SELECT count(*) FROM event_bus.run_handlers('{placed}')")), 2);
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM event_bus.run_handlers('{placed}')"
+            )),
+            2
+        );
         assert_eq!(count("SELECT qty FROM th.stock WHERE sku = 'A'"), 4);
-        assert_eq!(count("SELECT count(*) FROM event_bus.module_event_deliveries"), 0);
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_event_deliveries"),
+            0
+        );
         assert_eq!(
             sqlstate_of("SELECT * FROM event_bus.mock_calls(gen_random_uuid())").as_deref(),
             Some("P0002")

@@ -85,8 +85,14 @@ pub mod tests {
         };
         assert_eq!(sqlstate_of(&emit(escaped, "'1'")).as_deref(), Some("54000"));
         // at the limit exactly: accepted ({"s": "<n x>"} is n + 9 bytes)
-        assert_eq!(sqlstate_of(&emit("jsonb_build_object('s', repeat('x', 991))", "'3'")), None);
-        assert_eq!(sqlstate_of(&emit("jsonb_build_object('s', repeat('x', 992))", "'4'")).as_deref(), Some("54000"));
+        assert_eq!(
+            sqlstate_of(&emit("jsonb_build_object('s', repeat('x', 991))", "'3'")),
+            None
+        );
+        assert_eq!(
+            sqlstate_of(&emit("jsonb_build_object('s', repeat('x', 992))", "'4'")).as_deref(),
+            Some("54000")
+        );
         // the uuid overload stores the id's text form; NULL metadata is stored as {}
         let u = "0190f7a0-0000-7000-8000-000000000001";
         assert_eq!(sqlstate_of(&emit("'{}'", &format!("'{u}'::uuid"))), None);
@@ -529,28 +535,39 @@ pub mod tests {
         .unwrap();
         // not before the fan-out could still be running
         assert_eq!(
-            Spi::get_one::<i32>("SELECT event_bus._sweep_deleted_subscriptions('30 seconds')").unwrap(),
+            Spi::get_one::<i32>("SELECT event_bus._sweep_deleted_subscriptions('30 seconds')")
+                .unwrap(),
             Some(0)
         );
         assert_eq!(
-            Spi::get_one::<i32>("SELECT event_bus._sweep_deleted_subscriptions('0 seconds')").unwrap(),
+            Spi::get_one::<i32>("SELECT event_bus._sweep_deleted_subscriptions('0 seconds')")
+                .unwrap(),
             Some(2)
         );
         assert_eq!(
-            count(&format!("SELECT count(*) FROM event_bus.module_event_deliveries WHERE event_id = '{ev2}'")),
+            count(&format!(
+                "SELECT count(*) FROM event_bus.module_event_deliveries WHERE event_id = '{ev2}'"
+            )),
             0
         );
         assert_eq!(
-            Spi::get_one::<String>(&format!("SELECT status FROM event_bus.module_events WHERE id = '{ev2}'"))
-                .unwrap()
-                .unwrap(),
+            Spi::get_one::<String>(&format!(
+                "SELECT status FROM event_bus.module_events WHERE id = '{ev2}'"
+            ))
+            .unwrap()
+            .unwrap(),
             "completed"
         );
-        assert_eq!(count("SELECT count(*) FROM event_bus._deleted_subscriptions"), 0);
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus._deleted_subscriptions"),
+            0
+        );
         // a live subscription is never swept, whatever its id was once
-        let live = Spi::get_one::<pgrx::Uuid>("SELECT event_bus.subscribe('a.b', 'l', 'https://example.com/l')")
-            .unwrap()
-            .unwrap();
+        let live = Spi::get_one::<pgrx::Uuid>(
+            "SELECT event_bus.subscribe('a.b', 'l', 'https://example.com/l')",
+        )
+        .unwrap()
+        .unwrap();
         Spi::run(&format!(
             "INSERT INTO event_bus._deleted_subscriptions (id, deleted_at) VALUES ('{live}', now() - interval '1 hour');
              INSERT INTO event_bus.module_event_deliveries (id, event_id, subscription_id, tenant_id, status, attempts)
@@ -558,7 +575,8 @@ pub mod tests {
         ))
         .unwrap();
         assert_eq!(
-            Spi::get_one::<i32>("SELECT event_bus._sweep_deleted_subscriptions('0 seconds')").unwrap(),
+            Spi::get_one::<i32>("SELECT event_bus._sweep_deleted_subscriptions('0 seconds')")
+                .unwrap(),
             Some(0)
         );
     }

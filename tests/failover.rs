@@ -36,7 +36,10 @@ fn a_promoted_replica_delivers_every_event_committed_on_it_with_the_same_webhook
     }
     let replica = Cluster::replica_of(&primary, "failover-replica");
     let mut r = replica.connect("erp");
-    assert!(r.query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get::<_, bool>(0));
+    assert!(r
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get::<_, bool>(0));
 
     let mut p = primary.connect("erp");
     for batch in 0..(EVENTS / 100) {
@@ -48,21 +51,30 @@ fn a_promoted_replica_delivers_every_event_committed_on_it_with_the_same_webhook
         ))
         .unwrap();
     }
-    wait_for("part of the events delivered by the primary", Duration::from_secs(30), || {
-        (rx.count("/hook") >= 300).then_some(())
-    });
+    wait_for(
+        "part of the events delivered by the primary",
+        Duration::from_secs(30),
+        || (rx.count("/hook") >= 300).then_some(()),
+    );
     // wait until the replica has replayed every commit (asynchronous replication could lose the
     // last ones in a crash: that is what synchronous replication is for, see the README)
     let lsn: String = p
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .unwrap()
         .get(0);
-    wait_for("the replica to replay the emits", Duration::from_secs(30), || {
-        r.query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&lsn])
+    wait_for(
+        "the replica to replay the emits",
+        Duration::from_secs(30),
+        || {
+            r.query_one(
+                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                &[&lsn],
+            )
             .unwrap()
             .get::<_, bool>(0)
             .then_some(())
-    });
+        },
+    );
     drop(p);
     primary.pg_ctl_stop("immediate");
     let delivered_by_primary = rx.count("/hook");
@@ -73,7 +85,11 @@ fn a_promoted_replica_delivers_every_event_committed_on_it_with_the_same_webhook
 
     // a replica delivers nothing: no worker runs there, and nothing arrives
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(rx.count("/hook"), delivered_by_primary, "the replica delivered before promotion");
+    assert_eq!(
+        rx.count("/hook"),
+        delivered_by_primary,
+        "the replica delivered before promotion"
+    );
     let workers: i64 = r
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'event_bus%'",
@@ -89,21 +105,31 @@ fn a_promoted_replica_delivers_every_event_committed_on_it_with_the_same_webhook
         .query_one("SELECT count(*) FROM event_bus.module_events", &[])
         .unwrap()
         .get(0);
-    assert_eq!(committed, EVENTS, "every emit was replayed before the primary died");
-    wait_for("every event delivered after promotion", Duration::from_secs(120), || {
-        let done: i64 = r
-            .query_one(
-                "SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        (done == committed).then_some(())
-    });
+    assert_eq!(
+        committed, EVENTS,
+        "every emit was replayed before the primary died"
+    );
+    wait_for(
+        "every event delivered after promotion",
+        Duration::from_secs(120),
+        || {
+            let done: i64 = r
+                .query_one(
+                    "SELECT count(*) FROM event_bus.module_events WHERE status = 'completed'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            (done == committed).then_some(())
+        },
+    );
 
     // every delivery id of the replica arrived; anything that arrived twice carried one id
     let ids: HashSet<String> = r
-        .query("SELECT id::text FROM event_bus.module_event_deliveries", &[])
+        .query(
+            "SELECT id::text FROM event_bus.module_event_deliveries",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|row| row.get(0))

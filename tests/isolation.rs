@@ -30,13 +30,21 @@ fn emit_many(c: &mut postgres::Client, event_type: &str, n: i32, entities: bool)
 
 /// Emit `n` events to `path`'s subscription and wait until the receiver has them all; returns
 /// the longest time from the emitting commit to a request's arrival.
-fn latency_of(c: &mut postgres::Client, rx: &Receiver, path: &str, event_type: &str, n: i32) -> Duration {
+fn latency_of(
+    c: &mut postgres::Client,
+    rx: &Receiver,
+    path: &str,
+    event_type: &str,
+    n: i32,
+) -> Duration {
     let before = rx.count(path);
     emit_many(c, event_type, n, false);
     let committed = Instant::now();
-    wait_for(&format!("{n} deliveries to {path}"), Duration::from_secs(60), || {
-        (rx.count(path) >= before + n as usize).then_some(())
-    });
+    wait_for(
+        &format!("{n} deliveries to {path}"),
+        Duration::from_secs(60),
+        || (rx.count(path) >= before + n as usize).then_some(()),
+    );
     rx.on(path)
         .iter()
         .skip(before)
@@ -85,7 +93,11 @@ fn burst_then_one(kind: &str) {
         }
         other => panic!("unknown burst kind {other}"),
     }
-    let event_type = if kind == "unmatched" { "nobody.cares" } else { "burst.happened" };
+    let event_type = if kind == "unmatched" {
+        "nobody.cares"
+    } else {
+        "burst.happened"
+    };
     let started = Instant::now();
     emit_many(&mut c, event_type, 50_000, kind == "waiting");
     let took = latency_of(&mut c, &rx, "/wanted", "matched.one", 1);
@@ -93,13 +105,17 @@ fn burst_then_one(kind: &str) {
         took < Duration::from_secs(2),
         "{kind}: the matched event reached its handler {took:?} after its commit, behind the burst"
     );
-    wait_for(&format!("{kind}: the burst fanned out"), Duration::from_secs(10), || {
-        let left = count(
-            &mut c,
-            "SELECT count(*) FROM event_bus.module_events WHERE dispatched_at IS NULL",
-        );
-        (left == 0).then_some(())
-    });
+    wait_for(
+        &format!("{kind}: the burst fanned out"),
+        Duration::from_secs(10),
+        || {
+            let left = count(
+                &mut c,
+                "SELECT count(*) FROM event_bus.module_events WHERE dispatched_at IS NULL",
+            );
+            (left == 0).then_some(())
+        },
+    );
     let fanned = started.elapsed();
     match kind {
         "unmatched" => assert_eq!(
@@ -155,9 +171,11 @@ fn a_silent_endpoint_does_not_hold_up_a_healthy_one() {
     )
     .unwrap();
     emit_many(&mut c, "hang.event", 500, false);
-    wait_for("requests to the silent endpoint", Duration::from_secs(10), || {
-        (silent.accepted() > 0).then_some(())
-    });
+    wait_for(
+        "requests to the silent endpoint",
+        Duration::from_secs(10),
+        || (silent.accepted() > 0).then_some(()),
+    );
     std::thread::sleep(Duration::from_secs(1));
     let took = latency_of(&mut c, &rx, "/fast", "fast.event", 100);
     assert!(
@@ -214,7 +232,10 @@ fn slow_sql_handlers_do_not_hold_up_http_deliveries() {
         "SELECT count(*) FROM event_bus.module_event_logs l JOIN event_bus.module_event_subscriptions s
              ON s.id = l.subscription_id WHERE s.handler_module = 'slow'",
     );
-    assert!(slow_done < 20, "the slow handlers were all done first ({slow_done})");
+    assert!(
+        slow_done < 20,
+        "the slow handlers were all done first ({slow_done})"
+    );
     eprintln!("slow SQL handlers: 100 HTTP deliveries within {took:?}, {slow_done} of 20 slow handlers done");
     // and the slow ones all finish, each once
     wait_for("the slow handlers", Duration::from_secs(60), || {

@@ -15,7 +15,11 @@ use std::time::Duration;
 #[ignore = "needs the package installed: scripts/test.sh runs it between dpkg -i and dpkg -r"]
 fn the_installed_package_creates_the_extension_and_delivers() {
     let pkglibdir = String::from_utf8(
-        Command::new("pg_config").arg("--pkglibdir").output().unwrap().stdout,
+        Command::new("pg_config")
+            .arg("--pkglibdir")
+            .output()
+            .unwrap()
+            .stdout,
     )
     .unwrap()
     .trim()
@@ -34,7 +38,10 @@ fn the_installed_package_creates_the_extension_and_delivers() {
     let rx = Receiver::start(|_, _| Reply::ok());
     let mut c = cluster.create_db_with_extension("erp");
     let version: String = c
-        .query_one("SELECT extversion FROM pg_extension WHERE extname = 'event_bus'", &[])
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'event_bus'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(version, env!("CARGO_PKG_VERSION"));

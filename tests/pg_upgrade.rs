@@ -72,16 +72,20 @@ fn pg_upgrade_keeps_events_subscriptions_and_pending_deliveries_and_delivers_the
         });
         failing.store(true, Ordering::SeqCst);
         emit(&mut c, 101);
-        wait_for("the next 100 attempted and failed", Duration::from_secs(30), || {
-            let n: i64 = c
+        wait_for(
+            "the next 100 attempted and failed",
+            Duration::from_secs(30),
+            || {
+                let n: i64 = c
                 .query_one(
                     "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'pending' AND attempts >= 1",
                     &[],
                 )
                 .unwrap()
                 .get(0);
-            (n == 100).then_some(())
-        });
+                (n == 100).then_some(())
+            },
+        );
         old_version = c.query_one("SHOW server_version_num", &[]).unwrap().get(0);
     }
     let before = fingerprint(&mut old.connect("erp"));
@@ -108,7 +112,12 @@ fn pg_upgrade_keeps_events_subscriptions_and_pending_deliveries_and_delivers_the
         .arg(old.data())
         .arg("-D")
         .arg(new.data())
-        .args(["-p", &common::free_port().to_string(), "-P", &common::free_port().to_string()])
+        .args([
+            "-p",
+            &common::free_port().to_string(),
+            "-P",
+            &common::free_port().to_string(),
+        ])
         .output()
         .unwrap();
     assert!(
@@ -127,17 +136,25 @@ fn pg_upgrade_keeps_events_subscriptions_and_pending_deliveries_and_delivers_the
 
     let mut c = new.connect("erp");
     let new_version: String = c.query_one("SHOW server_version_num", &[]).unwrap().get(0);
-    assert_ne!(old_version[..2], new_version[..2], "upgraded to another major version");
+    assert_ne!(
+        old_version[..2],
+        new_version[..2],
+        "upgraded to another major version"
+    );
     assert_eq!(fingerprint(&mut c), before, "rows kept by pg_upgrade");
     let received_before = rx.count("/hook");
     failing.store(false, Ordering::SeqCst);
-    wait_for("the pending deliveries delivered by the upgraded cluster", Duration::from_secs(60), || {
-        let n: i64 = c
+    wait_for(
+        "the pending deliveries delivered by the upgraded cluster",
+        Duration::from_secs(60),
+        || {
+            let n: i64 = c
             .query_one("SELECT count(*) FROM event_bus.module_events WHERE status = 'completed' AND event_type = 'invoice.posted'", &[])
             .unwrap()
             .get(0);
-        (n == 200).then_some(())
-    });
+            (n == 200).then_some(())
+        },
+    );
     let delivered_after: HashSet<String> = rx.all()[received_before..]
         .iter()
         .filter(|r| r.path == "/hook")
@@ -168,7 +185,11 @@ fn pg_upgrade_keeps_events_subscriptions_and_pending_deliveries_and_delivers_the
 }
 
 fn ids(c: &mut postgres::Client, sql: &str) -> Vec<String> {
-    c.query(sql, &[]).unwrap().iter().map(|r| r.get(0)).collect()
+    c.query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 /// What pg_upgrade must keep: every event, subscription and delivery with its state (finished

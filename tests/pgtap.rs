@@ -14,10 +14,24 @@ fn the_readme_pgtap_example_passes_and_leaves_nothing_behind() {
     let cluster = Cluster::start("pgtap", &[]);
     let mut c = cluster.create_db_with_extension("erp");
     let out = Command::new(cluster.bindir.join("psql"))
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "erp", "-p"])
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "erp",
+            "-p",
+        ])
         .arg(cluster.port.to_string())
         .arg("-f")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pgtap_test.sql"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/pgtap_test.sql"
+        ))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -25,9 +39,15 @@ fn the_readme_pgtap_example_passes_and_leaves_nothing_behind() {
     assert!(out.status.success(), "psql failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("1..7"), "no plan:\n{stdout}");
     for n in 1..=7 {
-        assert!(stdout.contains(&format!("ok {n} - ")), "test {n} missing:\n{stdout}");
+        assert!(
+            stdout.contains(&format!("ok {n} - ")),
+            "test {n} missing:\n{stdout}"
+        );
     }
-    assert!(!stdout.contains("not ok"), "a pgTAP test failed:\n{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("not ok"),
+        "a pgTAP test failed:\n{stdout}\n{stderr}"
+    );
     assert!(!stdout.contains("Looks like"), "{stdout}");
 
     let left: i64 = c
@@ -46,7 +66,10 @@ fn the_readme_pgtap_example_passes_and_leaves_nothing_behind() {
         .unwrap_err();
     assert_eq!(err.code().map(|s| s.code()), Some("25P01"), "{err}");
     let subs: i64 = c
-        .query_one("SELECT count(*) FROM event_bus.module_event_subscriptions", &[])
+        .query_one(
+            "SELECT count(*) FROM event_bus.module_event_subscriptions",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(subs, 0);

@@ -1,8 +1,8 @@
 //! The claim side's statements: fan new events out into deliveries, claim due ones with a lease,
 //! and find when the next one is due. Each runs inside the caller's transaction.
 
-use crate::plans::exec;
 use super::job::{jobs_from, row_to_job, ClaimSettings, Job, JOB_COLUMNS, JOB_COLUMN_COUNT};
+use crate::plans::exec;
 use pgrx::prelude::*;
 
 /// The end of both fan-out statements, after `ins` (the deliveries inserted from `ev`, the events
@@ -279,11 +279,7 @@ fn claim_round(limit: i64, settings: &ClaimSettings, full: &[String]) -> Round {
     if jobs.iter().any(|j| j.claimed().idempotent) {
         jobs = idempotency_gate(jobs);
     }
-    let due = if more {
-        None
-    } else {
-        next_due(special, full)
-    };
+    let due = if more { None } else { next_due(special, full) };
     Round { jobs, more, due }
 }
 

@@ -126,7 +126,9 @@ fn start_dispatcher() -> Option<Dispatcher> {
     match Dispatcher::start(max_in_flight(), idle) {
         Ok(d) => Some(d),
         Err(e) => {
-            log(&format!("event_bus worker: cannot start the HTTP sender: {e}"));
+            log(&format!(
+                "event_bus worker: cannot start the HTTP sender: {e}"
+            ));
             None
         }
     }
@@ -372,7 +374,9 @@ fn run_sql_slice(sched: &mut Scheduler, finished: &mut Vec<Finished>) {
         let outcome = match (&result, outcomes.get(i)) {
             (Ok(()), Some(o)) => o.clone(),
             (Err(e), _) => Outcome::failure(0, e.clone(), Duration::ZERO),
-            (Ok(()), None) => Outcome::failure(0, "the SQL handler did not run".into(), Duration::ZERO),
+            (Ok(()), None) => {
+                Outcome::failure(0, "the SQL handler did not run".into(), Duration::ZERO)
+            }
         };
         if result.is_ok() {
             sched.sql_ran(&w.claimed.subscription_id, outcome.duration);

@@ -67,7 +67,8 @@ impl Outcome {
             success: true,
             http_status: None,
             response: Some(
-                serde_json::json!({ "duplicate_of": of, "note": format!("duplicate of {of}") }).to_string(),
+                serde_json::json!({ "duplicate_of": of, "note": format!("duplicate of {of}") })
+                    .to_string(),
             ),
             error: None,
             retry_after: None,
@@ -93,7 +94,11 @@ impl Outcome {
     fn unsent(token: u64) -> Outcome {
         Outcome {
             sent: false,
-            ..Outcome::failure(token, "not sent: waited too long for its turn".into(), Duration::ZERO)
+            ..Outcome::failure(
+                token,
+                "not sent: waited too long for its turn".into(),
+                Duration::ZERO,
+            )
         }
     }
 }
@@ -290,7 +295,9 @@ async fn perform(clients: &Clients, mut req: Request) -> Outcome {
     let mut read_error = None;
     while body.len() <= cap {
         match resp.chunk().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(cap + 1 - body.len())]),
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk[..chunk.len().min(cap + 1 - body.len())])
+            }
             Ok(None) => break,
             Err(e) => {
                 let msg = error_chain(&e);
@@ -449,7 +456,8 @@ impl Dispatcher {
         let (wake_read, wake_write) = pipe()?;
         let wake_write = Arc::new(wake_write);
         // every request in flight may go to the same host: keep as many connections
-        let clients = Clients::build(idle_per_host.max(max_in_flight)).map_err(std::io::Error::other)?;
+        let clients =
+            Clients::build(idle_per_host.max(max_in_flight)).map_err(std::io::Error::other)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -484,18 +492,19 @@ impl Dispatcher {
                             let outcome = match turn {
                                 Ok((Ok(mine), Ok(any))) => {
                                     // a panic inside the client ends its own task only
-                                    let outcome = match tokio::spawn(async move {
-                                        perform(&clients, req).await
-                                    })
-                                    .await
-                                    {
-                                        Ok(o) => o,
-                                        Err(_) => Outcome::failure(
-                                            token,
-                                            "internal error in the HTTP client".into(),
-                                            Duration::ZERO,
-                                        ),
-                                    };
+                                    let outcome =
+                                        match tokio::spawn(
+                                            async move { perform(&clients, req).await },
+                                        )
+                                        .await
+                                        {
+                                            Ok(o) => o,
+                                            Err(_) => Outcome::failure(
+                                                token,
+                                                "internal error in the HTTP client".into(),
+                                                Duration::ZERO,
+                                            ),
+                                        };
                                     drop((mine, any));
                                     outcome
                                 }

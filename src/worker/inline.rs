@@ -56,9 +56,10 @@ pub fn process_now(limit: i64) -> i64 {
     }
     if !http.is_empty() {
         let idle = guc::MAX_IN_FLIGHT_PER_SUBSCRIPTION.get().max(8) as usize;
-        let dispatcher = Dispatcher::start(guc::MAX_CONCURRENCY.get().max(1) as usize, idle).unwrap_or_else(|e| {
-            pgrx::error!("event_bus: cannot start the HTTP sender: {e}");
-        });
+        let dispatcher = Dispatcher::start(guc::MAX_CONCURRENCY.get().max(1) as usize, idle)
+            .unwrap_or_else(|e| {
+                pgrx::error!("event_bus: cannot start the HTTP sender: {e}");
+            });
         let mut waiting: HashMap<u64, Claimed> = HashMap::new();
         for (i, (c, mut req)) in http.into_iter().enumerate() {
             req.token = i as u64 + 1;
@@ -95,4 +96,3 @@ pub fn process_now(limit: i64) -> i64 {
     }
     attempted - unsent.len() as i64
 }
-

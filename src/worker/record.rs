@@ -3,9 +3,9 @@
 //! and handing unfinished leases back.
 
 use super::claim::lock_streams;
-use crate::plans::exec;
 use super::deliver::{backoff, Outcome};
 use super::job::Claimed;
+use crate::plans::exec;
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -89,8 +89,14 @@ pub fn record(batch: &[Finished], delays: &[Duration]) {
         .iter()
         .filter(|f| f.claimed.idempotent)
         .partition(|f| f.outcome.success);
-    let handled: Vec<String> = handled.iter().map(|f| f.claimed.delivery_id.clone()).collect();
-    let unhandled: Vec<String> = unhandled.iter().map(|f| f.claimed.delivery_id.clone()).collect();
+    let handled: Vec<String> = handled
+        .iter()
+        .map(|f| f.claimed.delivery_id.clone())
+        .collect();
+    let unhandled: Vec<String> = unhandled
+        .iter()
+        .map(|f| f.claimed.delivery_id.clone())
+        .collect();
     let ordered: Vec<String> = batch
         .iter()
         .filter(|f| f.claimed.ordered)

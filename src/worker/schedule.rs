@@ -238,8 +238,7 @@ impl Scheduler {
     /// there are many.
     pub fn tidy(&mut self) {
         if self.subs.len() > 1024 {
-            self.subs
-                .retain(|_, s| s.http_out > 0 || !s.sql.is_empty());
+            self.subs.retain(|_, s| s.http_out > 0 || !s.sql.is_empty());
         }
     }
 
@@ -296,13 +295,21 @@ mod tests {
                 });
             }
         }
-        let first: Vec<String> = s.take_sql(3).into_iter().map(|w| w.claimed.delivery_id).collect();
+        let first: Vec<String> = s
+            .take_sql(3)
+            .into_iter()
+            .map(|w| w.claimed.delivery_id)
+            .collect();
         assert_eq!(first, ["a-0", "b-0", "a-1"]);
         let mut next = s.take_sql(2);
         assert_eq!(next[0].claimed.delivery_id, "b-1");
         let back = next.split_off(1);
         s.requeue_sql(back);
-        let rest: Vec<String> = s.take_sql(10).into_iter().map(|w| w.claimed.delivery_id).collect();
+        let rest: Vec<String> = s
+            .take_sql(10)
+            .into_iter()
+            .map(|w| w.claimed.delivery_id)
+            .collect();
         assert_eq!(rest, ["a-2", "b-2"]);
         assert!(!s.has_sql());
     }
@@ -318,7 +325,10 @@ mod tests {
                 since: then,
             });
         }
-        assert!(s.full(500).is_empty(), "unknown speed: not full below a batch");
+        assert!(
+            s.full(500).is_empty(),
+            "unknown speed: not full below a batch"
+        );
         s.sql_ran("slow", Duration::from_millis(600));
         assert_eq!(s.full(500), vec!["slow".to_string()]);
         let stale = s.take_stale(then + Duration::from_millis(150));

@@ -5,8 +5,8 @@
 //! attempt's error. Its result (any type, through to_jsonb) is the attempt's response. While it
 //! runs, `event_bus.causation_id` names its event and `event_bus.subscription_id` its subscription.
 
-use super::job::Claimed;
 use super::deliver::Outcome;
+use super::job::Claimed;
 use super::panic_message;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -116,7 +116,9 @@ pub fn run_calls(jobs: &[(&str, &str, &Call)], deadline: Option<Instant>) -> Vec
         outcomes.push(match (role, events.get(*event_id)) {
             (Err(e), _) => failed(e, started),
             (_, None) => failed("the event no longer exists".into(), started),
-            (Ok(role), Some(event)) => run_one(event_id, subscription_id, call, role, event, started),
+            (Ok(role), Some(event)) => {
+                run_one(event_id, subscription_id, call, role, event, started)
+            }
         });
     }
     outcomes

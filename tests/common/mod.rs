@@ -43,9 +43,14 @@ pub fn pg_cmd_in(bindir: &std::path::Path, bin: &str) -> Command {
     } else {
         Command::new(path)
     };
-    if let Ok(out) = Command::new(bindir.join("pg_config")).arg("--libdir").output() {
+    if let Ok(out) = Command::new(bindir.join("pg_config"))
+        .arg("--libdir")
+        .output()
+    {
         let libdir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if std::path::Path::new(&libdir).join("libpq.so.5").exists() && !libdir.starts_with("/usr/lib") {
+        if std::path::Path::new(&libdir).join("libpq.so.5").exists()
+            && !libdir.starts_with("/usr/lib")
+        {
             c.env("LD_LIBRARY_PATH", libdir);
         }
     }
@@ -150,7 +155,19 @@ impl Cluster {
         }
         let data = dir.join("data");
         let out = pg_cmd_in(&primary.bindir, "pg_basebackup")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-X", "stream", "-R", "--no-sync", "-c", "fast", "-p"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+                "--no-sync",
+                "-c",
+                "fast",
+                "-p",
+            ])
             .arg(primary.port.to_string())
             .arg("-D")
             .arg(&data)
