@@ -16,6 +16,8 @@
 #   isolation 100,000 events matching nothing: completed/s and a matched event's latency behind them;
 #             latency while another endpoint hangs (500 requests in flight), beside idle; a healthy
 #             subscription's rate beside a neighbour failing every delivery, beside the rate alone
+#   request   event_bus.request round trip p50/p99 from one client: to a SQL responder beside calling the
+#             function directly, to an HTTP responder (nginx) beside a bare HTTP POST to it
 #   growth    delivery and SQL-handler rates again with GROWTH_EVENTS (5,000,000) completed events,
 #             deliveries and logs in the tables; table sizes before and after retention
 # Exits non-zero if a run errors, not when a target is missed.
@@ -26,7 +28,7 @@ cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000 100000}"
 RUNS="${RUNS:-3}"
 LAT_EVENTS="${LAT_EVENTS:-300}"
-SECTIONS="${SECTIONS:-delivery latency fanout ordered isolation sustained sql emit contract batch growth}"
+SECTIONS="${SECTIONS:-delivery latency fanout ordered isolation sustained sql request emit contract batch growth}"
 EMIT_SECONDS="${EMIT_SECONDS:-5}"
 GROWTH_EVENTS="${GROWTH_EVENTS:-5000000}"
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -265,6 +267,22 @@ if want sql; then
     MED[sql]="$(throughput_median "SQL handler" "sql:bench.h" "$SQL_N" 1)"
     direct="$(sql_direct_rate)"
     ROWS+=("| SQL-handler events/s, $SQL_N events | ${MED[sql]} | direct calls $direct/s | $(ratio "${MED[sql]}" "$direct") | >= 10000 |")
+fi
+
+# --- request-reply -------------------------------------------------------------------------
+if want request; then
+    RQ_N="${REQUEST_CALLS:-2000}"
+    declare -A RQ=()
+    for r in $(seq "$RUNS"); do
+        out="$("$DRIVER" request "$CONN" "$SINK" "$RQ_N")"
+        echo "    request run $r: $out" >&2
+        for k in sql_p50 sql_p99 direct_p50 direct_p99 http_p50 http_p99 bare_p50 bare_p99; do
+            RQ[$k]+="$(sed -n "s/.*${k}_ms=\([0-9.]*\).*/\1/p" <<<"$out") "
+        done
+    done
+    rq() { printf '%s\n' ${RQ[$1]} | median; }
+    ROWS+=("| request round trip p50 / p99 ms, SQL responder, $RQ_N calls | $(rq sql_p50) / $(rq sql_p99) | direct function call $(rq direct_p50) / $(rq direct_p99) | $(ratio "$(rq sql_p50)" "$(rq direct_p50)") (p50) | - |")
+    ROWS+=("| request round trip p50 / p99 ms, HTTP responder (nginx), $RQ_N calls | $(rq http_p50) / $(rq http_p99) | bare HTTP POST $(rq bare_p50) / $(rq bare_p99) | $(ratio "$(rq http_p50)" "$(rq bare_p50)") (p50) | - |")
 fi
 
 # --- emit overhead on the business write (pgbench) -----------------------------------------
