@@ -276,12 +276,13 @@ if want request; then
     for r in $(seq "$RUNS"); do
         out="$("$DRIVER" request "$CONN" "$SINK" "$RQ_N")"
         echo "    request run $r: $out" >&2
-        for k in sql_p50 sql_p99 direct_p50 direct_p99 http_p50 http_p99 bare_p50 bare_p99; do
+        for k in sql_p50 sql_p99 async_p50 async_p99 direct_p50 direct_p99 http_p50 http_p99 bare_p50 bare_p99; do
             RQ[$k]+="$(sed -n "s/.*${k}_ms=\([0-9.]*\).*/\1/p" <<<"$out") "
         done
     done
     rq() { printf '%s\n' ${RQ[$1]} | median; }
     ROWS+=("| request round trip p50 / p99 ms, SQL responder, $RQ_N calls | $(rq sql_p50) / $(rq sql_p99) | direct function call $(rq direct_p50) / $(rq direct_p99) | $(ratio "$(rq sql_p50)" "$(rq direct_p50)") (p50) | - |")
+    ROWS+=("| (same) with synchronous_commit off: the record's commit not waited for | $(rq async_p50) / $(rq async_p99) | direct function call $(rq direct_p50) / $(rq direct_p99) | $(ratio "$(rq async_p50)" "$(rq direct_p50)") (p50) | - |")
     ROWS+=("| request round trip p50 / p99 ms, HTTP responder (nginx), $RQ_N calls | $(rq http_p50) / $(rq http_p99) | bare HTTP POST $(rq bare_p50) / $(rq bare_p99) | $(ratio "$(rq http_p50)" "$(rq bare_p50)") (p50) | - |")
 fi
 

@@ -711,6 +711,7 @@ REVOKE ALL ON FUNCTION event_bus._request_call(uuid, integer) FROM PUBLIC;
 -- a database that gains the extension gets its delivery worker at once.
 SELECT event_bus._wake_launcher_on_commit();
 
+
 COMMENT ON FUNCTION event_bus.process_pending_events(integer) IS
     'Deliver up to p_limit due deliveries now, in the calling session: fans out new events, claims due '
     'retries, sends HTTP requests (waiting for each up to its timeout) and runs SQL handlers, records the '

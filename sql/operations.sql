@@ -676,6 +676,22 @@ BEGIN
      WHERE d.status = 'failed';
 
     SELECT v_out
+           || E'# HELP event_bus_pool_workers Delivery workers running in the cluster (all databases).\n'
+           || E'# TYPE event_bus_pool_workers gauge\n'
+           || 'event_bus_pool_workers ' || p.workers || E'\n'
+           || E'# HELP event_bus_pool_waiting_databases Databases with work waiting for a worker the pool has no room for.\n'
+           || E'# TYPE event_bus_pool_waiting_databases gauge\n'
+           || 'event_bus_pool_waiting_databases ' || p.waiting || E'\n'
+           || E'# HELP event_bus_pool_full_total Times the pool (event_bus.max_workers) was full with databases waiting.\n'
+           || E'# TYPE event_bus_pool_full_total counter\n'
+           || 'event_bus_pool_full_total ' || p.full_total || E'\n'
+           || E'# HELP event_bus_pool_start_failures_total Worker starts refused for want of background worker slots (max_worker_processes).\n'
+           || E'# TYPE event_bus_pool_start_failures_total counter\n'
+           || 'event_bus_pool_start_failures_total ' || p.start_failures_total || E'\n'
+      INTO v_out
+      FROM event_bus._pool_summary() p;
+
+    SELECT v_out
            || E'# HELP event_bus_subscriptions Active subscriptions by circuit breaker state.\n'
            || E'# TYPE event_bus_subscriptions gauge\n'
            || 'event_bus_subscriptions{breaker="closed"} ' || count(*) FILTER (WHERE s.breaker_open_until IS NULL) || E'\n'
@@ -689,8 +705,47 @@ $$;
 COMMENT ON FUNCTION event_bus.metrics() IS
     'Prometheus text exposition: counters (events dispatched, attempts by result, dead deliveries, events '
     'purged) and gauges (undispatched events and the oldest''s age, deliveries by status, queue depth and '
-    'oldest due age, dead letters, subscriptions by breaker state). Serve it from any exporter that runs '
+    'oldest due age, dead letters, subscriptions by breaker state) and the cluster''s worker pool (workers, '
+    'databases waiting, times full, failed starts). Serve it from any exporter that runs '
     'SELECT event_bus.metrics().';
+
+------------------------------------------------------------------------------------------------
+-- API: Public — the worker pool (all databases of the cluster)
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus._worker_pool_state()
+RETURNS TABLE (dboid oid, workers integer, wanted boolean, waiting_since timestamptz, next_due_at timestamptz,
+               last_visit_at timestamptz, busy boolean)
+LANGUAGE c VOLATILE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'worker_pool_state_wrapper';
+COMMENT ON FUNCTION event_bus._worker_pool_state() IS
+    'Internal: the shared pool''s state per database (read by event_bus.worker_pool).';
+
+CREATE OR REPLACE FUNCTION event_bus._pool_summary()
+RETURNS TABLE (workers bigint, waiting bigint, full_total bigint, start_failures_total bigint)
+LANGUAGE c VOLATILE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'pool_summary_wrapper';
+COMMENT ON FUNCTION event_bus._pool_summary() IS
+    'Internal: workers running, databases waiting for one, times the pool was full, failed starts.';
+
+CREATE OR REPLACE FUNCTION event_bus.worker_pool()
+RETURNS TABLE (database name, workers integer, has_work boolean, waiting_for_worker_since timestamptz,
+               next_due_at timestamptz, last_visit_at timestamptz, backlog boolean)
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT d.datname, p.workers, p.wanted OR (p.next_due_at IS NOT NULL), p.waiting_since, p.next_due_at,
+           p.last_visit_at, p.busy
+      FROM event_bus._worker_pool_state() p
+      JOIN pg_catalog.pg_database d ON d.oid = p.dboid
+     ORDER BY p.waiting_since NULLS LAST, d.datname
+$$;
+COMMENT ON FUNCTION event_bus.worker_pool() IS
+    'The cluster''s delivery workers (a pool of event_bus.max_workers shared by every database with the '
+    'extension): per database the workers serving it now, whether it has work signalled or a retry due, since '
+    'when it has been waiting for a worker (NULL: served or idle), when a retry it holds is due, when a worker '
+    'last started for it, and whether its workers report a backlog. Databases without the extension appear '
+    'until a worker''s first visit finds out.';
 
 ------------------------------------------------------------------------------------------------
 -- Circuit breaker
@@ -1224,6 +1279,9 @@ GRANT EXECUTE ON FUNCTION event_bus.list_events(uuid, text, text, text, timestam
     event_bus.event_stats_by_type(interval, uuid) TO event_bus_reader, event_bus_admin;
 GRANT SELECT ON event_bus.dead_letters, event_bus.subscription_health, event_bus.parked_streams
     TO event_bus_reader, event_bus_admin;
+REVOKE ALL ON FUNCTION event_bus.worker_pool(), event_bus._worker_pool_state(), event_bus._pool_summary() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_bus.worker_pool(), event_bus._worker_pool_state(), event_bus._pool_summary()
+    TO event_bus_reader, event_bus_admin;
 -- repairing: operators (their tenant), admins
 REVOKE ALL ON FUNCTION event_bus.retry_event(uuid),
     event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz),
@@ -1246,3 +1304,30 @@ GRANT EXECUTE ON FUNCTION event_bus.metrics(), event_bus.reset_breaker(uuid),
     event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer)
     TO event_bus_admin;
 GRANT ALL ON event_bus._counters TO event_bus_admin;
+
+-- say so now if the cluster's worker pool cannot serve it
+DO $$
+DECLARE
+    v_pool integer := coalesce(nullif(current_setting('event_bus.max_workers', true), ''), '4')::integer;
+    v_slots integer := current_setting('max_worker_processes')::integer;
+    v_waiting bigint;
+    v_failures bigint;
+BEGIN
+    IF current_setting('shared_preload_libraries') !~ '(^|[ ,])event_bus($|[ ,])' THEN
+        RAISE WARNING 'event_bus is not in shared_preload_libraries: no worker will deliver events in this cluster'
+            USING HINT = 'Add it to shared_preload_libraries and restart; until then process_pending_events() delivers by hand.';
+        RETURN;
+    END IF;
+    SELECT waiting, start_failures_total INTO v_waiting, v_failures FROM event_bus._pool_summary();
+    IF v_pool + 1 > v_slots THEN
+        RAISE WARNING 'event_bus.max_workers (%) plus the launcher exceed max_worker_processes (%): the pool cannot start all its workers', v_pool, v_slots
+            USING HINT = 'Raise max_worker_processes (restart) or lower event_bus.max_workers.';
+    ELSIF v_waiting > 0 THEN
+        RAISE WARNING 'event_bus: % database(s) are waiting for a delivery worker right now (the pool of % is busy)', v_waiting, v_pool
+            USING HINT = 'Deliveries go on as workers take turns; raise event_bus.max_workers (and max_worker_processes) if this lasts. See event_bus.worker_pool().';
+    ELSIF v_failures > 0 THEN
+        RAISE WARNING 'event_bus: % delivery worker start(s) failed for want of background worker slots', v_failures
+            USING HINT = 'Raise max_worker_processes (restart): other extensions and parallel queries share it.';
+    END IF;
+END
+$$;

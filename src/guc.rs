@@ -31,6 +31,14 @@ pub static BACKOFF_MAX_MS: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
 pub static MAX_RESPONSE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(4_096);
 /// Delivery workers per database.
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+/// Delivery workers over all databases of the cluster (the shared pool).
+pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
+/// How long a worker with nothing to do stays with its database before it leaves.
+pub static WORKER_IDLE_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// How long a worker serves one database before it yields to databases waiting for a worker.
+pub static WORKER_SLICE_MS: GucSetting<i32> = GucSetting::<i32>::new(500);
+/// How often every database gets a visit (retention, breaker probes, events emitted without a wake).
+pub static VISIT_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 /// Follow HTTP redirects (up to 5)?
 pub static FOLLOW_REDIRECTS: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// Longest chain of events emitted by SQL handlers in reply to each other.
@@ -101,7 +109,7 @@ pub fn register() {
         GucFlags::default(),
     );
 
-    let ints: [(&'static std::ffi::CStr, &'static std::ffi::CStr, &'static GucSetting<i32>, i32, i32); 10] = [
+    let ints: [(&'static std::ffi::CStr, &'static std::ffi::CStr, &'static GucSetting<i32>, i32, i32); 14] = [
         (c"event_bus.batch_size", c"Deliveries a worker claims per batch.", &BATCH_SIZE, 1, 10_000),
         (c"event_bus.max_concurrency", c"HTTP requests a worker keeps in flight at once.", &MAX_CONCURRENCY, 1, 10_000),
         (c"event_bus.max_in_flight_per_subscription", c"HTTP requests a worker keeps in flight to one subscription: its share, so a slow or silent endpoint never holds up the others.", &MAX_IN_FLIGHT_PER_SUBSCRIPTION, 1, 10_000),
@@ -111,7 +119,11 @@ pub fn register() {
         (c"event_bus.backoff_base_ms", c"Retry delay ceiling after the first failure (doubles per attempt, full jitter).", &BACKOFF_BASE_MS, 1, 86_400_000),
         (c"event_bus.backoff_max_ms", c"Cap of the retry delay.", &BACKOFF_MAX_MS, 1, 604_800_000),
         (c"event_bus.max_response_bytes", c"Response body bytes kept in the attempt log (0 keeps none).", &MAX_RESPONSE_BYTES, 0, 1_048_576),
-        (c"event_bus.workers", c"Delivery workers per database with the extension.", &WORKERS, 1, 16),
+        (c"event_bus.workers", c"Most delivery workers one database may hold at once (a second one starts while the first has a backlog).", &WORKERS, 1, 16),
+        (c"event_bus.max_workers", c"Delivery workers over all databases of the cluster: the pool they share (each is a background worker: keep it below max_worker_processes).", &MAX_WORKERS, 1, 1000),
+        (c"event_bus.worker_idle_ms", c"How long a worker with nothing to do stays with its database before it leaves (at once when other databases wait for a worker).", &WORKER_IDLE_MS, 0, 3_600_000),
+        (c"event_bus.worker_slice_ms", c"How long a worker serves one database before it leaves for databases waiting for a worker.", &WORKER_SLICE_MS, 10, 3_600_000),
+        (c"event_bus.visit_interval_ms", c"How often each database gets a worker even with nothing signalled (retention, breaker probes, retries).", &VISIT_INTERVAL_MS, 1_000, 86_400_000),
     ];
     for (name, short, setting, min, max) in ints {
         GucRegistry::define_int_guc(

@@ -24,6 +24,34 @@ pub struct Slot {
 /// Databases the launcher leaves alone: no extension there (a worker found none), or being dropped.
 pub const MAX_SKIPPED_DBS: usize = 256;
 
+/// Databases the pool keeps track of at once.
+pub const MAX_DBS: usize = 1024;
+
+/// What the pool knows of one database (times in ms since the Unix epoch, 0 = none).
+#[derive(Copy, Clone, Default)]
+pub struct DbState {
+    pub dboid: u32,
+    /// Work was signalled (an emit, a retry, a replay committed) and no claim has looked since.
+    pub wanted: bool,
+    /// Since when it has been waiting: for a worker (wanted or due), oldest first.
+    pub wanted_since: i64,
+    /// When the next delivery a departed worker left behind is due.
+    pub next_due: i64,
+    /// Workers serving it now (the launcher counts its own starts and their exits).
+    pub workers: u16,
+    /// A worker of it reported a backlog in its last round: another one may help (event_bus.workers).
+    pub busy: bool,
+    /// When a worker last started for it.
+    pub last_visit: i64,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 #[derive(Copy, Clone)]
 pub struct Shared {
     pub launcher_latch: usize,
@@ -34,6 +62,14 @@ pub struct Shared {
     /// bumped at the commit of every change to event_type_schemas (any database): backends
     /// reload their cached payload contracts when it moved
     pub contracts_gen: u64,
+    /// The pool: per database, what it needs and who serves it.
+    pub dbs: [DbState; MAX_DBS],
+    /// Databases that wanted a worker at the launcher's last look and got none (the pool was full).
+    pub pool_waiting: u32,
+    /// How many times the launcher found the pool full with databases waiting (for metrics()).
+    pub pool_full_total: u64,
+    /// Times the launcher could not start a worker the pool had room for (max_worker_processes).
+    pub start_failures_total: u64,
 }
 
 impl Shared {
@@ -49,6 +85,18 @@ impl Shared {
             }; MAX_SLOTS],
             skipped_dbs: [0; MAX_SKIPPED_DBS],
             contracts_gen: 0,
+            dbs: [DbState {
+                dboid: 0,
+                wanted: false,
+                wanted_since: 0,
+                next_due: 0,
+                workers: 0,
+                busy: false,
+                last_visit: 0,
+            }; MAX_DBS],
+            pool_waiting: 0,
+            pool_full_total: 0,
+            start_failures_total: 0,
         }
     }
 }
@@ -76,22 +124,129 @@ fn set_latch(addr: usize) {
     }
 }
 
-/// Wake every delivery worker of database `dboid`.
+/// Work was committed in database `dboid`: wake its delivery workers, and mark it wanted for
+/// the pool, waking the launcher when no worker serves it.
 pub fn wake_database(dboid: pg_sys::Oid) {
     if !attached() {
         return;
     }
-    let latches: Vec<usize> = {
+    let dboid = dboid.to_u32();
+    let (latches, marked, served) = {
         let shared = SHARED.share();
-        shared
+        let latches: Vec<usize> = shared
             .slots
             .iter()
-            .filter(|s| s.in_use && s.dboid == dboid.to_u32() && s.latch != 0)
+            .filter(|s| s.in_use && s.dboid == dboid && s.latch != 0)
             .map(|s| s.latch)
-            .collect()
+            .collect();
+        let state = shared.dbs.iter().find(|d| d.dboid == dboid);
+        (
+            latches,
+            state.is_some_and(|d| d.wanted),
+            state.is_some_and(|d| d.workers > 0),
+        )
     };
-    for l in latches {
-        set_latch(l);
+    if !marked {
+        mark_wanted(dboid);
+    }
+    for l in &latches {
+        set_latch(*l);
+    }
+    if !served || latches.is_empty() {
+        wake_launcher();
+    }
+}
+
+/// Note that `dboid` has work for the pool (a state is made for it if it has none).
+pub fn mark_wanted(dboid: u32) {
+    if !attached() {
+        return;
+    }
+    let mut shared = SHARED.exclusive();
+    let now = now_ms();
+    let i = match shared.dbs.iter().position(|d| d.dboid == dboid) {
+        Some(i) => i,
+        None => match shared.dbs.iter().position(|d| d.dboid == 0) {
+            Some(i) => {
+                shared.dbs[i] = DbState {
+                    dboid,
+                    ..Default::default()
+                };
+                i
+            }
+            None => return,
+        },
+    };
+    let d = &mut shared.dbs[i];
+    if !d.wanted {
+        d.wanted = true;
+        if d.wanted_since == 0 {
+            d.wanted_since = now;
+        }
+    }
+}
+
+/// A worker of `dboid` is about to look at everything committed so far: what was signalled
+/// before is seen by this round. `busy`: its last round left a backlog.
+pub fn claiming(dboid: u32, busy: bool) {
+    if !attached() {
+        return;
+    }
+    {
+        let shared = SHARED.share();
+        if shared.dbs.iter().any(|d| {
+            d.dboid == dboid
+                && !d.wanted
+                && d.busy == busy
+                && d.wanted_since == 0
+                && d.next_due == 0
+        }) {
+            return;
+        }
+    }
+    let mut shared = SHARED.exclusive();
+    if let Some(d) = shared.dbs.iter_mut().find(|d| d.dboid == dboid) {
+        d.wanted = false;
+        d.wanted_since = 0;
+        d.next_due = 0;
+        d.busy = busy;
+    }
+}
+
+/// A worker of `dboid` leaves: when its next delivery is due (ms since the epoch, 0 = none), and
+/// whether it left work behind (it yielded its slice).
+pub fn leaving(dboid: u32, next_due: i64, more: bool) {
+    if !attached() {
+        return;
+    }
+    let mut shared = SHARED.exclusive();
+    if let Some(d) = shared.dbs.iter_mut().find(|d| d.dboid == dboid) {
+        d.busy = false;
+        if next_due > 0 && (d.next_due == 0 || next_due < d.next_due) {
+            d.next_due = next_due;
+        }
+        if more {
+            d.wanted = true;
+            if d.wanted_since == 0 {
+                d.wanted_since = now_ms();
+            }
+        }
+    }
+}
+
+/// Are databases waiting for a worker the pool has no room for?
+pub fn others_waiting() -> bool {
+    attached() && SHARED.share().pool_waiting > 0
+}
+
+/// Forget a database (dropped, or without the extension).
+pub fn forget_database(dboid: u32) {
+    if !attached() {
+        return;
+    }
+    let mut shared = SHARED.exclusive();
+    for d in shared.dbs.iter_mut().filter(|d| d.dboid == dboid) {
+        *d = DbState::default();
     }
 }
 
@@ -100,6 +255,7 @@ pub fn skip_database(dboid: u32) {
     if !attached() {
         return;
     }
+    forget_database(dboid);
     let mut shared = SHARED.exclusive();
     if shared.skipped_dbs.contains(&dboid) {
         return;
@@ -235,4 +391,87 @@ fn wake_launcher_on_commit() {
     }
     ensure_callback();
     WAKE_LAUNCHER.set(true);
+}
+
+type PoolRow = (
+    pg_sys::Oid,
+    i32,
+    bool,
+    Option<pgrx::datum::TimestampWithTimeZone>,
+    Option<pgrx::datum::TimestampWithTimeZone>,
+    Option<pgrx::datum::TimestampWithTimeZone>,
+    bool,
+);
+
+fn timestamp(ms: i64) -> Option<pgrx::datum::TimestampWithTimeZone> {
+    // Unix ms -> PostgreSQL's microseconds since 2000-01-01
+    (ms > 0).then(|| {
+        let pg_us = (ms - 946_684_800_000) * 1000;
+        unsafe { pgrx::datum::TimestampWithTimeZone::from_datum(pg_sys::Datum::from(pg_us), false) }
+            .expect("a timestamp")
+    })
+}
+
+/// Body of `event_bus._worker_pool_state()`: the pool's view of every database it tracks.
+#[pg_extern(sql = false)]
+fn worker_pool_state() -> TableIterator<
+    'static,
+    (
+        name!(dboid, pg_sys::Oid),
+        name!(workers, i32),
+        name!(wanted, bool),
+        name!(waiting_since, Option<pgrx::datum::TimestampWithTimeZone>),
+        name!(next_due_at, Option<pgrx::datum::TimestampWithTimeZone>),
+        name!(last_visit_at, Option<pgrx::datum::TimestampWithTimeZone>),
+        name!(busy, bool),
+    ),
+> {
+    let rows: Vec<PoolRow> = if attached() {
+        let shared = SHARED.share();
+        shared
+            .dbs
+            .iter()
+            .filter(|d| d.dboid != 0)
+            .map(|d| {
+                (
+                    pg_sys::Oid::from(d.dboid),
+                    d.workers as i32,
+                    d.wanted,
+                    timestamp(if d.workers == 0 { d.wanted_since } else { 0 }),
+                    timestamp(d.next_due),
+                    timestamp(d.last_visit),
+                    d.busy,
+                )
+            })
+            .collect()
+    } else {
+        vec![]
+    };
+    TableIterator::new(rows)
+}
+
+/// Body of `event_bus._pool_summary()`: (workers running, databases waiting for one, times the pool
+/// was found full, worker starts that failed) — for metrics() and the warning at CREATE EXTENSION.
+#[pg_extern(sql = false)]
+fn pool_summary() -> TableIterator<
+    'static,
+    (
+        name!(workers, i64),
+        name!(waiting, i64),
+        name!(full_total, i64),
+        name!(start_failures_total, i64),
+    ),
+> {
+    let row = if attached() {
+        let shared = SHARED.share();
+        (
+            shared.dbs.iter().map(|d| d.workers as i64).sum(),
+            shared.pool_waiting as i64,
+            shared.pool_full_total as i64,
+            shared.start_failures_total as i64,
+        )
+    } else {
+        (0, 0, 0, 0)
+    };
+    TableIterator::once(row)
 }

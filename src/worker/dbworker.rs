@@ -152,6 +152,14 @@ fn run(dboid: pg_sys::Oid) -> i32 {
     let mut waiting_for_update = false;
     let mut last_claim_at = Instant::now();
     let mut last_round_small = false;
+    // the pool: this worker serves this database until it has had nothing to do for
+    // event_bus.worker_idle_ms, or, when other databases wait for a worker, until its slice ends
+    let started = Instant::now();
+    let mut last_busy = Instant::now();
+    let mut last_more = false;
+    let mut yielding = false;
+    let mut yielding_since: Option<Instant> = None;
+    let dboid_u32 = dboid.to_u32();
 
     loop {
         if shutdown_requested() {
@@ -228,7 +236,8 @@ fn run(dboid: pg_sys::Oid) -> i32 {
 
         // 3. fan out and claim while the sender is about to run dry (subscriptions this worker
         //    holds enough of are left out: their deliveries stay in the table for a later claim)
-        let room = sched.http_backlog(batch_size) < (batch_size / 2).max(1)
+        let room = !yielding
+            && sched.http_backlog(batch_size) < (batch_size / 2).max(1)
             && sched.in_flight() < concurrency + 2 * batch_size
             && finished.len() < batch_size;
         let mut more = false;
@@ -240,6 +249,8 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                 }
             }
             let full = sched.full(batch_size);
+            // what was signalled before this point, this round sees
+            shmem::claiming(dboid_u32, last_more);
             let result = in_transaction("claiming deliveries", || {
                 if !extension_present() {
                     return None;
@@ -277,6 +288,10 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                     waiting_for_update = false;
                     backoff_on_error = Duration::from_millis(100);
                     more = round.more;
+                    last_more = round.more;
+                    if more || !round.jobs.is_empty() {
+                        last_busy = Instant::now();
+                    }
                     last_claim_at = Instant::now();
                     last_round_small = !more && round.jobs.len() < (batch_size / 20).max(1);
                     next_due = round
@@ -311,7 +326,43 @@ fn run(dboid: pg_sys::Oid) -> i32 {
         }
         sched.tidy();
 
-        // 6. wait: not at all while a round found more or SQL handlers are queued; else for a
+        // 6. leave the database (the pool): when its slice is over and others wait, stop claiming
+        //    and go once what is in flight is recorded; when there is nothing to do, go after
+        //    event_bus.worker_idle_ms (at once if others wait). Due retries are handed to the
+        //    launcher, which brings a worker back for them.
+        let others = shmem::others_waiting();
+        if !yielding
+            && others
+            && started.elapsed() >= Duration::from_millis(guc::WORKER_SLICE_MS.get().max(10) as u64)
+        {
+            yielding = true;
+        }
+        let quiet = sched.in_flight() == 0 && finished.is_empty() && !sched.has_sql();
+        if quiet {
+            let due_now = next_due.is_some_and(|d| d <= Instant::now() + Duration::from_millis(20));
+            let idle_for = last_busy.elapsed();
+            let idle_limit = Duration::from_millis(guc::WORKER_IDLE_MS.get().max(0) as u64);
+            let leave =
+                yielding || (!due_now && !(more && room) && (others || idle_for >= idle_limit));
+            if leave {
+                let due_ms = next_due.map(|d| {
+                    shmem::now_ms() + d.saturating_duration_since(Instant::now()).as_millis() as i64
+                });
+                // work left behind: a backlog its last round saw (due retries go by due_ms)
+                shmem::leaving(dboid_u32, due_ms.unwrap_or(0), last_more);
+                return 0;
+            }
+        }
+        if yielding
+            && yielding_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(2)
+        {
+            // a slow endpoint holds the slice: hand what is still in flight back (its leases are
+            // released; a request already sent may be sent again, with the same webhook-id)
+            shmem::leaving(dboid_u32, 0, true);
+            break;
+        }
+
+        // 7. wait: not at all while a round found more or SQL handlers are queued; else for a
         //    commit, an outcome, the record delay, the next due time or a job turning stale
         if (more && room) || sched.has_sql() {
             continue;
@@ -334,7 +385,11 @@ fn run(dboid: pg_sys::Oid) -> i32 {
     }
 
     shutdown(&dispatcher, &mut sched, finished);
-    1
+    if yielding {
+        0
+    } else {
+        1
+    }
 }
 
 /// Run queued SQL handlers, subscriptions taking turns, in one transaction, until SQL_SLICE has

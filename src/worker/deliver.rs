@@ -456,8 +456,7 @@ impl Dispatcher {
         let (wake_read, wake_write) = pipe()?;
         let wake_write = Arc::new(wake_write);
         // every request in flight may go to the same host: keep as many connections
-        let clients =
-            Clients::build(idle_per_host.max(max_in_flight)).map_err(std::io::Error::other)?;
+        let pool_size = idle_per_host.max(max_in_flight);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -473,6 +472,28 @@ impl Dispatcher {
         let spawned = std::thread::Builder::new()
             .name("event_bus-io".into())
             .spawn(move || {
+                // built here, not by the caller: loading the TLS roots takes a while, and a worker
+                // started for a database's first event claims it meanwhile
+                let clients = match Clients::build(pool_size) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // every request fails with why, as an attempt (the worker logs it)
+                        while let Some(req) = rx.blocking_recv() {
+                            let o = Outcome::failure(
+                                req.token,
+                                format!("cannot build the HTTP client: {e}"),
+                                Duration::ZERO,
+                            );
+                            if res_tx.send(o).is_ok() {
+                                let b = [1u8];
+                                unsafe {
+                                    libc::write(wake_write.as_raw_fd(), b.as_ptr() as *const _, 1)
+                                };
+                            }
+                        }
+                        return;
+                    }
+                };
                 runtime.block_on(async move {
                     let mut groups = Groups::default();
                     while let Some(req) = rx.recv().await {

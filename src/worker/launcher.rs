@@ -13,7 +13,7 @@ use pgrx::bgworkers::{
 };
 use pgrx::prelude::*;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[pg_guard]
 #[no_mangle]
@@ -29,51 +29,60 @@ pub extern "C-unwind" fn event_bus_launcher_main(_arg: pg_sys::Datum) {
     }
     log("event_bus launcher started");
 
-    let mut workers: HashMap<(u32, i32), DynamicBackgroundWorker> = HashMap::new();
-    let mut scans: u64 = 0;
+    let mut workers: HashMap<u32, Vec<DynamicBackgroundWorker>> = HashMap::new();
+    let mut last_listing: Option<Instant> = None;
+    let mut last_skip_reset = Instant::now();
+    let mut last_start_failure_log: Option<Instant> = None;
     loop {
         reload_config_if_requested();
-        scans += 1;
-        if scans % 60 == 0 {
-            // every ~10 minutes probe skipped databases again (e.g. a DROP DATABASE that failed)
+        if last_skip_reset.elapsed() >= Duration::from_secs(600) {
+            // a database may have gained the extension without waking us (a restore, say)
             shmem::SHARED.exclusive().skipped_dbs = [0; shmem::MAX_SKIPPED_DBS];
+            last_skip_reset = Instant::now();
         }
-        match in_transaction("listing databases", list_databases) {
-            Ok(dbs) => {
-                let per_db = guc::WORKERS.get();
-                // forget workers that have stopped
-                workers.retain(|_, w| {
-                    matches!(
-                        w.pid(),
-                        Ok(_) | Err(pgrx::bgworkers::BackgroundWorkerStatus::NotYetStarted)
-                    )
-                });
-                for db in dbs {
-                    if shmem::is_skipped(db) {
-                        continue;
-                    }
-                    for n in 0..per_db {
-                        if workers.contains_key(&(db, n)) {
-                            continue;
-                        }
-                        match start_worker(db, n) {
-                            Some(w) => {
-                                workers.insert((db, n), w);
-                            }
-                            None => {
-                                log("event_bus launcher: could not start a delivery worker \
-                                     (raise max_worker_processes)");
-                                break;
-                            }
-                        }
+        // workers that ended (each exit also sets our latch: we are their notify pid)
+        for ws in workers.values_mut() {
+            ws.retain(|w| {
+                matches!(
+                    w.pid(),
+                    Ok(_) | Err(pgrx::bgworkers::BackgroundWorkerStatus::NotYetStarted)
+                )
+            });
+        }
+        workers.retain(|_, ws| !ws.is_empty());
+        if last_listing.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            match in_transaction("listing databases", list_databases) {
+                Ok(dbs) => sync_databases(&dbs, &workers),
+                Err(e) => log(&format!("event_bus launcher: {e}")),
+            }
+            last_listing = Some(Instant::now());
+        }
+        let plan = plan_starts(&workers);
+        for db in plan {
+            match start_worker(db) {
+                Some(w) => {
+                    workers.entry(db).or_default().push(w);
+                    let mut shared = shmem::SHARED.exclusive();
+                    if let Some(d) = shared.dbs.iter_mut().find(|d| d.dboid == db) {
+                        d.workers = workers[&db].len() as u16;
+                        d.last_visit = shmem::now_ms();
+                        d.next_due = 0;
+                        d.busy = false;
                     }
                 }
+                None => {
+                    shmem::SHARED.exclusive().start_failures_total += 1;
+                    if last_start_failure_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                    {
+                        log("event_bus launcher: could not start a delivery worker: every background worker \
+                             slot is taken (raise max_worker_processes, or lower event_bus.max_workers)");
+                        last_start_failure_log = Some(Instant::now());
+                    }
+                    break;
+                }
             }
-            Err(e) => log(&format!("event_bus launcher: {e}")),
         }
-        // woken by CREATE EXTENSION, a worker exiting (bgw_notify_pid) or SIGHUP; else rescan
-        // now and then for new databases
-        if !wait(None, Duration::from_secs(10)) {
+        if !wait(None, next_wake()) {
             break;
         }
     }
@@ -87,13 +96,99 @@ pub extern "C-unwind" fn event_bus_launcher_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
-fn start_worker(db: u32, n: i32) -> Option<DynamicBackgroundWorker> {
-    BackgroundWorkerBuilder::new(&format!("event_bus worker {n} for database {db}"))
+/// Make the pool's view of the databases match the catalog: a state for every database that
+/// allows connections (a worker's first visit finds out whether it has the extension), none for
+/// dropped ones; and each state's worker count from our own handles.
+fn sync_databases(dbs: &[u32], workers: &HashMap<u32, Vec<DynamicBackgroundWorker>>) {
+    let mut shared = shmem::SHARED.exclusive();
+    for d in shared.dbs.iter_mut() {
+        if d.dboid != 0 && !dbs.contains(&d.dboid) && !workers.contains_key(&d.dboid) {
+            *d = shmem::DbState::default();
+        }
+    }
+    for &db in dbs {
+        if shared.skipped_dbs.contains(&db) || shared.dbs.iter().any(|d| d.dboid == db) {
+            continue;
+        }
+        if let Some(free) = shared.dbs.iter_mut().find(|d| d.dboid == 0) {
+            *free = shmem::DbState {
+                dboid: db,
+                ..Default::default()
+            };
+        }
+    }
+}
+
+/// Which databases get a worker now, oldest need first: one that wants a worker (work signalled,
+/// a retry due, a periodic visit) and has none, or whose workers report a backlog (up to
+/// event_bus.workers each) — as many as the pool (event_bus.max_workers) has room for. Those left
+/// over are counted as waiting: their workers-to-be make running ones yield their slices.
+fn plan_starts(workers: &HashMap<u32, Vec<DynamicBackgroundWorker>>) -> Vec<u32> {
+    let now = shmem::now_ms();
+    let per_db = guc::WORKERS.get().max(1) as usize;
+    let pool = guc::MAX_WORKERS.get().max(1) as usize;
+    let visit = guc::VISIT_INTERVAL_MS.get().max(1000) as i64;
+    let running: usize = workers.values().map(|w| w.len()).sum();
+    let mut shared = shmem::SHARED.exclusive();
+    let skipped = shared.skipped_dbs;
+    let mut wants: Vec<(i64, u32)> = Vec::new();
+    for d in shared.dbs.iter_mut().filter(|d| d.dboid != 0) {
+        let n = workers.get(&d.dboid).map_or(0, |w| w.len());
+        d.workers = n as u16;
+        if skipped.contains(&d.dboid) {
+            continue;
+        }
+        if n == 0 && !d.wanted && now - d.last_visit >= visit {
+            // the periodic visit: retention, breaker probes, anything emitted without a wake
+            d.wanted = true;
+            d.wanted_since = now;
+        }
+        let due = d.next_due > 0 && d.next_due <= now;
+        if n == 0 && (d.wanted || due) {
+            let since = if d.wanted { d.wanted_since } else { d.next_due };
+            wants.push((since, d.dboid));
+        } else if n > 0 && n < per_db && d.busy {
+            wants.push((now, d.dboid));
+        }
+    }
+    wants.sort();
+    let room = pool.saturating_sub(running);
+    let waiting = wants.len().saturating_sub(room) as u32;
+    if waiting > 0 && shared.pool_waiting == 0 {
+        shared.pool_full_total += 1;
+    }
+    shared.pool_waiting = waiting;
+    if waiting > 0 {
+        // workers idling with their databases leave at once when they see others waiting:
+        // wake them to look
+        for slot in shared.slots.iter().filter(|s| s.in_use && s.latch != 0) {
+            unsafe { pg_sys::SetLatch(slot.latch as *mut pg_sys::Latch) };
+        }
+    }
+    wants.into_iter().take(room).map(|(_, db)| db).collect()
+}
+
+/// How long the launcher may sleep: until the next due retry a departed worker left, at most a
+/// second (periodic visits, the pool's waiting list); commits and worker exits wake it sooner.
+fn next_wake() -> Duration {
+    let now = shmem::now_ms();
+    let shared = shmem::SHARED.share();
+    let next = shared
+        .dbs
+        .iter()
+        .filter(|d| d.dboid != 0 && d.workers == 0 && d.next_due > 0)
+        .map(|d| d.next_due - now)
+        .min()
+        .unwrap_or(1000);
+    Duration::from_millis(next.clamp(1, 1000) as u64)
+}
+
+fn start_worker(db: u32) -> Option<DynamicBackgroundWorker> {
+    BackgroundWorkerBuilder::new(&format!("event_bus worker for database {db}"))
         .set_type("event_bus worker")
         .set_library(LIBRARY)
         .set_function("event_bus_worker_main")
         .set_argument(Some(pg_sys::Datum::from(db)))
-        .set_extra(&n.to_string())
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(None)

@@ -557,6 +557,12 @@ fn request(conn: &str, sink: &str, calls: usize) {
     let (sql50, sql99) = time(&mut || {
         c2.query_one(&ask_sql, &[&TENANT]).unwrap();
     });
+    // the same without waiting for the commit's WAL flush: what the record's durability costs
+    c2.batch_execute("SET synchronous_commit = off").unwrap();
+    let (async50, async99) = time(&mut || {
+        c2.query_one(&ask_sql, &[&TENANT]).unwrap();
+    });
+    c2.batch_execute("RESET synchronous_commit").unwrap();
     let direct = c2
         .prepare("SELECT bench.h(e)::text FROM event_bus.module_events e WHERE e.id = $1::text::uuid")
         .unwrap();
@@ -601,7 +607,7 @@ fn request(conn: &str, sink: &str, calls: usize) {
         }
     });
     println!(
-        "sql_p50_ms={sql50:.3} sql_p99_ms={sql99:.3} direct_p50_ms={d50:.3} direct_p99_ms={d99:.3} \
+        "sql_p50_ms={sql50:.3} sql_p99_ms={sql99:.3} async_p50_ms={async50:.3} async_p99_ms={async99:.3} direct_p50_ms={d50:.3} direct_p99_ms={d99:.3} \
          http_p50_ms={h50:.3} http_p99_ms={h99:.3} bare_p50_ms={b50:.3} bare_p99_ms={b99:.3}"
     );
 }
