@@ -18,6 +18,8 @@
 #             subscription's rate beside a neighbour failing every delivery, beside the rate alone
 #   request   event_bus.request round trip p50/p99 from one client: to a SQL responder beside calling the
 #             function directly, to an HTTP responder (nginx) beside a bare HTTP POST to it
+#   pool      POOL_DATABASES (200) databases sharing the worker pool: deliveries/s with events spread over all
+#             of them beside the same events in one database; first event into an idle database p50/p99
 #   growth    delivery and SQL-handler rates again with GROWTH_EVENTS (5,000,000) completed events,
 #             deliveries and logs in the tables; table sizes before and after retention
 # Exits non-zero if a run errors, not when a target is missed.
@@ -28,7 +30,7 @@ cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000 100000}"
 RUNS="${RUNS:-3}"
 LAT_EVENTS="${LAT_EVENTS:-300}"
-SECTIONS="${SECTIONS:-delivery latency fanout ordered isolation sustained sql request emit contract batch growth}"
+SECTIONS="${SECTIONS:-delivery latency fanout ordered isolation sustained sql request pool emit contract batch growth}"
 EMIT_SECONDS="${EMIT_SECONDS:-5}"
 GROWTH_EVENTS="${GROWTH_EVENTS:-5000000}"
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -102,6 +104,7 @@ checkpoint_timeout = '30min'
 event_bus.retention = ''
 event_bus.batch_size = 500
 event_bus.workers = ${BENCH_WORKERS:-1}
+max_connections = 300
 CONF
 [ -n "${BENCH_CONCURRENCY:-}" ] && echo "event_bus.max_concurrency = $BENCH_CONCURRENCY" >> "$WORK/data/postgresql.conf"
 [ -n "${BENCH_NOTIFY:-}" ] && echo "event_bus.notify = $BENCH_NOTIFY" >> "$WORK/data/postgresql.conf"
@@ -284,6 +287,23 @@ if want request; then
     ROWS+=("| request round trip p50 / p99 ms, SQL responder, $RQ_N calls | $(rq sql_p50) / $(rq sql_p99) | direct function call $(rq direct_p50) / $(rq direct_p99) | $(ratio "$(rq sql_p50)" "$(rq direct_p50)") (p50) | - |")
     ROWS+=("| (same) with synchronous_commit off: the record's commit not waited for | $(rq async_p50) / $(rq async_p99) | direct function call $(rq direct_p50) / $(rq direct_p99) | $(ratio "$(rq async_p50)" "$(rq direct_p50)") (p50) | - |")
     ROWS+=("| request round trip p50 / p99 ms, HTTP responder (nginx), $RQ_N calls | $(rq http_p50) / $(rq http_p99) | bare HTTP POST $(rq bare_p50) / $(rq bare_p99) | $(ratio "$(rq http_p50)" "$(rq bare_p50)") (p50) | - |")
+fi
+
+# --- the worker pool over many databases ---------------------------------------------------
+if want pool; then
+    POOL_N="${POOL_DATABASES:-200}"; POOL_E="${POOL_EVENTS_PER_DB:-100}"; POOL_S="${POOL_SAMPLES:-50}"
+    ps=(); po=(); p50=(); p99=()
+    for r in $(seq "$RUNS"); do
+        out="$("$DRIVER" pool "$CONN" "$POOL_N" "$POOL_E" "$POOL_S")"
+        echo "    pool run $r: $out" >&2
+        ps+=("$(sed -n 's/.*spread_per_s=\([0-9.]*\).*/\1/p' <<<"$out")")
+        po+=("$(sed -n 's/.*one_db_per_s=\([0-9.]*\).*/\1/p' <<<"$out")")
+        p50+=("$(sed -n 's/.*first_p50_ms=\([0-9.]*\).*/\1/p' <<<"$out")")
+        p99+=("$(sed -n 's/.*first_p99_ms=\([0-9.]*\).*/\1/p' <<<"$out")")
+    done
+    m() { printf '%s\n' "$@" | median; }
+    ROWS+=("| deliveries/s, $((POOL_N * POOL_E)) events spread over $POOL_N databases (pool of 4) | $(m "${ps[@]}") | the same in one database $(m "${po[@]}") | $(ratio "$(m "${ps[@]}")" "$(m "${po[@]}")") | - |")
+    ROWS+=("| first event into an idle database (no worker), commit -> handler p50 / p99 ms, $POOL_S samples | $(m "${p50[@]}") / $(m "${p99[@]}") | | | p99 < 50 |")
 fi
 
 # --- emit overhead on the business write (pgbench) -----------------------------------------

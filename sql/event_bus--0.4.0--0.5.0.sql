@@ -2346,7 +2346,8 @@ REVOKE ALL ON FUNCTION event_bus._write_scope(), event_bus._rearm(uuid[]), event
     event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer),
     event_bus._maintenance(integer), event_bus._sweep_deleted_subscriptions(interval),
     event_bus._lock_streams(), event_bus._advance_streams(uuid[]),
-    event_bus._order_streams(uuid[]) FROM PUBLIC;
+    event_bus._order_streams(uuid[]), event_bus._idempotency_gate(uuid[]),
+    event_bus._idempotency_settle(uuid[], uuid[]) FROM PUBLIC;
 -- reading: a tenant's readers (row-level security filters), admins
 REVOKE ALL ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer),
     event_bus.event_detail(uuid), event_bus.event_stats(interval, uuid),

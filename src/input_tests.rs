@@ -252,7 +252,7 @@ mod tests {
         assert_eq!(
             executable,
             "assert_emitted,current_tenant,emit_module_event,emit_module_events,emitted_events,matches,publish_event,\
-             uuid_v7_lower_bound"
+             request,try_request,uuid_v7_lower_bound"
         );
         // internal functions that change state are not callable by PUBLIC either
         for f in [
@@ -263,6 +263,10 @@ mod tests {
             "event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer)",
             "event_bus._maintenance(integer)",
             "event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid)",
+            "event_bus._request_call(uuid, integer)",
+            "event_bus._idempotency_gate(uuid[])",
+            "event_bus._idempotency_settle(uuid[], uuid[])",
+            "event_bus._worker_pool_state()",
         ] {
             assert_eq!(
                 Spi::get_one::<bool>(&format!("SELECT has_function_privilege('eb_nobody', '{f}', 'EXECUTE')")).unwrap(),
