@@ -48,10 +48,13 @@ CREATE TABLE event_bus._idempotency_keys (
     key             text        NOT NULL,
     delivery_id     uuid        NOT NULL,
     state           text        NOT NULL,
+    -- claimed: until when the holder's lease runs (after it, another delivery may take the key)
+    claimed_until   timestamptz,
     handled_at      timestamptz,
     CONSTRAINT _idempotency_keys_pkey PRIMARY KEY (subscription_id, tenant_id, key),
     CONSTRAINT _idempotency_keys_state_check CHECK (
-        (state = 'claimed' AND handled_at IS NULL) OR (state = 'done' AND handled_at IS NOT NULL)),
+        (state = 'claimed' AND claimed_until IS NOT NULL AND handled_at IS NULL)
+        OR (state = 'done' AND handled_at IS NOT NULL)),
     CONSTRAINT _idempotency_keys_subscription_fkey FOREIGN KEY (subscription_id)
         REFERENCES event_bus.module_event_subscriptions (id) ON DELETE CASCADE
 );
@@ -2194,10 +2197,10 @@ DECLARE
     v_deferred uuid[] := '{}';
 BEGIN
     -- the first delivery (in emit order) of each key takes it: when it is free, held by itself
-    -- (a retry, a replay), held by a delivery no longer under way (failed, or its lease ended),
-    -- or handled longer ago than the window
+    -- (a retry, a replay), held by a delivery whose lease ended (its worker died; a failure frees
+    -- the key at once), or handled longer ago than the window
     WITH k AS (
-        SELECT d.id, d.subscription_id, d.tenant_id, d.event_id,
+        SELECT d.id, d.subscription_id, d.tenant_id, d.event_id, d.next_attempt_at AS lease_end,
                event_bus._idempotency_value(s.idempotency_key, e) AS key
           FROM event_bus.module_event_deliveries d
           JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
@@ -2208,21 +2211,22 @@ BEGIN
           FROM k WHERE k.key IS NOT NULL
          ORDER BY k.subscription_id, k.tenant_id, k.key, k.event_id
     ), ins AS (
-        INSERT INTO event_bus._idempotency_keys AS x (subscription_id, tenant_id, key, delivery_id, state)
-        SELECT f.subscription_id, f.tenant_id, f.key, f.id, 'claimed'
+        INSERT INTO event_bus._idempotency_keys AS x
+            (subscription_id, tenant_id, key, delivery_id, state, claimed_until)
+        SELECT f.subscription_id, f.tenant_id, f.key, f.id, 'claimed', f.lease_end
           FROM firsts f
          ORDER BY f.subscription_id, f.tenant_id, f.key
+        -- decided on the key's row alone, as it stands after a concurrent claim committed (its
+        -- latest version): rows of other tables would be read in this statement's older snapshot
         ON CONFLICT (subscription_id, tenant_id, key) DO UPDATE
-           SET delivery_id = excluded.delivery_id, state = 'claimed', handled_at = NULL
+           SET delivery_id = excluded.delivery_id, state = 'claimed', claimed_until = excluded.claimed_until,
+               handled_at = NULL
          WHERE x.delivery_id = excluded.delivery_id
             OR (x.state = 'done'
                 AND x.handled_at < now() - coalesce((SELECT s.idempotency_window
                                                        FROM event_bus.module_event_subscriptions s
                                                       WHERE s.id = x.subscription_id), interval '7 days'))
-            OR (x.state = 'claimed'
-                AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries h
-                                 WHERE h.id = x.delivery_id AND h.status = 'processing'
-                                   AND h.next_attempt_at > now()))
+            OR (x.state = 'claimed' AND x.claimed_until < now())
         RETURNING x.delivery_id)
     SELECT coalesce(array_agg(ins.delivery_id), '{}') INTO v_taken FROM ins;
 
@@ -2271,7 +2275,7 @@ LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
     UPDATE event_bus._idempotency_keys x
-       SET state = 'done', handled_at = now()
+       SET state = 'done', handled_at = now(), claimed_until = NULL
      WHERE x.delivery_id = ANY (p_handled) AND x.state = 'claimed';
     -- a failed attempt does not count as handled: the key is free for the retry or another delivery
     DELETE FROM event_bus._idempotency_keys x

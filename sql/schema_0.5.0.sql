@@ -43,10 +43,13 @@ CREATE TABLE event_bus._idempotency_keys (
     key             text        NOT NULL,
     delivery_id     uuid        NOT NULL,
     state           text        NOT NULL,
+    -- claimed: until when the holder's lease runs (after it, another delivery may take the key)
+    claimed_until   timestamptz,
     handled_at      timestamptz,
     CONSTRAINT _idempotency_keys_pkey PRIMARY KEY (subscription_id, tenant_id, key),
     CONSTRAINT _idempotency_keys_state_check CHECK (
-        (state = 'claimed' AND handled_at IS NULL) OR (state = 'done' AND handled_at IS NOT NULL)),
+        (state = 'claimed' AND claimed_until IS NOT NULL AND handled_at IS NULL)
+        OR (state = 'done' AND handled_at IS NOT NULL)),
     CONSTRAINT _idempotency_keys_subscription_fkey FOREIGN KEY (subscription_id)
         REFERENCES event_bus.module_event_subscriptions (id) ON DELETE CASCADE
 );

@@ -324,7 +324,10 @@ unsafe extern "C-unwind" fn xact_callback(
                 wake_database(unsafe { pg_sys::MyDatabaseId });
             }
             if WAKE_LAUNCHER.replace(false) {
-                unskip_database(unsafe { pg_sys::MyDatabaseId }.to_u32());
+                let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+                unskip_database(db);
+                // CREATE EXTENSION, ALTER EXTENSION UPDATE: a worker comes to look at once
+                mark_wanted(db);
                 wake_launcher();
             }
             if CONTRACTS_CHANGED.replace(false) {

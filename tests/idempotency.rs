@@ -77,16 +77,20 @@ fn two_workers_handle_each_key_once_and_a_failed_first_delivery_does_not_count()
 
     let finished =
         "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'completed'";
+    // the backlog gets the database its second worker (event_bus.workers = 2)
+    let mut most = 0;
     wait_for(
         "all 2,000 deliveries completed",
         Duration::from_secs(90),
-        || (count(&mut c, finished) == 2000).then_some(()),
+        || {
+            most = most.max(count(
+                &mut c,
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_bus worker'",
+            ));
+            (count(&mut c, finished) == 2000).then_some(())
+        },
     );
-    let workers = count(
-        &mut c,
-        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_bus worker'",
-    );
-    assert_eq!(workers, 2);
+    assert_eq!(most, 2, "both workers took part");
 
     // the SQL handler ran once per key
     assert_eq!(count(&mut c, "SELECT count(*) FROM public.picked"), 200);

@@ -154,7 +154,12 @@ fn an_ordered_subscription_delivers_each_entity_in_emit_order_through_random_fai
 
     // 1,000 events over 50 entities
     emit_streams(&mut c, "order.changed", 50, 20);
+    let mut most = 0;
     wait_for("1,000 ordered successes", Duration::from_secs(120), || {
+        most = most.max(count(
+            &mut c,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_bus worker' AND datname = 'ordered_db'",
+        ));
         let n: usize = streams
             .lock()
             .unwrap()
@@ -185,12 +190,8 @@ fn an_ordered_subscription_delivers_each_entity_in_emit_order_through_random_fai
     );
     // the unordered subscription got everything too, without waiting on the ordered one's streams
     assert_eq!(unordered_rx.count("/unordered"), 1000);
-    // both workers took part
-    let workers = count(
-        &mut c,
-        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_bus worker' AND datname = 'ordered_db'",
-    );
-    assert_eq!(workers, 2);
+    // both workers took part (event_bus.workers = 2: the pool gives a database with work both)
+    assert_eq!(most, 2);
 }
 
 #[test]
@@ -455,10 +456,17 @@ fn in_flight_and_rate_caps_hold_over_two_workers_without_slowing_other_subscript
         || (rx.count("/free") == 110).then_some(()),
     );
     let free_done = started.elapsed();
+    let mut most = 0;
     wait_for(
         "every capped and paced delivery",
         Duration::from_secs(60),
-        || (rx.count("/capped") == 60 && rx.count("/paced") == 50).then_some(()),
+        || {
+            most = most.max(count(
+            &mut c,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_bus worker' AND datname = 'limits_db'",
+        ));
+            (rx.count("/capped") == 60 && rx.count("/paced") == 50).then_some(())
+        },
     );
     let paced_done = started.elapsed();
     assert!(
@@ -493,9 +501,5 @@ fn in_flight_and_rate_caps_hold_over_two_workers_without_slowing_other_subscript
         span >= Duration::from_millis(2300),
         "50 requests at 20/s took only {span:?}"
     );
-    let workers = count(
-        &mut c,
-        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_bus worker' AND datname = 'limits_db'",
-    );
-    assert_eq!(workers, 2);
+    assert_eq!(most, 2, "both workers served the limited subscriptions");
 }

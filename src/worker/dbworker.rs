@@ -278,6 +278,15 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                         ));
                         waiting_for_update = true;
                     }
+                    // the slot in the pool is not held for it: leave when idle or when others
+                    // wait (ALTER EXTENSION ... UPDATE brings a worker back at its commit)
+                    if shmem::others_waiting()
+                        || last_busy.elapsed()
+                            >= Duration::from_millis(guc::WORKER_IDLE_MS.get().max(0) as u64)
+                    {
+                        shmem::leaving(dboid_u32, 0, false);
+                        return 0;
+                    }
                     let poll = Duration::from_millis(guc::POLL_INTERVAL_MS.get().max(10) as u64);
                     if !wait(Some(dispatcher.wake_fd()), poll) {
                         break;
@@ -385,6 +394,9 @@ fn run(dboid: pg_sys::Oid) -> i32 {
     }
 
     shutdown(&dispatcher, &mut sched, finished);
+    // stopped (SIGTERM: pg_terminate_backend, a slow slice handed back): what it released is due
+    // now, so the database wants a worker again (a database being dropped is forgotten already)
+    shmem::leaving(dboid_u32, 0, true);
     if yielding {
         0
     } else {

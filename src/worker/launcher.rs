@@ -119,9 +119,9 @@ fn sync_databases(dbs: &[u32], workers: &HashMap<u32, Vec<DynamicBackgroundWorke
     }
 }
 
-/// Which databases get a worker now, oldest need first: one that wants a worker (work signalled,
-/// a retry due, a periodic visit) and has none, or whose workers report a backlog (up to
-/// event_bus.workers each) — as many as the pool (event_bus.max_workers) has room for. Those left
+/// Which databases get a worker now, oldest need first: one that wants workers (work signalled,
+/// a retry due, a periodic visit) gets up to event_bus.workers, as does one whose workers report
+/// a backlog — as many as the pool (event_bus.max_workers) has room for. Those left
 /// over are counted as waiting: their workers-to-be make running ones yield their slices.
 fn plan_starts(workers: &HashMap<u32, Vec<DynamicBackgroundWorker>>) -> Vec<u32> {
     let now = shmem::now_ms();
@@ -144,9 +144,12 @@ fn plan_starts(workers: &HashMap<u32, Vec<DynamicBackgroundWorker>>) -> Vec<u32>
             d.wanted_since = now;
         }
         let due = d.next_due > 0 && d.next_due <= now;
-        if n == 0 && (d.wanted || due) {
+        if n < per_db && (d.wanted || due) {
+            // work: the database gets its event_bus.workers (the first ones first)
             let since = if d.wanted { d.wanted_since } else { d.next_due };
-            wants.push((since, d.dboid));
+            for k in n..per_db {
+                wants.push((since + k as i64, d.dboid));
+            }
         } else if n > 0 && n < per_db && d.busy {
             wants.push((now, d.dboid));
         }

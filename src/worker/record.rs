@@ -304,7 +304,14 @@ pub fn release(unfinished: &[Claimed]) {
                FROM unnest($1::uuid[], $2::int[]) AS o(id, attempt)
               WHERE d.id = o.id AND d.status = 'processing' AND d.attempts = o.attempt",
             None,
-            &[ids.into(), attempts.into()],
+            &[ids.clone().into(), attempts.into()],
+        )?;
+        // the idempotency keys they held are free again (not handled)
+        client.update(
+            "DELETE FROM event_bus._idempotency_keys x
+              WHERE x.delivery_id = ANY ($1::uuid[]) AND x.state = 'claimed'",
+            None,
+            &[ids.into()],
         )?;
         Ok::<(), pgrx::spi::Error>(())
     })
