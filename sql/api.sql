@@ -225,6 +225,19 @@ COMMENT ON FUNCTION event_bus._refresh_event_status(uuid[]) IS
 -- Internal: an IP-literal URL must be inside event_bus.allowed_networks (host names are checked by
 -- the worker against every address they resolve to, when it connects).
 ------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus._check_broker_url(p_url text) RETURNS text
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'check_broker_url_wrapper';
+COMMENT ON FUNCTION event_bus._check_broker_url(text) IS
+    'Internal: the subscription kind of a broker URL (amqp for amqp:// and amqps://, nats for nats:// and '
+    'tls://), or 22023 saying what is wrong (its password masked).';
+
+CREATE OR REPLACE FUNCTION event_bus._mask_url(p_url text) RETURNS text
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'mask_url_wrapper';
+COMMENT ON FUNCTION event_bus._mask_url(text) IS
+    'Internal: the URL with its password replaced by *** (amqp://user:***@host/...), for displays.';
+
 CREATE OR REPLACE FUNCTION event_bus._check_destination(p_url text) RETURNS void
 LANGUAGE plpgsql
 STABLE
@@ -239,7 +252,8 @@ BEGIN
     IF v_networks IS NULL THEN
         RETURN;
     END IF;
-    v_host := btrim(substring(p_url FROM '^[A-Za-z][A-Za-z0-9+.-]*://(\[[^]]*\]|[^:/?#]*)'), '[]');
+    -- (past any user:password@ of a broker URL)
+    v_host := btrim(substring(p_url FROM '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^]]*\]|[^:/?#]*)'), '[]');
     BEGIN
         v_ip := v_host::inet;
     EXCEPTION WHEN invalid_text_representation THEN
@@ -316,12 +330,29 @@ BEGIN
                   HINT = 'Pass either p_handler_url (an http(s) URL) or p_handler_function (an Edge Function '
                          'name or a SQL function taking event_bus.module_events), not both or neither.';
     END IF;
-    IF v_kind IS NOT NULL AND v_kind NOT IN ('http', 'edge_function', 'sql') THEN
+    IF v_kind IS NOT NULL AND v_kind NOT IN ('http', 'edge_function', 'sql', 'amqp', 'nats') THEN
         RAISE EXCEPTION 'event_bus: unknown handler kind %', v_kind
-            USING ERRCODE = '22023', HINT = 'Use ''http'', ''edge_function'' or ''sql'', or leave it NULL.';
+            USING ERRCODE = '22023', HINT = 'Use ''http'', ''edge_function'' or ''sql'' (or a broker URL), or leave it NULL.';
     END IF;
 
-    IF p_handler_url IS NOT NULL THEN
+    IF p_handler_url IS NOT NULL AND p_handler_url ~* '^(amqps?|nats|tls)://' THEN
+        -- a message broker: RabbitMQ (amqp, amqps) or NATS JetStream (nats, tls)
+        IF v_kind IS NOT NULL AND v_kind NOT IN ('amqp', 'nats') THEN
+            RAISE EXCEPTION 'event_bus: handler kind % does not take a broker URL', v_kind
+                USING ERRCODE = '22023', HINT = 'Leave p_handler_kind NULL: the URL''s scheme gives the kind.';
+        END IF;
+        v_kind := event_bus._check_broker_url(p_handler_url);
+        PERFORM event_bus._check_destination(p_handler_url);
+        IF coalesce(p_replies, false) THEN
+            RAISE EXCEPTION 'event_bus: a broker subscription cannot answer requests'
+                USING ERRCODE = '22023', HINT = 'Answer requests with an HTTP or SQL handler; leave p_replies false here.';
+        END IF;
+        IF p_secret IS NOT NULL THEN
+            RAISE EXCEPTION 'event_bus: p_secret signs HTTP requests; a broker subscription takes none'
+                USING ERRCODE = '22023',
+                      HINT = 'The broker authenticates the connection: put its user and password in the URL.';
+        END IF;
+    ELSIF p_handler_url IS NOT NULL THEN
         IF v_kind IS NOT NULL AND v_kind <> 'http' THEN
             RAISE EXCEPTION 'event_bus: handler kind % needs p_handler_function, not p_handler_url', v_kind
                 USING ERRCODE = '22023', HINT = 'Pass the target in p_handler_function.';
@@ -439,7 +470,8 @@ $$;
 
 COMMENT ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision, boolean, text, interval) IS
     'Subscribe a handler to an event-type pattern (* = one segment, # = zero or more). Exactly one target: '
-    'p_handler_url (http/https), or p_handler_function: an Edge Function name (resolved against '
+    'p_handler_url (http/https, or a broker: amqp[s]://user:password@host/vhost?exchange=NAME for RabbitMQ, '
+    'nats://host:4222?subject=PREFIX or tls:// for NATS JetStream), or p_handler_function: an Edge Function name (resolved against '
     'event_bus.edge_function_base_url) or a SQL function schema.name(event_bus.module_events). Optional: '
     'signing secret (Standard Webhooks), extra headers, timeout, retry limit, backoff, tenant filter; '
     'p_ordered: each entity''s events one at a time in emit order (a dead one parks its stream); '

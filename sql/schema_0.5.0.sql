@@ -30,6 +30,15 @@ COMMENT ON COLUMN event_bus.module_event_subscriptions.idempotency_key IS
 COMMENT ON COLUMN event_bus.module_event_subscriptions.idempotency_window IS
     'How long a handled idempotency key counts (default 7 days when a key is set).';
 
+-- Broker targets (RabbitMQ, NATS JetStream): the kind comes from the URL's scheme; the URL (with
+-- its credentials) stays in handler_url, which only admins read.
+ALTER TABLE event_bus.module_event_subscriptions
+    DROP CONSTRAINT module_event_subscriptions_kind_check,
+    ADD CONSTRAINT module_event_subscriptions_kind_check CHECK (
+        (handler_kind IN ('http', 'amqp', 'nats') AND handler_url IS NOT NULL AND handler_function IS NULL)
+        OR (handler_kind = 'edge_function' AND handler_url IS NULL AND handler_function IS NOT NULL)
+        OR (handler_kind = 'sql' AND handler_url IS NULL AND handler_function IS NOT NULL));
+
 GRANT SELECT (replies, idempotency_key, idempotency_window)
     ON event_bus.module_event_subscriptions TO event_bus_reader;
 

@@ -77,6 +77,26 @@ fn check_url(url: &str) -> bool {
     true
 }
 
+/// Body of `event_bus._check_broker_url(text)`: the subscription kind of a broker URL (amqp,
+/// nats), or 22023 saying what is wrong — with the password masked.
+#[pg_extern(sql = false)]
+fn check_broker_url(url: &str) -> String {
+    match crate::validate::parse_broker_url(url) {
+        Ok(b) => b.kind().to_string(),
+        Err(reason) => EventBusError::InvalidBrokerUrl {
+            value: truncate(&crate::validate::mask_url(url)),
+            reason,
+        }
+        .raise(),
+    }
+}
+
+/// Body of `event_bus._mask_url(text)`: the URL with its password shown as ***.
+#[pg_extern(sql = false)]
+fn mask_url(url: &str) -> String {
+    crate::validate::mask_url(url)
+}
+
 /// Raises 22023 unless `headers` is an object of valid header names to single-line strings.
 #[pg_extern(immutable, strict, parallel_safe, name = "_check_headers")]
 fn check_headers(headers: JsonB) -> bool {

@@ -13,6 +13,8 @@ pub enum EventBusError {
     InvalidPattern { value: String, reason: String },
     #[error("event_bus: invalid handler URL {value:?}: {reason}")]
     InvalidUrl { value: String, reason: String },
+    #[error("event_bus: invalid broker URL {value}: {reason}")]
+    InvalidBrokerUrl { value: String, reason: String },
     #[error("event_bus: invalid headers: {reason}")]
     InvalidHeaders { reason: String },
     #[error("event_bus: invalid signing secret: {reason}")]
@@ -78,6 +80,7 @@ impl EventBusError {
             EventBusError::InvalidEventType { .. }
             | EventBusError::InvalidPattern { .. }
             | EventBusError::InvalidUrl { .. }
+            | EventBusError::InvalidBrokerUrl { .. }
             | EventBusError::InvalidHeaders { .. }
             | EventBusError::InvalidSecret { .. }
             | EventBusError::LimitOutOfRange { .. }
@@ -105,6 +108,10 @@ impl EventBusError {
             EventBusError::InvalidPattern { .. } => {
                 "Use dot-separated segments; '*' matches exactly one segment and '#' zero or more, \
                  each as a whole segment, e.g. 'invoice.*' or 'sales.#'."
+            }
+            EventBusError::InvalidBrokerUrl { .. } => {
+                "Give amqp[s]://user:password@host:5672/vhost?exchange=NAME for RabbitMQ, or \
+                 nats://[user:password@]host:4222?subject=PREFIX (tls:// for TLS) for NATS JetStream."
             }
             EventBusError::InvalidUrl { .. } => {
                 "Give an absolute http:// or https:// URL with a host and no user:password part, \

@@ -120,3 +120,208 @@ mod pure_tests {
         assert!(validate_headers(&serde_json::json!({"webhook-id": "x"})).is_err());
     }
 }
+
+/// A message broker a subscription delivers to, from its handler URL (its kind is the scheme).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broker {
+    /// AMQP 0-9-1 (RabbitMQ): `amqp[s]://user:password@host:port/vhost?exchange=NAME`.
+    Amqp {
+        /// The connection URI (scheme, credentials, host, port, vhost), without the query.
+        uri: String,
+        exchange: String,
+    },
+    /// NATS JetStream: `nats://[user:password@]host:port?subject=PREFIX` (`tls://` for TLS).
+    Nats {
+        /// host:port
+        server: String,
+        tls: bool,
+        user: Option<String>,
+        password: Option<String>,
+        subject_prefix: String,
+    },
+}
+
+impl Broker {
+    /// The kind stored in module_event_subscriptions.handler_kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Broker::Amqp { .. } => "amqp",
+            Broker::Nats { .. } => "nats",
+        }
+    }
+}
+
+/// Is this URL's scheme one of a broker (amqp, amqps, nats, tls)?
+pub fn is_broker_url(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    ["amqp://", "amqps://", "nats://", "tls://"]
+        .iter()
+        .any(|s| lower.starts_with(s))
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// Parse and check a broker URL: scheme, host, credentials, the one query parameter its kind
+/// takes (AMQP `exchange`, NATS `subject`), nothing else. Errors never repeat the password.
+pub fn parse_broker_url(url: &str) -> Result<Broker, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("it does not parse ({e})"))?;
+    let scheme = parsed.scheme().to_string();
+    let host = match parsed.host_str() {
+        Some(h) if !h.is_empty() => h.to_string(),
+        _ => return Err("it has no host".into()),
+    };
+    if parsed.fragment().is_some() {
+        return Err("it has a #fragment".into());
+    }
+    let mut params: Vec<(String, String)> = Vec::new();
+    for (k, v) in parsed.query_pairs() {
+        if params.iter().any(|(name, _)| *name == k) {
+            return Err(format!("query parameter {k:?} is given twice"));
+        }
+        params.push((k.into_owned(), v.into_owned()));
+    }
+    let take = |name: &str, params: &[(String, String)]| -> Result<String, String> {
+        if let Some((unknown, _)) = params.iter().find(|(k, _)| k != name) {
+            return Err(format!(
+                "unknown query parameter {:?} (a {scheme}:// URL takes only {name}=...)",
+                unknown.chars().take(100).collect::<String>()
+            ));
+        }
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| format!("it names no {name} (add ?{name}=...)"))
+    };
+    match scheme.as_str() {
+        "amqp" | "amqps" => {
+            let exchange = take("exchange", &params)?;
+            let valid = !exchange.is_empty()
+                && exchange.len() <= 255
+                && exchange
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+            if !valid {
+                return Err(format!(
+                    "exchange {:?} is not a valid AMQP exchange name (1-255 letters, digits, '-', '_', '.', ':')",
+                    exchange.chars().take(100).collect::<String>()
+                ));
+            }
+            let path = parsed.path();
+            if path.len() > 1 && path[1..].contains('/') {
+                return Err("the path is the virtual host: one segment (encode '/' as %2f)".into());
+            }
+            let mut uri = parsed.clone();
+            uri.set_query(None);
+            Ok(Broker::Amqp {
+                uri: uri.to_string(),
+                exchange,
+            })
+        }
+        "nats" | "tls" => {
+            let subject_prefix = take("subject", &params)?;
+            let valid = !subject_prefix.is_empty()
+                && subject_prefix.len() <= 200
+                && subject_prefix.split('.').all(|t| {
+                    !t.is_empty()
+                        && t.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+                });
+            if !valid {
+                return Err(format!(
+                    "subject {:?} is not a valid NATS subject prefix (dot-separated tokens of letters, digits, '-', '_'; no wildcards)",
+                    subject_prefix.chars().take(100).collect::<String>()
+                ));
+            }
+            if parsed.path() != "" && parsed.path() != "/" {
+                return Err("a nats:// URL has no path".into());
+            }
+            let port = parsed.port().unwrap_or(4222);
+            let host = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            Ok(Broker::Nats {
+                server: format!("{host}:{port}"),
+                tls: scheme == "tls",
+                user: (!parsed.username().is_empty()).then(|| percent_decode(parsed.username())),
+                password: parsed.password().map(percent_decode),
+                subject_prefix,
+            })
+        }
+        other => Err(format!(
+            "scheme {other:?} is not a broker (amqp, amqps, nats, tls)"
+        )),
+    }
+}
+
+/// The URL with its password replaced by `***` (for errors, logs and displays).
+pub fn mask_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(unparseable URL)".into(),
+    }
+}
+
+#[cfg(test)]
+mod broker_tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_parse_and_bad_ones_say_why_without_the_password() {
+        assert_eq!(
+            parse_broker_url("amqp://u:secret@127.0.0.1:5672/%2f?exchange=erp.events").unwrap(),
+            Broker::Amqp {
+                uri: "amqp://u:secret@127.0.0.1:5672/%2f".into(),
+                exchange: "erp.events".into()
+            }
+        );
+        assert_eq!(
+            parse_broker_url("nats://app:p%40ss@localhost:4333?subject=erp.events").unwrap(),
+            Broker::Nats {
+                server: "localhost:4333".into(),
+                tls: false,
+                user: Some("app".into()),
+                password: Some("p@ss".into()),
+                subject_prefix: "erp.events".into()
+            }
+        );
+        assert!(matches!(
+            parse_broker_url("tls://h?subject=a").unwrap(),
+            Broker::Nats { tls: true, .. }
+        ));
+        for bad in [
+            "amqp://u:secret@h/v",
+            "amqp://u:secret@h/v?exchange=",
+            "amqp://u:secret@h/v?exchange=a b",
+            "amqp://u:secret@h/v?exchange=x&queue=y",
+            "amqp://u:secret@h/v?exchange=x&exchange=y",
+            "amqp://u:secret@h/a/b?exchange=x",
+            "amqp://u:secret@/v?exchange=x",
+            "nats://u:secret@h",
+            "nats://u:secret@h?subject=a.*",
+            "nats://u:secret@h?subject=a..b",
+            "nats://u:secret@h/path?subject=a",
+            "nats://u:secret@h?subject=a#frag",
+        ] {
+            let e = parse_broker_url(bad).unwrap_err();
+            assert!(!e.contains("secret"), "{bad}: {e}");
+        }
+        assert_eq!(
+            mask_url("amqp://u:secret@h/v?exchange=x"),
+            "amqp://u:***@h/v?exchange=x"
+        );
+        assert!(is_broker_url("AMQPS://h?exchange=x") && !is_broker_url("https://h"));
+    }
+}

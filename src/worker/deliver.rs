@@ -192,6 +192,8 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 struct Clients {
     follow: reqwest::Client,
     no_follow: reqwest::Client,
+    /// Broker connections (RabbitMQ, NATS JetStream): targets with a broker URL.
+    brokers: super::broker::Brokers,
 }
 
 impl Clients {
@@ -224,11 +226,15 @@ impl Clients {
         Ok(Clients {
             follow: build(true)?,
             no_follow: build(false)?,
+            brokers: super::broker::Brokers::default(),
         })
     }
 }
 
 async fn perform(clients: &Clients, mut req: Request) -> Outcome {
+    if crate::validate::is_broker_url(&req.url) {
+        return super::broker::publish(&clients.brokers, req).await;
+    }
     let started = Instant::now();
     let timestamp = unix_now();
     if let Some(refused) = url::Url::parse(&req.url)
@@ -350,7 +356,7 @@ pub fn set_allowed_networks(networks: &Networks) {
 }
 
 /// The policy in force, unless it allows everything.
-fn policy() -> Option<Arc<Networks>> {
+pub(super) fn policy() -> Option<Arc<Networks>> {
     ALLOWED
         .read()
         .unwrap_or_else(|e| e.into_inner())

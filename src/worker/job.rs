@@ -209,9 +209,18 @@ pub fn row_to_job(
                     url.ok_or_else(|| "subscription has no handler_url".to_string())
                 };
                 let target = target.and_then(|u| {
-                    api::validate_url(&u)
-                        .map(|_| u)
-                        .map_err(|e| format!("invalid URL: {e}"))
+                    if kind == "amqp" || kind == "nats" {
+                        // a row written past subscribe(): its password never goes into the error
+                        crate::validate::parse_broker_url(&u)
+                            .map(|_| u.clone())
+                            .map_err(|e| {
+                                format!("invalid broker URL {}: {e}", crate::validate::mask_url(&u))
+                            })
+                    } else {
+                        api::validate_url(&u)
+                            .map(|_| u)
+                            .map_err(|e| format!("invalid URL: {e}"))
+                    }
                 });
                 let key = match secret.as_deref().map(api::secret_key) {
                     Some(Err(e)) => Err(format!("invalid signing secret: {e}")),

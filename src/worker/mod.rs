@@ -8,9 +8,11 @@
 //! - [`claim`]: the fan-out and claim statements; [`job`]: the claimed rows decoded;
 //!   [`record`]: recording outcomes; [`schedule`]: which claimed job runs when (per-subscription
 //!   shares); [`inline`]: `process_pending_events` in the caller's session.
-//! - [`deliver`]: the HTTP side on non-blocking I/O, no Postgres.
+//! - [`deliver`]: the HTTP side on non-blocking I/O, no Postgres; [`broker`]: RabbitMQ and NATS
+//!   JetStream targets on the same runtime.
 //! - [`sqlhandler`]: SQL-function handlers, run in a subtransaction as a named role.
 
+pub mod broker;
 pub mod claim;
 pub mod dbworker;
 pub mod deliver;

@@ -3,6 +3,7 @@
 //! installed (`cargo pgrx test` installs it before the tests run).
 #![allow(dead_code)]
 
+pub mod brokers;
 pub mod receiver;
 
 use std::net::TcpListener;
