@@ -18,6 +18,8 @@
 #             subscription's rate beside a neighbour failing every delivery, beside the rate alone
 #   request   event_bus.request round trip p50/p99 from one client: to a SQL responder beside calling the
 #             function directly, to an HTTP responder (nginx) beside a bare HTTP POST to it
+#   brokers   BROKER_EVENTS (100,000) deliveries/s to RabbitMQ (confirms) and to NATS JetStream (PubAck),
+#             one worker, beside a plain publisher with the same client crate publishing the same messages
 #   pool      POOL_DATABASES (200) databases sharing the worker pool: deliveries/s with events spread over all
 #             of them beside the same events in one database; first event into an idle database p50/p99
 #   growth    delivery and SQL-handler rates again with GROWTH_EVENTS (5,000,000) completed events,
@@ -30,7 +32,7 @@ cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000 100000}"
 RUNS="${RUNS:-3}"
 LAT_EVENTS="${LAT_EVENTS:-300}"
-SECTIONS="${SECTIONS:-delivery latency fanout ordered isolation sustained sql request pool emit contract batch growth}"
+SECTIONS="${SECTIONS:-delivery latency fanout ordered isolation sustained sql request brokers pool emit contract batch growth}"
 EMIT_SECONDS="${EMIT_SECONDS:-5}"
 GROWTH_EVENTS="${GROWTH_EVENTS:-5000000}"
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -53,6 +55,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 cleanup() {
     [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+    [ -f "$WORK/rabbit/pid" ] && kill -9 "$(cat "$WORK/rabbit/pid")" 2>/dev/null || true
+    [ -f "$WORK/nats.pid" ] && kill "$(cat "$WORK/nats.pid")" 2>/dev/null || true
     as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -287,6 +291,44 @@ if want request; then
     ROWS+=("| request round trip p50 / p99 ms, SQL responder, $RQ_N calls | $(rq sql_p50) / $(rq sql_p99) | direct function call $(rq direct_p50) / $(rq direct_p99) | $(ratio "$(rq sql_p50)" "$(rq direct_p50)") (p50) | - |")
     ROWS+=("| (same) with synchronous_commit off: the record's commit not waited for | $(rq async_p50) / $(rq async_p99) | direct function call $(rq direct_p50) / $(rq direct_p99) | $(ratio "$(rq async_p50)" "$(rq direct_p50)") (p50) | - |")
     ROWS+=("| request round trip p50 / p99 ms, HTTP responder (nginx), $RQ_N calls | $(rq http_p50) / $(rq http_p99) | bare HTTP POST $(rq bare_p50) / $(rq bare_p99) | $(ratio "$(rq http_p50)" "$(rq bare_p50)") (p50) | - |")
+fi
+
+# --- broker targets ------------------------------------------------------------------------
+if want brokers; then
+    BROKER_N="${BROKER_EVENTS:-100000}"
+    RMQ_PORT="$(free_port)"; RMQ_DIST="$(free_port)"; NATS_PORT="$(free_port)"
+    R="$WORK/rabbit"; mkdir -p "$R/mnesia" "$R/log" "$WORK/nats"
+    echo "[]." > "$R/enabled_plugins"
+    printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users.guest = true\n' "$RMQ_PORT" > "$R/rabbitmq.conf"
+    chown -R rabbitmq "$R"
+    (cd "$R" && runuser -u rabbitmq -- env HOME="$R" RABBITMQ_NODENAME="ebbench$RMQ_PORT@localhost" \
+        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$RMQ_PORT" RABBITMQ_DIST_PORT="$RMQ_DIST" \
+        RABBITMQ_MNESIA_BASE="$R/mnesia" RABBITMQ_LOG_BASE="$R/log" RABBITMQ_CONFIG_FILE="$R/rabbitmq" \
+        RABBITMQ_ENABLED_PLUGINS_FILE="$R/enabled_plugins" RABBITMQ_PID_FILE="$R/pid" \
+        /usr/lib/rabbitmq/bin/rabbitmq-server > "$R/out.log" 2>&1 &)
+    nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$WORK/nats" -P "$WORK/nats.pid" > "$WORK/nats.log" 2>&1 &
+    for p in "$RMQ_PORT" "$NATS_PORT"; do
+        for _ in $(seq 300); do (echo > "/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.2; done
+    done
+    for kind in amqp nats; do
+        if [ "$kind" = amqp ]; then
+            url="amqp://guest:guest@127.0.0.1:$RMQ_PORT/%2f?exchange=bench"; label="RabbitMQ (publisher confirms)"
+        else
+            url="nats://127.0.0.1:$NATS_PORT?subject=benchsub"; label="NATS JetStream (PubAck)"
+        fi
+        base=()
+        for r in $(seq "$RUNS"); do
+            out="$("$DRIVER" broker_baseline "$url" "$BROKER_N")"
+            echo "    $kind baseline run $r: $out" >&2
+            base+=("$(sed -n 's/.*published_per_s=\([0-9.]*\).*/\1/p' <<<"$out")")
+        done
+        b="$(printf '%s\n' "${base[@]}" | median)"
+        "$DRIVER" broker_setup "$url"
+        d="$(throughput_median "$kind" "$url" "$BROKER_N" 1)"
+        ROWS+=("| deliveries/s to $label, $BROKER_N events, one worker | $d | the same crate publishing directly, 256 unconfirmed $b/s | $(ratio "$d" "$b") | >= 15000 and >= 0.5 |")
+    done
+    kill -9 "$(cat "$R/pid")" 2>/dev/null || true
+    kill "$(cat "$WORK/nats.pid")" 2>/dev/null || true
 fi
 
 # --- the worker pool over many databases ---------------------------------------------------

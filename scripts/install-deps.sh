@@ -4,7 +4,8 @@ set -euo pipefail
 
 PGRX_VERSION=0.18.1
 need_pkgs=()
-for p in postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap libclang-dev clang sudo; do
+# rabbitmq-server and nats-server: the broker targets' tests start their own on loopback ports
+for p in postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap libclang-dev clang sudo rabbitmq-server nats-server; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
@@ -20,6 +21,13 @@ if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q
         pg_ctlcluster "$ver" "$name" stop || true
     done
 fi
+
+# nor their broker services (if the packages started any): the tests run their own
+for svc in rabbitmq-server nats-server; do
+    if command -v service >/dev/null && service "$svc" status >/dev/null 2>&1; then
+        service "$svc" stop >/dev/null 2>&1 || true
+    fi
+done
 
 if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
     echo "==> cargo install cargo-pgrx $PGRX_VERSION (about 5 minutes)"
