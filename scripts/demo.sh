@@ -38,6 +38,7 @@ stop_cluster() {
         echo "==> cluster kept running: psql -h 127.0.0.1 -p $PORT -U postgres demo"
     fi
     [ -n "${HANDLER_PID:-}" ] && kill "$HANDLER_PID" 2>/dev/null || true
+    [ -n "${NATS_PID:-}" ] && kill "$NATS_PID" 2>/dev/null || true
 }
 trap stop_cluster EXIT
 
@@ -87,6 +88,22 @@ for _ in $(seq 100); do
     sleep 0.05
 done
 
+# NATS JetStream, to show a broker subscription (scripts/install-deps.sh installs nats-server)
+NATS_PORT=""
+if command -v nats-server >/dev/null; then
+    NATS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    mkdir -p "$DEMO_DIR/nats"
+    nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$DEMO_DIR/nats" > "$DEMO_DIR/nats.log" 2>&1 &
+    NATS_PID=$!
+    for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break; sleep 0.05; done
+fi
+nats_api() { # subject json -> the JetStream API's answer (NATS text protocol over bash's /dev/tcp)
+    exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT"
+    printf 'CONNECT {"verbose":false}\r\nSUB _INBOX.demo 1\r\nPUB %s _INBOX.demo %d\r\n%s\r\nPING\r\n' "$1" "${#2}" "$2" >&3
+    timeout 1 cat <&3 | grep -a '^{' | head -1 || true
+    exec 3>&-
+}
+
 echo "==> subscriptions: the ERP's seed table (examples/erp_subscriptions.sql), a flaky audit hook, a dead endpoint"
 "${PSQL[@]}" -v accounting_url="http://127.0.0.1:$HANDLER_PORT/accounting" -f examples/erp_subscriptions.sql >/dev/null
 "${PSQL[@]}" -v handler="http://127.0.0.1:$HANDLER_PORT" <<'SQL'
@@ -97,9 +114,15 @@ INSERT INTO inventory.stock (tenant_id, sku, on_hand) VALUES
 SELECT event_bus.subscribe('#', 'audit', :'handler' || '/flaky', p_max_retries => 5) AS audit_sub \gset
 -- nothing listens on port 9: every attempt is refused, and after one retry the delivery is dead
 SELECT event_bus.subscribe('pos.#', 'loyalty', 'http://127.0.0.1:9/points', p_max_retries => 1) AS loyalty_sub \gset
-SELECT event_type AS pattern, handler_module, handler_kind, coalesce(handler_url, handler_function) AS target
-  FROM event_bus.module_event_subscriptions ORDER BY created_at;
 SQL
+if [ -n "$NATS_PORT" ]; then
+    echo "==> a broker subscription: invoice events to NATS JetStream (stream ERP, subjects erp.>) on 127.0.0.1:$NATS_PORT"
+    nats_api '$JS.API.STREAM.CREATE.ERP' '{"name":"ERP","subjects":["erp.>"],"duplicate_window":120000000000}' >/dev/null
+    "${PSQL[@]}" -c "SELECT event_bus.subscribe('invoice.#', 'warehouse-feed', 'nats://127.0.0.1:$NATS_PORT?subject=erp')" >/dev/null
+fi
+"${PSQL[@]}" -c "SELECT event_type AS pattern, handler_module, handler_kind,
+                        coalesce(event_bus._mask_url(handler_url), handler_function) AS target
+                   FROM event_bus.module_event_subscriptions ORDER BY created_at"
 
 echo "==> posting three invoices (one in a transaction that rolls back)"
 "${PSQL[@]}" <<'SQL'
@@ -147,6 +170,28 @@ echo "--- event_bus.replay_events(p_event_type => 'invoice.posted', p_dry_run =>
 "${PSQL[@]}" -c "SELECT event_bus.replay_events(p_event_type => 'invoice.posted', p_dry_run => true) AS would_redeliver"
 echo "--- event_bus.metrics() (Prometheus), first lines"
 "${PSQL[@]}" -At -c "SELECT event_bus.metrics()" | grep -v '^#' | head -8 | sed 's/^/    /'
+
+if [ -n "$NATS_PORT" ]; then
+    echo "==> JetStream stream ERP (each message: the payload as JSON, ce-* headers, Nats-Msg-Id = the delivery id)"
+    nats_api '$JS.API.STREAM.INFO.ERP' '' | python3 -c 'import json,sys; s=json.load(sys.stdin)["state"]; print("    messages:", s["messages"], " last subject seq:", s["last_seq"])'
+fi
+
+echo "==> request-reply: payment asks inventory for stock before it charges (event_bus.request, a SQL responder)"
+"${PSQL[@]}" <<'SQL'
+CREATE FUNCTION inventory.stock_check(e event_bus.module_events) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT jsonb_build_object('sku', e.payload ->> 'sku', 'on_hand', coalesce(max(s.on_hand), 0),
+                              'available', coalesce(max(s.on_hand), 0) >= (e.payload ->> 'qty')::int)
+      FROM inventory.stock s WHERE s.tenant_id = e.tenant_id AND s.sku = e.payload ->> 'sku' $$;
+SELECT event_bus.subscribe('inventory.stock_check', 'inventory', p_handler_function => 'inventory.stock_check',
+                           p_run_as => 'inventory_handler', p_replies => true) \g /dev/null
+SELECT event_bus.request('inventory.stock_check', '{"sku": "WIDGET", "qty": 5}',
+                         p_timeout_ms => 2000, p_tenant_id => '11111111-1111-1111-1111-111111111111') AS reply;
+SQL
+echo "--- no responder: SQLSTATE EB001, caught"
+"${PSQL[@]}" -c "SELECT event_bus.request('inventory.recount', '{}', 500, '11111111-1111-1111-1111-111111111111')" 2>&1 | head -1 | sed 's/^/    /' || true
+
+echo "==> the worker pool (event_bus.worker_pool()): databases, their workers, whether any waits"
+"${PSQL[@]}" -c "SELECT database, workers, has_work, waiting_for_worker_since, last_visit_at FROM event_bus.worker_pool()"
 
 echo "==> the business side: stock after the inventory SQL handler (WIDGET 100 - 3 - 1, GADGET 50 - 2)"
 "${PSQL[@]}" -c "SELECT tenant_id, sku, on_hand FROM inventory.stock ORDER BY sku"

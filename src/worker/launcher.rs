@@ -1,4 +1,5 @@
-//! The launcher: starts delivery workers for every database that has the extension.
+//! The launcher: keeps the pool of delivery workers that every database with the extension
+//! shares (event_bus.max_workers), starting one for a database when it has work.
 //!
 //! It connects to no database (so it never blocks DROP DATABASE or CREATE DATABASE ... TEMPLATE)
 //! and reads the shared catalog pg_database directly. A worker started in a database without the

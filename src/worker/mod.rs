@@ -1,8 +1,9 @@
 //! Background workers.
 //!
-//! - [`launcher`]: one static worker (registered from `_PG_init`) that lists the databases and
-//!   starts one or more dynamic delivery workers per database; a worker in a database without the
-//!   extension marks it skipped and exits, and `CREATE EXTENSION` wakes the launcher at commit.
+//! - [`launcher`]: one static worker (registered from `_PG_init`) that keeps the pool: it gives
+//!   dynamic delivery workers (at most `event_bus.max_workers` over the cluster) to databases with
+//!   work — signalled at commit in shared memory, a retry due, a periodic visit — longest-waiting
+//!   first; a worker in a database without the extension marks it skipped and exits.
 //! - [`dbworker`]: the per-database delivery loop: fan out, claim with a lease, send over HTTP on
 //!   another thread, record outcomes — each database step its own short transaction.
 //! - [`claim`]: the fan-out and claim statements; [`job`]: the claimed rows decoded;
