@@ -43,6 +43,9 @@ pub struct DbState {
     pub busy: bool,
     /// When a worker last started for it.
     pub last_visit: i64,
+    /// It is wanted only for the periodic visit (no work signalled): it yields to databases with
+    /// work, and visits take at most half the pool.
+    pub visit: bool,
 }
 
 pub fn now_ms() -> i64 {
@@ -93,6 +96,7 @@ impl Shared {
                 workers: 0,
                 busy: false,
                 last_visit: 0,
+                visit: false,
             }; MAX_DBS],
             pool_waiting: 0,
             pool_full_total: 0,
@@ -139,10 +143,10 @@ pub fn wake_database(dboid: pg_sys::Oid) {
             .filter(|s| s.in_use && s.dboid == dboid && s.latch != 0)
             .map(|s| s.latch)
             .collect();
-        let state = shared.dbs.iter().find(|d| d.dboid == dboid);
+        let state = db_index(&shared.dbs, dboid).map(|i| &shared.dbs[i]);
         (
             latches,
-            state.is_some_and(|d| d.wanted),
+            state.is_some_and(|d| d.wanted && !d.visit),
             state.is_some_and(|d| d.workers > 0),
         )
     };
@@ -157,6 +161,22 @@ pub fn wake_database(dboid: pg_sys::Oid) {
     }
 }
 
+thread_local! {
+    /// Where this backend last found its database's state in `dbs` (checked before use: the
+    /// launcher may have moved it), so a commit looks at one entry, not the table.
+    static DB_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+fn db_index(dbs: &[DbState; MAX_DBS], dboid: u32) -> Option<usize> {
+    let cached = DB_INDEX.get();
+    if cached < MAX_DBS && dbs[cached].dboid == dboid {
+        return Some(cached);
+    }
+    let found = dbs.iter().position(|d| d.dboid == dboid)?;
+    DB_INDEX.set(found);
+    Some(found)
+}
+
 /// Note that `dboid` has work for the pool (a state is made for it if it has none).
 pub fn mark_wanted(dboid: u32) {
     if !attached() {
@@ -164,7 +184,7 @@ pub fn mark_wanted(dboid: u32) {
     }
     let mut shared = SHARED.exclusive();
     let now = now_ms();
-    let i = match shared.dbs.iter().position(|d| d.dboid == dboid) {
+    let i = match db_index(&shared.dbs, dboid) {
         Some(i) => i,
         None => match shared.dbs.iter().position(|d| d.dboid == 0) {
             Some(i) => {
@@ -178,6 +198,7 @@ pub fn mark_wanted(dboid: u32) {
         },
     };
     let d = &mut shared.dbs[i];
+    d.visit = false;
     if !d.wanted {
         d.wanted = true;
         if d.wanted_since == 0 {
@@ -210,6 +231,7 @@ pub fn claiming(dboid: u32, busy: bool) {
         d.wanted_since = 0;
         d.next_due = 0;
         d.busy = busy;
+        d.visit = false;
     }
 }
 

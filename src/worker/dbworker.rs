@@ -159,6 +159,9 @@ fn run(dboid: pg_sys::Oid) -> i32 {
     let mut last_more = false;
     let mut yielding = false;
     let mut yielding_since: Option<Instant> = None;
+    // started for the periodic visit: no idling with the database unless there was work
+    let mut visit_only = BackgroundWorker::get_extra() == "visit";
+    let mut claimed_since_upkeep = false;
     let dboid_u32 = dboid.to_u32();
 
     loop {
@@ -300,7 +303,9 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                     last_more = round.more;
                     if more || !round.jobs.is_empty() {
                         last_busy = Instant::now();
+                        visit_only = false;
                     }
+                    claimed_since_upkeep = true;
                     last_claim_at = Instant::now();
                     last_round_small = !more && round.jobs.len() < (batch_size / 20).max(1);
                     next_due = round
@@ -332,6 +337,8 @@ fn run(dboid: pg_sys::Oid) -> i32 {
         // 5. about once a second: breaker probes and releases, retention
         if Instant::now() >= next_maintenance && !waiting_for_update {
             next_maintenance = Instant::now() + maintenance();
+            // what the upkeep made due (a breaker probe, a released hold) is claimed before leaving
+            claimed_since_upkeep = false;
         }
         sched.tidy();
 
@@ -350,9 +357,16 @@ fn run(dboid: pg_sys::Oid) -> i32 {
         if quiet {
             let due_now = next_due.is_some_and(|d| d <= Instant::now() + Duration::from_millis(20));
             let idle_for = last_busy.elapsed();
-            let idle_limit = Duration::from_millis(guc::WORKER_IDLE_MS.get().max(0) as u64);
-            let leave =
-                yielding || (!due_now && !(more && room) && (others || idle_for >= idle_limit));
+            let idle_limit = if visit_only {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(guc::WORKER_IDLE_MS.get().max(0) as u64)
+            };
+            let leave = yielding
+                || (claimed_since_upkeep
+                    && !due_now
+                    && !(more && room)
+                    && (others || idle_for >= idle_limit));
             if leave {
                 let due_ms = next_due.map(|d| {
                     shmem::now_ms() + d.saturating_duration_since(Instant::now()).as_millis() as i64

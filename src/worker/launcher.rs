@@ -13,7 +13,7 @@ use pgrx::bgworkers::{
     SignalWakeFlags,
 };
 use pgrx::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 #[pg_guard]
@@ -31,6 +31,8 @@ pub extern "C-unwind" fn event_bus_launcher_main(_arg: pg_sys::Datum) {
     log("event_bus launcher started");
 
     let mut workers: HashMap<u32, Vec<DynamicBackgroundWorker>> = HashMap::new();
+    // databases whose worker was started for a periodic visit (at most half the pool at once)
+    let mut visiting: HashSet<u32> = HashSet::new();
     let mut last_listing: Option<Instant> = None;
     let mut last_skip_reset = Instant::now();
     let mut last_start_failure_log: Option<Instant> = None;
@@ -58,11 +60,17 @@ pub extern "C-unwind" fn event_bus_launcher_main(_arg: pg_sys::Datum) {
             }
             last_listing = Some(Instant::now());
         }
-        let plan = plan_starts(&workers);
-        for db in plan {
-            match start_worker(db) {
+        visiting.retain(|db| workers.contains_key(db));
+        let plan = plan_starts(&workers, &visiting);
+        for (db, is_visit) in plan {
+            match start_worker(db, is_visit) {
                 Some(w) => {
                     workers.entry(db).or_default().push(w);
+                    if is_visit {
+                        visiting.insert(db);
+                    } else {
+                        visiting.remove(&db);
+                    }
                     let mut shared = shmem::SHARED.exclusive();
                     if let Some(d) = shared.dbs.iter_mut().find(|d| d.dboid == db) {
                         d.workers = workers[&db].len() as u16;
@@ -124,7 +132,10 @@ fn sync_databases(dbs: &[u32], workers: &HashMap<u32, Vec<DynamicBackgroundWorke
 /// a retry due, a periodic visit) gets up to event_bus.workers, as does one whose workers report
 /// a backlog — as many as the pool (event_bus.max_workers) has room for. Those left
 /// over are counted as waiting: their workers-to-be make running ones yield their slices.
-fn plan_starts(workers: &HashMap<u32, Vec<DynamicBackgroundWorker>>) -> Vec<u32> {
+fn plan_starts(
+    workers: &HashMap<u32, Vec<DynamicBackgroundWorker>>,
+    visiting: &HashSet<u32>,
+) -> Vec<(u32, bool)> {
     let now = shmem::now_ms();
     let per_db = guc::WORKERS.get().max(1) as usize;
     let pool = guc::MAX_WORKERS.get().max(1) as usize;
@@ -132,7 +143,8 @@ fn plan_starts(workers: &HashMap<u32, Vec<DynamicBackgroundWorker>>) -> Vec<u32>
     let running: usize = workers.values().map(|w| w.len()).sum();
     let mut shared = shmem::SHARED.exclusive();
     let skipped = shared.skipped_dbs;
-    let mut wants: Vec<(i64, u32)> = Vec::new();
+    // (visit?, since, database): work first, oldest first; then visits
+    let mut wants: Vec<(bool, i64, u32)> = Vec::new();
     for d in shared.dbs.iter_mut().filter(|d| d.dboid != 0) {
         let n = workers.get(&d.dboid).map_or(0, |w| w.len());
         d.workers = n as u16;
@@ -143,21 +155,42 @@ fn plan_starts(workers: &HashMap<u32, Vec<DynamicBackgroundWorker>>) -> Vec<u32>
             // the periodic visit: retention, breaker probes, anything emitted without a wake
             d.wanted = true;
             d.wanted_since = now;
+            d.visit = true;
         }
         let due = d.next_due > 0 && d.next_due <= now;
         if n < per_db && (d.wanted || due) {
             // work: the database gets its event_bus.workers (the first ones first)
             let since = if d.wanted { d.wanted_since } else { d.next_due };
-            for k in n..per_db {
-                wants.push((since + k as i64, d.dboid));
+            let only_visit = d.visit && !due;
+            let more = if only_visit { n.max(per_db - 1) } else { n };
+            for k in more..per_db {
+                wants.push((only_visit, since + k as i64, d.dboid));
             }
         } else if n > 0 && n < per_db && d.busy {
-            wants.push((now, d.dboid));
+            wants.push((false, now, d.dboid));
         }
     }
     wants.sort();
-    let room = pool.saturating_sub(running);
-    let waiting = wants.len().saturating_sub(room) as u32;
+    let mut room = pool.saturating_sub(running);
+    // visits never take more than half the pool: work that comes meanwhile finds a worker
+    let mut visit_room = (pool / 2).max(1).saturating_sub(visiting.len());
+    let mut starts = Vec::new();
+    let mut waiting = 0u32;
+    for (is_visit, _, db) in wants {
+        if is_visit {
+            if room > 0 && visit_room > 0 {
+                room -= 1;
+                visit_room -= 1;
+                starts.push((db, true));
+            }
+            // a visit that waits is no reason for anyone to leave
+        } else if room > 0 {
+            room -= 1;
+            starts.push((db, false));
+        } else {
+            waiting += 1;
+        }
+    }
     if waiting > 0 && shared.pool_waiting == 0 {
         shared.pool_full_total += 1;
     }
@@ -169,7 +202,7 @@ fn plan_starts(workers: &HashMap<u32, Vec<DynamicBackgroundWorker>>) -> Vec<u32>
             unsafe { pg_sys::SetLatch(slot.latch as *mut pg_sys::Latch) };
         }
     }
-    wants.into_iter().take(room).map(|(_, db)| db).collect()
+    starts
 }
 
 /// How long the launcher may sleep: until the next due retry a departed worker left, at most a
@@ -187,12 +220,15 @@ fn next_wake() -> Duration {
     Duration::from_millis(next.clamp(1, 1000) as u64)
 }
 
-fn start_worker(db: u32) -> Option<DynamicBackgroundWorker> {
+/// A worker for `db`; `visit`: started for the periodic visit only (it leaves as soon as it has
+/// nothing to do, instead of idling with the database).
+fn start_worker(db: u32, visit: bool) -> Option<DynamicBackgroundWorker> {
     BackgroundWorkerBuilder::new(&format!("event_bus worker for database {db}"))
         .set_type("event_bus worker")
         .set_library(LIBRARY)
         .set_function("event_bus_worker_main")
         .set_argument(Some(pg_sys::Datum::from(db)))
+        .set_extra(if visit { "visit" } else { "" })
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(None)
