@@ -117,6 +117,11 @@ fn configure(sched: &mut Scheduler) {
     sched.stale_after = Duration::from_millis((guc::LEASE_MS.get().max(100) / 2) as u64);
 }
 
+/// How long a worker with nothing to do stays with its database (event_bus.worker_idle_ms).
+fn idle_limit() -> Duration {
+    Duration::from_millis(guc::WORKER_IDLE_MS.get().max(0) as u64)
+}
+
 fn max_in_flight() -> usize {
     guc::MAX_CONCURRENCY.get().max(1) as usize
 }
@@ -283,10 +288,7 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                     }
                     // the slot in the pool is not held for it: leave when idle or when others
                     // wait (ALTER EXTENSION ... UPDATE brings a worker back at its commit)
-                    if shmem::others_waiting()
-                        || last_busy.elapsed()
-                            >= Duration::from_millis(guc::WORKER_IDLE_MS.get().max(0) as u64)
-                    {
+                    if shmem::others_waiting() || last_busy.elapsed() >= idle_limit() {
                         shmem::leaving(dboid_u32, 0, false);
                         return 0;
                     }
@@ -357,16 +359,16 @@ fn run(dboid: pg_sys::Oid) -> i32 {
         if quiet {
             let due_now = next_due.is_some_and(|d| d <= Instant::now() + Duration::from_millis(20));
             let idle_for = last_busy.elapsed();
-            let idle_limit = if visit_only {
+            let limit = if visit_only {
                 Duration::ZERO
             } else {
-                Duration::from_millis(guc::WORKER_IDLE_MS.get().max(0) as u64)
+                idle_limit()
             };
             let leave = yielding
                 || (claimed_since_upkeep
                     && !due_now
                     && !(more && room)
-                    && (others || idle_for >= idle_limit));
+                    && (others || idle_for >= limit));
             if leave {
                 let due_ms = next_due.map(|d| {
                     shmem::now_ms() + d.saturating_duration_since(Instant::now()).as_millis() as i64

@@ -304,15 +304,22 @@ pub fn release(unfinished: &[Claimed]) {
                FROM unnest($1::uuid[], $2::int[]) AS o(id, attempt)
               WHERE d.id = o.id AND d.status = 'processing' AND d.attempts = o.attempt",
             None,
-            &[ids.clone().into(), attempts.into()],
+            &[ids.into(), attempts.into()],
         )?;
         // the idempotency keys they held are free again (not handled)
-        client.update(
-            "DELETE FROM event_bus._idempotency_keys x
-              WHERE x.delivery_id = ANY ($1::uuid[]) AND x.state = 'claimed'",
-            None,
-            &[ids.into()],
-        )?;
+        let keyed: Vec<String> = unfinished
+            .iter()
+            .filter(|c| c.idempotent)
+            .map(|c| c.delivery_id.clone())
+            .collect();
+        if !keyed.is_empty() {
+            client.update(
+                "DELETE FROM event_bus._idempotency_keys x
+                  WHERE x.delivery_id = ANY ($1::uuid[]) AND x.state = 'claimed'",
+                None,
+                &[keyed.into()],
+            )?;
+        }
         Ok::<(), pgrx::spi::Error>(())
     })
     .unwrap_or_else(|e| panic!("releasing leases failed: {e}"))

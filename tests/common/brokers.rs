@@ -279,15 +279,6 @@ impl Nats {
         format!("nats://127.0.0.1:{}?subject={subject}", self.port)
     }
 
-    fn client(&self) -> async_nats::jetstream::Context {
-        runtime().block_on(async {
-            let c = async_nats::connect(format!("127.0.0.1:{}", self.port))
-                .await
-                .unwrap();
-            async_nats::jetstream::new(c)
-        })
-    }
-
     /// A file-backed stream capturing `subjects`, with a duplicate window.
     pub fn create_stream(&self, name: &str, subjects: &[&str], duplicate_window: Duration) {
         let rt = runtime();
@@ -312,7 +303,6 @@ impl Nats {
         &self,
         stream: &str,
     ) -> Vec<(String, std::collections::BTreeMap<String, String>, String)> {
-        let _ = self.client();
         runtime().block_on(async {
             let c = async_nats::connect(format!("127.0.0.1:{}", self.port))
                 .await
