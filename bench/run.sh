@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark: every figure beside a baseline measured in the same run (medians of RUNS runs).
 #   delivery  HTTP deliveries/s to a local nginx sink, beside the sink's own ceiling (wrk)
+#   nullsink  the delivery run again with the worker built with the bench-null-sink feature (HTTP
+#             attempts succeed at once, no I/O): the Postgres-only ceiling and the HTTP side's share
 #   latency   commit -> handler p50/p95/p99, idle and under a steady 500 events/s stream
 #   fanout    one event to 10 subscriptions, beside the single-subscription rate
 #   ordered   20,000 events over 1,000 entities to an ordered subscription, beside an unordered one
@@ -22,6 +24,10 @@
 #             one worker, beside a plain publisher with the same client crate publishing the same messages
 #   pool      POOL_DATABASES (200) databases sharing the worker pool: deliveries/s with events spread over all
 #             of them beside the same events in one database; first event into an idle database p50/p99
+#   memory    MEM_EVENTS (1,000) events of MEM_KB (900) kB to nginx: the worker's peak RSS and RSS after,
+#             with the default event_bus.batch_memory and with the byte bound lifted
+#   recover   a 5 s outage of an endpoint (connections refused) while 100 events are emitted: seconds from
+#             its return to the first and to the last delivery
 #   growth    delivery and SQL-handler rates again with GROWTH_EVENTS (5,000,000) completed events,
 #             deliveries and logs in the tables; table sizes before and after retention
 # Exits non-zero if a run errors, not when a target is missed.
@@ -32,7 +38,7 @@ cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000 100000}"
 RUNS="${RUNS:-3}"
 LAT_EVENTS="${LAT_EVENTS:-300}"
-SECTIONS="${SECTIONS:-delivery latency fanout ordered isolation sustained sql request brokers pool emit contract batch growth}"
+SECTIONS="${SECTIONS:-delivery nullsink latency fanout ordered isolation sustained sql request brokers pool memory recover emit contract batch growth}"
 EMIT_SECONDS="${EMIT_SECONDS:-5}"
 GROWTH_EVENTS="${GROWTH_EVENTS:-5000000}"
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -55,9 +61,14 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 cleanup() {
     [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+    [ -f "$WORK/nginx-recover.pid" ] && kill "$(cat "$WORK/nginx-recover.pid")" 2>/dev/null || true
     [ -f "$WORK/rabbit/pid" ] && kill -9 "$(cat "$WORK/rabbit/pid")" 2>/dev/null || true
     [ -f "$WORK/nats.pid" ] && kill "$(cat "$WORK/nats.pid")" 2>/dev/null || true
     as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true
+    # never leave the null-sink build installed (a run that failed inside that section)
+    if [ -n "${NULL_SINK_INSTALLED:-}" ]; then
+        cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null 2>&1 || true
+    fi
 }
 trap cleanup EXIT
 trap 'exit 1' TERM
@@ -175,6 +186,25 @@ want delivery && for n in $EVENTS; do
     MED[http_$n]="$med"
     ROWS+=("| HTTP deliveries/s, $n events, 1 subscription | $med | nginx sink $SINK_RPS req/s | $(awk -v a="$med" -v b="$SINK_RPS" 'BEGIN{printf "%.3f", a/b}') | >= 12000 |")
 done
+
+# --- null sink: the Postgres-only ceiling of the same code -----------------------------------
+# The worker rebuilt with the bench-null-sink feature (every HTTP attempt succeeds at once, no I/O),
+# 100,000 events, beside the same events delivered to nginx by the normal build in this run: the
+# difference is the HTTP side's share of a delivery. The normal build is installed again after it.
+if want nullsink; then
+    NULL_N="${NULL_EVENTS:-100000}"
+    http="${MED[http_$NULL_N]:-$(throughput_median "HTTP to nginx, $NULL_N events" "$SINK" "$NULL_N" 1)}"
+    as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null
+    NULL_SINK_INSTALLED=1
+    cargo pgrx install --release --pg-config /usr/bin/pg_config --features bench-null-sink >/dev/null
+    as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w start >/dev/null
+    null="$(throughput_median "null sink, $NULL_N events" "$SINK" "$NULL_N" 1)"
+    as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null
+    cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
+    NULL_SINK_INSTALLED=
+    as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w start >/dev/null
+    ROWS+=("| deliveries/s, null sink (same build, HTTP attempts answered at once without I/O), $NULL_N events | $null | HTTP to nginx $http | $(ratio "$http" "$null") (HTTP/null) | >= 25000 (HTTP) |")
+fi
 
 want latency && for rate in 0 500; do
     p50s=(); p95s=(); p99s=()
@@ -346,6 +376,101 @@ if want pool; then
     m() { printf '%s\n' "$@" | median; }
     ROWS+=("| deliveries/s, $((POOL_N * POOL_E)) events spread over $POOL_N databases (pool of 4) | $(m "${ps[@]}") | the same in one database $(m "${po[@]}") | $(ratio "$(m "${ps[@]}")" "$(m "${po[@]}")") | - |")
     ROWS+=("| first event into an idle database (no worker), commit -> handler p50 / p99 ms, $POOL_S samples | $(m "${p50[@]}") / $(m "${p99[@]}") | | | p99 < 50 |")
+fi
+
+# --- memory: large payloads ------------------------------------------------------------------
+# MEM_EVENTS (1,000) events of MEM_KB (900) kB each, emitted while the worker waits, then delivered
+# to nginx: the worker's peak RSS (VmHWM, from a fresh worker process) and its RSS after, beside its
+# RSS before; with the default event_bus.batch_memory (16MB), and with the byte bound lifted
+# (batch_memory = 1GB: claims by count only, as 0.5.0 did).
+worker_pid() {
+    "${PSQL[@]}" -At -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_bus worker' AND datname = 'bench' ORDER BY backend_start DESC LIMIT 1"
+}
+rss_kb() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+wait_sql() { # SQL returning true; gives up after 300 s
+    local deadline=$((SECONDS + 300))
+    until [ "$("${PSQL[@]}" -At -c "$1")" = t ]; do
+        [ $SECONDS -lt $deadline ] || { echo "bench: timed out waiting for: $1" >&2; exit 1; }
+        sleep 0.2
+    done
+}
+memory_run() { # batch_memory setting -> "before_kB peak_kB after_kB seconds"
+    "${PSQL[@]}" -c "ALTER SYSTEM SET event_bus.batch_memory = '$1'" -c "SELECT pg_reload_conf()" >/dev/null
+    "${PSQL[@]}" -c "TRUNCATE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs CASCADE" \
+        -c "DELETE FROM event_bus.module_event_subscriptions" >/dev/null
+    "${PSQL[@]}" -c "SELECT event_bus.subscribe('bench.big', 'bench', '$SINK', p_max_retries => 0)" >/dev/null
+    # a fresh worker (its peak starts here), warmed up with one small event
+    local old; old="$(worker_pid)"
+    [ -n "$old" ] && "${PSQL[@]}" -c "SELECT pg_terminate_backend($old)" >/dev/null
+    "${PSQL[@]}" -c "SELECT event_bus.emit_module_event('11111111-1111-1111-1111-111111111111', 'bench.big', 'bench', NULL, NULL, '{\"warm\": true}')" >/dev/null
+    wait_sql "SELECT count(*) = 1 FROM event_bus.module_event_deliveries WHERE status = 'completed'"
+    local pid; pid="$(worker_pid)"
+    local before; before="$(rss_kb "$pid" VmRSS)"
+    # emitted in one transaction, so the worker finds all of them at once
+    "${PSQL[@]}" -c "SELECT count(event_bus.emit_module_event('11111111-1111-1111-1111-111111111111', 'bench.big', 'bench', 'blob', g::text,
+                            jsonb_build_object('n', g, 'blob', repeat(md5(g::text), $MEM_KB * 1024 / 32))))
+                       FROM generate_series(1, $MEM_EVENTS) g" >/dev/null
+    local t0=$SECONDS
+    wait_sql "SELECT count(*) = $MEM_EVENTS + 1 FROM event_bus.module_event_deliveries WHERE status = 'completed'"
+    local secs=$((SECONDS - t0))
+    [ "$(worker_pid)" = "$pid" ] || echo "    (the worker changed during the run: figures are of $pid)" >&2
+    echo "$before $(rss_kb "$pid" VmHWM) $(rss_kb "$pid" VmRSS) $secs"
+}
+if want memory; then
+    MEM_EVENTS="${MEM_EVENTS:-1000}"; MEM_KB="${MEM_KB:-900}"
+    pb=(); pp=(); pa=(); ps=(); ub=(); up=(); ua=(); us=()
+    for r in $(seq "$RUNS"); do
+        read -r b p a s <<<"$(memory_run 16MB)"
+        echo "    memory, batch_memory 16MB, run $r: rss before ${b} kB, peak ${p} kB, after ${a} kB, ${s} s" >&2
+        pb+=("$b"); pp+=("$p"); pa+=("$a"); ps+=("$s")
+        read -r b p a s <<<"$(memory_run 1GB)"
+        echo "    memory, batch_memory 1GB, run $r: rss before ${b} kB, peak ${p} kB, after ${a} kB, ${s} s" >&2
+        ub+=("$b"); up+=("$p"); ua+=("$a"); us+=("$s")
+    done
+    "${PSQL[@]}" -c "ALTER SYSTEM RESET event_bus.batch_memory" -c "SELECT pg_reload_conf()" >/dev/null
+    mb() { printf '%s\n' "$@" | median | awk '{printf "%.0f", $1 / 1024}'; }
+    ROWS+=("| worker peak RSS MB, $MEM_EVENTS events of $MEM_KB kB (batch_memory 16MB) | $(mb "${pp[@]}") | RSS before $(mb "${pb[@]}") MB, after $(mb "${pa[@]}") MB; delivered in $(printf '%s\n' "${ps[@]}" | median) s | | < 128 |")
+    ROWS+=("| the same with the byte bound lifted (batch_memory 1GB: claims by count, as 0.5.0) | $(mb "${up[@]}") | RSS before $(mb "${ub[@]}") MB, after $(mb "${ua[@]}") MB; delivered in $(printf '%s\n' "${us[@]}" | median) s | | |")
+    "${PSQL[@]}" -c "TRUNCATE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs CASCADE" \
+        -c "DELETE FROM event_bus.module_event_subscriptions" >/dev/null
+fi
+
+# --- breaker recovery: a 5 s outage ------------------------------------------------------------
+# RECOVER_EVENTS (100) events emitted over RECOVER_OUTAGE_S (5) s at an endpoint that refuses
+# connections (a port nothing listens on), with the default retry and breaker settings; then a
+# second nginx starts on that port. Time to recover: from the endpoint's return to the first
+# delivery, and to the last delivery that was still possible (every one not dead), beside the outage.
+if want recover; then
+    REC_N="${RECOVER_EVENTS:-100}"; REC_S="${RECOVER_OUTAGE_S:-5}"
+    firsts=(); lasts=(); deads=(); outs=()
+    for r in $(seq "$RUNS"); do
+        rport="$(free_port)"
+        sed -e "s/listen 127.0.0.1:$NGINX_PORT;/listen 127.0.0.1:$rport;/" -e "s#pid $WORK/nginx.pid;#pid $WORK/nginx-recover.pid;#" \
+            "$WORK/nginx.conf" > "$WORK/nginx-recover.conf"
+        "${PSQL[@]}" -c "TRUNCATE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs CASCADE" \
+            -c "DELETE FROM event_bus.module_event_subscriptions" >/dev/null
+        "${PSQL[@]}" -c "SELECT event_bus.subscribe('bench.outage', 'bench', 'http://127.0.0.1:$rport/hook')" >/dev/null
+        ts="$(date +%s.%N)"
+        for i in $(seq "$REC_N"); do
+            "${PSQL[@]}" -c "SELECT event_bus.emit_module_event('11111111-1111-1111-1111-111111111111', 'bench.outage', 'bench', NULL, NULL, jsonb_build_object('n', $i))" >/dev/null
+            sleep "$(awk -v s="$REC_S" -v n="$REC_N" 'BEGIN{printf "%.3f", s/n}')"
+        done
+        nginx -c "$WORK/nginx-recover.conf"
+        t0="$(date +%s.%N)"
+        wait_sql "SELECT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries WHERE status = 'completed')"
+        t1="$(date +%s.%N)"
+        wait_sql "SELECT NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries WHERE status NOT IN ('completed', 'failed'))"
+        t2="$(date +%s.%N)"
+        kill "$(cat "$WORK/nginx-recover.pid")"
+        dead="$("${PSQL[@]}" -At -c "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'failed'")"
+        f="$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')"; l="$(awk -v a="$t0" -v b="$t2" 'BEGIN{printf "%.2f", b-a}')"
+        o="$(awk -v a="$ts" -v b="$t0" 'BEGIN{printf "%.2f", b-a}')"
+        echo "    recover run $r: outage ${o} s, first delivery after ${f} s, all after ${l} s, dead ${dead} of $REC_N" >&2
+        firsts+=("$f"); lasts+=("$l"); deads+=("$dead"); outs+=("$o")
+    done
+    ROWS+=("| seconds from an endpoint's return to its first / last delivery, after a ${REC_S} s outage ($REC_N events) | $(printf '%s\n' "${firsts[@]}" | median) / $(printf '%s\n' "${lasts[@]}" | median) | outage $(printf '%s\n' "${outs[@]}" | median) s; dead $(printf '%s\n' "${deads[@]}" | median) of $REC_N | | < 5 |")
+    "${PSQL[@]}" -c "TRUNCATE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs CASCADE" \
+        -c "DELETE FROM event_bus.module_event_subscriptions" >/dev/null
 fi
 
 # --- emit overhead on the business write (pgbench) -----------------------------------------

@@ -26,6 +26,16 @@ COMMENT ON FUNCTION event_bus._check_payload_value(jsonb, bigint) IS
     'Internal: raise 22023 unless the payload is a JSON object, 54000 if it is over '
     'event_bus.max_payload_bytes (as text); p_position names the element of a batch emit (NULL: none).';
 
+-- Internal: what an event takes in a worker's memory (the claims' byte budget).
+CREATE OR REPLACE FUNCTION event_bus._event_bytes(p_payload jsonb, p_metadata jsonb) RETURNS bigint
+LANGUAGE c
+IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'event_bytes_wrapper';
+
+COMMENT ON FUNCTION event_bus._event_bytes(jsonb, jsonb) IS
+    'Internal: the uncompressed size in bytes of an event''s payload and metadata (NULLs count 0), read '
+    'from their headers without detoasting; the worker''s claims stop a batch at event_bus.batch_memory.';
+
 ------------------------------------------------------------------------------------------------
 -- API: Public — emit_module_event
 ------------------------------------------------------------------------------------------------

@@ -235,6 +235,18 @@ fn prepare(
     (tenant, event_type.to_string(), metadata)
 }
 
+/// Body of `event_bus._event_bytes(jsonb, jsonb)`: the bytes an event's payload and metadata take
+/// uncompressed (what a worker holds in memory for it), read from their headers without
+/// detoasting. The claims use it to keep a batch within event_bus.batch_memory.
+#[pg_extern(sql = false)]
+fn event_bytes(payload: Internal, metadata: Internal) -> i64 {
+    [payload.unwrap(), metadata.unwrap()]
+        .into_iter()
+        .flatten()
+        .map(|d| unsafe { pg_sys::toast_raw_datum_size(d) } as i64)
+        .sum()
+}
+
 /// Body of `event_bus._emit_prepare(uuid, text, text, jsonb)` (the batch emit's checks).
 #[pg_extern(sql = false)]
 fn emit_prepare(

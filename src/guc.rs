@@ -13,6 +13,8 @@ pub static EDGE_FUNCTION_BASE_URL: GucSetting<Option<CString>> =
 
 /// Deliveries claimed per batch.
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
+/// Event data (payload + metadata, uncompressed, kB) a worker holds in memory at once.
+pub static BATCH_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 /// HTTP requests in flight per worker.
 pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(256);
 /// HTTP requests in flight per subscription per worker (its share of the worker).
@@ -137,6 +139,18 @@ pub fn register() {
             GucFlags::default(),
         );
     }
+    GucRegistry::define_int_guc(
+        c"event_bus.batch_memory",
+        c"Event data a delivery worker holds in memory at once: claimed, queued and in flight.",
+        c"Payload and metadata, uncompressed. A claim stops when its events reach what is left of it \
+          (one event at least), so a worker's memory is bounded by this, not by payload sizes times \
+          event_bus.batch_size; each subscription an event matches holds its own request body.",
+        &BATCH_MEMORY,
+        64,
+        1024 * 1024,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
+    );
     GucRegistry::define_int_guc(
         c"event_bus.max_chain_depth",
         c"Longest chain of events that SQL handlers emit in reply to each other.",

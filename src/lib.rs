@@ -102,7 +102,12 @@ extension_sql_file!(
     name = "schema_0_5_0",
     requires = ["schema_0_4_0"]
 );
-extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_5_0"]);
+extension_sql_file!(
+    "../sql/schema_0.6.0.sql",
+    name = "schema_0_6_0",
+    requires = ["schema_0_5_0"]
+);
+extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_6_0"]);
 extension_sql_file!(
     "../sql/contracts.sql",
     name = "contracts",

@@ -662,3 +662,68 @@ fn bad_subscription_rows_written_directly_fail_their_attempts_and_never_stop_the
         (good("a.c") == 1).then_some(())
     });
 }
+
+#[test]
+fn claims_stop_at_batch_memory_and_every_large_event_is_still_delivered() {
+    // 40 kB events against a 64 kB budget: a claim takes one or two of them (the first always),
+    // never the 500 of event_bus.batch_size; a retry's claim keeps to it too
+    let mut conf = CONF.to_vec();
+    conf.push("event_bus.batch_memory = 64kB");
+    let cluster = Cluster::start("bytes", &conf);
+    // the first attempt of every fifth event fails, so retries are claimed too
+    let failed_once = std::sync::Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let rx = Receiver::start(move |r, _| {
+        let n = r.json()["data"]["n"].as_i64().unwrap_or(0);
+        if n % 5 == 0 && failed_once.lock().unwrap().insert(n) {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    });
+    let mut c = cluster.create_db_with_extension("bytes");
+    c.batch_execute(
+        "CREATE ROLE blob_handler NOLOGIN;
+         CREATE SCHEMA h; GRANT USAGE ON SCHEMA h TO blob_handler;
+         CREATE FUNCTION h.noop(event event_bus.module_events) RETURNS jsonb LANGUAGE sql
+             AS $$ SELECT jsonb_build_object('n', event.payload -> 'n') $$;
+         SELECT event_bus.subscribe('blob.sql', 'h', p_handler_function => 'h.noop', p_run_as => 'blob_handler');",
+    )
+    .unwrap();
+    subscribe(&mut c, "blob.http", &rx.url("/big"), ", p_max_retries => 3");
+    assert_eq!(
+        scalar_text(&mut c, "SELECT current_setting('event_bus.batch_memory')"),
+        "64kB"
+    );
+    // one transaction: the worker finds all 60 at once
+    c.batch_execute(&format!(
+        "BEGIN;
+         SELECT count(event_bus.emit_module_event('{TENANT}', CASE WHEN g % 2 = 0 THEN 'blob.sql' ELSE 'blob.http' END,
+                                                  'test', 'blob', g::text,
+                                                  jsonb_build_object('n', g, 'blob', repeat(md5(g::text), 1250))))
+           FROM generate_series(1, 60) g;
+         COMMIT;"
+    ))
+    .unwrap();
+    wait_for("60 deliveries completed", LONG, || {
+        (scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'completed'",
+        ) == 60)
+            .then_some(())
+    });
+    assert!(rx.count("/big") >= 36, "every HTTP event arrived (6 twice)");
+    assert!(
+        scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_event_logs WHERE status = 'failed'") >= 6,
+        "the retries were claimed"
+    );
+    // deliveries started by one claim share its transaction's now(): at most two events each
+    let per_claim = scalar_i64(
+        &mut c,
+        "SELECT max(n) FROM (SELECT count(DISTINCT d.event_id) AS n FROM event_bus.module_event_deliveries d
+                              GROUP BY d.last_attempt_at) g",
+    );
+    assert!(
+        per_claim <= 2,
+        "a claim took {per_claim} events of 40 kB against a 64 kB budget"
+    );
+}

@@ -1,7 +1,7 @@
 //! The claim side's statements: fan new events out into deliveries, claim due ones with a lease,
 //! and find when the next one is due. Each runs inside the caller's transaction.
 
-use super::job::{jobs_from, row_to_job, ClaimSettings, Job, JOB_COLUMNS, JOB_COLUMN_COUNT};
+use super::job::{row_to_job, ClaimSettings, Job, JOB_COLUMNS, JOB_COLUMN_COUNT};
 use crate::plans::exec;
 use pgrx::prelude::*;
 
@@ -36,7 +36,7 @@ const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
 /// subscriptions in `full` (this worker already holds their share: their deliveries are created
 /// due, for a later claim) and open breakers (held). Events that match nothing are completed at
 /// once, in the same statement. Returns the jobs and how many events were taken.
-fn fan_out(limit: i64, settings: &ClaimSettings, full: &[String], pass: Pass) -> (Vec<Job>, i64) {
+fn fan_out(limit: i64, settings: &ClaimSettings, full: &[String], pass: Pass) -> FanOut {
     let sql = || {
         format!(
         "WITH ev AS ({events}), m AS (
@@ -80,9 +80,35 @@ enum Pass {
     Tail,
 }
 
-/// The `ev` CTE of a fan-out: the events it takes, locked ($1 of them at most).
+/// The rows of `locked` (which has a `bytes` column) in `order` up to the one that reaches $8 bytes
+/// (the first one always), each with `considered`: how many `locked` had. Rows past the budget stay
+/// locked until the round's commit and are left for the next round.
+fn within_bytes(locked: &str, order: &str) -> String {
+    format!(
+        "SELECT b.*
+           FROM (SELECT t.*,
+                        sum(t.bytes) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING) - t.bytes AS before,
+                        count(*) OVER () AS considered
+                   FROM ({locked}) t) b
+          WHERE b.before < $8"
+    )
+}
+
+/// The `ev` CTE of a fan-out: the events it takes, locked ($1 of them at most, and no more
+/// than $8 bytes of event data: event_bus.batch_memory).
 fn events_to_take(pass: Pass, special: bool) -> String {
-    const COLUMNS: &str = "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id";
+    let locked = locked_events(pass, special);
+    match pass {
+        Pass::Head => within_bytes(&locked, "t.id"),
+        Pass::Tail => within_bytes(&locked, "t.id DESC"),
+    }
+}
+
+/// The events a fan-out considers, locked ($1 of them at most), with their `bytes`.
+fn locked_events(pass: Pass, special: bool) -> String {
+    const COLUMNS: &str = "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, \
+                           event_bus._event_bytes(e.payload, e.metadata) AS bytes";
+    const OUTER: &str = "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, e.bytes";
     match pass {
         Pass::Head if !special => format!(
             "SELECT {COLUMNS}
@@ -116,7 +142,7 @@ fn events_to_take(pass: Pass, special: bool) -> String {
         // among the newest few times $1 (a bound on the work: a tail that only ordered
         // subscriptions want is not scanned to its end)
         Pass::Tail => format!(
-            "SELECT {COLUMNS}
+            "SELECT {OUTER}
                FROM (SELECT {COLUMNS}
                        FROM event_bus.module_events e
                       WHERE e.dispatched_at IS NULL
@@ -134,11 +160,13 @@ fn events_to_take(pass: Pass, special: bool) -> String {
 }
 
 /// The end of both fan-out statements: the jobs (deliveries created leased), in one row each,
-/// and how many events were taken (column JOB_COLUMN_COUNT + 1) — on a row of its own, NULL
-/// jobs, when none was created, so a round that matched nothing still says it took events.
+/// how many events were taken (column JOB_COLUMN_COUNT + 1) and how many were considered before
+/// the byte budget (JOB_COLUMN_COUNT + 3) — on a row of its own, NULL jobs, when none was
+/// created, so a round that matched nothing still says it took events.
 fn jobs_of_ins() -> String {
     format!(
-        "SELECT j.*, (SELECT count(*) FROM ev)::bigint, (SELECT count(*) FROM notified)
+        "SELECT j.*, (SELECT count(*) FROM ev)::bigint, (SELECT count(*) FROM notified),
+                (SELECT max(ev.considered) FROM ev)::bigint
            FROM (SELECT 1) one
            LEFT JOIN LATERAL (
                SELECT {JOB_COLUMNS}
@@ -150,25 +178,34 @@ fn jobs_of_ins() -> String {
     )
 }
 
-/// Run a fan-out statement and decode its rows: the jobs, and the number of events taken.
+/// What a fan-out did: the jobs it created, how many events it took, and whether the byte budget
+/// stopped it before events it had locked (then more are waiting).
+struct FanOut {
+    jobs: Vec<Job>,
+    taken: i64,
+    cut: bool,
+}
+
+/// Run a fan-out statement and decode its rows.
 /// Planned per call: a generic plan cannot see the small LIMIT and hashes whole tables.
-fn run_fan_out(
-    sql: &str,
-    limit: i64,
-    settings: &ClaimSettings,
-    full: &[String],
-) -> (Vec<Job>, i64) {
+fn run_fan_out(sql: &str, limit: i64, settings: &ClaimSettings, full: &[String]) -> FanOut {
     Spi::connect_mut(|client| {
         let table = client.update(sql, None, &settings.args(limit, full))?;
         let mut jobs = Vec::with_capacity(table.len());
         let mut taken = 0;
+        let mut considered = 0;
         for row in table {
             taken = row.get::<i64>(JOB_COLUMN_COUNT + 1)?.unwrap_or(0);
+            considered = row.get::<i64>(JOB_COLUMN_COUNT + 3)?.unwrap_or(0);
             if row.get::<String>(1)?.is_some() {
                 jobs.push(row_to_job(&row, settings)?);
             }
         }
-        Ok::<_, pgrx::spi::Error>((jobs, taken))
+        Ok::<_, pgrx::spi::Error>(FanOut {
+            jobs,
+            taken,
+            cut: taken < considered,
+        })
     })
     .unwrap_or_else(|e| panic!("fan-out failed: {e}"))
 }
@@ -248,10 +285,13 @@ fn claim_round(limit: i64, settings: &ClaimSettings, full: &[String]) -> Round {
     if special {
         lock_streams();
     }
-    let mut jobs = claim(limit, settings, special, full);
-    let mut more = jobs.len() as i64 >= limit;
+    let (mut jobs, cut) = claim(limit, settings, special, full);
+    settings.spend(&jobs);
+    // the byte budget is spent: the rest waits for the next round
+    let cut = cut || settings.bytes.get() <= 0;
+    let mut more = jobs.len() as i64 >= limit || cut;
     let left = (limit - jobs.len() as i64).max(0);
-    if left > 0 {
+    if left > 0 && !cut {
         let fan = |n: i64, pass: Pass| {
             if special {
                 fan_out_special(n, settings, full, pass)
@@ -259,13 +299,13 @@ fn claim_round(limit: i64, settings: &ClaimSettings, full: &[String]) -> Round {
                 fan_out(n, settings, full, pass)
             }
         };
-        let (fanned, taken) = fan(left, Pass::Head);
-        jobs.extend(fanned);
-        more = taken >= left;
-        if more {
+        let head = fan(left, Pass::Head);
+        settings.spend(&head.jobs);
+        jobs.extend(head.jobs);
+        more = head.taken >= left || head.cut;
+        if head.taken >= left && settings.bytes.get() > 0 {
             // a backlog: what was emitted last goes out now too, not after the backlog
-            let (fanned, _) = fan((left / 10).max(10), Pass::Tail);
-            jobs.extend(fanned);
+            jobs.extend(fan((left / 10).max(10), Pass::Tail).jobs);
         }
     }
     // The plain statements are right only while no subscription is ordered or limited. Each
@@ -331,7 +371,7 @@ fn fan_out_special(
     settings: &ClaimSettings,
     full: &[String],
     pass: Pass,
-) -> (Vec<Job>, i64) {
+) -> FanOut {
     let sql = || {
         format!(
         "WITH ev AS ({events}), m AS (
@@ -402,22 +442,12 @@ const LIMITS_CTE: &str = "lim AS (
 /// ones spaced 1/rate apart.
 fn claim_limited_sql() -> String {
     format!(
-        "WITH {LIMITS_CTE}, cand AS (
-             SELECT d.id, d.subscription_id, d.next_attempt_at
-               FROM event_bus.module_event_deliveries d
-              WHERE d.status IN ('pending', 'processing')
-                AND d.next_attempt_at <= now()
-                AND NOT (d.subscription_id = ANY ($6::uuid[]))
-                AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.id = d.subscription_id)
-              ORDER BY d.next_attempt_at
-              LIMIT $1
-                FOR UPDATE SKIP LOCKED
-         ), ranked AS (
-             SELECT cand.id, cand.subscription_id,
+        "WITH {LIMITS_CTE}, cand AS ({cand}), ranked AS (
+             SELECT cand.id, cand.subscription_id, cand.considered,
                     row_number() OVER (PARTITION BY cand.subscription_id ORDER BY cand.next_attempt_at, cand.id) AS rn
                FROM cand
          ), c AS (
-             SELECT r.id, r.subscription_id
+             SELECT r.id, r.subscription_id, r.considered
                FROM ranked r LEFT JOIN lim l ON l.id = r.subscription_id
               WHERE l.id IS NULL
                  OR ((l.free IS NULL OR r.rn <= l.free)
@@ -438,25 +468,31 @@ fn claim_limited_sql() -> String {
                 capped_subscription_id = CASE WHEN s.max_in_flight IS NOT NULL THEN s.id END
            FROM c, event_bus.module_events e, event_bus.module_event_subscriptions s
           WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
-         RETURNING {JOB_COLUMNS}"
+         RETURNING {JOB_COLUMNS}, (SELECT count(*) FROM cand) < c.considered",
+        cand = within_bytes(
+            "SELECT d.id, d.subscription_id, d.next_attempt_at,
+                    event_bus._event_bytes(e.payload, e.metadata) AS bytes
+               FROM event_bus.module_event_deliveries d
+               JOIN event_bus.module_events e ON e.id = d.event_id
+              WHERE d.status IN ('pending', 'processing')
+                AND d.next_attempt_at <= now()
+                AND NOT (d.subscription_id = ANY ($6::uuid[]))
+                AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.id = d.subscription_id)
+              ORDER BY d.next_attempt_at
+              LIMIT $1
+                FOR UPDATE OF d SKIP LOCKED",
+            "t.next_attempt_at, t.id"
+        )
     )
 }
 
 /// Claim up to `limit` due deliveries (retries, expired leases, deliveries queued by the fan-out)
-/// with a lease, leaving out the subscriptions in `full`.
-fn claim(limit: i64, settings: &ClaimSettings, special: bool, full: &[String]) -> Vec<Job> {
+/// with a lease, leaving out the subscriptions in `full`, within the round's byte budget; says
+/// whether the budget left due deliveries behind.
+fn claim(limit: i64, settings: &ClaimSettings, special: bool, full: &[String]) -> (Vec<Job>, bool) {
     let sql = || {
         format!(
-        "WITH c AS (
-             SELECT d.id
-               FROM event_bus.module_event_deliveries d
-              WHERE d.status IN ('pending', 'processing')
-                AND d.next_attempt_at <= now()
-                AND NOT (d.subscription_id = ANY ($6::uuid[]))
-              ORDER BY d.next_attempt_at
-              LIMIT $1
-                FOR UPDATE SKIP LOCKED
-         )
+        "WITH c AS ({c})
          UPDATE event_bus.module_event_deliveries d
             SET status = 'processing',
                 attempts = d.attempts + 1,
@@ -464,14 +500,33 @@ fn claim(limit: i64, settings: &ClaimSettings, special: bool, full: &[String]) -
                 next_attempt_at = now() + (coalesce(s.timeout_ms, $2) + $3) * interval '1 millisecond'
            FROM c, event_bus.module_events e, event_bus.module_event_subscriptions s
           WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
-         RETURNING {JOB_COLUMNS}"
+         RETURNING {JOB_COLUMNS}, (SELECT count(*) FROM c) < c.considered",
+        c = within_bytes(
+            "SELECT d.id, d.next_attempt_at, event_bus._event_bytes(e.payload, e.metadata) AS bytes
+               FROM event_bus.module_event_deliveries d
+               JOIN event_bus.module_events e ON e.id = d.event_id
+              WHERE d.status IN ('pending', 'processing')
+                AND d.next_attempt_at <= now()
+                AND NOT (d.subscription_id = ANY ($6::uuid[]))
+              ORDER BY d.next_attempt_at
+              LIMIT $1
+                FOR UPDATE OF d SKIP LOCKED",
+            "t.next_attempt_at, t.id"
+        )
     )
     };
     Spi::connect_mut(|client| {
         // planned per call, like the fan-out
         let statement = if special { claim_limited_sql() } else { sql() };
         let table = client.update(statement.as_str(), None, &settings.args(limit, full))?;
-        jobs_from(table, settings)
+        // the last column: the byte budget left due deliveries it had locked
+        let mut jobs = Vec::with_capacity(table.len());
+        let mut cut = false;
+        for row in table {
+            cut |= row.get::<bool>(JOB_COLUMN_COUNT + 1)?.unwrap_or(false);
+            jobs.push(row_to_job(&row, settings)?);
+        }
+        Ok::<_, pgrx::spi::Error>((jobs, cut))
     })
     .unwrap_or_else(|e| panic!("claim failed: {e}"))
 }

@@ -24,6 +24,9 @@ pub struct Claimed {
     /// Its subscription names an idempotency key: the claim's gate decides whether it runs, and
     /// its outcome settles the key.
     pub idempotent: bool,
+    /// Its event's payload and metadata, uncompressed: what it holds of the worker's memory
+    /// (event_bus.batch_memory).
+    pub bytes: i64,
 }
 
 /// The columns every job row has, over aliases d (delivery), e (event), s (subscription). The
@@ -51,10 +54,11 @@ pub const JOB_COLUMNS: &str =
            'deliveryid', d.id,
            'metadata', e.metadata,
            'data', e.payload)::text END,
-       d.attempt_offset, d.ordering_key IS NOT NULL, s.idempotency_key IS NOT NULL";
+       d.attempt_offset, d.ordering_key IS NOT NULL, s.idempotency_key IS NOT NULL,
+       event_bus._event_bytes(e.payload, e.metadata)";
 
 /// How many columns JOB_COLUMNS has.
-pub const JOB_COLUMN_COUNT: usize = 19;
+pub const JOB_COLUMN_COUNT: usize = 20;
 
 /// Settings read once per claim.
 pub struct ClaimSettings {
@@ -71,6 +75,8 @@ pub struct ClaimSettings {
     pub per_subscription: usize,
     /// event_bus.notify: the fan-out sends LISTEN module_event its notifications.
     notify: bool,
+    /// Event bytes a claim may take ($8): event_bus.batch_memory less what the worker holds.
+    pub bytes: std::cell::Cell<i64>,
 }
 
 impl ClaimSettings {
@@ -89,7 +95,14 @@ impl ClaimSettings {
             networks: allowed_networks(),
             per_subscription: guc::MAX_IN_FLIGHT_PER_SUBSCRIPTION.get().max(1) as usize,
             notify: guc::NOTIFY.get(),
+            bytes: std::cell::Cell::new(batch_memory()),
         }
+    }
+
+    /// Take `jobs`' event bytes off what the next statement of the round may claim.
+    pub fn spend(&self, jobs: &[Job]) {
+        let used: i64 = jobs.iter().map(|j| j.claimed().bytes).sum();
+        self.bytes.set(self.bytes.get() - used);
     }
 
     /// How long a claimed job may wait for its turn in this worker: half its lease, so it goes
@@ -99,7 +112,7 @@ impl ClaimSettings {
     }
 
     /// $1 limit, $2-$5 as JOB_COLUMNS says, $6 the subscriptions not to claim for (uuid[]),
-    /// $7 whether the fan-out notifies.
+    /// $7 whether the fan-out notifies, $8 the event bytes it may take (at least one event).
     pub fn args(&self, limit: i64, full: &[String]) -> Vec<pgrx::datum::DatumWithOid<'static>> {
         vec![
             limit.into(),
@@ -109,8 +122,14 @@ impl ClaimSettings {
             self.cap.into(),
             full.to_vec().into(),
             self.notify.into(),
+            self.bytes.get().max(1).into(),
         ]
     }
+}
+
+/// event_bus.batch_memory in bytes.
+pub fn batch_memory() -> i64 {
+    guc::BATCH_MEMORY.get().max(1) as i64 * 1024
 }
 
 pub enum Job {
@@ -146,18 +165,6 @@ fn allowed_networks() -> Result<crate::netpolicy::Networks, String> {
     parsed
 }
 
-/// Turn job rows (JOB_COLUMNS) into HTTP requests, SQL calls, or failures that need no attempt.
-pub fn jobs_from(
-    table: pgrx::spi::SpiTupleTable,
-    st: &ClaimSettings,
-) -> Result<Vec<Job>, pgrx::spi::Error> {
-    let mut jobs = Vec::with_capacity(table.len());
-    for row in table {
-        jobs.push(row_to_job(&row, st)?);
-    }
-    Ok(jobs)
-}
-
 /// One job row (JOB_COLUMNS) as an HTTP request, a SQL call, or a failure that needs no attempt.
 pub fn row_to_job(
     row: &pgrx::spi::SpiHeapTupleData,
@@ -176,6 +183,7 @@ pub fn row_to_job(
             backoff_max_ms: row.get::<i64>(8)?.unwrap_or(st.cap as i64),
             ordered: row.get::<bool>(18)?.unwrap_or(false),
             idempotent: row.get::<bool>(19)?.unwrap_or(false),
+            bytes: row.get::<i64>(20)?.unwrap_or(0),
         };
         let kind = row.get::<String>(9)?.unwrap_or_default();
         let url = row.get::<String>(10)?;

@@ -53,6 +53,9 @@ pub struct Scheduler {
     turns: VecDeque<String>,
     in_flight: HashMap<u64, Claimed>,
     next_token: u64,
+    /// Event bytes of everything held (with the sender or queued): event_bus.batch_memory
+    /// bounds it.
+    held_bytes: i64,
     pub per_subscription: usize,
     pub stale_after: Duration,
 }
@@ -64,6 +67,7 @@ impl Scheduler {
             turns: VecDeque::new(),
             in_flight: HashMap::new(),
             next_token: 1,
+            held_bytes: 0,
             per_subscription: per_subscription.max(1),
             stale_after,
         }
@@ -83,6 +87,7 @@ impl Scheduler {
     ) -> Option<(Claimed, Outcome)> {
         match job {
             Job::Http(claimed, mut req) => {
+                self.held_bytes += claimed.bytes;
                 self.sub(&claimed.subscription_id).http_out += 1;
                 req.token = self.next_token;
                 self.next_token += 1;
@@ -106,6 +111,7 @@ impl Scheduler {
     }
 
     fn push_sql(&mut self, w: SqlJob) {
+        self.held_bytes += w.claimed.bytes;
         let id = w.claimed.subscription_id.clone();
         if self.sub(&id).sql.is_empty() {
             self.turns.push_back(id.clone());
@@ -116,6 +122,7 @@ impl Scheduler {
     /// The delivery an outcome belongs to (None: not ours any more).
     pub fn complete(&mut self, outcome: &Outcome) -> Option<Claimed> {
         let claimed = self.in_flight.remove(&outcome.token)?;
+        self.held_bytes -= claimed.bytes;
         if let Some(sub) = self.subs.get_mut(&claimed.subscription_id) {
             sub.http_out = sub.http_out.saturating_sub(1);
             if outcome.sent {
@@ -125,9 +132,11 @@ impl Scheduler {
         Some(claimed)
     }
 
-    /// Up to `n` SQL calls to run next: subscriptions take turns, one call each per turn.
-    pub fn take_sql(&mut self, n: usize) -> Vec<SqlJob> {
+    /// Up to `n` SQL calls to run next, whose events take at most `max_bytes` (one call at
+    /// least): subscriptions take turns, one call each per turn.
+    pub fn take_sql(&mut self, n: usize, max_bytes: i64) -> Vec<SqlJob> {
         let mut out = Vec::new();
+        let mut bytes = 0;
         while out.len() < n {
             let Some(id) = self.turns.pop_front() else {
                 break;
@@ -135,7 +144,14 @@ impl Scheduler {
             let Some(sub) = self.subs.get_mut(&id) else {
                 continue;
             };
+            let next = sub.sql.front().map_or(0, |w| w.claimed.bytes);
+            if !out.is_empty() && bytes + next > max_bytes {
+                self.turns.push_front(id);
+                break;
+            }
             if let Some(w) = sub.sql.pop_front() {
+                bytes += w.claimed.bytes;
+                self.held_bytes -= w.claimed.bytes;
                 out.push(w);
             }
             if !sub.sql.is_empty() {
@@ -148,6 +164,7 @@ impl Scheduler {
     /// Put SQL calls that did not get to run back in front of their queues.
     pub fn requeue_sql(&mut self, jobs: Vec<SqlJob>) {
         for w in jobs.into_iter().rev() {
+            self.held_bytes += w.claimed.bytes;
             let id = w.claimed.subscription_id.clone();
             if self.sub(&id).sql.is_empty() {
                 self.turns.push_front(id.clone());
@@ -164,6 +181,11 @@ impl Scheduler {
 
     pub fn has_sql(&self) -> bool {
         !self.turns.is_empty()
+    }
+
+    /// Event bytes of what this worker holds: requests with the sender, SQL calls queued.
+    pub fn held_bytes(&self) -> i64 {
+        self.held_bytes
     }
 
     /// HTTP requests with the sender.
@@ -217,6 +239,7 @@ impl Scheduler {
                 out.extend(sub.sql.pop_front().map(|w| w.claimed));
             }
         }
+        self.held_bytes -= out.iter().map(|c| c.bytes).sum::<i64>();
         if !out.is_empty() {
             let subs = &self.subs;
             self.turns
@@ -250,6 +273,7 @@ impl Scheduler {
             sub.http_out = 0;
         }
         self.turns.clear();
+        self.held_bytes = 0;
         out
     }
 }
@@ -271,6 +295,7 @@ mod tests {
             backoff_max_ms: 1,
             ordered: false,
             idempotent: false,
+            bytes: 0,
         }
     }
 
@@ -280,6 +305,32 @@ mod tests {
             run_as: None,
             timeout_ms: 1000,
         }
+    }
+
+    #[test]
+    fn sql_calls_are_taken_within_a_byte_budget_and_held_bytes_follow_them() {
+        let mut s = Scheduler::new(4, Duration::from_secs(5));
+        let now = Instant::now();
+        for i in 0..4 {
+            let mut c = claimed("a", i);
+            c.bytes = 1000;
+            s.push_sql(Waiting {
+                claimed: c,
+                work: call(),
+                since: now,
+            });
+        }
+        assert_eq!(s.held_bytes(), 4000);
+        // two fit in 2,500 bytes; a call larger than the budget still goes alone
+        let two = s.take_sql(10, 2500);
+        assert_eq!(two.len(), 2);
+        assert_eq!(s.held_bytes(), 2000);
+        assert_eq!(s.take_sql(10, 10).len(), 1);
+        s.requeue_sql(two);
+        assert_eq!(s.held_bytes(), 3000);
+        let stale = s.take_stale(now + Duration::from_secs(6));
+        assert_eq!(stale.len(), 3);
+        assert_eq!(s.held_bytes(), 0);
     }
 
     #[test]
@@ -296,17 +347,17 @@ mod tests {
             }
         }
         let first: Vec<String> = s
-            .take_sql(3)
+            .take_sql(3, i64::MAX)
             .into_iter()
             .map(|w| w.claimed.delivery_id)
             .collect();
         assert_eq!(first, ["a-0", "b-0", "a-1"]);
-        let mut next = s.take_sql(2);
+        let mut next = s.take_sql(2, i64::MAX);
         assert_eq!(next[0].claimed.delivery_id, "b-1");
         let back = next.split_off(1);
         s.requeue_sql(back);
         let rest: Vec<String> = s
-            .take_sql(10)
+            .take_sql(10, i64::MAX)
             .into_iter()
             .map(|w| w.claimed.delivery_id)
             .collect();
