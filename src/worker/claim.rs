@@ -66,7 +66,11 @@ fn fan_out(limit: i64, settings: &ClaimSettings, full: &[String], pass: Pass) ->
         events = events_to_take(pass, false)
     )
     };
-    run_fan_out(&sql(), limit, settings, full)
+    let name = match pass {
+        Pass::Head => "fan_out_head",
+        Pass::Tail => "fan_out_tail",
+    };
+    run_fan_out(name, sql, limit, settings, full)
 }
 
 /// Which undispatched events a fan-out takes.
@@ -186,11 +190,17 @@ struct FanOut {
     cut: bool,
 }
 
-/// Run a fan-out statement and decode its rows.
-/// Planned per call: a generic plan cannot see the small LIMIT and hashes whole tables.
-fn run_fan_out(sql: &str, limit: i64, settings: &ClaimSettings, full: &[String]) -> FanOut {
+/// Run a fan-out statement (kept parsed as `name`, planned per call: see `claim_and_fan_out`)
+/// and decode its rows.
+fn run_fan_out(
+    name: &'static str,
+    sql: impl FnOnce() -> String,
+    limit: i64,
+    settings: &ClaimSettings,
+    full: &[String],
+) -> FanOut {
     Spi::connect_mut(|client| {
-        let table = client.update(sql, None, &settings.args(limit, full))?;
+        let table = exec(client, name, sql, &ClaimSettings::ARG_TYPES, &settings.args(limit, full))?;
         let mut jobs = Vec::with_capacity(table.len());
         let mut taken = 0;
         let mut considered = 0;
@@ -250,29 +260,41 @@ pub struct Round {
 /// One claim round: due retries and expired leases first, then new events. With ordered or
 /// limited subscriptions, under the stream lock, with the statements that honour them. `full`:
 /// subscriptions this worker holds enough of already — not claimed, their new deliveries left due.
+///
+/// The round's statements are parsed once per backend and kept (`plans::exec`), but planned for
+/// each call with its arguments (plan_cache_mode = force_custom_plan): a generic plan cannot see
+/// the small LIMIT and hashes whole tables, while parsing and analysing the statements every round
+/// was most of the worker's CPU when rounds are small (perf: a steady 10,000 events/s gathered
+/// into ~10-event rounds).
 pub fn claim_and_fan_out(limit: i64, settings: &ClaimSettings, full: &[String]) -> Round {
-    without_bitmap_scans(|| claim_round(limit, settings, full))
+    planned_for_the_round(|| claim_round(limit, settings, full))
 }
 
 /// The fan-out and the claim read the first rows of a partial index in its order. Its statistics
 /// rarely know how many rows it holds (it empties as fast as it fills), and a bitmap scan then
 /// reads every entry of a backlog — dead ones included, which only an ordered index scan marks
 /// for reuse — and sorts them, on every round: 5x slower at a backlog of 50,000 events, and worse
-/// as it grows. So bitmap scans are off while a round is planned, and back as they were after it
-/// (process_pending_events runs a round inside its caller's transaction).
-fn without_bitmap_scans<R>(f: impl FnOnce() -> R) -> R {
+/// as it grows. So bitmap scans are off while a round is planned (and plans are custom, see
+/// above), and both back as they were after it (process_pending_events runs a round inside its
+/// caller's transaction).
+fn planned_for_the_round<R>(f: impl FnOnce() -> R) -> R {
     unsafe {
         let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"enable_bitmapscan".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            PgLogLevel::ERROR as i32,
-            false,
-        );
+        for (name, value) in [
+            (c"enable_bitmapscan", c"off"),
+            (c"plan_cache_mode", c"force_custom_plan"),
+        ] {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                PgLogLevel::ERROR as i32,
+                false,
+            );
+        }
         // an error inside ends the (sub)transaction, which restores the setting
         let r = f();
         pg_sys::AtEOXact_GUC(true, level);
@@ -417,7 +439,11 @@ fn fan_out_special(
     )
     };
     // deliveries queued for the claim (limited or full subscriptions) are not jobs yet
-    run_fan_out(&sql(), limit, settings, full)
+    let name = match pass {
+        Pass::Head => "fan_out_head_special",
+        Pass::Tail => "fan_out_tail_special",
+    };
+    run_fan_out(name, sql, limit, settings, full)
 }
 
 /// Subscriptions with limits: how many more may start now (free: NULL = no cap), and from when
@@ -516,9 +542,14 @@ fn claim(limit: i64, settings: &ClaimSettings, special: bool, full: &[String]) -
     )
     };
     Spi::connect_mut(|client| {
-        // planned per call, like the fan-out
-        let statement = if special { claim_limited_sql() } else { sql() };
-        let table = client.update(statement.as_str(), None, &settings.args(limit, full))?;
+        // kept parsed, planned per call, like the fan-out
+        let args = settings.args(limit, full);
+        let types = &ClaimSettings::ARG_TYPES;
+        let table = if special {
+            exec(client, "claim_limited", claim_limited_sql, types, &args)?
+        } else {
+            exec(client, "claim", sql, types, &args)?
+        };
         // the last column: the byte budget left due deliveries it had locked
         let mut jobs = Vec::with_capacity(table.len());
         let mut cut = false;
@@ -555,11 +586,17 @@ fn next_due(special: bool, full: &[String]) -> Option<f64> {
             AND NOT (d.subscription_id = ANY ($1::uuid[]))"
             .to_string()
     };
-    Spi::connect(|client| {
-        client
-            .select(due_sql.as_str(), None, &[full.to_vec().into()])?
-            .first()
-            .get_one::<f64>()
+    let name = if special { "next_due_special" } else { "next_due" };
+    Spi::connect_mut(|client| {
+        exec(
+            client,
+            name,
+            || due_sql,
+            &[pg_sys::TEXTARRAYOID],
+            &[full.to_vec().into()],
+        )?
+        .first()
+        .get_one::<f64>()
     })
     .unwrap_or_else(|e| panic!("finding the next due delivery failed: {e}"))
 }

@@ -86,9 +86,18 @@ fn extension_present() -> bool {
 
 /// The installed SQL version when it is not the library's own (an upgrade not yet run).
 pub fn outdated_sql() -> Option<String> {
-    let installed = Spi::get_one::<String>(
-        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'event_bus'",
-    )
+    // asked every round: kept parsed and planned
+    let installed = Spi::connect_mut(|client| {
+        crate::plans::exec(
+            client,
+            "extversion",
+            || "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'event_bus'".into(),
+            &[],
+            &[],
+        )?
+        .first()
+        .get_one::<String>()
+    })
     .ok()
     .flatten()?;
     (installed != env!("CARGO_PKG_VERSION")).then_some(installed)

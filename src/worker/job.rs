@@ -111,6 +111,18 @@ impl ClaimSettings {
         Duration::from_millis((self.lease_ms.max(100) / 2) as u64)
     }
 
+    /// The types of `args`.
+    pub const ARG_TYPES: [pgrx::pg_sys::Oid; 8] = [
+        pgrx::pg_sys::INT8OID,
+        pgrx::pg_sys::INT4OID,
+        pgrx::pg_sys::INT4OID,
+        pgrx::pg_sys::INT4OID,
+        pgrx::pg_sys::INT4OID,
+        pgrx::pg_sys::TEXTARRAYOID,
+        pgrx::pg_sys::BOOLOID,
+        pgrx::pg_sys::INT8OID,
+    ];
+
     /// $1 limit, $2-$5 as JOB_COLUMNS says, $6 the subscriptions not to claim for (uuid[]),
     /// $7 whether the fan-out notifies, $8 the event bytes it may take (at least one event).
     pub fn args(&self, limit: i64, full: &[String]) -> Vec<pgrx::datum::DatumWithOid<'static>> {
