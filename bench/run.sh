@@ -187,6 +187,16 @@ want delivery && for n in $EVENTS; do
     ROWS+=("| HTTP deliveries/s, $n events, 1 subscription | $med | nginx sink $SINK_RPS req/s | $(awk -v a="$med" -v b="$SINK_RPS" 'BEGIN{printf "%.3f", a/b}') | >= 12000 |")
 done
 
+# the defaults beside the tuned setting: LISTEN module_event notifications off (the worker sends one
+# per event in its fan-out transaction when event_bus.notify is on, the default)
+if want delivery && [ -z "${BENCH_NOTIFY:-}" ]; then
+    n="${EVENTS##* }"
+    "${PSQL[@]}" -c "ALTER SYSTEM SET event_bus.notify = off" -c "SELECT pg_reload_conf()" >/dev/null
+    tuned="$(throughput_median "tuned: event_bus.notify = off, $n events" "$SINK" "$n" 1)"
+    "${PSQL[@]}" -c "ALTER SYSTEM RESET event_bus.notify" -c "SELECT pg_reload_conf()" >/dev/null
+    ROWS+=("| HTTP deliveries/s, $n events, the defaults (event_bus.notify on) | ${MED[http_$n]} | tuned (event_bus.notify = off) $tuned | $(ratio "${MED[http_$n]}" "$tuned") | - |")
+fi
+
 # --- null sink: the Postgres-only ceiling of the same code -----------------------------------
 # The worker rebuilt with the bench-null-sink feature (every HTTP attempt succeeds at once, no I/O),
 # 100,000 events, beside the same events delivered to nginx by the normal build in this run: the

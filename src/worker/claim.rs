@@ -496,17 +496,18 @@ fn claim_limited_sql() -> String {
           WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
          RETURNING {JOB_COLUMNS}, (SELECT count(*) FROM cand) < c.considered",
         cand = within_bytes(
-            "SELECT d.id, d.subscription_id, d.next_attempt_at,
+            "SELECT l.id, l.subscription_id, l.next_attempt_at,
                     event_bus._event_bytes(e.payload, e.metadata) AS bytes
-               FROM event_bus.module_event_deliveries d
-               JOIN event_bus.module_events e ON e.id = d.event_id
-              WHERE d.status IN ('pending', 'processing')
-                AND d.next_attempt_at <= now()
-                AND NOT (d.subscription_id = ANY ($6::uuid[]))
-                AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.id = d.subscription_id)
-              ORDER BY d.next_attempt_at
-              LIMIT $1
-                FOR UPDATE OF d SKIP LOCKED",
+               FROM (SELECT d.id, d.event_id, d.subscription_id, d.next_attempt_at
+                       FROM event_bus.module_event_deliveries d
+                      WHERE d.status IN ('pending', 'processing')
+                        AND d.next_attempt_at <= now()
+                        AND NOT (d.subscription_id = ANY ($6::uuid[]))
+                        AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.id = d.subscription_id)
+                      ORDER BY d.next_attempt_at
+                      LIMIT $1
+                        FOR UPDATE SKIP LOCKED) l
+               JOIN event_bus.module_events e ON e.id = l.event_id",
             "t.next_attempt_at, t.id"
         )
     )
@@ -528,15 +529,18 @@ fn claim(limit: i64, settings: &ClaimSettings, special: bool, full: &[String]) -
           WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
          RETURNING {JOB_COLUMNS}, (SELECT count(*) FROM c) < c.considered",
         c = within_bytes(
-            "SELECT d.id, d.next_attempt_at, event_bus._event_bytes(e.payload, e.metadata) AS bytes
-               FROM event_bus.module_event_deliveries d
-               JOIN event_bus.module_events e ON e.id = d.event_id
-              WHERE d.status IN ('pending', 'processing')
-                AND d.next_attempt_at <= now()
-                AND NOT (d.subscription_id = ANY ($6::uuid[]))
-              ORDER BY d.next_attempt_at
-              LIMIT $1
-                FOR UPDATE OF d SKIP LOCKED",
+            // the deliveries are locked first (the due index, in order, LIMIT), their events'
+            // sizes looked up after
+            "SELECT l.id, l.next_attempt_at, event_bus._event_bytes(e.payload, e.metadata) AS bytes
+               FROM (SELECT d.id, d.event_id, d.next_attempt_at
+                       FROM event_bus.module_event_deliveries d
+                      WHERE d.status IN ('pending', 'processing')
+                        AND d.next_attempt_at <= now()
+                        AND NOT (d.subscription_id = ANY ($6::uuid[]))
+                      ORDER BY d.next_attempt_at
+                      LIMIT $1
+                        FOR UPDATE SKIP LOCKED) l
+               JOIN event_bus.module_events e ON e.id = l.event_id",
             "t.next_attempt_at, t.id"
         )
     )
