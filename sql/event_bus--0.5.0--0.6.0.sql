@@ -2307,6 +2307,17 @@ BEGIN
     -- deliveries a fan-out added for a subscription deleted meanwhile (a fan-out transaction
     -- lasts milliseconds; half a minute is a wide margin)
     PERFORM event_bus._sweep_deleted_subscriptions(interval '30 seconds');
+    -- due deliveries whose event row is gone (deleted or truncated by hand: retention deletes
+    -- deliveries with their events): nothing can deliver them, and at the head of the due queue
+    -- they would fill every claim and keep it from the deliveries behind them. The first
+    -- p_batch_size due ones are checked.
+    DELETE FROM event_bus.module_event_deliveries d
+     WHERE d.id = ANY (ARRAY(
+           SELECT q.id FROM event_bus.module_event_deliveries q
+            WHERE q.status IN ('pending', 'processing') AND q.next_attempt_at <= now()
+            ORDER BY q.next_attempt_at
+            LIMIT p_batch_size))
+       AND NOT EXISTS (SELECT 1 FROM event_bus.module_events e WHERE e.id = d.event_id);
     -- idempotency keys handled longer ago than their window (or of a subscription that no longer
     -- names a key)
     DELETE FROM event_bus._idempotency_keys x
@@ -2336,8 +2347,8 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION event_bus._maintenance(integer) IS
-    'Internal: the worker''s upkeep: breaker probes and releases, deliveries of deleted subscriptions, '
-    'retention (event_bus.retention).';
+    'Internal: the worker''s upkeep: breaker probes and releases, deliveries of deleted subscriptions '
+    'or deleted events, expired idempotency keys, retention (event_bus.retention).';
 
 ------------------------------------------------------------------------------------------------
 -- Privileges

@@ -727,3 +727,41 @@ fn claims_stop_at_batch_memory_and_every_large_event_is_still_delivered() {
         "a claim took {per_claim} events of 40 kB against a 64 kB budget"
     );
 }
+
+#[test]
+fn due_deliveries_whose_event_was_deleted_by_hand_never_block_the_claim() {
+    // batch_size 2: two orphaned due deliveries at the head of the queue fill every claim
+    let mut conf = CONF.to_vec();
+    conf.push("event_bus.batch_size = 2");
+    let cluster = Cluster::start("orphans", &conf);
+    let rx = Receiver::start(|_, n| if n == 0 { Reply::status(500) } else { Reply::ok() });
+    let mut c = cluster.create_db_with_extension("orphans");
+    let sub = subscribe(&mut c, "order.*", &rx.url("/retry"), "");
+    // deliveries of events deleted by hand, due for an hour
+    c.batch_execute(&format!(
+        "INSERT INTO event_bus.module_event_deliveries (id, event_id, subscription_id, tenant_id, status, next_attempt_at)
+         SELECT gen_random_uuid(), gen_random_uuid(), '{sub}', '{TENANT}', 'pending', now() - interval '1 hour'
+           FROM generate_series(1, 3)"
+    ))
+    .unwrap();
+    // the first attempt fails; its retry is due behind them
+    let e = emit(&mut c, "order.placed", r#"{"n": 1}"#);
+    wait_for("the retry delivered", LONG, || {
+        (rx.count("/retry") >= 2).then_some(())
+    });
+    assert_eq!(
+        scalar_text(
+            &mut c,
+            &format!("SELECT status FROM event_bus.module_events WHERE id = '{e}'")
+        ),
+        "completed"
+    );
+    wait_for("the orphans removed", LONG, || {
+        (scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_event_deliveries d
+              WHERE NOT EXISTS (SELECT 1 FROM event_bus.module_events e WHERE e.id = d.event_id)",
+        ) == 0)
+            .then_some(())
+    });
+}
