@@ -26,6 +26,7 @@
 #             of them beside the same events in one database; first event into an idle database p50/p99
 #   memory    MEM_EVENTS (1,000) events of MEM_KB (900) kB to nginx: the worker's peak RSS and RSS after,
 #             with the default event_bus.batch_memory and with the byte bound lifted
+#   rss       the worker's RSS after 100,000 and after 1,000,000 deliveries (one process)
 #   recover   a 5 s outage of an endpoint (connections refused) while 100 events are emitted: seconds from
 #             its return to the first and to the last delivery
 #   growth    delivery and SQL-handler rates again with GROWTH_EVENTS (5,000,000) completed events,
@@ -38,7 +39,7 @@ cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000 100000}"
 RUNS="${RUNS:-3}"
 LAT_EVENTS="${LAT_EVENTS:-300}"
-SECTIONS="${SECTIONS:-delivery nullsink latency fanout ordered isolation sustained sql request brokers pool memory recover emit contract batch growth}"
+SECTIONS="${SECTIONS:-delivery nullsink latency fanout ordered isolation sustained sql request brokers pool memory rss recover emit contract batch growth}"
 EMIT_SECONDS="${EMIT_SECONDS:-5}"
 GROWTH_EVENTS="${GROWTH_EVENTS:-5000000}"
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -424,17 +425,17 @@ memory_run() { # batch_memory setting -> "before_kB peak_kB after_kB seconds"
     wait_sql "SELECT count(*) = $MEM_EVENTS + 1 FROM event_bus.module_event_deliveries WHERE status = 'completed'"
     local secs=$((SECONDS - t0))
     [ "$(worker_pid)" = "$pid" ] || echo "    (the worker changed during the run: figures are of $pid)" >&2
-    echo "$before $(rss_kb "$pid" VmHWM) $(rss_kb "$pid" VmRSS) $secs"
+    echo "$before $(rss_kb "$pid" VmHWM) $(rss_kb "$pid" VmRSS) $secs $(rss_kb "$pid" RssAnon)"
 }
 if want memory; then
     MEM_EVENTS="${MEM_EVENTS:-1000}"; MEM_KB="${MEM_KB:-900}"
     pb=(); pp=(); pa=(); ps=(); ub=(); up=(); ua=(); us=()
     for r in $(seq "$RUNS"); do
-        read -r b p a s <<<"$(memory_run 16MB)"
-        echo "    memory, batch_memory 16MB, run $r: rss before ${b} kB, peak ${p} kB, after ${a} kB, ${s} s" >&2
+        read -r b p a s an <<<"$(memory_run 16MB)"
+        echo "    memory, batch_memory 16MB, run $r: rss before ${b} kB, peak ${p} kB, after ${a} kB (private ${an} kB), ${s} s" >&2
         pb+=("$b"); pp+=("$p"); pa+=("$a"); ps+=("$s")
-        read -r b p a s <<<"$(memory_run 1GB)"
-        echo "    memory, batch_memory 1GB, run $r: rss before ${b} kB, peak ${p} kB, after ${a} kB, ${s} s" >&2
+        read -r b p a s an <<<"$(memory_run 1GB)"
+        echo "    memory, batch_memory 1GB, run $r: rss before ${b} kB, peak ${p} kB, after ${a} kB (private ${an} kB), ${s} s" >&2
         ub+=("$b"); up+=("$p"); ua+=("$a"); us+=("$s")
     done
     "${PSQL[@]}" -c "ALTER SYSTEM RESET event_bus.batch_memory" -c "SELECT pg_reload_conf()" >/dev/null
@@ -443,6 +444,24 @@ if want memory; then
     ROWS+=("| the same with the byte bound lifted (batch_memory 1GB: claims by count, as 0.5.0) | $(mb "${up[@]}") | RSS before $(mb "${ub[@]}") MB, after $(mb "${ua[@]}") MB; delivered in $(printf '%s\n' "${us[@]}" | median) s | | |")
     "${PSQL[@]}" -c "TRUNCATE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs CASCADE" \
         -c "DELETE FROM event_bus.module_event_subscriptions" >/dev/null
+fi
+
+# --- the worker's memory over a long run ---------------------------------------------------
+# RSS_EVENTS (1,000,000) small events delivered to nginx by one worker process: its private memory
+# (RssAnon; VmRSS also counts the shared buffers it touched) after the first 100,000 and after all
+# of them: the worker must not grow with the number it delivered.
+if want rss; then
+    RSS_N="${RSS_EVENTS:-1000000}"
+    "${PSQL[@]}" -c "TRUNCATE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs CASCADE" \
+        -c "DELETE FROM event_bus.module_event_subscriptions" >/dev/null
+    out="$("$DRIVER" throughput "$CONN" "$SINK" 100000 1)"
+    pid="$(worker_pid)"; r1="$(rss_kb "$pid" RssAnon)"
+    echo "    rss: first 100000: $out; worker $pid RssAnon ${r1} kB (VmRSS $(rss_kb "$pid" VmRSS) kB)" >&2
+    out="$("$DRIVER" throughput "$CONN" "$SINK" "$((RSS_N - 100000))" 1)"
+    [ "$(worker_pid)" = "$pid" ] || echo "    (the worker changed during the run)" >&2
+    r2="$(rss_kb "$pid" RssAnon)"
+    echo "    rss: the next $((RSS_N - 100000)): $out; worker RssAnon ${r2} kB (VmRSS $(rss_kb "$pid" VmRSS) kB)" >&2
+    ROWS+=("| worker private memory (RssAnon) MB after $RSS_N deliveries | $(awk -v k="$r2" 'BEGIN{printf "%.0f", k/1024}') | after 100,000: $(awk -v k="$r1" 'BEGIN{printf "%.0f", k/1024}') MB | $(ratio "$r2" "$r1") | <= 1.1 |")
 fi
 
 # --- breaker recovery: a 5 s outage ------------------------------------------------------------
