@@ -713,7 +713,10 @@ fn claims_stop_at_batch_memory_and_every_large_event_is_still_delivered() {
     });
     assert!(rx.count("/big") >= 36, "every HTTP event arrived (6 twice)");
     assert!(
-        scalar_i64(&mut c, "SELECT count(*) FROM event_bus.module_event_logs WHERE status = 'failed'") >= 6,
+        scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_event_logs WHERE status = 'failed'"
+        ) >= 6,
         "the retries were claimed"
     );
     // deliveries started by one claim share its transaction's now(): at most two events each
@@ -734,7 +737,13 @@ fn due_deliveries_whose_event_was_deleted_by_hand_never_block_the_claim() {
     let mut conf = CONF.to_vec();
     conf.push("event_bus.batch_size = 2");
     let cluster = Cluster::start("orphans", &conf);
-    let rx = Receiver::start(|_, n| if n == 0 { Reply::status(500) } else { Reply::ok() });
+    let rx = Receiver::start(|_, n| {
+        if n == 0 {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    });
     let mut c = cluster.create_db_with_extension("orphans");
     let sub = subscribe(&mut c, "order.*", &rx.url("/retry"), "");
     // deliveries of events deleted by hand, due for an hour

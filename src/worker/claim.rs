@@ -200,7 +200,13 @@ fn run_fan_out(
     full: &[String],
 ) -> FanOut {
     Spi::connect_mut(|client| {
-        let table = exec(client, name, sql, &ClaimSettings::ARG_TYPES, &settings.args(limit, full))?;
+        let table = exec(
+            client,
+            name,
+            sql,
+            &ClaimSettings::ARG_TYPES,
+            &settings.args(limit, full),
+        )?;
         let mut jobs = Vec::with_capacity(table.len());
         let mut taken = 0;
         let mut considered = 0;
@@ -388,12 +394,7 @@ fn idempotency_gate(jobs: Vec<Job>) -> Vec<Job> {
 /// The fan-out for ordered and limited subscriptions: a delivery with an earlier unfinished one
 /// in its entity stream waits; deliveries of limited subscriptions are queued for the claim,
 /// which applies the limits.
-fn fan_out_special(
-    limit: i64,
-    settings: &ClaimSettings,
-    full: &[String],
-    pass: Pass,
-) -> FanOut {
+fn fan_out_special(limit: i64, settings: &ClaimSettings, full: &[String], pass: Pass) -> FanOut {
     let sql = || {
         format!(
         "WITH ev AS ({events}), m AS (
@@ -570,10 +571,12 @@ fn claim(limit: i64, settings: &ClaimSettings, special: bool, full: &[String]) -
 /// Leaves out the subscriptions in `full`; with limits, not the deliveries of subscriptions
 /// without room, but when a rate allows the next start.
 fn next_due(special: bool, full: &[String]) -> Option<f64> {
-    // min() always returns one row (NULL when nothing is queued)
-    let due_sql = if special {
-        format!(
-            "WITH {LIMITS_CTE}
+    // min() always returns one row (NULL when nothing is queued); the text is built only when
+    // the statement is first prepared
+    let due_sql = move || {
+        if special {
+            format!(
+                "WITH {LIMITS_CTE}
              SELECT extract(epoch FROM (least(
                     (SELECT min(d.next_attempt_at) FROM event_bus.module_event_deliveries d
                       WHERE d.status IN ('pending', 'processing')
@@ -582,20 +585,25 @@ fn next_due(special: bool, full: &[String]) -> Option<f64> {
                     (SELECT min(l.base) FROM lim l
                       WHERE l.rate IS NOT NULL AND l.base > now() AND coalesce(l.free, 1) > 0))
                     - now()))::float8"
-        )
-    } else {
-        "SELECT extract(epoch FROM (min(d.next_attempt_at) - now()))::float8
+            )
+        } else {
+            "SELECT extract(epoch FROM (min(d.next_attempt_at) - now()))::float8
            FROM event_bus.module_event_deliveries d
           WHERE d.status IN ('pending', 'processing')
             AND NOT (d.subscription_id = ANY ($1::uuid[]))"
-            .to_string()
+                .to_string()
+        }
     };
-    let name = if special { "next_due_special" } else { "next_due" };
+    let name = if special {
+        "next_due_special"
+    } else {
+        "next_due"
+    };
     Spi::connect_mut(|client| {
         exec(
             client,
             name,
-            || due_sql,
+            due_sql,
             &[pg_sys::TEXTARRAYOID],
             &[full.to_vec().into()],
         )?
