@@ -13,7 +13,10 @@ CREATE OR REPLACE FUNCTION event_bus.list_events(
     p_from          timestamptz DEFAULT NULL,
     p_to            timestamptz DEFAULT NULL,
     p_before        uuid        DEFAULT NULL,
-    p_limit         integer     DEFAULT 50
+    p_limit         integer     DEFAULT 50,
+    p_entity_type   text        DEFAULT NULL,
+    p_entity_id     text        DEFAULT NULL,
+    p_correlation_id text       DEFAULT NULL
 ) RETURNS SETOF event_bus.module_events
 LANGUAGE plpgsql
 STABLE
@@ -43,13 +46,17 @@ BEGIN
            AND (p_from IS NULL OR (e.id >= event_bus.uuid_v7_lower_bound(p_from) AND e.created_at >= p_from))
            AND (p_to IS NULL OR e.created_at < p_to)
            AND (p_before IS NULL OR e.id < p_before)
+           AND (p_entity_type IS NULL OR e.entity_type = p_entity_type)
+           AND (p_entity_id IS NULL OR e.entity_id = p_entity_id)
+           AND (p_correlation_id IS NULL
+                OR (e.metadata ? 'correlation_id' AND e.metadata ->> 'correlation_id' = p_correlation_id))
          ORDER BY e.id DESC
          LIMIT p_limit;
 END
 $$;
-COMMENT ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer) IS
-    'Events, newest first, filtered by tenant, source module, event-type pattern (* and #), status and '
-    'created_at range [p_from, p_to). Keyset pagination: pass the last id of a page as p_before for the '
+COMMENT ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer, text, text, text) IS
+    'Events, newest first, filtered by tenant, source module, event-type pattern (* and #), status, '
+    'created_at range [p_from, p_to), entity (type, id) and correlation id (metadata.correlation_id). Keyset pagination: pass the last id of a page as p_before for the '
     'next. Row-level security limits readers to their tenant.';
 
 ------------------------------------------------------------------------------------------------
@@ -86,7 +93,16 @@ BEGIN
                'logs', coalesce((
                    SELECT jsonb_agg(to_jsonb(l) ORDER BY l.executed_at, l.attempt)
                      FROM event_bus.module_event_logs l
-                    WHERE l.event_id = e.id), '[]'::jsonb))
+                    WHERE l.event_id = e.id), '[]'::jsonb),
+               'children', coalesce((
+                   SELECT jsonb_agg(jsonb_build_object('id', c.id, 'event_type', c.event_type,
+                                                       'status', c.status, 'created_at', c.created_at)
+                                    ORDER BY c.id)
+                     FROM (SELECT c.id, c.event_type, c.status, c.created_at
+                             FROM event_bus.module_events c
+                            WHERE c.metadata ? 'causation_id' AND c.metadata ->> 'causation_id' = e.id::text
+                            ORDER BY c.id
+                            LIMIT 100) c), '[]'::jsonb))
       INTO v_detail
       FROM event_bus.module_events e
      WHERE e.id = p_event_id;
@@ -99,7 +115,8 @@ END
 $$;
 COMMENT ON FUNCTION event_bus.event_detail(uuid) IS
     'One event as JSON: {"event": its row (payload, metadata, status), "deliveries": each subscription''s '
-    'delivery state, "logs": every attempt in order}. P0002 when not found or not visible.';
+    'delivery state, "logs": every attempt in order, "children": the events its handlers emitted (by '
+    'metadata.causation_id, first 100)}. P0002 when not found or not visible.';
 
 ------------------------------------------------------------------------------------------------
 -- Internal: scope of a write for the caller; re-arming deliveries.
@@ -348,7 +365,8 @@ CREATE OR REPLACE FUNCTION event_bus.retry_failed(
     p_event_type      text        DEFAULT NULL,
     p_subscription_id uuid        DEFAULT NULL,
     p_from            timestamptz DEFAULT NULL,
-    p_to              timestamptz DEFAULT NULL
+    p_to              timestamptz DEFAULT NULL,
+    p_dry_run         boolean     DEFAULT false
 ) RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -356,11 +374,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_scope uuid := event_bus._write_scope();
+    v_ids   uuid[];
 BEGIN
     IF p_event_type IS NOT NULL THEN
         PERFORM event_bus._check_pattern(p_event_type);
     END IF;
-    RETURN event_bus._rearm(ARRAY(
+    v_ids := ARRAY(
         SELECT d.id
           FROM event_bus.module_event_deliveries d
           JOIN event_bus.module_events e ON e.id = d.event_id
@@ -371,12 +390,17 @@ BEGIN
            AND (p_source_module IS NULL OR e.source_module = p_source_module)
            AND (p_event_type IS NULL OR event_bus.matches(p_event_type, e.event_type))
            AND (p_from IS NULL OR e.created_at >= p_from)
-           AND (p_to IS NULL OR e.created_at < p_to)));
+           AND (p_to IS NULL OR e.created_at < p_to));
+    IF p_dry_run THEN
+        RETURN coalesce(array_length(v_ids, 1), 0);
+    END IF;
+    RETURN event_bus._rearm(v_ids);
 END
 $$;
-COMMENT ON FUNCTION event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz) IS
+COMMENT ON FUNCTION event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz, boolean) IS
     'Re-arm every failed (dead) delivery matching the filters (all NULL = every dead letter in the '
-    'caller''s scope). Returns how many were re-armed.';
+    'caller''s scope). Returns how many were re-armed; p_dry_run => true returns how many would be, '
+    'changing nothing.';
 
 ------------------------------------------------------------------------------------------------
 -- API: Public — replay_events
@@ -384,7 +408,7 @@ COMMENT ON FUNCTION event_bus.retry_failed(uuid, text, text, uuid, timestamptz, 
 -- every (event, subscription) pair a replay selects whose delivery is not already under way
 CREATE OR REPLACE FUNCTION event_bus._replay_targets(
     p_scope uuid, p_event_type text, p_source_module text, p_tenant_id uuid, p_from timestamptz,
-    p_to timestamptz, p_subscription_id uuid
+    p_to timestamptz, p_subscription_id uuid, p_event_id uuid
 ) RETURNS TABLE (event_id uuid, subscription_id uuid, tenant_id uuid, held boolean)
 LANGUAGE sql
 STABLE
@@ -399,6 +423,7 @@ AS $$
        AND event_bus.matches(s.event_type, e.event_type)
      WHERE e.dispatched_at IS NOT NULL
        AND NOT e.is_request
+       AND (p_event_id IS NULL OR e.id = p_event_id)
        AND (p_scope IS NULL OR e.tenant_id = p_scope)
        AND (p_tenant_id IS NULL OR e.tenant_id = p_tenant_id)
        AND (p_source_module IS NULL OR e.source_module = p_source_module)
@@ -410,7 +435,7 @@ AS $$
             WHERE d.event_id = e.id AND d.subscription_id = s.id
               AND d.status IN ('pending', 'processing', 'held'));
 $$;
-COMMENT ON FUNCTION event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid) IS
+COMMENT ON FUNCTION event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid, uuid) IS
     'Internal: the (event, subscription) pairs a replay with these filters re-delivers, within p_scope '
     '(a tenant, or NULL for all).';
 
@@ -421,7 +446,8 @@ CREATE OR REPLACE FUNCTION event_bus.replay_events(
     p_from            timestamptz DEFAULT NULL,
     p_to              timestamptz DEFAULT NULL,
     p_subscription_id uuid        DEFAULT NULL,
-    p_dry_run         boolean     DEFAULT false
+    p_dry_run         boolean     DEFAULT false,
+    p_event_id        uuid        DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -434,10 +460,10 @@ DECLARE
     v_ordered uuid[];
 BEGIN
     IF p_event_type IS NULL AND p_source_module IS NULL AND p_tenant_id IS NULL AND p_from IS NULL
-       AND p_to IS NULL AND p_subscription_id IS NULL THEN
+       AND p_to IS NULL AND p_subscription_id IS NULL AND p_event_id IS NULL THEN
         RAISE EXCEPTION 'event_bus: replay needs at least one filter'
             USING ERRCODE = '22023',
-                  HINT = 'Narrow it down (type pattern, module, tenant, time range, subscription); '
+                  HINT = 'Narrow it down (type pattern, module, tenant, time range, subscription, event); '
                          'p_event_type => ''#'' replays every event.';
     END IF;
     IF p_event_type IS NOT NULL THEN
@@ -456,7 +482,7 @@ BEGIN
     IF p_dry_run THEN
         SELECT count(*) INTO v_count
           FROM event_bus._replay_targets(v_scope, p_event_type, p_source_module, p_tenant_id, p_from, p_to,
-                                         p_subscription_id);
+                                         p_subscription_id, p_event_id);
         RETURN v_count;
     END IF;
     WITH up AS (
@@ -465,7 +491,7 @@ BEGIN
         SELECT event_bus._delivery_id(r.event_id, r.subscription_id), r.event_id, r.subscription_id,
                r.tenant_id, CASE WHEN r.held THEN 'held' ELSE 'pending' END, 0, now()
           FROM event_bus._replay_targets(v_scope, p_event_type, p_source_module, p_tenant_id, p_from, p_to,
-                                         p_subscription_id) r
+                                         p_subscription_id, p_event_id) r
         ON CONFLICT (event_id, subscription_id) DO UPDATE
            SET status = excluded.status,
                next_attempt_at = now(),
@@ -485,9 +511,9 @@ BEGIN
     RETURN v_count;
 END
 $$;
-COMMENT ON FUNCTION event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean) IS
+COMMENT ON FUNCTION event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean, uuid) IS
     'Deliver past events again: every event matching the filters (type pattern, source module, tenant, '
-    'created_at range) to every active matching subscription, or only p_subscription_id (which backfills a '
+    'created_at range, or one event: p_event_id) to every active matching subscription, or only p_subscription_id (which backfills a '
     'subscription created after the events). Finished deliveries are re-armed with a fresh retry budget and '
     'the same webhook-id; missing ones are created; ones under way are left alone. p_dry_run => true '
     'returns the count without changing anything. Returns the number of deliveries (re)armed.';
@@ -597,6 +623,148 @@ COMMENT ON VIEW event_bus.subscription_health IS
     'Per subscription: circuit breaker state (closed, open = paused, half_open = probing), consecutive '
     'failures, last success / failure / error, and attempts, failures and failure rate over the last hour. '
     'reset_breaker(id) closes an open breaker.';
+
+------------------------------------------------------------------------------------------------
+-- API: Public — what an overview page shows (the Event Monitor's, or your own)
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus.queue_summary()
+RETURNS TABLE (undispatched bigint, oldest_undispatched_seconds double precision, due bigint,
+               oldest_due_seconds double precision, held bigint, waiting bigint, dead_letters bigint,
+               parked_streams bigint, open_breakers bigint)
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- each count reads only unfinished or dead rows, through partial indexes: never the history
+    SELECT u.n, u.age, d.due, d.age, d.held, d.waiting, f.dead, f.parked, b.open
+      FROM (SELECT count(*) AS n,
+                   coalesce(extract(epoch FROM now() - min(e.created_at))::double precision, 0) AS age
+              FROM event_bus.module_events e
+             WHERE e.dispatched_at IS NULL) u,
+           (SELECT count(*) FILTER (WHERE d.status IN ('pending', 'processing') AND d.next_attempt_at <= now()) AS due,
+                   coalesce(extract(epoch FROM now() - min(d.next_attempt_at)
+                       FILTER (WHERE d.status IN ('pending', 'processing') AND d.next_attempt_at <= now()))::double precision, 0) AS age,
+                   count(*) FILTER (WHERE d.status = 'held') AS held,
+                   count(*) FILTER (WHERE d.status = 'waiting') AS waiting
+              FROM event_bus.module_event_deliveries d
+             WHERE d.status IN ('pending', 'processing', 'held', 'waiting')) d,
+           (SELECT count(*) AS dead, count(*) FILTER (WHERE d.ordering_key IS NOT NULL) AS parked
+              FROM event_bus.module_event_deliveries d
+             WHERE d.status = 'failed') f,
+           (SELECT count(*) AS open
+              FROM event_bus.module_event_subscriptions s
+             WHERE s.is_active AND s.breaker_open_until IS NOT NULL) b;
+$$;
+COMMENT ON FUNCTION event_bus.queue_summary() IS
+    'The queue now, as the caller may see it (row-level security): events not yet fanned out and the '
+    'oldest''s age in seconds, deliveries due now (queue depth) and how long the oldest has been due, '
+    'held (open breaker) and waiting (ordered stream) deliveries, dead letters, parked streams, and active '
+    'subscriptions with an open breaker.';
+
+CREATE OR REPLACE FUNCTION event_bus.delivery_timeline(
+    p_window  interval DEFAULT '24 hours',
+    p_buckets integer  DEFAULT 24
+) RETURNS TABLE (bucket_start timestamptz, succeeded bigint, failed bigint)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_end   timestamptz := now();
+    v_start timestamptz;
+    v_width double precision;
+BEGIN
+    IF p_window IS NULL OR p_window <= interval '0' OR p_window > interval '366 days' THEN
+        RAISE EXCEPTION 'event_bus: window % is out of range', p_window
+            USING ERRCODE = '22023', HINT = 'Give a window between a second and 366 days, e.g. ''24 hours''.';
+    END IF;
+    IF p_buckets IS NULL OR p_buckets NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'event_bus: % buckets is out of range', p_buckets
+            USING ERRCODE = '22023', HINT = 'Ask for 1 to 1000 buckets.';
+    END IF;
+    v_start := v_end - p_window;
+    v_width := extract(epoch FROM p_window) / p_buckets;
+    RETURN QUERY
+        SELECT v_start + make_interval(secs => b.i * v_width),
+               coalesce(c.ok, 0), coalesce(c.bad, 0)
+          FROM generate_series(0, p_buckets - 1) AS b(i)
+          LEFT JOIN (
+              SELECT least(floor(extract(epoch FROM l.executed_at - v_start) / v_width)::integer, p_buckets - 1) AS i,
+                     count(*) FILTER (WHERE l.status = 'success') AS ok,
+                     count(*) FILTER (WHERE l.status = 'failed') AS bad
+                FROM event_bus.module_event_logs l
+               -- log ids are UUIDv7: the primary key serves the window
+               WHERE l.id >= event_bus.uuid_v7_lower_bound(v_start)
+                 AND l.executed_at >= v_start
+               GROUP BY 1) c ON c.i = b.i
+         ORDER BY b.i;
+END
+$$;
+COMMENT ON FUNCTION event_bus.delivery_timeline(interval, integer) IS
+    'Delivery attempts over the last p_window in p_buckets equal buckets (oldest first): bucket start, '
+    'attempts that succeeded, attempts that failed. Row-level security limits readers to their tenant.';
+
+------------------------------------------------------------------------------------------------
+-- API: Public — pausing a subscription; its targets for admins
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus.set_subscription_active(p_subscription_id uuid, p_active boolean)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_scope uuid := event_bus._write_scope();
+    v_was   boolean;
+BEGIN
+    IF p_active IS NULL THEN
+        RAISE EXCEPTION 'event_bus: p_active must be true or false'
+            USING ERRCODE = '22004', HINT = 'true resumes the subscription, false pauses it.';
+    END IF;
+    SELECT s.is_active INTO v_was
+      FROM event_bus.module_event_subscriptions s
+     WHERE s.id = p_subscription_id
+       -- an operator pauses only its own tenant's subscriptions, not the shared ones
+       AND (v_scope IS NULL OR s.tenant_id = v_scope)
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        IF v_scope IS NOT NULL AND EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions s
+                                             WHERE s.id = p_subscription_id AND s.tenant_id IS NULL) THEN
+            RAISE EXCEPTION 'event_bus: subscription % serves every tenant', p_subscription_id
+                USING ERRCODE = '42501', HINT = 'Only event_bus_admin may pause or resume a shared subscription.';
+        END IF;
+        RAISE EXCEPTION 'event_bus: subscription % does not exist', p_subscription_id
+            USING ERRCODE = 'P0002', HINT = 'See SELECT * FROM event_bus.subscription_health.';
+    END IF;
+    IF v_was IS DISTINCT FROM p_active THEN
+        UPDATE event_bus.module_event_subscriptions SET is_active = p_active WHERE id = p_subscription_id;
+        IF p_active THEN
+            PERFORM event_bus._wake_on_commit();
+        END IF;
+    END IF;
+    RETURN v_was IS DISTINCT FROM p_active;
+END
+$$;
+COMMENT ON FUNCTION event_bus.set_subscription_active(uuid, boolean) IS
+    'Pause (false) or resume (true) a subscription: a paused one gets no new deliveries (events emitted '
+    'meanwhile are not delivered to it; replay_events(p_subscription_id => ...) backfills them) and its '
+    'due ones wait. Operators for their tenant''s subscriptions, admins for any. Returns whether it changed.';
+
+CREATE OR REPLACE FUNCTION event_bus.subscription_targets()
+RETURNS TABLE (subscription_id uuid, target text, secret_hint text)
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT s.id,
+           coalesce(event_bus._mask_url(s.handler_url), s.handler_function),
+           CASE WHEN s.secret IS NOT NULL THEN left(s.secret, 6) || '…' END
+      FROM event_bus.module_event_subscriptions s
+     ORDER BY s.id;
+$$;
+COMMENT ON FUNCTION event_bus.subscription_targets() IS
+    'Admins only: each subscription''s target (URL with its password masked, or the function) and the '
+    'first characters of its signing secret.';
 
 CREATE OR REPLACE FUNCTION event_bus.metrics() RETURNS text
 LANGUAGE plpgsql
@@ -1276,7 +1444,7 @@ COMMENT ON FUNCTION event_bus._maintenance(integer) IS
 -- Privileges
 ------------------------------------------------------------------------------------------------
 REVOKE ALL ON FUNCTION event_bus._write_scope(), event_bus._rearm(uuid[]), event_bus._hold(uuid),
-    event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid),
+    event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid, uuid),
     event_bus._release(uuid),
     event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer),
     event_bus._maintenance(integer), event_bus._sweep_deleted_subscriptions(interval),
@@ -1284,31 +1452,34 @@ REVOKE ALL ON FUNCTION event_bus._write_scope(), event_bus._rearm(uuid[]), event
     event_bus._order_streams(uuid[]), event_bus._idempotency_gate(uuid[]),
     event_bus._idempotency_settle(uuid[], uuid[]) FROM PUBLIC;
 -- reading: a tenant's readers (row-level security filters), admins
-REVOKE ALL ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer),
+REVOKE ALL ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer, text, text, text),
     event_bus.event_detail(uuid), event_bus.event_stats(interval, uuid),
     event_bus.event_stats_by_type(interval, uuid) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer),
+GRANT EXECUTE ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer, text, text, text),
     event_bus.event_detail(uuid), event_bus.event_stats(interval, uuid),
     event_bus.event_stats_by_type(interval, uuid) TO event_bus_reader, event_bus_admin;
 GRANT SELECT ON event_bus.dead_letters, event_bus.subscription_health, event_bus.parked_streams
+    TO event_bus_reader, event_bus_admin;
+REVOKE ALL ON FUNCTION event_bus.queue_summary(), event_bus.delivery_timeline(interval, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_bus.queue_summary(), event_bus.delivery_timeline(interval, integer)
     TO event_bus_reader, event_bus_admin;
 REVOKE ALL ON FUNCTION event_bus.worker_pool(), event_bus._worker_pool_state(), event_bus._pool_summary() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_bus.worker_pool(), event_bus._worker_pool_state(), event_bus._pool_summary()
     TO event_bus_reader, event_bus_admin;
 -- repairing: operators (their tenant), admins
 REVOKE ALL ON FUNCTION event_bus.retry_event(uuid),
-    event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz),
-    event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean),
-    event_bus.skip_delivery(uuid) FROM PUBLIC;
+    event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz, boolean),
+    event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean, uuid),
+    event_bus.skip_delivery(uuid), event_bus.set_subscription_active(uuid, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_bus.retry_event(uuid),
-    event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz),
-    event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean),
-    event_bus.skip_delivery(uuid)
+    event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz, boolean),
+    event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean, uuid),
+    event_bus.skip_delivery(uuid), event_bus.set_subscription_active(uuid, boolean)
     TO event_bus_operator, event_bus_admin;
 -- managing: admins
 REVOKE ALL ON FUNCTION event_bus.metrics(), event_bus.reset_breaker(uuid),
-    event_bus.purge_completed(interval, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION event_bus.metrics(), event_bus.reset_breaker(uuid),
+    event_bus.purge_completed(interval, integer), event_bus.subscription_targets() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_bus.metrics(), event_bus.reset_breaker(uuid), event_bus.subscription_targets(),
     event_bus.purge_completed(interval, integer),
     event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision, boolean, text, interval),
     event_bus.unsubscribe(uuid), event_bus.process_pending_events(integer),

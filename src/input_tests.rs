@@ -262,7 +262,7 @@ mod tests {
             "event_bus._refresh_event_status(uuid[])",
             "event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer)",
             "event_bus._maintenance(integer)",
-            "event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid)",
+            "event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid, uuid)",
             "event_bus._request_call(uuid, integer)",
             "event_bus._idempotency_gate(uuid[])",
             "event_bus._idempotency_settle(uuid[], uuid[])",

@@ -107,7 +107,12 @@ extension_sql_file!(
     name = "schema_0_6_0",
     requires = ["schema_0_5_0"]
 );
-extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_6_0"]);
+extension_sql_file!(
+    "../sql/schema_0.7.0.sql",
+    name = "schema_0_7_0",
+    requires = ["schema_0_6_0"]
+);
+extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_7_0"]);
 extension_sql_file!(
     "../sql/contracts.sql",
     name = "contracts",
