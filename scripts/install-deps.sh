@@ -4,8 +4,10 @@ set -euo pipefail
 
 PGRX_VERSION=0.18.1
 need_pkgs=()
-# rabbitmq-server and nats-server: the broker targets' tests start their own on loopback ports
-for p in postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap libclang-dev clang sudo rabbitmq-server nats-server; do
+# rabbitmq-server and nats-server: the broker targets' tests start their own on loopback ports;
+# chromium + chromium-driver: the console's browser tests (console/tests/browser.rs)
+for p in postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap libclang-dev clang sudo rabbitmq-server nats-server \
+    chromium chromium-driver; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

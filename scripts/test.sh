@@ -46,6 +46,13 @@ for v in $PG_VERSIONS; do
     PATH="$(pg_bin "$v"):$PATH" cargo pgrx test "pg$v" --runas postgres --pgdata "$(pgdata "$v")"
     TIMES+=("PostgreSQL $v, whole suite: $((SECONDS - start)) s")
 done
+if [[ " $PG_VERSIONS " == *" 15 "* ]]; then
+    echo "==> the console (console/): unit tests, and end to end in headless Chromium on PostgreSQL 15"
+    start=$SECONDS
+    # (the PostgreSQL 15 suite above installed the extension its cluster loads)
+    (cd console && PATH="$(pg_bin 15):$PATH" cargo test)
+    TIMES+=("console: $((SECONDS - start)) s")
+fi
 for v in $PG_SMOKE_VERSIONS; do
     echo "==> PostgreSQL $v: unit and SQL-level tests, and one delivery integration test"
     start=$SECONDS

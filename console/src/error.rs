@@ -1,0 +1,73 @@
+//! What can go wrong in a request, and how each is shown: a page with a clear message and the
+//! right status, never a stack trace.
+
+use axum::http::StatusCode;
+
+#[derive(Debug)]
+pub enum AppError {
+    /// no (valid) session: go to the sign-in page
+    SignIn { expired: bool },
+    /// the role may not use the console (not an event_bus role, or the console cannot act as it)
+    NotAllowed,
+    /// the database refused for want of privilege (42501)
+    Forbidden,
+    /// the CSRF token of a POST did not match
+    Csrf,
+    /// P0002 or an unknown id
+    NotFound,
+    /// the user's input: a message for the page
+    BadInput(String),
+    /// the database is down or unreachable
+    Unavailable(String),
+    /// the database refused for another reason (message and hint, already for a user)
+    Db { code: String, message: String },
+    /// the page does not exist
+    NoPage,
+}
+
+impl AppError {
+    pub fn from_pg(e: tokio_postgres::Error) -> AppError {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code().to_string();
+            let mut message = db.message().to_string();
+            if let Some(h) = db.hint() {
+                message.push_str(". ");
+                message.push_str(h);
+            }
+            let message = message.trim_start_matches("event_bus: ").to_string();
+            return match code.as_str() {
+                "42501" => AppError::Forbidden,
+                "P0002" => AppError::NotFound,
+                // data exceptions: the input was wrong
+                c if c.starts_with("22") => AppError::BadInput(message),
+                // the server is going away, or it cannot take connections now
+                c if c.starts_with("57P") || c.starts_with("08") || c == "53300" => {
+                    AppError::Unavailable(message)
+                }
+                _ => AppError::Db { code, message },
+            };
+        }
+        AppError::Unavailable(e.to_string())
+    }
+
+    pub fn from_pool(e: deadpool_postgres::PoolError) -> AppError {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => AppError::from_pg(e),
+            other => AppError::Unavailable(other.to_string()),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::SignIn { .. } => StatusCode::SEE_OTHER,
+            AppError::NotAllowed | AppError::Forbidden | AppError::Csrf => StatusCode::FORBIDDEN,
+            AppError::NotFound | AppError::NoPage => StatusCode::NOT_FOUND,
+            AppError::BadInput(_) => StatusCode::BAD_REQUEST,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Db { code, .. } if code == "55000" || code == "55P03" || code == "40001" => {
+                StatusCode::CONFLICT
+            }
+            AppError::Db { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+}

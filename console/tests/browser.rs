@@ -1,0 +1,769 @@
+//! The console end to end, in Debian's headless Chromium driven over WebDriver (chromedriver),
+//! against a throwaway cluster with the extension and its worker delivering to a local receiver.
+//! Needs the extension installed for the pg_config first on PATH, and /usr/bin/chromium +
+//! /usr/bin/chromedriver (scripts/install-deps.sh installs them).
+//!
+//! Screenshots of each page go to target/console-screenshots/; with
+//! EVENT_BUS_UPDATE_SCREENSHOTS=1 also to docs/screenshots/ (the README's).
+
+#[path = "../../tests/common/cluster.rs"]
+mod cluster;
+#[path = "../../tests/common/receiver.rs"]
+mod receiver;
+
+use cluster::{free_port, wait_for, Cluster};
+use fantoccini::{Client, ClientBuilder, Locator};
+use receiver::{Receiver, Reply};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TENANT_A: &str = "0190b4a4-0000-7000-8000-00000000000a";
+const TENANT_B: &str = "0190b4a4-0000-7000-8000-00000000000b";
+const SCRIPT_PAYLOAD: &str =
+    r#"<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">"#;
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_http_ok(port: u16, path: &str) {
+    wait_for(
+        &format!("GET {path} on {port}"),
+        Duration::from_secs(30),
+        || {
+            let (status, _, _) = raw_http(port, "GET", path, &[], "").ok()?;
+            (status == 200).then_some(())
+        },
+    );
+}
+
+/// A bare HTTP/1.1 request (a forged form post is not something a browser should make for us).
+fn raw_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    // read the head, then Content-Length bytes (some servers keep the connection open anyway)
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "no response head",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        })
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+    let mut body = buf[head_end + 4..].to_vec();
+    match length {
+        Some(len) => {
+            while body.len() < len {
+                let n = s.read(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        None => {
+            s.read_to_end(&mut body)?;
+        }
+    }
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, head, String::from_utf8_lossy(&body).to_string()))
+}
+
+fn screenshots_dir() -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs = vec![root.join("target/console-screenshots")];
+    if std::env::var_os("EVENT_BUS_UPDATE_SCREENSHOTS").is_some() {
+        dirs.push(root.join("docs/screenshots"));
+    }
+    dirs
+}
+
+async fn shot(b: &Client, name: &str) {
+    let png = b.screenshot().await.expect("a screenshot");
+    assert!(png.len() > 1000, "{name}: an empty screenshot");
+    for d in screenshots_dir() {
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("{name}.png")), &png).unwrap();
+    }
+}
+
+/// The page's visible text (asked again if the page was replaced while reading it).
+async fn text(b: &Client) -> String {
+    let mut last = None;
+    for _ in 0..20 {
+        match b.find(Locator::Css("body")).await {
+            Ok(body) => match body.text().await {
+                Ok(t) => return t,
+                Err(e) => last = Some(e),
+            },
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no page text: {last:?}")
+}
+
+async fn sign_in(b: &Client, base: &str, user: &str, password: &str) {
+    b.goto(&format!("{base}/login")).await.unwrap();
+    b.find(Locator::Css("input[name=username]"))
+        .await
+        .unwrap()
+        .send_keys(user)
+        .await
+        .unwrap();
+    b.find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys(password)
+        .await
+        .unwrap();
+    b.find(Locator::Css("form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.current_url().await.unwrap().path() == "/login" {
+        assert!(
+            Instant::now() < deadline,
+            "{user} did not get past the sign-in page: {}",
+            text(b).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn sign_out(b: &Client) {
+    b.find(Locator::Css("form[action='/logout'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.current_url().await.unwrap().path() != "/login" {
+        assert!(
+            Instant::now() < deadline,
+            "sign-out did not go back to /login"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The event ids a page's table shows, in order.
+async fn shown_ids(b: &Client) -> Vec<String> {
+    let mut out = vec![];
+    for tr in b
+        .find_all(Locator::Css("table.events tbody tr[data-id]"))
+        .await
+        .unwrap()
+    {
+        out.push(tr.attr("data-id").await.unwrap().unwrap());
+    }
+    out
+}
+
+/// What list_events returns to a role with the same filters (run as that role, its tenant set).
+fn list_as(c: &mut postgres::Client, role: &str, tenant: &str, args: &str) -> Vec<String> {
+    tokio::task::block_in_place(|| list_as_blocking(c, role, tenant, args))
+}
+
+fn list_as_blocking(c: &mut postgres::Client, role: &str, tenant: &str, args: &str) -> Vec<String> {
+    let mut tx = c.transaction().unwrap();
+    tx.batch_execute(&format!(
+        "SET LOCAL ROLE {role}; SET LOCAL app.tenant_id = '{tenant}'"
+    ))
+    .unwrap();
+    let ids = tx
+        .query(
+            &format!("SELECT id::text FROM event_bus.list_events({args})"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.rollback().unwrap();
+    ids
+}
+
+fn emit(c: &mut postgres::Client, tenant: &str, ty: &str, payload: &str) -> String {
+    tokio::task::block_in_place(|| c.query_one(
+        "SELECT event_bus.emit_module_event($1::text::uuid, $2, 'accounting', 'invoice', gen_random_uuid()::text, $3::text::jsonb)::text",
+        &[&tenant, &ty, &payload],
+    ))
+    .unwrap()
+    .get(0)
+}
+
+/// The blocking postgres client, dropped off the runtime's thread (also when a test fails).
+struct Db(Option<postgres::Client>);
+impl std::ops::Deref for Db {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        self.0.as_ref().expect("open")
+    }
+}
+impl std::ops::DerefMut for Db {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        self.0.as_mut().expect("open")
+    }
+}
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            tokio::task::block_in_place(|| drop(c));
+        }
+    }
+}
+
+/// The blocking postgres client must not run on the runtime's own thread.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Labels of the English catalogue that differ from their Serbian ones (what must not show on a
+/// Serbian page), without placeables.
+fn english_only_labels() -> Vec<String> {
+    let parse = |src: &str| -> Vec<(String, String)> {
+        src.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once(" = "))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect()
+    };
+    let en = parse(include_str!("../i18n/en.ftl"));
+    let sr: std::collections::HashMap<_, _> =
+        parse(include_str!("../i18n/sr.ftl")).into_iter().collect();
+    en.into_iter()
+        .filter(|(k, v)| sr.get(k) != Some(v) && !k.starts_with("lang-"))
+        .map(|(_, v)| v.split('{').next().unwrap().trim().to_string())
+        .filter(|v| v.len() >= 4)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_in_a_real_browser() {
+    // --- the database: a cluster, roles as a deployment has them, password sign-in over TCP
+    let cluster = blocking(|| Cluster::start("console", &[]));
+    let hba = cluster.data().join("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    let mut c = Db(Some(blocking(|| cluster.create_db_with_extension("app"))));
+    blocking(|| {
+        c.batch_execute(&format!(
+            "SELECT pg_reload_conf();
+         CREATE ROLE console_auth LOGIN NOINHERIT PASSWORD 'auth-pw';
+         CREATE ROLE alice LOGIN PASSWORD 'alice-pw' IN ROLE event_bus_reader;
+         ALTER ROLE alice SET app.tenant_id = '{TENANT_A}';
+         CREATE ROLE olga LOGIN PASSWORD 'olga-pw' IN ROLE event_bus_operator;
+         ALTER ROLE olga SET app.tenant_id = '{TENANT_A}';
+         CREATE ROLE adam LOGIN PASSWORD 'adam-pw' IN ROLE event_bus_admin;
+         CREATE ROLE nobody LOGIN PASSWORD 'nobody-pw';
+         GRANT alice, olga, adam, nobody TO console_auth;"
+        ))
+    })
+    .unwrap();
+
+    // --- a receiver that fails until it is "fixed"
+    let fixed = Arc::new(AtomicBool::new(false));
+    let rx = {
+        let fixed = fixed.clone();
+        Receiver::start(move |_, _| {
+            if fixed.load(Ordering::SeqCst) {
+                Reply::ok()
+            } else {
+                Reply::status(500)
+            }
+        })
+    };
+    let url = format!("http://127.0.0.1:{}/hook", rx.port);
+    blocking(|| {
+        c.query_one(
+            "SELECT event_bus.subscribe('invoice.#', 'ledger', $1, p_max_retries => 0)",
+            &[&url],
+        )
+    })
+    .unwrap();
+    let script_event = emit(
+        &mut c,
+        TENANT_A,
+        "invoice.created",
+        &serde_json::json!({ "note": SCRIPT_PAYLOAD }).to_string(),
+    );
+    let mut a_events = vec![script_event.clone()];
+    for i in 0..59 {
+        a_events.push(emit(
+            &mut c,
+            TENANT_A,
+            "invoice.posted",
+            &format!(r#"{{"n": {i}}}"#),
+        ));
+    }
+    let b_events: Vec<String> = (0..3)
+        .map(|i| {
+            emit(
+                &mut c,
+                TENANT_B,
+                "invoice.posted",
+                &format!(r#"{{"b": {i}}}"#),
+            )
+        })
+        .collect();
+    // every delivery fails once (no retries): dead letters
+    blocking(|| {
+        wait_for("every delivery dead", Duration::from_secs(60), || {
+            (cluster::count(&mut c, "SELECT count(*) FROM event_bus.dead_letters") == 63)
+                .then_some(())
+        })
+    });
+
+    // --- the console and the browser
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _console = Killed(
+        Command::new(env!("CARGO_BIN_EXE_event-bus-console"))
+            .env(
+                "EVENT_BUS_CONSOLE_DATABASE_URL",
+                format!(
+                    "postgres://console_auth:auth-pw@127.0.0.1:{}/app",
+                    cluster.port
+                ),
+            )
+            .env("EVENT_BUS_CONSOLE_LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "EVENT_BUS_CONSOLE_METRICS_TOKEN",
+                "a-metrics-token-for-tests",
+            )
+            .env("EVENT_BUS_CONSOLE_METRICS_ROLE", "adam")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the console starts"),
+    );
+    blocking(|| wait_http_ok(port, "/healthz"));
+    let driver_port = free_port();
+    let _driver = Killed(
+        Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={driver_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (apt-get install chromium-driver)"),
+    );
+    blocking(|| wait_http_ok(driver_port, "/status"));
+    let profile =
+        std::env::temp_dir().join(format!("event_bus-console-chrome-{}", std::process::id()));
+    let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=1400,1000", "--lang=en-US",
+                     format!("--user-data-dir={}", profile.display())]
+        }
+    }))
+    .unwrap();
+    let b = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        .expect("a WebDriver session");
+
+    // --- signing in: a wrong password and a role outside event_bus are turned away
+    b.goto(&format!("{base}/events")).await.unwrap();
+    assert_eq!(
+        b.current_url().await.unwrap().path(),
+        "/login",
+        "no session: the sign-in page"
+    );
+    shot(&b, "login").await;
+    let refused = submit_login(&b, "alice", "wrong").await;
+    assert!(
+        refused.contains("Wrong user name or password."),
+        "{refused}"
+    );
+    let refused = submit_login(&b, "nobody", "nobody-pw").await;
+    assert!(refused.contains("may not use the console"), "{refused}");
+
+    // --- a reader of tenant A: A's events, none of B's, no repair buttons
+    sign_in(&b, &base, "alice", "alice-pw").await;
+    b.goto(&format!("{base}/events")).await.unwrap();
+    let page1 = shown_ids(&b).await;
+    assert_eq!(page1.len(), 50, "a full first page");
+    // (the worker's own operational events about A's dead deliveries are A's too)
+    let foreign = blocking(|| {
+        c.query_one(
+            "SELECT count(*) FROM event_bus.module_events WHERE id::text = ANY($1) AND tenant_id <> $2::text::uuid",
+            &[&page1, &TENANT_A],
+        )
+    })
+    .unwrap()
+    .get::<_, i64>(0);
+    assert_eq!(foreign, 0, "only tenant A's events");
+    assert!(
+        b_events.iter().all(|id| !page1.contains(id)),
+        "none of tenant B's"
+    );
+    shot(&b, "events").await;
+    // the pages agree with list_events for the same filters, page after page
+    assert_eq!(page1, list_as(&mut c, "alice", TENANT_A, "p_limit => 50"));
+    b.find(Locator::Css("nav.pager a[rel=next]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let page2 = shown_ids(&b).await;
+    assert_eq!(
+        page2,
+        list_as(
+            &mut c,
+            "alice",
+            TENANT_A,
+            &format!("p_before => '{}', p_limit => 50", page1[49])
+        )
+    );
+    assert!(!page2.is_empty() && page2.iter().all(|id| !page1.contains(id)));
+    b.goto(&format!("{base}/events?type=invoice.created&status=failed"))
+        .await
+        .unwrap();
+    let filtered = shown_ids(&b).await;
+    assert!(filtered.contains(&script_event));
+    assert_eq!(
+        filtered,
+        list_as(
+            &mut c,
+            "alice",
+            TENANT_A,
+            "p_event_type => 'invoice.created', p_status => 'failed'"
+        )
+    );
+    // a reader of A cannot open B's event, and sees no retry button on A's dead one
+    b.goto(&format!("{base}/events/{}", b_events[0]))
+        .await
+        .unwrap();
+    assert!(
+        text(&b).await.contains("Not found"),
+        "B's event is not A's reader's to see"
+    );
+    b.goto(&format!("{base}/events/{script_event}"))
+        .await
+        .unwrap();
+    assert!(
+        b.find_all(Locator::Css("button[data-action=retry]"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no retry for a reader"
+    );
+    // a <script> payload is text, and runs nothing
+    let body = text(&b).await;
+    assert!(
+        body.contains("<script>window.__pwned = 1</script>"),
+        "the payload shows as text"
+    );
+    let pwned = b
+        .execute("return window.__pwned === undefined;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(pwned, serde_json::json!(true), "the payload's script ran");
+    shot(&b, "event").await;
+
+    // --- a forged POST from the reader (its own session and CSRF token) is refused, nothing changes
+    let session = b
+        .get_named_cookie("ebc_session")
+        .await
+        .unwrap()
+        .value()
+        .to_string();
+    let csrf = b
+        .find(Locator::Css("form[action='/logout'] input[name=csrf]"))
+        .await
+        .unwrap()
+        .attr("value")
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, _, body) = raw_http(
+        port,
+        "POST",
+        &format!("/events/{script_event}/retry"),
+        &[
+            ("Cookie", format!("ebc_session={session}")),
+            ("Content-Type", "application/x-www-form-urlencoded".into()),
+        ],
+        &format!("csrf={csrf}"),
+    )
+    .unwrap();
+    assert_eq!(status, 403, "{body}");
+    // and without the token, a cross-site form is refused before the database is asked
+    let (status, _, _) = raw_http(
+        port,
+        "POST",
+        &format!("/events/{script_event}/retry"),
+        &[
+            ("Cookie", format!("ebc_session={session}")),
+            ("Content-Type", "application/x-www-form-urlencoded".into()),
+        ],
+        "csrf=forged",
+    )
+    .unwrap();
+    assert_eq!(status, 403);
+    assert_eq!(
+        blocking(|| {
+            cluster::count(&mut c, &format!("SELECT count(*) FROM event_bus.module_event_deliveries WHERE event_id = '{script_event}' AND status = 'failed'"))
+        }),
+        1,
+        "the dead delivery is still dead"
+    );
+
+    // --- the live tail: an event emitted after the page loaded shows within 2 s
+    b.goto(&format!("{base}/events")).await.unwrap();
+    b.wait()
+        .for_element(Locator::Css("[data-live]"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the page's EventSource connects
+    let fresh = emit(&mut c, TENANT_A, "invoice.paid", r#"{"live": true}"#);
+    let emitted = Instant::now();
+    let _ = emit(&mut c, TENANT_B, "invoice.paid", r#"{"live": "b"}"#);
+    let sel = format!("table.events tbody tr[data-id='{fresh}']");
+    loop {
+        if !b.find_all(Locator::Css(&sel)).await.unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            emitted.elapsed() < Duration::from_secs(2),
+            "the new event did not appear in the live tail within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        shown_ids(&b).await.iter().all(|id| !b_events.contains(id)),
+        "the tail shows only A's events"
+    );
+
+    // --- Serbian: no English label on any page
+    let english = english_only_labels();
+    assert!(
+        english.len() > 80,
+        "the catalogue test needs the labels: {}",
+        english.len()
+    );
+    for path in [
+        "/?lang=sr",
+        "/events",
+        &format!("/events/{script_event}"),
+        "/dead-letters",
+        "/subscriptions",
+        "/parked",
+    ] {
+        b.goto(&format!("{base}{path}")).await.unwrap();
+        let body = text(&b).await;
+        for label in &english {
+            assert!(
+                !body.contains(label.as_str()),
+                "{path} in Serbian shows the English label {label:?}:\n{body}"
+            );
+        }
+    }
+    b.goto(&format!("{base}/events")).await.unwrap();
+    shot(&b, "events-sr").await;
+    b.goto(&format!("{base}/?lang=en")).await.unwrap();
+    sign_out(&b).await;
+
+    // --- an operator retries a dead event after the endpoint is fixed, and sees it completed
+    sign_in(&b, &base, "olga", "olga-pw").await;
+    b.goto(&format!("{base}/dead-letters")).await.unwrap();
+    assert_eq!(
+        b.find_all(Locator::Css("table.dead tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        50,
+        "a full page of A's dead letters"
+    );
+    shot(&b, "dead-letters").await;
+    // retry-all shows the count it would touch before touching anything
+    b.goto(&format!("{base}/dead-letters?type=invoice.created"))
+        .await
+        .unwrap();
+    b.find(Locator::Css("form.preview button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        text(&b)
+            .await
+            .contains("1 dead deliveries match this filter."),
+        "{}",
+        text(&b).await
+    );
+    fixed.store(true, Ordering::SeqCst);
+    b.goto(&format!("{base}/events/{script_event}"))
+        .await
+        .unwrap();
+    b.find(Locator::Css("button[data-action=retry]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        text(&b).await.contains("Re-armed 1 deliveries."),
+        "{}",
+        text(&b).await
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        b.goto(&format!("{base}/events/{script_event}"))
+            .await
+            .unwrap();
+        let status = b
+            .find(Locator::Css("h1 .badge"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if status == "completed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retried event is still {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shot(&b, "event-retried").await;
+    sign_out(&b).await;
+
+    // --- an admin: every tenant, the overview, subscriptions with targets, parked streams
+    sign_in(&b, &base, "adam", "adam-pw").await;
+    b.goto(&format!("{base}/events")).await.unwrap();
+    let all = shown_ids(&b).await;
+    assert!(
+        all.iter().any(|id| b_events.contains(id)) || all.len() == 50,
+        "an admin sees every tenant"
+    );
+    b.goto(&format!("{base}/?window=1h")).await.unwrap();
+    let body = text(&b).await;
+    assert!(
+        body.contains("Dead letters") && body.contains("Delivery attempts"),
+        "{body}"
+    );
+    assert!(
+        !b.find_all(Locator::Css("svg.chart rect.bad"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the chart shows the failures"
+    );
+    shot(&b, "overview").await;
+    b.goto(&format!("{base}/subscriptions")).await.unwrap();
+    assert!(text(&b).await.contains(&url), "an admin sees the target");
+    shot(&b, "subscriptions").await;
+    b.goto(&format!("{base}/parked")).await.unwrap();
+    shot(&b, "parked").await;
+
+    // --- metrics behind the token
+    let (status, _, _) = raw_http(port, "GET", "/metrics", &[], "").unwrap();
+    assert_eq!(status, 401);
+    let (status, _, body) = raw_http(
+        port,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer a-metrics-token-for-tests".into())],
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("event_bus_dead_letters"), "{body}");
+
+    b.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&profile);
+}
+
+/// Submit the sign-in form and return the page text (still the sign-in page when refused).
+async fn submit_login(b: &Client, user: &str, password: &str) -> String {
+    let base = {
+        let u = b.current_url().await.unwrap();
+        format!(
+            "{}://{}",
+            u.scheme(),
+            u.host_str().unwrap().to_string()
+                + &u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        )
+    };
+    b.goto(&format!("{base}/login")).await.unwrap();
+    b.find(Locator::Css("input[name=username]"))
+        .await
+        .unwrap()
+        .send_keys(user)
+        .await
+        .unwrap();
+    b.find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys(password)
+        .await
+        .unwrap();
+    b.find(Locator::Css("form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait()
+        .for_element(Locator::Css(".banner.error"))
+        .await
+        .unwrap();
+    text(b).await
+}
