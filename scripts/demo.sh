@@ -2,7 +2,8 @@
 # Demo: install what is missing, build and install event_bus (release), start a throwaway
 # PostgreSQL 15 cluster with the extension preloaded, and show an ERP flow: an invoices table whose
 # AFTER UPDATE trigger emits invoice.posted, subscriptions, delivery to a local HTTP handler, the
-# attempt log. Run as root on Debian; idempotent. EVENT_BUS_DEMO_KEEP=1 keeps the cluster running.
+# attempt log; then the Event Monitor (console/) on a loopback port with three logins. Run as root on
+# Debian; idempotent. EVENT_BUS_DEMO_KEEP=1 keeps the cluster and the console running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,9 @@ stop_cluster() {
         as_pg "$BINDIR/pg_ctl" -D "$DEMO_DIR/data" -m fast stop >/dev/null 2>&1 || true
     else
         echo "==> cluster kept running: psql -h 127.0.0.1 -p $PORT -U postgres demo"
+    fi
+    if [ -z "${EVENT_BUS_DEMO_KEEP:-}" ]; then
+        [ -n "${CONSOLE_PID:-}" ] && kill "$CONSOLE_PID" 2>/dev/null || true
     fi
     [ -n "${HANDLER_PID:-}" ] && kill "$HANDLER_PID" 2>/dev/null || true
     [ -n "${NATS_PID:-}" ] && kill "$NATS_PID" 2>/dev/null || true
@@ -204,3 +208,42 @@ echo "==> attempt log"
                    JOIN event_bus.module_events e ON e.id = l.event_id
                    JOIN event_bus.module_event_subscriptions s ON s.id = l.subscription_id
                   ORDER BY e.id, s.handler_module, l.attempt"
+
+echo "==> the Event Monitor (console/): cargo build --release"
+(cd console && cargo build --release -q)
+CONSOLE_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+pw() { python3 -c 'import secrets; print(secrets.token_urlsafe(12))'; }
+AUTH_PW="$(pw)"; ADMIN_PW="$(pw)"; OPERATOR_PW="$(pw)"; READER_PW="$(pw)"
+# the console signs people in with their own roles: passwords checked by PostgreSQL (scram over TCP,
+# the superuser stays trusted for this script), then each request runs as that role
+cat > "$DEMO_DIR/data/pg_hba.conf" <<HBA
+local all all trust
+host all postgres 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
+HBA
+"${PSQL[@]}" -v auth_pw="$AUTH_PW" -v admin_pw="$ADMIN_PW" -v operator_pw="$OPERATOR_PW" -v reader_pw="$READER_PW" <<'SQL' >/dev/null
+SELECT pg_reload_conf();
+CREATE ROLE event_bus_console LOGIN NOINHERIT PASSWORD :'auth_pw';
+CREATE ROLE demo_admin LOGIN PASSWORD :'admin_pw' IN ROLE event_bus_admin;
+CREATE ROLE demo_operator LOGIN PASSWORD :'operator_pw' IN ROLE event_bus_operator;
+CREATE ROLE demo_reader LOGIN PASSWORD :'reader_pw' IN ROLE event_bus_reader;
+ALTER ROLE demo_operator SET app.tenant_id = '11111111-1111-1111-1111-111111111111';
+ALTER ROLE demo_reader SET app.tenant_id = '11111111-1111-1111-1111-111111111111';
+GRANT demo_admin, demo_operator, demo_reader TO event_bus_console;
+SQL
+EVENT_BUS_CONSOLE_DATABASE_URL="postgres://event_bus_console:$AUTH_PW@127.0.0.1:$PORT/demo" \
+EVENT_BUS_CONSOLE_LISTEN="127.0.0.1:$CONSOLE_PORT" \
+    console/target/release/event-bus-console > "$DEMO_DIR/console.log" 2>&1 &
+CONSOLE_PID=$!
+for _ in $(seq 100); do
+    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$CONSOLE_PORT/healthz', timeout=1)" 2>/dev/null && break
+    sleep 0.1
+done
+echo "    GET /healthz: $(python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$CONSOLE_PORT/healthz', timeout=5).read().decode().strip())")"
+echo "    open http://127.0.0.1:$CONSOLE_PORT/ and sign in as:"
+echo "      demo_admin    / $ADMIN_PW     (every tenant; targets; process pending)"
+echo "      demo_operator / $OPERATOR_PW     (tenant 11111111-...: retry, replay, skip, pause)"
+echo "      demo_reader   / $READER_PW     (tenant 11111111-...: read only)"
+if [ -z "${EVENT_BUS_DEMO_KEEP:-}" ]; then
+    echo "    (EVENT_BUS_DEMO_KEEP=1 keeps it running after this script)"
+fi
