@@ -572,6 +572,199 @@ mod tests {
         );
     }
 
+    /// What the Event Monitor reads and does (0.7.0): the queue summary, the timeline, the new
+    /// list_events filters, causation children, dry runs, one-event replay, pause / resume.
+    #[pg_test]
+    fn console_functions_summarise_filter_and_repair_within_the_tenant() {
+        Spi::run("SET LOCAL event_bus.operational_events = off").unwrap();
+        setup_handlers();
+        let fragile = subscribe("order.*", "audit", "inv.fragile", ", p_max_retries => 0");
+        subscribe("invoice.posted", "accounting", "inv.post_journal", "");
+        let shared = subscribe("journal.created", "reporting", "inv.record", "");
+        let mine = subscribe(
+            "order.*",
+            "mine",
+            "inv.record",
+            &format!(", p_tenant_id => '{TENANT}'"),
+        );
+        let o1 = emit(TENANT, "order.created", "sales", "{}");
+        let o2 = emit(TENANT_B, "order.created", "sales", "{}");
+        let inv = text(&format!(
+            "SELECT event_bus.emit_module_event('{TENANT}', 'invoice.posted', 'sales', 'invoice', 'I-7', '{{}}', \
+             '{{\"correlation_id\": \"corr-7\"}}')::text"
+        ));
+        // before any delivery: three not yet fanned out
+        assert_eq!(
+            count("SELECT undispatched FROM event_bus.queue_summary()"),
+            3
+        );
+        for _ in 0..3 {
+            process(100);
+        }
+        // o1 and o2 dead at the fragile handler; the invoice caused a journal event
+        assert_eq!(
+            count("SELECT dead_letters FROM event_bus.queue_summary()"),
+            2
+        );
+        assert_eq!(count("SELECT undispatched + due + held + waiting + parked_streams + open_breakers FROM event_bus.queue_summary()"), 0);
+        let journal = text(
+            "SELECT id::text FROM event_bus.module_events WHERE event_type = 'journal.created'",
+        );
+        assert_eq!(
+            text(&format!("SELECT string_agg(c->>'id', ',') FROM jsonb_array_elements(event_bus.event_detail('{inv}')->'children') c")),
+            journal
+        );
+        assert_eq!(
+            count(&format!("SELECT jsonb_array_length(event_bus.event_detail('{journal}')->'children')::bigint")),
+            0
+        );
+        // list_events: entity and correlation (the journal event inherits both)
+        assert_eq!(
+            text("SELECT string_agg(id::text, ',' ORDER BY id) FROM event_bus.list_events(p_correlation_id => 'corr-7')"),
+            format!("{inv},{journal}")
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.list_events(p_entity_type => 'invoice', p_entity_id => 'I-7')"),
+            1
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.list_events(p_entity_id => 'nope')"),
+            0
+        );
+        // the timeline: buckets in order, every attempt counted once
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.delivery_timeline('1 hour', 12)"),
+            12
+        );
+        assert_eq!(
+            count("SELECT sum(succeeded + failed)::bigint FROM event_bus.delivery_timeline('1 hour', 12)"),
+            count("SELECT count(*) FROM event_bus.module_event_logs")
+        );
+        assert_eq!(
+            count("SELECT sum(failed)::bigint FROM event_bus.delivery_timeline()"),
+            2
+        );
+        for bad in [
+            "'0 seconds', 12",
+            "'1 hour', 0",
+            "'1 hour', 5000",
+            "'400 days', 10",
+        ] {
+            assert_eq!(
+                sqlstate_of(&format!("SELECT * FROM event_bus.delivery_timeline({bad})"))
+                    .as_deref(),
+                Some("22023"),
+                "{bad}"
+            );
+        }
+        // dry runs change nothing
+        assert_eq!(
+            count("SELECT event_bus.retry_failed(p_dry_run => true)::bigint"),
+            2
+        );
+        assert_eq!(count("SELECT count(*) FROM event_bus.dead_letters"), 2);
+        // replay of one event to one subscription
+        assert_eq!(
+            count(&format!(
+                "SELECT event_bus.replay_events(p_event_id => '{inv}', p_dry_run => true)"
+            )),
+            1
+        );
+        assert_eq!(count(&format!("SELECT event_bus.replay_events(p_event_id => '{o1}', p_subscription_id => '{mine}')")), 1);
+        assert_eq!(
+            count(&format!("SELECT count(*) FROM event_bus.module_event_deliveries WHERE event_id = '{o1}' AND status = 'pending'")),
+            1
+        );
+
+        // as an operator of TENANT: its own subscription pauses and resumes; a shared one is not its to pause
+        Spi::run("CREATE ROLE eb_console_op NOLOGIN; GRANT event_bus_operator TO eb_console_op")
+            .unwrap();
+        Spi::run(&format!(
+            "SET LOCAL app.tenant_id = '{TENANT}'; SET LOCAL ROLE eb_console_op"
+        ))
+        .unwrap();
+        assert_eq!(
+            count("SELECT dead_letters FROM event_bus.queue_summary()"),
+            1,
+            "its tenant's only"
+        );
+        assert_eq!(
+            count("SELECT event_bus.retry_failed(p_dry_run => true)::bigint"),
+            1
+        );
+        assert_eq!(
+            Spi::get_one::<bool>(&format!(
+                "SELECT event_bus.set_subscription_active('{mine}', false)"
+            ))
+            .unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            Spi::get_one::<bool>(&format!(
+                "SELECT event_bus.set_subscription_active('{mine}', false)"
+            ))
+            .unwrap(),
+            Some(false),
+            "already paused: no change"
+        );
+        assert_eq!(
+            sqlstate_of(&format!(
+                "SELECT event_bus.set_subscription_active('{shared}', false)"
+            ))
+            .as_deref(),
+            Some("42501")
+        );
+        assert_eq!(
+            sqlstate_of("SELECT event_bus.set_subscription_active('00000000-0000-0000-0000-000000000001', true)").as_deref(),
+            Some("P0002")
+        );
+        assert_eq!(
+            sqlstate_of(&format!(
+                "SELECT event_bus.set_subscription_active('{mine}', NULL)"
+            ))
+            .as_deref(),
+            Some("22004")
+        );
+        assert_eq!(
+            sqlstate_of("SELECT * FROM event_bus.subscription_targets()").as_deref(),
+            Some("42501")
+        );
+        assert_eq!(
+            sqlstate_of(&format!(
+                "SELECT event_bus.replay_events(p_event_id => '{o2}')"
+            ))
+            .as_deref(),
+            None,
+            "another tenant's event: nothing to replay, no error"
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT event_bus.replay_events(p_event_id => '{o2}')"
+            )),
+            0
+        );
+        Spi::run("RESET ROLE").unwrap();
+        assert_eq!(
+            Spi::get_one::<bool>(&format!(
+                "SELECT is_active FROM event_bus.module_event_subscriptions WHERE id = '{mine}'"
+            ))
+            .unwrap(),
+            Some(false)
+        );
+        assert_eq!(
+            Spi::get_one::<bool>(&format!(
+                "SELECT is_active FROM event_bus.module_event_subscriptions WHERE id = '{shared}'"
+            ))
+            .unwrap(),
+            Some(true)
+        );
+        // admins see targets, never whole secrets
+        assert_eq!(
+            text(&format!("SELECT target FROM event_bus.subscription_targets() WHERE subscription_id = '{fragile}'")),
+            "inv.fragile"
+        );
+    }
+
     #[pg_test]
     fn tenants_see_retry_and_replay_only_their_own_events() {
         // (the dead deliveries below would be reported as event_bus.delivery.dead events, which
