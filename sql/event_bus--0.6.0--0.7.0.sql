@@ -28,6 +28,62 @@ DROP FUNCTION IF EXISTS event_bus.retry_failed(uuid, text, text, uuid, timestamp
 DROP FUNCTION IF EXISTS event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean);
 DROP FUNCTION IF EXISTS event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid);
 
+------------------------------------------------------------------------------------------------
+-- Delivery attempts per tenant and minute, for delivery_timeline (the console's chart): counted as
+-- the attempt log is written, so a chart of a busy day reads a few thousand rows, not every
+-- attempt. Insert-only (each INSERT into the log adds its own rows: no row is contended by two
+-- writers); the worker's upkeep folds a finished minute's rows into one and drops rows older
+-- than 32 days. Sums are exact whatever the folding did.
+------------------------------------------------------------------------------------------------
+CREATE TABLE event_bus._attempt_minutes (
+    tenant_id uuid        NOT NULL,
+    minute    timestamptz NOT NULL,
+    succeeded bigint      NOT NULL DEFAULT 0,
+    failed    bigint      NOT NULL DEFAULT 0,
+    folded    boolean     NOT NULL DEFAULT false
+);
+CREATE INDEX _attempt_minutes_minute_idx ON event_bus._attempt_minutes (minute);
+CREATE INDEX _attempt_minutes_unfolded_idx ON event_bus._attempt_minutes (minute) WHERE NOT folded;
+COMMENT ON TABLE event_bus._attempt_minutes IS
+    'Internal: delivery attempts that succeeded / failed per tenant and minute (of executed_at), written by '
+    'a statement trigger on module_event_logs; read by delivery_timeline(). Kept 32 days.';
+ALTER TABLE event_bus._attempt_minutes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY admin_all ON event_bus._attempt_minutes TO event_bus_admin USING (true) WITH CHECK (true);
+CREATE POLICY tenant_read ON event_bus._attempt_minutes FOR SELECT TO event_bus_reader
+    USING (tenant_id = (SELECT event_bus.current_tenant()));
+REVOKE ALL ON event_bus._attempt_minutes FROM PUBLIC;
+GRANT SELECT ON event_bus._attempt_minutes TO event_bus_reader, event_bus_admin;
+
+CREATE FUNCTION event_bus._count_attempts() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO event_bus._attempt_minutes (tenant_id, minute, succeeded, failed)
+    SELECT n.tenant_id, date_trunc('minute', n.executed_at),
+           count(*) FILTER (WHERE n.status = 'success'), count(*) FILTER (WHERE n.status <> 'success')
+      FROM new_logs n
+     GROUP BY 1, 2;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION event_bus._count_attempts() IS
+    'Internal: the statement trigger that counts new attempt log rows into _attempt_minutes.';
+REVOKE ALL ON FUNCTION event_bus._count_attempts() FROM PUBLIC;
+CREATE TRIGGER module_event_logs_count_attempts
+    AFTER INSERT ON event_bus.module_event_logs
+    REFERENCING NEW TABLE AS new_logs
+    FOR EACH STATEMENT EXECUTE FUNCTION event_bus._count_attempts();
+
+-- the attempts of the last 31 days already in the log (an upgrade; nothing on a fresh install)
+INSERT INTO event_bus._attempt_minutes (tenant_id, minute, succeeded, failed, folded)
+SELECT l.tenant_id, date_trunc('minute', l.executed_at),
+       count(*) FILTER (WHERE l.status = 'success'), count(*) FILTER (WHERE l.status <> 'success'), true
+  FROM event_bus.module_event_logs l
+ WHERE l.executed_at >= now() - interval '31 days'
+ GROUP BY 1, 2;
+
 -------------------------------------------------- sql/tenant.sql
 -- Who is calling, and for which tenant: used by the row-level security policies and by every
 -- SECURITY DEFINER function. Loaded before the policies that call current_tenant().
@@ -1718,19 +1774,23 @@ LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    -- each count reads only unfinished or dead rows, through partial indexes: never the history
-    SELECT u.n, u.age, d.due, d.age, d.held, d.waiting, f.dead, f.parked, b.open
+    -- each count reads only unfinished or dead rows, each through its own partial index: never
+    -- the history (one scan over several statuses would read the whole table)
+    SELECT u.n, u.age, d.due, d.age, h.held, w.waiting, f.dead, f.parked, b.open
       FROM (SELECT count(*) AS n,
                    coalesce(extract(epoch FROM now() - min(e.created_at))::double precision, 0) AS age
               FROM event_bus.module_events e
              WHERE e.dispatched_at IS NULL) u,
-           (SELECT count(*) FILTER (WHERE d.status IN ('pending', 'processing') AND d.next_attempt_at <= now()) AS due,
-                   coalesce(extract(epoch FROM now() - min(d.next_attempt_at)
-                       FILTER (WHERE d.status IN ('pending', 'processing') AND d.next_attempt_at <= now()))::double precision, 0) AS age,
-                   count(*) FILTER (WHERE d.status = 'held') AS held,
-                   count(*) FILTER (WHERE d.status = 'waiting') AS waiting
+           (SELECT count(*) AS due,
+                   coalesce(extract(epoch FROM now() - min(d.next_attempt_at))::double precision, 0) AS age
               FROM event_bus.module_event_deliveries d
-             WHERE d.status IN ('pending', 'processing', 'held', 'waiting')) d,
+             WHERE d.status IN ('pending', 'processing') AND d.next_attempt_at <= now()) d,
+           (SELECT count(*) AS held
+              FROM event_bus.module_event_deliveries d
+             WHERE d.status = 'held') h,
+           (SELECT count(*) AS waiting
+              FROM event_bus.module_event_deliveries d
+             WHERE d.ordering_key IS NOT NULL AND d.status = 'waiting') w,
            (SELECT count(*) AS dead, count(*) FILTER (WHERE d.ordering_key IS NOT NULL) AS parked
               FROM event_bus.module_event_deliveries d
              WHERE d.status = 'failed') f,
@@ -1757,9 +1817,9 @@ DECLARE
     v_start timestamptz;
     v_width double precision;
 BEGIN
-    IF p_window IS NULL OR p_window <= interval '0' OR p_window > interval '366 days' THEN
+    IF p_window IS NULL OR p_window <= interval '0' OR p_window > interval '31 days' THEN
         RAISE EXCEPTION 'event_bus: window % is out of range', p_window
-            USING ERRCODE = '22023', HINT = 'Give a window between a second and 366 days, e.g. ''24 hours''.';
+            USING ERRCODE = '22023', HINT = 'Give a window between a second and 31 days, e.g. ''24 hours''.';
     END IF;
     IF p_buckets IS NULL OR p_buckets NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'event_bus: % buckets is out of range', p_buckets
@@ -1769,23 +1829,23 @@ BEGIN
     v_width := extract(epoch FROM p_window) / p_buckets;
     RETURN QUERY
         SELECT v_start + make_interval(secs => b.i * v_width),
-               coalesce(c.ok, 0), coalesce(c.bad, 0)
+               coalesce(c.ok, 0)::bigint, coalesce(c.bad, 0)::bigint
           FROM generate_series(0, p_buckets - 1) AS b(i)
           LEFT JOIN (
-              SELECT least(floor(extract(epoch FROM l.executed_at - v_start) / v_width)::integer, p_buckets - 1) AS i,
-                     count(*) FILTER (WHERE l.status = 'success') AS ok,
-                     count(*) FILTER (WHERE l.status = 'failed') AS bad
-                FROM event_bus.module_event_logs l
-               -- log ids are UUIDv7: the primary key serves the window
-               WHERE l.id >= event_bus.uuid_v7_lower_bound(v_start)
-                 AND l.executed_at >= v_start
+              -- counted per minute (_attempt_minutes): the window's first minute counts whole
+              SELECT least(greatest(floor(extract(epoch FROM m.minute - v_start) / v_width)::integer, 0),
+                           p_buckets - 1) AS i,
+                     sum(m.succeeded) AS ok, sum(m.failed) AS bad
+                FROM event_bus._attempt_minutes m
+               WHERE m.minute >= date_trunc('minute', v_start)
                GROUP BY 1) c ON c.i = b.i
          ORDER BY b.i;
 END
 $$;
 COMMENT ON FUNCTION event_bus.delivery_timeline(interval, integer) IS
-    'Delivery attempts over the last p_window in p_buckets equal buckets (oldest first): bucket start, '
-    'attempts that succeeded, attempts that failed. Row-level security limits readers to their tenant.';
+    'Delivery attempts over the last p_window (at most 31 days) in p_buckets equal buckets (oldest first): '
+    'bucket start, attempts that succeeded, attempts that failed, counted per minute as the attempts were '
+    'logged (so it reads minutes, not attempts). Row-level security limits readers to their tenant.';
 
 ------------------------------------------------------------------------------------------------
 -- API: Public — pausing a subscription; its targets for admins
@@ -2513,6 +2573,18 @@ BEGIN
     LOOP
         PERFORM event_bus._hold(r.id);
     END LOOP;
+    -- attempt counts: fold each finished minute's rows into one; forget what no chart shows
+    IF EXISTS (SELECT 1 FROM event_bus._attempt_minutes m
+                WHERE NOT m.folded AND m.minute < date_trunc('minute', now()) - interval '1 minute') THEN
+        WITH moved AS (
+            DELETE FROM event_bus._attempt_minutes m
+             WHERE NOT m.folded AND m.minute < date_trunc('minute', now()) - interval '1 minute'
+            RETURNING m.tenant_id, m.minute, m.succeeded, m.failed)
+        INSERT INTO event_bus._attempt_minutes (tenant_id, minute, succeeded, failed, folded)
+        SELECT moved.tenant_id, moved.minute, sum(moved.succeeded), sum(moved.failed), true
+          FROM moved GROUP BY 1, 2;
+    END IF;
+    DELETE FROM event_bus._attempt_minutes m WHERE m.minute < now() - interval '32 days';
     IF v_retention IS NULL OR v_retention IN ('0', 'off', '-1') THEN
         RETURN 0;
     END IF;

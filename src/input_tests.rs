@@ -267,6 +267,7 @@ mod tests {
             "event_bus._idempotency_gate(uuid[])",
             "event_bus._idempotency_settle(uuid[], uuid[])",
             "event_bus._worker_pool_state()",
+            "event_bus._count_attempts()",
         ] {
             assert_eq!(
                 Spi::get_one::<bool>(&format!("SELECT has_function_privilege('eb_nobody', '{f}', 'EXECUTE')")).unwrap(),

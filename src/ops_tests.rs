@@ -763,6 +763,29 @@ mod tests {
             text(&format!("SELECT target FROM event_bus.subscription_targets() WHERE subscription_id = '{fragile}'")),
             "inv.fragile"
         );
+        // the timeline's minutes: the upkeep folds a finished minute into one row (sums kept) and
+        // forgets those older than 32 days
+        Spi::run(&format!(
+            "INSERT INTO event_bus._attempt_minutes (tenant_id, minute, succeeded, failed) VALUES
+                 ('{TENANT}', date_trunc('minute', now()) - interval '10 minutes', 2, 1),
+                 ('{TENANT}', date_trunc('minute', now()) - interval '10 minutes', 3, 0),
+                 ('{TENANT}', now() - interval '40 days', 5, 5)"
+        ))
+        .unwrap();
+        Spi::run("SELECT event_bus._maintenance()").unwrap();
+        let ten = "minute = date_trunc('minute', now()) - interval '10 minutes'";
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM event_bus._attempt_minutes WHERE {ten}"
+            )),
+            1
+        );
+        assert_eq!(
+            count(&format!("SELECT (sum(succeeded) * 10 + sum(failed))::bigint FROM event_bus._attempt_minutes WHERE {ten} AND folded")),
+            51
+        );
+        assert_eq!(count("SELECT count(*) FROM event_bus._attempt_minutes WHERE minute < now() - interval '32 days'"), 0);
+        assert_eq!(count("SELECT sum(succeeded + failed)::bigint FROM event_bus.delivery_timeline('1 hour', 6)"), count("SELECT count(*) FROM event_bus.module_event_logs") + 6);
     }
 
     #[pg_test]
