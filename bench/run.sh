@@ -39,7 +39,7 @@ cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000 100000}"
 RUNS="${RUNS:-3}"
 LAT_EVENTS="${LAT_EVENTS:-300}"
-SECTIONS="${SECTIONS:-delivery nullsink latency fanout ordered isolation sustained sql request brokers pool memory rss recover emit contract batch growth}"
+SECTIONS="${SECTIONS:-delivery nullsink latency fanout ordered isolation sustained sql request brokers pool memory rss recover emit contract batch console growth}"
 EMIT_SECONDS="${EMIT_SECONDS:-5}"
 GROWTH_EVENTS="${GROWTH_EVENTS:-5000000}"
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -65,6 +65,7 @@ cleanup() {
     [ -f "$WORK/nginx-recover.pid" ] && kill "$(cat "$WORK/nginx-recover.pid")" 2>/dev/null || true
     [ -f "$WORK/rabbit/pid" ] && kill -9 "$(cat "$WORK/rabbit/pid")" 2>/dev/null || true
     [ -f "$WORK/nats.pid" ] && kill "$(cat "$WORK/nats.pid")" 2>/dev/null || true
+    [ -f "$WORK/console.pid" ] && kill "$(cat "$WORK/console.pid")" 2>/dev/null || true
     as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true
     # never leave the null-sink build installed (a run that failed inside that section)
     if [ -n "${NULL_SINK_INSTALLED:-}" ]; then
@@ -593,6 +594,49 @@ if want batch; then
     echo "    batch: emit_module_events ${e[*]} s, emit_module_event per row ${one[*]} s, INSERT ${b[*]} s" >&2
     ROWS+=("| events/s, $BATCH_N events in one emit_module_events call | $er | INSERT ... SELECT $br rows/s | $(ratio "$er" "$br") | >= 50000 |")
     ROWS+=("| events/s, $BATCH_N emit_module_event calls in one statement | $orate | INSERT ... SELECT $br rows/s | $(ratio "$orate" "$br") | - |")
+fi
+
+# --- console: the Event Monitor's pages with a million events, beside their SQL --------------
+if want console; then
+    CONSOLE_EVENTS="${CONSOLE_EVENTS:-1000000}"
+    echo "==> console: $CONSOLE_EVENTS events over 10 tenants in a database of their own" >&2
+    (cd console && cargo build --release -q)
+    psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "CREATE DATABASE console_bench" >/dev/null
+    CPSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d console_bench)
+    "${CPSQL[@]}" -c "CREATE EXTENSION event_bus" >/dev/null
+    t="$(date +%s.%N)"
+    "${CPSQL[@]}" -v events="$CONSOLE_EVENTS" -f bench/console_data.sql >/dev/null
+    echo "    loaded in $(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN{printf "%.0f", b-a}') s" >&2
+    # the console signs people in by password: scram over TCP for them, the superuser stays trusted
+    printf 'local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n' > "$WORK/data/pg_hba.conf"
+    "${CPSQL[@]}" >/dev/null <<'SQL'
+SELECT pg_reload_conf();
+CREATE ROLE bench_console LOGIN NOINHERIT PASSWORD 'bench-console';
+CREATE ROLE bench_admin LOGIN PASSWORD 'bench-admin' IN ROLE event_bus_admin;
+CREATE ROLE bench_reader LOGIN PASSWORD 'bench-reader' IN ROLE event_bus_reader;
+ALTER ROLE bench_reader SET app.tenant_id = '00000000-0000-7000-8000-000000000003';
+GRANT bench_admin, bench_reader TO bench_console;
+SQL
+    CONSOLE_PORT="$(free_port)"
+    EVENT_BUS_CONSOLE_DATABASE_URL="postgres://bench_console:bench-console@127.0.0.1:$PG_PORT/console_bench" \
+    EVENT_BUS_CONSOLE_LISTEN="127.0.0.1:$CONSOLE_PORT" \
+        console/target/release/event-bus-console > "$WORK/console.log" 2>&1 &
+    echo $! > "$WORK/console.pid"
+    for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$CONSOLE_PORT") 2>/dev/null && break; sleep 0.1; done
+    CCONN="host=127.0.0.1 port=$PG_PORT user=postgres dbname=console_bench"
+    for who in "bench_admin bench-admin -" "bench_reader bench-reader 00000000-0000-7000-8000-000000000003"; do
+        set -- $who
+        "$DRIVER" console "$CCONN" "http://127.0.0.1:$CONSOLE_PORT" "$1" "$2" "$3" "${CONSOLE_SAMPLES:-100}" > "$WORK/console-$1.txt"
+        while read -r line; do
+            label="$(sed 's/.*page="\([^"]*\)".*/\1/' <<<"$line")"
+            get() { sed "s/.* $1=\([0-9.]*\).*/\1/" <<<"$line"; }
+            role="$( [ "$1" = bench_admin ] && echo admin || echo "tenant reader" )"
+            ROWS+=("| console page ms p50 / p99, $label, $role, $CONSOLE_EVENTS events | $(get page_p50_ms) / $(get page_p99_ms) | its SQL $(get sql_p50_ms) / $(get sql_p99_ms) | | p99 < 100 |")
+        done < "$WORK/console-$1.txt"
+    done
+    kill "$(cat "$WORK/console.pid")" 2>/dev/null || true
+    rm -f "$WORK/console.pid"
+    psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "DROP DATABASE console_bench" >/dev/null
 fi
 
 # --- growth: the same work with millions of finished rows in the tables ---------------------

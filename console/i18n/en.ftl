@@ -50,6 +50,7 @@ chart-title = Delivery attempts
 chart-succeeded = succeeded
 chart-failed = failed
 chart-empty = No delivery attempts in this window.
+counted-at = Counted at
 queue-depth = Queue depth (due now)
 oldest-due = Oldest due
 undispatched = Not yet fanned out

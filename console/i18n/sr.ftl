@@ -48,6 +48,7 @@ chart-title = Pokušaji isporuke
 chart-succeeded = uspešni
 chart-failed = neuspešni
 chart-empty = Nema pokušaja isporuke u ovom periodu.
+counted-at = Prebrojano u
 queue-depth = Dužina reda (dospelo sada)
 oldest-due = Najstarije dospelo
 undispatched = Još nije raspoređeno

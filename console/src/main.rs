@@ -74,6 +74,14 @@ struct Args {
         default_value_t = false
     )]
     secure_cookies: bool,
+    /// Seconds the overview's counts for a window (event_stats, delivery_timeline) are reused for
+    /// the same role and tenant (0: counted on every view).
+    #[arg(
+        long,
+        env = "EVENT_BUS_CONSOLE_STATS_CACHE_SECONDS",
+        default_value_t = 10
+    )]
+    stats_cache_seconds: u64,
     /// Failed sign-ins allowed per client address and per user name per minute.
     #[arg(long, env = "EVENT_BUS_CONSOLE_LOGIN_ATTEMPTS", default_value_t = 5)]
     login_attempts_per_minute: usize,
@@ -131,6 +139,7 @@ fn run(args: Args) -> Result<(), String> {
             ),
             live,
             secure_cookies: args.secure_cookies,
+            stats_cache: pages::StatsCache::new(Duration::from_secs(args.stats_cache_seconds)),
         });
         let router = router(app);
         let listener = tokio::net::TcpListener::bind(args.listen)

@@ -332,6 +332,48 @@ pub async fn logout(ctx: Ctx, body: String) -> Response {
 // overview
 // ---------------------------------------------------------------------------------------------
 
+/// The overview's counts for one window, as counted at `at`.
+#[derive(Clone)]
+pub struct WindowStats {
+    counts: [i64; 5],
+    series: Vec<(DateTime<Utc>, i64, i64)>,
+    at: DateTime<Utc>,
+}
+
+type StatsKey = (String, Option<Uuid>, String);
+
+/// Window counts kept for a few seconds per (role, tenant, window).
+pub struct StatsCache {
+    ttl: std::time::Duration,
+    map: std::sync::Mutex<HashMap<StatsKey, (Instant, WindowStats)>>,
+}
+
+impl StatsCache {
+    pub fn new(ttl: std::time::Duration) -> StatsCache {
+        StatsCache {
+            ttl,
+            map: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, key: &StatsKey) -> Option<WindowStats> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key)
+            .filter(|(t, _)| t.elapsed() < self.ttl)
+            .map(|(_, w)| w.clone())
+    }
+
+    fn put(&self, key: StatsKey, w: WindowStats) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let ttl = self.ttl;
+        map.retain(|_, (t, _)| t.elapsed() < ttl);
+        map.insert(key, (Instant::now(), w));
+    }
+}
+
 const WINDOWS: [(&str, &str, &str); 3] = [
     ("1h", "1 hour", "window-1h"),
     ("24h", "24 hours", "window-24h"),
@@ -354,13 +396,42 @@ async fn overview_inner(ctx: &Ctx) -> Res {
     };
     let mut client = ctx.app.db.client().await?;
     let (tx, who) = ctx.begin(&mut client).await?;
-    let stats = tx
-        .query_one(
-            "SELECT pending, processing, processed, failed, total FROM event_bus.event_stats($1::text::interval)",
-            &[&interval],
-        )
-        .await
-        .map_err(AppError::from_pg)?;
+    let cache_key = (who.role.clone(), who.tenant, key.to_string());
+    let window = match ctx.app.stats_cache.get(&cache_key) {
+        Some(w) => w,
+        None => {
+            let stats = tx
+                .query_one(
+                    "SELECT pending, processing, processed, failed, total FROM event_bus.event_stats($1::text::interval)",
+                    &[&interval],
+                )
+                .await
+                .map_err(AppError::from_pg)?;
+            let buckets = tx
+                .query(
+                    "SELECT bucket_start, succeeded, failed FROM event_bus.delivery_timeline($1::text::interval, 24)",
+                    &[&interval],
+                )
+                .await
+                .map_err(AppError::from_pg)?;
+            let w = WindowStats {
+                counts: [
+                    stats.get(0),
+                    stats.get(1),
+                    stats.get(2),
+                    stats.get(3),
+                    stats.get(4),
+                ],
+                series: buckets
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect(),
+                at: Utc::now(),
+            };
+            ctx.app.stats_cache.put(cache_key, w.clone());
+            w
+        }
+    };
     let q = tx
         .query_one(
             "SELECT undispatched, oldest_undispatched_seconds, due, oldest_due_seconds, dead_letters,
@@ -370,29 +441,23 @@ async fn overview_inner(ctx: &Ctx) -> Res {
         )
         .await
         .map_err(AppError::from_pg)?;
-    let buckets = tx
-        .query(
-            "SELECT bucket_start, succeeded, failed FROM event_bus.delivery_timeline($1::text::interval, 24)",
-            &[&interval],
-        )
-        .await
-        .map_err(AppError::from_pg)?;
     tx.commit().await.map_err(AppError::from_pg)?;
     let counts: [(&str, i64, &str); 5] = [
-        ("count-pending", stats.get(0), "/events?status=pending"),
+        ("count-pending", window.counts[0], "/events?status=pending"),
         (
             "count-processing",
-            stats.get(1),
+            window.counts[1],
             "/events?status=processing",
         ),
-        ("count-completed", stats.get(2), "/events?status=completed"),
-        ("count-failed", stats.get(3), "/events?status=failed"),
-        ("count-total", stats.get(4), "/events"),
+        (
+            "count-completed",
+            window.counts[2],
+            "/events?status=completed",
+        ),
+        ("count-failed", window.counts[3], "/events?status=failed"),
+        ("count-total", window.counts[4], "/events"),
     ];
-    let series: Vec<(DateTime<Utc>, i64, i64)> = buckets
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let series = &window.series;
     let oldest_due: f64 = q.get(3);
     let oldest_und: f64 = q.get(1);
     let body = html! {
@@ -419,7 +484,8 @@ async fn overview_inner(ctx: &Ctx) -> Res {
         }
         section {
             h2 { (l.t("chart-title")) }
-            (chart(l, &series))
+            (chart(l, series))
+            p.muted { (l.t("counted-at")) " " (time(ts(Some(window.at)).as_deref())) }
         }
         @if who.level == Level::Admin {
             section {

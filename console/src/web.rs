@@ -25,6 +25,9 @@ pub struct App {
     pub live: crate::live::Live,
     /// cookies marked Secure (the console is served over HTTPS by a proxy)
     pub secure_cookies: bool,
+    /// the overview's window counts, per role, tenant and window, for a few seconds: counting a
+    /// busy day of events is the one read that grows with the history
+    pub stats_cache: crate::pages::StatsCache,
 }
 
 /// Everything a handler needs to know about the request before it runs.

@@ -767,3 +767,168 @@ async fn submit_login(b: &Client, user: &str, password: &str) -> String {
         .unwrap();
     text(b).await
 }
+
+fn sign_jwt(claims: &serde_json::Value, secret: &[u8]) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+    use hmac::Mac;
+    let h = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let p = B64.encode(serde_json::to_vec(claims).unwrap());
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    m.update(format!("{h}.{p}").as_bytes());
+    format!("{h}.{p}.{}", B64.encode(m.finalize().into_bytes()))
+}
+
+fn start_console(cluster: &Cluster, db: &str, envs: &[(&str, &str)]) -> (Killed, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-bus-console"));
+    cmd.env(
+        "EVENT_BUS_CONSOLE_DATABASE_URL",
+        format!(
+            "postgres://console_auth:auth-pw@127.0.0.1:{}/{db}",
+            cluster.port
+        ),
+    )
+    .env("EVENT_BUS_CONSOLE_LISTEN", format!("127.0.0.1:{port}"))
+    .stdout(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = Killed(cmd.spawn().expect("the console starts"));
+    wait_http_ok(port, "/healthz");
+    (child, port)
+}
+
+/// Supabase's way: a signed JWT whose `role` claim is the role and whose claims a tenant function
+/// reads (request.jwt.claims); bad input and a stopped database get a clear answer, and the
+/// console recovers by itself when the database is back.
+#[test]
+fn bearer_tokens_bad_input_and_a_database_outage() {
+    let cluster = Cluster::start("console-jwt", &[]);
+    let hba = cluster.data().join("pg_hba.conf");
+    std::fs::write(&hba, "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n").unwrap();
+    let mut c = cluster.create_db_with_extension("jwtapp");
+    c.batch_execute(
+        "SELECT pg_reload_conf();
+         CREATE ROLE console_auth LOGIN NOINHERIT PASSWORD 'auth-pw';
+         CREATE ROLE authenticated NOLOGIN IN ROLE event_bus_operator;
+         CREATE ROLE anon NOLOGIN;
+         GRANT authenticated, anon TO console_auth;
+         CREATE FUNCTION public.jwt_tenant() RETURNS uuid LANGUAGE sql STABLE AS
+             $$ SELECT (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'tenant_id')::uuid $$;
+         ALTER DATABASE jwtapp SET event_bus.tenant_function = 'public.jwt_tenant';",
+    )
+    .unwrap();
+    let mut c = cluster.connect("jwtapp");
+    let a: Vec<String> = (0..2)
+        .map(|i| {
+            emit(
+                &mut c,
+                TENANT_A,
+                "invoice.posted",
+                &format!(r#"{{"a": {i}}}"#),
+            )
+        })
+        .collect();
+    let b = emit(&mut c, TENANT_B, "invoice.posted", r#"{"b": 1}"#);
+    let secret = "a-jwt-secret-of-at-least-32-characters";
+    let (_console, port) = start_console(
+        &cluster,
+        "jwtapp",
+        &[("EVENT_BUS_CONSOLE_JWT_SECRET", secret)],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |claims: serde_json::Value| sign_jwt(&claims, secret.as_bytes());
+    let bearer = |t: &str| vec![("Authorization", format!("Bearer {t}"))];
+
+    // the tenant comes from the token's claims, the privileges from its role
+    let good = token(
+        serde_json::json!({"role": "authenticated", "tenant_id": TENANT_A, "exp": now + 600}),
+    );
+    let (status, _, body) = raw_http(port, "GET", "/events", &bearer(&good), "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        a.iter().all(|id| body.contains(id.as_str())),
+        "tenant A's events"
+    );
+    assert!(!body.contains(b.as_str()), "not tenant B's");
+    assert!(body.contains(TENANT_A), "the page names the token's tenant");
+    let other = token(
+        serde_json::json!({"role": "authenticated", "tenant_id": TENANT_B, "exp": now + 600}),
+    );
+    let (_, _, body) = raw_http(port, "GET", "/events", &bearer(&other), "").unwrap();
+    assert!(body.contains(b.as_str()) && !body.contains(a[0].as_str()));
+    // expired, forged, or a role outside event_bus: refused
+    let expired = token(
+        serde_json::json!({"role": "authenticated", "tenant_id": TENANT_A, "exp": now - 3600}),
+    );
+    let (status, head, _) = raw_http(port, "GET", "/events", &bearer(&expired), "").unwrap();
+    assert_eq!(status, 303, "an expired token goes to sign-in");
+    assert!(head.contains("/login?next=%2Fevents&expired=1"), "{head}");
+    let forged = sign_jwt(
+        &serde_json::json!({"role": "authenticated", "tenant_id": TENANT_A}),
+        b"another-secret-another-secret-another",
+    );
+    assert_eq!(
+        raw_http(port, "GET", "/events", &bearer(&forged), "")
+            .unwrap()
+            .0,
+        303
+    );
+    let anon = token(serde_json::json!({"role": "anon", "exp": now + 600}));
+    let (status, _, body) = raw_http(port, "GET", "/events", &bearer(&anon), "").unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("may not use the console"));
+
+    // bad input: a clear message, never a 500
+    for (path, status, says) in [
+        ("/events/not-a-uuid", 400, "is not a UUID"),
+        (
+            "/events?status=done",
+            400,
+            "use pending, processing, completed or failed",
+        ),
+        ("/events?type=a..b", 400, "Invalid input"),
+        ("/events?from=yesterday", 400, "is not a date and time"),
+        ("/events?before=%3Cscript%3E", 400, "is not a UUID"),
+        (
+            "/events/0190b4a4-0000-7000-8000-000000000999",
+            404,
+            "Not found",
+        ),
+        ("/?window=3y", 400, "use 1h, 24h or 7d"),
+        ("/no-such-page", 404, "There is no such page"),
+    ] {
+        let (got, _, body) = raw_http(port, "GET", path, &bearer(&good), "").unwrap();
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body.contains(says), "{path}: {body}");
+        assert!(!body.contains("<script>"), "{path} echoes input unescaped");
+    }
+    // a bearer-token POST needs no CSRF token (a browser never sends the header by itself):
+    // the operator role may retry; a malformed form value is refused
+    let dead = a[0].clone();
+    let (status, _, body) = raw_http(
+        port,
+        "POST",
+        &format!("/events/{dead}/retry"),
+        &bearer(&good),
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 303, "{body}");
+
+    // the database goes away: every page says so (503), and the console comes back by itself
+    cluster.pg_ctl_stop("fast");
+    let (status, _, body) = raw_http(port, "GET", "/events", &bearer(&good), "").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("The database cannot be reached"), "{body}");
+    assert_eq!(raw_http(port, "GET", "/healthz", &[], "").unwrap().0, 503);
+    cluster.pg_ctl_start();
+    wait_for("the console recovers", Duration::from_secs(30), || {
+        let (status, _, _) = raw_http(port, "GET", "/events", &bearer(&good), "").ok()?;
+        (status == 200).then_some(())
+    });
+}

@@ -21,6 +21,11 @@
 //! completed/s during the run, the backlog (events not yet delivered) at its end, how long it took
 //! to drain, and the probes' commit → handler p50/p99.
 //!
+//! `console <connstr> <console base url> <role> <password> <tenant|-> <samples>`: the Event
+//! Monitor's pages against what they cost in SQL. Signs in to the console as `role`, then for each
+//! page (overview, events, events filtered by status, by module + type) times `samples` GETs and
+//! `samples` runs of the page's SQL as that role (its tenant set), and prints p50 / p99 of each.
+//!
 //! `throughput ... failing=URL`: a second subscription to URL (answering errors at once) beside the
 //! measured one, with a subscription's defaults (retries with backoff, the circuit breaker); timed
 //! until the measured subscriptions are done.
@@ -65,7 +70,12 @@ fn main() {
                 .and_then(|o| o.strip_prefix("hang="))
                 .map(|n| n.parse().unwrap())
                 .unwrap_or(0);
-            latency(&args[2], args[3].parse().unwrap(), args[4].parse().unwrap(), hang)
+            latency(
+                &args[2],
+                args[3].parse().unwrap(),
+                args[4].parse().unwrap(),
+                hang,
+            )
         }
         Some("unmatched") => unmatched(&args[2], args[3].parse().unwrap()),
         Some("sustained") => sustained(
@@ -75,9 +85,22 @@ fn main() {
             args[5].parse().unwrap(),
         ),
         Some("request") => request(&args[2], &args[3], args[4].parse().unwrap()),
+        Some("console") => console(
+            &args[2],
+            &args[3],
+            &args[4],
+            &args[5],
+            &args[6],
+            args[7].parse().unwrap(),
+        ),
         Some("broker_setup") => broker_setup(&args[2]),
         Some("broker_baseline") => broker_baseline(&args[2], args[3].parse().unwrap()),
-        Some("pool") => pool(&args[2], args[3].parse().unwrap(), args[4].parse().unwrap(), args[5].parse().unwrap()),
+        Some("pool") => pool(
+            &args[2],
+            args[3].parse().unwrap(),
+            args[4].parse().unwrap(),
+            args[5].parse().unwrap(),
+        ),
         _ => {
             eprintln!("usage: broker_setup <amqp or nats URL> | broker_baseline <URL> <messages> | pool <conn> <databases> <events per database> <idle samples> | request <conn> <sink url> <calls> | throughput <conn> <url|sql:schema.fn> <events> <fanout> [keep] [ordered] [entities=N] [failing=URL] | latency <conn> <events> <rate> [hang=N] | unmatched <conn> <events>");
             std::process::exit(2);
@@ -137,7 +160,8 @@ fn throughput(conn: &str, target: &str, events: i64, fanout: i64, opts: Options)
     let mut c = connect(conn);
     let ordered = opts.ordered;
     if opts.keep {
-        c.batch_execute("DELETE FROM event_bus.module_event_subscriptions").unwrap();
+        c.batch_execute("DELETE FROM event_bus.module_event_subscriptions")
+            .unwrap();
     } else {
         reset(&mut c);
     }
@@ -160,11 +184,15 @@ fn throughput(conn: &str, target: &str, events: i64, fanout: i64, opts: Options)
     }
     if let Some(url) = &opts.failing {
         // with the defaults a subscription gets (retries with backoff, the breaker)
-        c.execute("SELECT event_bus.subscribe('bench.#', 'failing', $1)", &[url])
-            .unwrap();
+        c.execute(
+            "SELECT event_bus.subscribe('bench.#', 'failing', $1)",
+            &[url],
+        )
+        .unwrap();
     }
     let run_started: std::time::SystemTime = c.query_one("SELECT now()", &[]).unwrap().get(0);
-    c.batch_execute("VACUUM ANALYZE event_bus.module_events, event_bus.module_event_deliveries").unwrap();
+    c.batch_execute("VACUUM ANALYZE event_bus.module_events, event_bus.module_event_deliveries")
+        .unwrap();
     // emit inside one transaction; the worker sees nothing until COMMIT
     let mut tx = c.transaction().unwrap();
     tx.execute(
@@ -216,7 +244,11 @@ fn throughput(conn: &str, target: &str, events: i64, fanout: i64, opts: Options)
         eprintln!("only {done} of {} deliveries completed", events * fanout);
         std::process::exit(1);
     }
-    println!("deliveries_per_s={:.0} seconds={:.3}", done as f64 / secs, secs);
+    println!(
+        "deliveries_per_s={:.0} seconds={:.3}",
+        done as f64 / secs,
+        secs
+    );
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -268,10 +300,16 @@ fn start_receiver(arrivals: &Arrivals) -> u16 {
                         let now = Instant::now();
                         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
                             if let Some(id) = v["id"].as_str() {
-                                arrivals.lock().unwrap().entry(id.to_string()).or_insert(now);
+                                arrivals
+                                    .lock()
+                                    .unwrap()
+                                    .entry(id.to_string())
+                                    .or_insert(now);
                             }
                         }
-                        if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_err() {
+                        if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -303,7 +341,10 @@ fn wait_arrivals(arrivals: &Arrivals, committed: &[(String, Instant)]) -> Vec<f6
         if committed.iter().all(|(id, _)| a.contains_key(id)) || Instant::now() > deadline {
             return committed
                 .iter()
-                .filter_map(|(id, t)| a.get(id).map(|at| at.saturating_duration_since(*t).as_secs_f64() * 1000.0))
+                .filter_map(|(id, t)| {
+                    a.get(id)
+                        .map(|at| at.saturating_duration_since(*t).as_secs_f64() * 1000.0)
+                })
                 .collect();
         }
         drop(a);
@@ -327,7 +368,11 @@ fn unmatched(conn: &str, events: i64) {
     let port = start_receiver(&arrivals);
     let mut c = connect(conn);
     reset(&mut c);
-    c.execute("SELECT event_bus.subscribe('bench.#', 'sink', $1)", &[&format!("http://127.0.0.1:{port}/")]).unwrap();
+    c.execute(
+        "SELECT event_bus.subscribe('bench.#', 'sink', $1)",
+        &[&format!("http://127.0.0.1:{port}/")],
+    )
+    .unwrap();
     c.execute(
         "SELECT count(*) FROM event_bus.emit_module_events($1::text::uuid, 'nobody.cares', 'bench', 'item', NULL,
              (SELECT array_agg(jsonb_build_object('n', g)) FROM generate_series(1, $2::bigint) g))",
@@ -343,7 +388,10 @@ fn unmatched(conn: &str, events: i64) {
     }
     loop {
         let left: i64 = c
-            .query_one("SELECT count(*) FROM event_bus.module_events WHERE dispatched_at IS NULL", &[])
+            .query_one(
+                "SELECT count(*) FROM event_bus.module_events WHERE dispatched_at IS NULL",
+                &[],
+            )
             .unwrap()
             .get(0);
         if left == 0 {
@@ -356,7 +404,12 @@ fn unmatched(conn: &str, events: i64) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("unmatched_per_s={:.0} probe_ms={:.2} seconds={:.3}", events as f64 / secs, probe_ms[0], secs);
+    println!(
+        "unmatched_per_s={:.0} probe_ms={:.2} seconds={:.3}",
+        events as f64 / secs,
+        probe_ms[0],
+        secs
+    );
 }
 
 fn latency(conn: &str, events: usize, rate: u64, hang: i64) {
@@ -364,7 +417,11 @@ fn latency(conn: &str, events: usize, rate: u64, hang: i64) {
     let port = start_receiver(&arrivals);
     let mut c = connect(conn);
     reset(&mut c);
-    c.execute("SELECT event_bus.subscribe('bench.#', 'sink', $1)", &[&format!("http://127.0.0.1:{port}/")]).unwrap();
+    c.execute(
+        "SELECT event_bus.subscribe('bench.#', 'sink', $1)",
+        &[&format!("http://127.0.0.1:{port}/")],
+    )
+    .unwrap();
     if hang > 0 {
         let silent = start_silent();
         c.execute(
@@ -436,11 +493,17 @@ fn sustained(conn: &str, url: &str, clients: usize, seconds: u64) {
     let mut c = connect(conn);
     reset(&mut c);
     let sink: String = c
-        .query_one("SELECT event_bus.subscribe('sustained.#', 'sink', $1)::text", &[&url])
+        .query_one(
+            "SELECT event_bus.subscribe('sustained.#', 'sink', $1)::text",
+            &[&url],
+        )
         .unwrap()
         .get(0);
-    c.execute("SELECT event_bus.subscribe('bench.probe', 'probe', $1)", &[&format!("http://127.0.0.1:{port}/")])
-        .unwrap();
+    c.execute(
+        "SELECT event_bus.subscribe('bench.probe', 'probe', $1)",
+        &[&format!("http://127.0.0.1:{port}/")],
+    )
+    .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let emitters: Vec<_> = (0..clients)
         .map(|i| {
@@ -555,7 +618,9 @@ fn request(conn: &str, sink: &str, calls: usize) {
     };
     let mut c2 = connect(conn);
     let ask_sql = c2
-        .prepare("SELECT event_bus.request('bench.ask_sql', '{\"n\": 1}', 5000, $1::text::uuid)::text")
+        .prepare(
+            "SELECT event_bus.request('bench.ask_sql', '{\"n\": 1}', 5000, $1::text::uuid)::text",
+        )
         .unwrap();
     let (sql50, sql99) = time(&mut || {
         c2.query_one(&ask_sql, &[&TENANT]).unwrap();
@@ -567,13 +632,17 @@ fn request(conn: &str, sink: &str, calls: usize) {
     });
     c2.batch_execute("RESET synchronous_commit").unwrap();
     let direct = c2
-        .prepare("SELECT bench.h(e)::text FROM event_bus.module_events e WHERE e.id = $1::text::uuid")
+        .prepare(
+            "SELECT bench.h(e)::text FROM event_bus.module_events e WHERE e.id = $1::text::uuid",
+        )
         .unwrap();
     let (d50, d99) = time(&mut || {
         c2.query_one(&direct, &[&event]).unwrap();
     });
     let ask_http = c2
-        .prepare("SELECT event_bus.request('bench.ask_http', '{\"n\": 1}', 5000, $1::text::uuid)::text")
+        .prepare(
+            "SELECT event_bus.request('bench.ask_http', '{\"n\": 1}', 5000, $1::text::uuid)::text",
+        )
         .unwrap();
     let (h50, h99) = time(&mut || {
         c2.query_one(&ask_http, &[&TENANT]).unwrap();
@@ -601,7 +670,11 @@ fn request(conn: &str, sink: &str, calls: usize) {
             if let Some(end) = text.find("\r\n\r\n") {
                 let len = text[..end]
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
                     .unwrap_or(0);
                 if buf.len() >= end + 4 + len {
                     break;
@@ -626,29 +699,46 @@ fn pool(conn: &str, dbs: usize, per_db: i64, samples: usize) {
     let url = format!("http://127.0.0.1:{port}/pool");
     let with_db = |db: &str| {
         conn.split_whitespace()
-            .map(|kv| if kv.starts_with("dbname=") { format!("dbname={db}") } else { kv.to_string() })
+            .map(|kv| {
+                if kv.starts_with("dbname=") {
+                    format!("dbname={db}")
+                } else {
+                    kv.to_string()
+                }
+            })
             .collect::<Vec<_>>()
             .join(" ")
     };
     let mut admin = connect(&with_db("postgres"));
     // workers leave a database 200 ms after its last work here (the default is 10 s), so each
     // sample below finds its database without a worker a moment after the previous one
-    admin.batch_execute("ALTER SYSTEM SET event_bus.worker_idle_ms = 200").unwrap();
+    admin
+        .batch_execute("ALTER SYSTEM SET event_bus.worker_idle_ms = 200")
+        .unwrap();
     admin.batch_execute("SELECT pg_reload_conf()").unwrap();
-    let names: Vec<String> = (0..dbs).map(|i| format!("pool_{i}")).chain(["pool_one".to_string()]).collect();
+    let names: Vec<String> = (0..dbs)
+        .map(|i| format!("pool_{i}"))
+        .chain(["pool_one".to_string()])
+        .collect();
     let mut clients = Vec::new();
     for name in &names {
         let exists: bool = admin
-            .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[name])
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                &[name],
+            )
             .unwrap()
             .get(0);
         if !exists {
-            admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .unwrap();
         }
         let mut c = connect(&with_db(name));
         c.batch_execute("CREATE EXTENSION IF NOT EXISTS event_bus; DELETE FROM event_bus.module_event_subscriptions;")
             .unwrap();
-        c.execute("SELECT event_bus.subscribe('pool.#', 'bench', $1)", &[&url]).unwrap();
+        c.execute("SELECT event_bus.subscribe('pool.#', 'bench', $1)", &[&url])
+            .unwrap();
         clients.push(c);
     }
     let emit_batch = |c: &mut postgres::Client| -> Vec<String> {
@@ -666,7 +756,10 @@ fn pool(conn: &str, dbs: usize, per_db: i64, samples: usize) {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             let n: i64 = admin
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_bus worker'", &[])
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_bus worker'",
+                    &[],
+                )
                 .unwrap()
                 .get(0);
             if n == 0 {
@@ -724,7 +817,9 @@ fn pool(conn: &str, dbs: usize, per_db: i64, samples: usize) {
         idle(&mut admin);
     }
     ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    admin.batch_execute("ALTER SYSTEM RESET event_bus.worker_idle_ms").unwrap();
+    admin
+        .batch_execute("ALTER SYSTEM RESET event_bus.worker_idle_ms")
+        .unwrap();
     admin.batch_execute("SELECT pg_reload_conf()").unwrap();
     println!(
         "spread_per_s={spread:.0} one_db_per_s={single:.0} first_p50_ms={:.1} first_p99_ms={:.1}",
@@ -734,13 +829,19 @@ fn pool(conn: &str, dbs: usize, per_db: i64, samples: usize) {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// (connection URI without the query, exchange or subject prefix) of a bench broker URL.
 fn broker_parts(url: &str) -> (String, String) {
     let (base, query) = url.split_once('?').unwrap();
-    (base.to_string(), query.split_once('=').unwrap().1.to_string())
+    (
+        base.to_string(),
+        query.split_once('=').unwrap().1.to_string(),
+    )
 }
 
 /// A clean topology for a run: AMQP — a durable topic exchange with a durable queue bound by
@@ -751,18 +852,48 @@ fn broker_setup(url: &str) {
         if base.starts_with("amqp") {
             use lapin::options::*;
             use lapin::types::FieldTable;
-            let conn = lapin::Connection::connect(&base, lapin::ConnectionProperties::default()).await.unwrap();
+            let conn = lapin::Connection::connect(&base, lapin::ConnectionProperties::default())
+                .await
+                .unwrap();
             let ch = conn.create_channel().await.unwrap();
-            ch.exchange_declare(name.as_str().into(), lapin::ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-            ch.queue_declare("bench.q".into(), QueueDeclareOptions { durable: true, ..Default::default() },
-                FieldTable::default()).await.unwrap();
-            ch.queue_bind("bench.q".into(), name.as_str().into(), "#".into(), QueueBindOptions::default(),
-                FieldTable::default()).await.unwrap();
-            ch.queue_purge("bench.q".into(), QueuePurgeOptions::default()).await.unwrap();
+            ch.exchange_declare(
+                name.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+            ch.queue_declare(
+                "bench.q".into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+            ch.queue_bind(
+                "bench.q".into(),
+                name.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+            ch.queue_purge("bench.q".into(), QueuePurgeOptions::default())
+                .await
+                .unwrap();
             let _ = conn.close(200, "done".into()).await;
         } else {
-            let c = async_nats::connect(base.trim_start_matches("nats://")).await.unwrap();
+            let c = async_nats::connect(base.trim_start_matches("nats://"))
+                .await
+                .unwrap();
             let js = async_nats::jetstream::new(c);
             let _ = js.delete_stream("BENCH").await;
             js.create_stream(async_nats::jetstream::stream::Config {
@@ -781,24 +912,40 @@ fn broker_setup(url: &str) {
 fn broker_baseline(url: &str, n: usize) {
     broker_setup(url);
     let (base, name) = broker_parts(url);
-    let body = serde_json::json!({"n": 1, "sku": "SKU-1", "qty": 1, "note": "x".repeat(200)}).to_string();
-    let attrs: Vec<(String, String)> = ["specversion", "id", "source", "type", "time", "tenantid", "deliveryid"]
-        .iter()
-        .map(|a| (a.to_string(), format!("{a}-0123456789abcdef01234567")))
-        .collect();
+    let body =
+        serde_json::json!({"n": 1, "sku": "SKU-1", "qty": 1, "note": "x".repeat(200)}).to_string();
+    let attrs: Vec<(String, String)> = [
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "tenantid",
+        "deliveryid",
+    ]
+    .iter()
+    .map(|a| (a.to_string(), format!("{a}-0123456789abcdef01234567")))
+    .collect();
     let secs = rt().block_on(async {
         let started = Instant::now();
         if base.starts_with("amqp") {
             use lapin::options::*;
             use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-            let conn = lapin::Connection::connect(&base, lapin::ConnectionProperties::default()).await.unwrap();
+            let conn = lapin::Connection::connect(&base, lapin::ConnectionProperties::default())
+                .await
+                .unwrap();
             let ch = conn.create_channel().await.unwrap();
-            ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .unwrap();
             let mut pending = std::collections::VecDeque::new();
             for i in 0..n {
                 let mut headers = FieldTable::default();
                 for (k, v) in &attrs {
-                    headers.insert(ShortString::from(format!("cloudEvents:{k}")), AMQPValue::LongString(LongString::from(v.as_str())));
+                    headers.insert(
+                        ShortString::from(format!("cloudEvents:{k}")),
+                        AMQPValue::LongString(LongString::from(v.as_str())),
+                    );
                 }
                 let props = lapin::BasicProperties::default()
                     .with_content_type("application/json".into())
@@ -806,8 +953,16 @@ fn broker_baseline(url: &str, n: usize) {
                     .with_message_id(ShortString::from(format!("m-{i}")))
                     .with_headers(headers);
                 let confirm = ch
-                    .basic_publish(name.as_str().into(), "bench.created".into(),
-                        BasicPublishOptions { mandatory: true, ..Default::default() }, body.as_bytes(), props)
+                    .basic_publish(
+                        name.as_str().into(),
+                        "bench.created".into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        body.as_bytes(),
+                        props,
+                    )
                     .await
                     .unwrap();
                 pending.push_back(confirm);
@@ -820,7 +975,9 @@ fn broker_baseline(url: &str, n: usize) {
             }
             let _ = conn.close(200, "done".into()).await;
         } else {
-            let c = async_nats::connect(base.trim_start_matches("nats://")).await.unwrap();
+            let c = async_nats::connect(base.trim_start_matches("nats://"))
+                .await
+                .unwrap();
             let js = async_nats::jetstream::new(c);
             let mut pending = std::collections::VecDeque::new();
             for i in 0..n {
@@ -830,7 +987,11 @@ fn broker_baseline(url: &str, n: usize) {
                 for (k, v) in &attrs {
                     msg = msg.header(format!("ce-{k}").as_str(), v.as_str());
                 }
-                pending.push_back(js.send_publish(format!("{name}.bench.created"), msg).await.unwrap());
+                pending.push_back(
+                    js.send_publish(format!("{name}.bench.created"), msg)
+                        .await
+                        .unwrap(),
+                );
                 if pending.len() >= 256 {
                     pending.pop_front().unwrap().await.unwrap();
                 }
@@ -842,4 +1003,161 @@ fn broker_baseline(url: &str, n: usize) {
         started.elapsed().as_secs_f64()
     });
     println!("published_per_s={:.0} seconds={secs:.3}", n as f64 / secs);
+}
+
+/// A bare HTTP/1.1 exchange on a kept-alive connection: (status, head, body).
+struct Http {
+    stream: std::net::TcpStream,
+    host: String,
+}
+
+impl Http {
+    fn open(base: &str) -> Http {
+        let host = base
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let stream = std::net::TcpStream::connect(&host).expect("connect to the console");
+        stream.set_nodelay(true).unwrap();
+        Http { stream, host }
+    }
+
+    fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        cookie: &str,
+        body: &str,
+    ) -> (u16, String, String) {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
+            self.host,
+            body.len()
+        );
+        if !cookie.is_empty() {
+            req.push_str(&format!("Cookie: {cookie}\r\n"));
+        }
+        if method == "POST" {
+            req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        self.stream.write_all(req.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            let n = self.stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "the console closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            })
+            .map(|(_, v)| v.trim().parse().unwrap())
+            .expect("a Content-Length");
+        let mut body = buf[head_end + 4..].to_vec();
+        while body.len() < len {
+            let n = self.stream.read(&mut chunk).unwrap();
+            assert!(n > 0);
+            body.extend_from_slice(&chunk[..n]);
+        }
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, head, String::from_utf8_lossy(&body).to_string())
+    }
+}
+
+fn cookie_of(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .filter_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        })
+        .filter_map(|(_, v)| v.trim().split(';').next())
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_string))
+}
+
+fn console(conn: &str, base: &str, role: &str, password: &str, tenant: &str, samples: usize) {
+    let mut http = Http::open(base);
+    let (_, head, body) = http.request("GET", "/login", "", "");
+    let login = cookie_of(&head, "ebc_login").expect("a sign-in token cookie");
+    assert!(body.contains(&login));
+    let form = format!("username={role}&password={password}&login_token={login}");
+    let (status, head, _) = http.request("POST", "/login", &format!("ebc_login={login}"), &form);
+    assert_eq!(status, 303, "signing in as {role}");
+    let session = format!(
+        "ebc_session={}",
+        cookie_of(&head, "ebc_session").expect("a session cookie")
+    );
+    let mut c = connect(conn);
+    let tenant = (tenant != "-").then_some(tenant);
+    // each page, and the statements it runs (as the console runs them: the same SQL, as the role)
+    let pages: [(&str, &str, Vec<&str>); 4] = [
+        (
+            "overview (24 h)",
+            "/?window=24h",
+            vec![
+                "SELECT pending, processing, processed, failed, total FROM event_bus.event_stats('24 hours')",
+                "SELECT * FROM event_bus.queue_summary()",
+                "SELECT * FROM event_bus.delivery_timeline('24 hours', 24)",
+            ],
+        ),
+        ("events", "/events", vec!["SELECT * FROM event_bus.list_events(p_limit => 50)"]),
+        (
+            "events, status failed",
+            "/events?status=failed",
+            vec!["SELECT * FROM event_bus.list_events(p_status => 'failed', p_limit => 50)"],
+        ),
+        (
+            "events, module + type",
+            "/events?source=sales&type=order.created",
+            vec!["SELECT * FROM event_bus.list_events(p_source_module => 'sales', p_event_type => 'order.created', p_limit => 50)"],
+        ),
+    ];
+    for (label, path, sqls) in pages.iter() {
+        let mut page_ms = Vec::with_capacity(samples);
+        let mut sql_ms = Vec::with_capacity(samples);
+        for i in 0..samples + 2 {
+            let t = Instant::now();
+            let (status, _, body) = http.request("GET", path, &session, "");
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            assert_eq!(status, 200, "{path}: {body}");
+            let t = Instant::now();
+            let mut tx = c.transaction().unwrap();
+            tx.batch_execute(&format!("SET LOCAL ROLE {role}")).unwrap();
+            if let Some(t) = tenant {
+                tx.batch_execute(&format!("SET LOCAL app.tenant_id = '{t}'"))
+                    .unwrap();
+            }
+            for q in sqls {
+                tx.query(*q, &[]).unwrap();
+            }
+            tx.commit().unwrap();
+            let sms = t.elapsed().as_secs_f64() * 1000.0;
+            if i >= 2 {
+                // (the first two warm the caches and the plans)
+                page_ms.push(ms);
+                sql_ms.push(sms);
+            }
+        }
+        page_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        sql_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "page={label:?} role={role} page_p50_ms={:.2} page_p99_ms={:.2} sql_p50_ms={:.2} sql_p99_ms={:.2}",
+            percentile(&page_ms, 0.5),
+            percentile(&page_ms, 0.99),
+            percentile(&sql_ms, 0.5),
+            percentile(&sql_ms, 0.99)
+        );
+    }
 }
