@@ -22,6 +22,10 @@ LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_exact text;
+    v_where text;
+    v_sql   text;
 BEGIN
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'event_bus: p_limit % is out of range', p_limit
@@ -33,25 +37,45 @@ BEGIN
     END IF;
     IF p_event_type IS NOT NULL THEN
         PERFORM event_bus._check_pattern(p_event_type);
+        -- a type without wildcards is an equality: one an index can serve
+        IF strpos(p_event_type, '*') = 0 AND strpos(p_event_type, '#') = 0 THEN
+            v_exact := p_event_type;
+        END IF;
     END IF;
-    RETURN QUERY
-        SELECT e.*
-          FROM event_bus.module_events e
-         WHERE (p_tenant_id IS NULL OR e.tenant_id = p_tenant_id)
-           AND (p_source_module IS NULL OR e.source_module = p_source_module)
-           AND (p_event_type IS NULL OR event_bus.matches(p_event_type, e.event_type))
-           AND (p_status IS NULL OR e.status = p_status)
-           -- an id is taken at insert, after its transaction started (created_at): the id bound
-           -- lets the primary key serve the range, created_at keeps it exact
-           AND (p_from IS NULL OR (e.id >= event_bus.uuid_v7_lower_bound(p_from) AND e.created_at >= p_from))
-           AND (p_to IS NULL OR e.created_at < p_to)
-           AND (p_before IS NULL OR e.id < p_before)
-           AND (p_entity_type IS NULL OR e.entity_type = p_entity_type)
-           AND (p_entity_id IS NULL OR e.entity_id = p_entity_id)
-           AND (p_correlation_id IS NULL
-                OR (e.metadata ? 'correlation_id' AND e.metadata ->> 'correlation_id' = p_correlation_id))
-         ORDER BY e.id DESC
-         LIMIT p_limit;
+    -- Only the filters given go into the statement, so each call is planned for what it asks
+    -- (no "p IS NULL OR ..." that keeps an index out of a plan); the values are parameters.
+    v_where := concat_ws(' AND ',
+        CASE WHEN p_tenant_id IS NOT NULL THEN 'e.tenant_id = $1' END,
+        CASE WHEN p_source_module IS NOT NULL THEN 'e.source_module = $2' END,
+        CASE WHEN v_exact IS NOT NULL THEN 'e.event_type = $3'
+             WHEN p_event_type IS NOT NULL THEN 'event_bus.matches($3, e.event_type)' END,
+        CASE WHEN p_status IS NOT NULL THEN 'e.status = $4' END,
+        -- an id is taken at insert, after its transaction started (created_at): the id bound lets
+        -- the primary key serve the range, created_at keeps it exact
+        CASE WHEN p_from IS NOT NULL THEN 'e.id >= event_bus.uuid_v7_lower_bound($5) AND e.created_at >= $5' END,
+        CASE WHEN p_to IS NOT NULL THEN 'e.created_at < $6' END,
+        CASE WHEN p_before IS NOT NULL THEN 'e.id < $7' END,
+        CASE WHEN p_entity_type IS NOT NULL THEN 'e.entity_type = $9' END,
+        CASE WHEN p_entity_id IS NOT NULL THEN 'e.entity_id = $10' END,
+        CASE WHEN p_correlation_id IS NOT NULL
+             THEN 'e.metadata ? ''correlation_id'' AND e.metadata ->> ''correlation_id'' = $11' END);
+    IF v_exact IS NOT NULL THEN
+        -- by type: the fanned-out events through (tenant_id, event_type, id) — a tenant's reader
+        -- gets its tenant from row-level security — and the few not yet fanned out through their
+        -- own index, two ordered scans merged
+        v_sql := 'SELECT x.* FROM ('
+              || '(SELECT e.* FROM event_bus.module_events e WHERE e.dispatched_at IS NOT NULL AND ' || v_where
+              || ' ORDER BY e.id DESC LIMIT $8) UNION ALL '
+              || '(SELECT e.* FROM event_bus.module_events e WHERE e.dispatched_at IS NULL AND ' || v_where
+              || ' ORDER BY e.id DESC LIMIT $8)) x ORDER BY x.id DESC LIMIT $8';
+    ELSE
+        v_sql := 'SELECT e.* FROM event_bus.module_events e'
+              || CASE WHEN v_where <> '' THEN ' WHERE ' || v_where ELSE '' END
+              || ' ORDER BY e.id DESC LIMIT $8';
+    END IF;
+    RETURN QUERY EXECUTE v_sql
+        USING p_tenant_id, p_source_module, coalesce(v_exact, p_event_type), p_status, p_from, p_to, p_before,
+              p_limit, p_entity_type, p_entity_id, p_correlation_id;
 END
 $$;
 COMMENT ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer, text, text, text) IS
@@ -1501,7 +1525,11 @@ GRANT EXECUTE ON FUNCTION event_bus.metrics(), event_bus.reset_breaker(uuid), ev
     event_bus.unsubscribe(uuid), event_bus.process_pending_events(integer),
     event_bus._rearm(uuid[]), event_bus._hold(uuid), event_bus._release(uuid),
     event_bus._refresh_event_status(uuid[]),
-    event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer)
+    event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer),
+    -- what process_pending_events runs of the worker's pipeline, in an admin's session
+    event_bus._lock_streams(), event_bus._advance_streams(uuid[]), event_bus._order_streams(uuid[]),
+    event_bus._idempotency_gate(uuid[]), event_bus._idempotency_settle(uuid[], uuid[]),
+    event_bus._deliveries_dead(uuid[]), event_bus._breaker_changed(uuid, boolean)
     TO event_bus_admin;
 GRANT ALL ON event_bus._counters TO event_bus_admin;
 

@@ -15,6 +15,16 @@ CREATE INDEX IF NOT EXISTS module_events_correlation_idx
     WHERE metadata ? 'correlation_id';
 
 ------------------------------------------------------------------------------------------------
+-- Events by type for a tenant (list_events with an exact type, the console's filter under
+-- row-level security): only fanned-out events are in it, so an emit's INSERT does not pay for it;
+-- the fan-out's UPDATE, which writes a new row version into every index anyway (dispatched_at is
+-- in the undispatched index's predicate), adds the entry.
+------------------------------------------------------------------------------------------------
+CREATE INDEX IF NOT EXISTS module_events_tenant_type_idx
+    ON event_bus.module_events (tenant_id, event_type, id)
+    WHERE dispatched_at IS NOT NULL;
+
+------------------------------------------------------------------------------------------------
 -- Functions whose parameters grow (re-created by sql/operations.sql with the old calls still
 -- valid: every new parameter has a default and comes last).
 ------------------------------------------------------------------------------------------------
@@ -78,3 +88,9 @@ SELECT l.tenant_id, date_trunc('minute', l.executed_at),
   FROM event_bus.module_event_logs l
  WHERE l.executed_at >= now() - interval '31 days'
  GROUP BY 1, 2;
+
+------------------------------------------------------------------------------------------------
+-- process_pending_events (granted to event_bus_admin) runs the worker's pipeline in the caller's
+-- session: an admin that is not a superuser needs the idempotency keys it checks and settles.
+------------------------------------------------------------------------------------------------
+GRANT SELECT, INSERT, UPDATE, DELETE ON event_bus._idempotency_keys TO event_bus_admin;

@@ -572,6 +572,40 @@ mod tests {
         );
     }
 
+    /// process_pending_events is granted to event_bus_admin: a member that is not a superuser runs
+    /// the whole pipeline (fan-out, ordered streams, idempotency keys, dead deliveries and their
+    /// operational events, the breaker) without a privilege error.
+    #[pg_test]
+    fn process_pending_events_runs_for_an_admin_that_is_not_a_superuser() {
+        setup_handlers();
+        subscribe(
+            "order.*",
+            "ordered",
+            "inv.record",
+            ", p_ordered => true, p_idempotency_key => 'payload.doc'",
+        );
+        subscribe("order.*", "audit", "inv.fragile", ", p_max_retries => 0");
+        Spi::run("UPDATE event_bus.module_event_subscriptions SET breaker_threshold = 1 WHERE handler_module = 'audit'").unwrap();
+        Spi::run("CREATE ROLE eb_console_admin NOLOGIN; GRANT event_bus_admin TO eb_console_admin")
+            .unwrap();
+        Spi::run(&format!(
+            "SELECT event_bus.emit_module_event('{TENANT}', 'order.created', 'sales', 'order', 'O-1', '{{\"doc\": \"D-1\"}}')"
+        ))
+        .unwrap();
+        Spi::run("SET LOCAL ROLE eb_console_admin").unwrap();
+        assert_eq!(process(100), 2);
+        Spi::run("RESET ROLE").unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM inv.calls WHERE handler = 'record'"),
+            1
+        );
+        assert_eq!(count("SELECT count(*) FROM event_bus.dead_letters"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_event_subscriptions WHERE breaker_open_until IS NOT NULL"),
+            1
+        );
+    }
+
     /// What the Event Monitor reads and does (0.7.0): the queue summary, the timeline, the new
     /// list_events filters, causation children, dry runs, one-event replay, pause / resume.
     #[pg_test]

@@ -9,8 +9,8 @@ pub enum AppError {
     SignIn { expired: bool },
     /// the role may not use the console (not an event_bus role, or the console cannot act as it)
     NotAllowed,
-    /// the database refused for want of privilege (42501)
-    Forbidden,
+    /// the database refused for want of privilege (42501), with its message (logged, not shown)
+    Forbidden(String),
     /// the CSRF token of a POST did not match
     Csrf,
     /// P0002 or an unknown id
@@ -36,7 +36,7 @@ impl AppError {
             }
             let message = message.trim_start_matches("event_bus: ").to_string();
             return match code.as_str() {
-                "42501" => AppError::Forbidden,
+                "42501" => AppError::Forbidden(message),
                 "P0002" => AppError::NotFound,
                 // data exceptions: the input was wrong
                 c if c.starts_with("22") => AppError::BadInput(message),
@@ -60,7 +60,7 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             AppError::SignIn { .. } => StatusCode::SEE_OTHER,
-            AppError::NotAllowed | AppError::Forbidden | AppError::Csrf => StatusCode::FORBIDDEN,
+            AppError::NotAllowed | AppError::Forbidden(_) | AppError::Csrf => StatusCode::FORBIDDEN,
             AppError::NotFound | AppError::NoPage => StatusCode::NOT_FOUND,
             AppError::BadInput(_) => StatusCode::BAD_REQUEST,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -160,7 +160,7 @@ pub async fn metrics(ctx: Ctx) -> Response {
     .await;
     match r {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
-        Err(AppError::Forbidden) => (
+        Err(AppError::Forbidden(_)) => (
             StatusCode::FORBIDDEN,
             "event_bus.metrics() is refused to the console's role: start it with --metrics-role naming an \
              event_bus_admin member it may SET ROLE to\n",
@@ -953,7 +953,12 @@ pub async fn replay_event(ctx: Ctx, Path(id): Path<String>, body: String) -> Res
             .get("subscription")
             .map(|v| uuid_param(v, "subscription"))
             .transpose()?;
-        let row = write(&ctx, "SELECT event_bus.replay_event($1, $2)", &[&id, &sub]).await?;
+        let row = write(
+            &ctx,
+            "SELECT event_bus.replay_events(p_event_id => $1, p_subscription_id => $2)",
+            &[&id, &sub],
+        )
+        .await?;
         let n: i64 = row.get(0);
         Ok(see_other(&format!("/events/{id}?done=replayed&n={n}")))
     }

@@ -240,6 +240,11 @@ impl Ctx {
             Err(e) => self.error_response(e),
         };
         let h = resp.headers_mut();
+        // (a response that signs in or out sets the session itself)
+        let sets_session = h.get_all(header::SET_COOKIE).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.starts_with(auth::SESSION_COOKIE))
+        });
         if self.lang_chosen {
             h.append(
                 header::SET_COOKIE,
@@ -249,7 +254,7 @@ impl Ctx {
         if let Some(s) = &self.session {
             // slide the idle expiry at most once a minute, and not over a sign-out
             let now = auth::now_secs();
-            if now.saturating_sub(s.seen) >= 60 && !h.contains_key(header::SET_COOKIE) {
+            if now.saturating_sub(s.seen) >= 60 && !sets_session {
                 let s = Session {
                     seen: now,
                     ..s.clone()
@@ -278,7 +283,7 @@ impl Ctx {
         let message = match &e {
             AppError::SignIn { .. } => unreachable!(),
             AppError::NotAllowed => l.t("err-login-not-allowed"),
-            AppError::Forbidden => l.t("err-forbidden"),
+            AppError::Forbidden(_) => l.t("err-forbidden"),
             AppError::Csrf => l.t("err-csrf"),
             AppError::NotFound => l.t("err-not-found"),
             AppError::NoPage => l.t("err-page-missing"),
@@ -286,8 +291,11 @@ impl Ctx {
             AppError::Unavailable(_) => l.t("err-db-down"),
             AppError::Db { message, .. } => l.ta("err-db", &[("detail", message.clone().into())]),
         };
-        if let AppError::Unavailable(detail) = &e {
-            eprintln!("event-bus-console: database unavailable: {detail}");
+        match &e {
+            AppError::Unavailable(detail) => eprintln!("event-bus-console: database unavailable: {detail}"),
+            AppError::Forbidden(detail) => eprintln!("event-bus-console: {} refused: {detail}", self.path),
+            AppError::Db { code, message } => eprintln!("event-bus-console: {}: SQLSTATE {code}: {message}", self.path),
+            _ => {}
         }
         let down = matches!(e, AppError::Unavailable(_));
         let body = html! {

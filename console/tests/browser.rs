@@ -264,6 +264,33 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
+/// Wait (to a deadline) until the page shows `what`: after a click the old page may still be there.
+async fn expect_text(b: &Client, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = text(b).await;
+        if t.contains(what) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed {what:?}:\n{t}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Does `text` show `label` as words of its own (not inside an identifier from the data, such as
+/// the event type event_bus.breaker.opened)?
+fn contains_label(text: &str, label: &str) -> bool {
+    let part_of_word =
+        |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.');
+    text.match_indices(label).any(|(i, _)| {
+        !part_of_word(text[..i].chars().next_back())
+            && !part_of_word(text[i + label.len()..].chars().next())
+    })
+}
+
 /// Labels of the English catalogue that differ from their Serbian ones (what must not show on a
 /// Serbian page), without placeables.
 fn english_only_labels() -> Vec<String> {
@@ -355,10 +382,27 @@ async fn the_console_in_a_real_browser() {
             )
         })
         .collect();
+    let voided = emit(&mut c, TENANT_A, "invoice.voided", r#"{"v": 1}"#);
+    // an ordered subscription: the first stock move of an item goes dead and parks the item's stream
+    blocking(|| {
+        c.query_one("SELECT event_bus.subscribe('stock.#', 'warehouse', $1, p_max_retries => 0, p_ordered => true)", &[&url])
+            .unwrap();
+        for n in 1..=2 {
+            c.query_one(
+                "SELECT event_bus.emit_module_event($1::text::uuid, 'stock.moved', 'inventory', 'item', 'SKU-1', jsonb_build_object('n', $2::int))",
+                &[&TENANT_A, &n],
+            )
+            .unwrap();
+        }
+    });
     // every delivery fails once (no retries): dead letters
     blocking(|| {
         wait_for("every delivery dead", Duration::from_secs(60), || {
-            (cluster::count(&mut c, "SELECT count(*) FROM event_bus.dead_letters") == 63)
+            (cluster::count(&mut c, "SELECT count(*) FROM event_bus.dead_letters") == 65
+                && cluster::count(
+                    &mut c,
+                    "SELECT count(*) FROM event_bus.parked_streams WHERE waiting = 1",
+                ) == 1)
                 .then_some(())
         })
     });
@@ -607,7 +651,7 @@ async fn the_console_in_a_real_browser() {
         let body = text(&b).await;
         for label in &english {
             assert!(
-                !body.contains(label.as_str()),
+                !contains_label(&body, label),
                 "{path} in Serbian shows the English label {label:?}:\n{body}"
             );
         }
@@ -639,13 +683,41 @@ async fn the_console_in_a_real_browser() {
         .click()
         .await
         .unwrap();
-    assert!(
-        text(&b)
-            .await
-            .contains("1 dead deliveries match this filter."),
-        "{}",
-        text(&b).await
-    );
+    expect_text(&b, "1 dead deliveries match this filter.").await;
+    // retry all matching: the count first, then the retry
+    b.goto(&format!("{base}/dead-letters?type=invoice.voided"))
+        .await
+        .unwrap();
+    b.find(Locator::Css("form.preview button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.find(Locator::Css("form.confirm button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    expect_text(&b, "Re-armed 1 deliveries.").await;
+    blocking(|| {
+        wait_for(
+            "the voided invoice re-armed",
+            Duration::from_secs(10),
+            || {
+                // (due again, held behind its subscription's open breaker, or already tried again)
+                (cluster::count(
+                &mut c,
+                &format!(
+                    "SELECT count(*) FROM event_bus.module_event_deliveries WHERE event_id = '{voided}'
+                        AND (status <> 'failed' OR attempts = 2)"
+                ),
+            ) == 1)
+                .then_some(())
+            },
+        )
+    });
     fixed.store(true, Ordering::SeqCst);
     b.goto(&format!("{base}/events/{script_event}"))
         .await
@@ -656,11 +728,7 @@ async fn the_console_in_a_real_browser() {
         .click()
         .await
         .unwrap();
-    assert!(
-        text(&b).await.contains("Re-armed 1 deliveries."),
-        "{}",
-        text(&b).await
-    );
+    expect_text(&b, "Re-armed 1 deliveries.").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         b.goto(&format!("{base}/events/{script_event}"))
@@ -683,6 +751,20 @@ async fn the_console_in_a_real_browser() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     shot(&b, "event-retried").await;
+    // replay the completed delivery to its subscription: delivered again
+    let before = rx.requests.lock().unwrap().len();
+    b.find(Locator::Css("form[action$='/replay'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    expect_text(&b, "Replayed 1 deliveries.").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rx.requests.lock().unwrap().len() == before {
+        assert!(Instant::now() < deadline, "the replay was not delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     sign_out(&b).await;
 
     // --- an admin: every tenant, the overview, subscriptions with targets, parked streams
@@ -707,11 +789,78 @@ async fn the_console_in_a_real_browser() {
         "the chart shows the failures"
     );
     shot(&b, "overview").await;
+    // process pending now (admins): delivers what is due in the request
+    b.find(Locator::Css("form[action='/process-pending'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    expect_text(&b, "Processed ").await;
     b.goto(&format!("{base}/subscriptions")).await.unwrap();
     assert!(text(&b).await.contains(&url), "an admin sees the target");
     shot(&b, "subscriptions").await;
+    // pause and resume a subscription
+    let pause = "table.subs tr:first-child form[action$='/pause'] button";
+    b.find(Locator::Css(pause))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    expect_text(&b, "Paused.").await;
+    let paused = blocking(|| {
+        cluster::count(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_event_subscriptions WHERE NOT is_active",
+        )
+    });
+    assert_eq!(paused, 1);
+    b.find(Locator::Css("table.subs form[action$='/resume'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    expect_text(&b, "Resumed.").await;
+    let paused = blocking(|| {
+        cluster::count(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_event_subscriptions WHERE NOT is_active",
+        )
+    });
+    assert_eq!(paused, 0);
+    // the parked stream: its blocking delivery and the one waiting behind it; skipping lets it go on
     b.goto(&format!("{base}/parked")).await.unwrap();
+    assert_eq!(
+        b.find_all(Locator::Css("table.parked tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    expect_text(&b, "SKU-1").await;
     shot(&b, "parked").await;
+    b.find(Locator::Css("table.parked form[action$='/skip'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    expect_text(&b, "Skipped the delivery.").await;
+    blocking(|| {
+        wait_for(
+            "the waiting stock move delivered",
+            Duration::from_secs(20),
+            || {
+                (cluster::count(
+                &mut c,
+                "SELECT count(*) FROM event_bus.module_events WHERE event_type = 'stock.moved' AND payload->>'n' = '2' AND status = 'completed'",
+            ) == 1)
+                .then_some(())
+            },
+        )
+    });
 
     // --- metrics behind the token
     let (status, _, _) = raw_http(port, "GET", "/metrics", &[], "").unwrap();
