@@ -342,10 +342,57 @@ pub struct WindowStats {
 
 type StatsKey = (String, Option<Uuid>, String);
 
-/// Window counts kept for a few seconds per (role, tenant, window).
+/// The window's counts and timeline, as the transaction's role sees them.
+async fn count_window(
+    tx: &tokio_postgres::Transaction<'_>,
+    interval: &str,
+) -> Result<WindowStats, AppError> {
+    let stats = tx
+        .query_one(
+            "SELECT pending, processing, processed, failed, total FROM event_bus.event_stats($1::text::interval)",
+            &[&interval],
+        )
+        .await
+        .map_err(AppError::from_pg)?;
+    let buckets = tx
+        .query(
+            "SELECT bucket_start, succeeded, failed FROM event_bus.delivery_timeline($1::text::interval, 24)",
+            &[&interval],
+        )
+        .await
+        .map_err(AppError::from_pg)?;
+    Ok(WindowStats {
+        counts: [
+            stats.get(0),
+            stats.get(1),
+            stats.get(2),
+            stats.get(3),
+            stats.get(4),
+        ],
+        series: buckets
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect(),
+        at: Utc::now(),
+    })
+}
+
+pub enum Cached {
+    /// counted less than the cache's time ago
+    Fresh(WindowStats),
+    /// older, but still worth showing while it is counted again (up to STALE_LIMIT)
+    Stale(WindowStats),
+    Missing,
+}
+
+/// Counts older than this are never shown: the view waits for a new count.
+const STALE_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Window counts per (role, tenant, window): fresh for `ttl`, then shown while a background count
+/// replaces them (as River UI does with its counts), never when older than STALE_LIMIT.
 pub struct StatsCache {
     ttl: std::time::Duration,
-    map: std::sync::Mutex<HashMap<StatsKey, (Instant, WindowStats)>>,
+    map: std::sync::Mutex<HashMap<StatsKey, (Instant, WindowStats, bool)>>,
 }
 
 impl StatsCache {
@@ -356,11 +403,32 @@ impl StatsCache {
         }
     }
 
-    fn get(&self, key: &StatsKey) -> Option<WindowStats> {
+    fn get(&self, key: &StatsKey) -> Cached {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key)
-            .filter(|(t, _)| t.elapsed() < self.ttl)
-            .map(|(_, w)| w.clone())
+        match map.get(key) {
+            Some((t, w, _)) if t.elapsed() < self.ttl => Cached::Fresh(w.clone()),
+            Some((t, w, _)) if t.elapsed() < STALE_LIMIT => Cached::Stale(w.clone()),
+            _ => Cached::Missing,
+        }
+    }
+
+    /// Mark a recount under way; false if one already is.
+    fn start_refresh(&self, key: &StatsKey) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get_mut(key) {
+            Some((_, _, refreshing)) if !*refreshing => {
+                *refreshing = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn end_refresh(&self, key: &StatsKey) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, refreshing)) = map.get_mut(key) {
+            *refreshing = false;
+        }
     }
 
     fn put(&self, key: StatsKey, w: WindowStats) {
@@ -368,9 +436,8 @@ impl StatsCache {
             return;
         }
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let ttl = self.ttl;
-        map.retain(|_, (t, _)| t.elapsed() < ttl);
-        map.insert(key, (Instant::now(), w));
+        map.retain(|_, (t, _, _)| t.elapsed() < STALE_LIMIT);
+        map.insert(key, (Instant::now(), w, false));
     }
 }
 
@@ -398,36 +465,35 @@ async fn overview_inner(ctx: &Ctx) -> Res {
     let (tx, who) = ctx.begin(&mut client).await?;
     let cache_key = (who.role.clone(), who.tenant, key.to_string());
     let window = match ctx.app.stats_cache.get(&cache_key) {
-        Some(w) => w,
-        None => {
-            let stats = tx
-                .query_one(
-                    "SELECT pending, processing, processed, failed, total FROM event_bus.event_stats($1::text::interval)",
-                    &[&interval],
-                )
-                .await
-                .map_err(AppError::from_pg)?;
-            let buckets = tx
-                .query(
-                    "SELECT bucket_start, succeeded, failed FROM event_bus.delivery_timeline($1::text::interval, 24)",
-                    &[&interval],
-                )
-                .await
-                .map_err(AppError::from_pg)?;
-            let w = WindowStats {
-                counts: [
-                    stats.get(0),
-                    stats.get(1),
-                    stats.get(2),
-                    stats.get(3),
-                    stats.get(4),
-                ],
-                series: buckets
-                    .iter()
-                    .map(|r| (r.get(0), r.get(1), r.get(2)))
-                    .collect(),
-                at: Utc::now(),
-            };
+        Cached::Fresh(w) => w,
+        Cached::Stale(w) => {
+            // served as counted, and counted again in the background for the next view
+            if ctx.app.stats_cache.start_refresh(&cache_key) {
+                let app = ctx.app.clone();
+                let id = ctx.identity()?;
+                tokio::spawn(async move {
+                    let counted = async {
+                        let mut client = app.db.client().await?;
+                        let tx = client.transaction().await.map_err(AppError::from_pg)?;
+                        crate::db::act_as(&tx, &id, app.db.statement_timeout_ms).await?;
+                        let w = count_window(&tx, interval).await?;
+                        tx.commit().await.map_err(AppError::from_pg)?;
+                        Ok::<_, AppError>(w)
+                    }
+                    .await;
+                    match counted {
+                        Ok(w) => app.stats_cache.put(cache_key, w),
+                        Err(e) => {
+                            eprintln!("event-bus-console: recounting the overview failed: {e:?}");
+                            app.stats_cache.end_refresh(&cache_key);
+                        }
+                    }
+                });
+            }
+            w
+        }
+        Cached::Missing => {
+            let w = count_window(&tx, interval).await?;
             ctx.app.stats_cache.put(cache_key, w.clone());
             w
         }
@@ -1378,6 +1444,34 @@ mod tests {
             Err(AppError::BadInput(_))
         ));
         assert!(time_param(None, "from").unwrap().is_none());
+    }
+
+    #[test]
+    fn window_counts_are_fresh_then_stale_while_one_recount_runs() {
+        let cache = StatsCache::new(std::time::Duration::from_millis(50));
+        let key: StatsKey = ("alice".into(), None, "24h".into());
+        let w = WindowStats {
+            counts: [1, 2, 3, 4, 10],
+            series: vec![],
+            at: Utc::now(),
+        };
+        assert!(matches!(cache.get(&key), Cached::Missing));
+        assert!(!cache.start_refresh(&key), "nothing to refresh yet");
+        cache.put(key.clone(), w.clone());
+        assert!(matches!(cache.get(&key), Cached::Fresh(_)));
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert!(matches!(cache.get(&key), Cached::Stale(ref s) if s.counts == [1, 2, 3, 4, 10]));
+        assert!(cache.start_refresh(&key));
+        assert!(!cache.start_refresh(&key), "one recount at a time");
+        cache.end_refresh(&key);
+        assert!(
+            cache.start_refresh(&key),
+            "a failed recount may be tried again"
+        );
+        cache.put(key.clone(), w);
+        assert!(matches!(cache.get(&key), Cached::Fresh(_)));
+        let other: StatsKey = ("bob".into(), None, "24h".into());
+        assert!(matches!(cache.get(&other), Cached::Missing), "per role");
     }
 
     #[test]

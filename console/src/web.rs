@@ -292,9 +292,16 @@ impl Ctx {
             AppError::Db { message, .. } => l.ta("err-db", &[("detail", message.clone().into())]),
         };
         match &e {
-            AppError::Unavailable(detail) => eprintln!("event-bus-console: database unavailable: {detail}"),
-            AppError::Forbidden(detail) => eprintln!("event-bus-console: {} refused: {detail}", self.path),
-            AppError::Db { code, message } => eprintln!("event-bus-console: {}: SQLSTATE {code}: {message}", self.path),
+            AppError::Unavailable(detail) => {
+                eprintln!("event-bus-console: database unavailable: {detail}")
+            }
+            AppError::Forbidden(detail) => {
+                eprintln!("event-bus-console: {} refused: {detail}", self.path)
+            }
+            AppError::Db { code, message } => eprintln!(
+                "event-bus-console: {}: SQLSTATE {code}: {message}",
+                self.path
+            ),
             _ => {}
         }
         let down = matches!(e, AppError::Unavailable(_));
