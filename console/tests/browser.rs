@@ -158,12 +158,7 @@ async fn sign_in(b: &Client, base: &str, user: &str, password: &str) {
         .send_keys(password)
         .await
         .unwrap();
-    b.find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "form button[type=submit]").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while b.current_url().await.unwrap().path() == "/login" {
         assert!(
@@ -176,12 +171,7 @@ async fn sign_in(b: &Client, base: &str, user: &str, password: &str) {
 }
 
 async fn sign_out(b: &Client) {
-    b.find(Locator::Css("form[action='/logout'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "form[action='/logout'] button").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while b.current_url().await.unwrap().path() != "/login" {
         assert!(
@@ -264,6 +254,17 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
+/// Click the element `css` once the page has it (after a click the next page may still be loading).
+async fn click(b: &Client, css: &str) {
+    let el = b
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"));
+    el.click().await.unwrap();
+}
+
 /// Wait (to a deadline) until the page shows `what`: after a click the old page may still be there.
 async fn expect_text(b: &Client, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -314,7 +315,8 @@ fn english_only_labels() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_a_real_browser() {
     // --- the database: a cluster, roles as a deployment has them, password sign-in over TCP
-    let cluster = blocking(|| Cluster::start("console", &[]));
+    // (no circuit breaker: every one of the deliveries below must fail on its own, not wait held)
+    let cluster = blocking(|| Cluster::start("console", &["event_bus.breaker_threshold = 0"]));
     let hba = cluster.data().join("pg_hba.conf");
     std::fs::write(
         &hba,
@@ -496,12 +498,19 @@ async fn the_console_in_a_real_browser() {
     shot(&b, "events").await;
     // the pages agree with list_events for the same filters, page after page
     assert_eq!(page1, list_as(&mut c, "alice", TENANT_A, "p_limit => 50"));
-    b.find(Locator::Css("nav.pager a[rel=next]"))
+    click(&b, "nav.pager a[rel=next]").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b
+        .current_url()
         .await
         .unwrap()
-        .click()
-        .await
-        .unwrap();
+        .query()
+        .unwrap_or("")
+        .contains("before=")
+    {
+        assert!(Instant::now() < deadline, "the next page did not open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let page2 = shown_ids(&b).await;
     assert_eq!(
         page2,
@@ -677,29 +686,14 @@ async fn the_console_in_a_real_browser() {
     b.goto(&format!("{base}/dead-letters?type=invoice.created"))
         .await
         .unwrap();
-    b.find(Locator::Css("form.preview button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "form.preview button").await;
     expect_text(&b, "1 dead deliveries match this filter.").await;
     // retry all matching: the count first, then the retry
     b.goto(&format!("{base}/dead-letters?type=invoice.voided"))
         .await
         .unwrap();
-    b.find(Locator::Css("form.preview button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.find(Locator::Css("form.confirm button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "form.preview button").await;
+    click(&b, "form.confirm button").await;
     expect_text(&b, "Re-armed 1 deliveries.").await;
     blocking(|| {
         wait_for(
@@ -722,12 +716,7 @@ async fn the_console_in_a_real_browser() {
     b.goto(&format!("{base}/events/{script_event}"))
         .await
         .unwrap();
-    b.find(Locator::Css("button[data-action=retry]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "button[data-action=retry]").await;
     expect_text(&b, "Re-armed 1 deliveries.").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -753,12 +742,7 @@ async fn the_console_in_a_real_browser() {
     shot(&b, "event-retried").await;
     // replay the completed delivery to its subscription: delivered again
     let before = rx.requests.lock().unwrap().len();
-    b.find(Locator::Css("form[action$='/replay'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "form[action$='/replay'] button").await;
     expect_text(&b, "Replayed 1 deliveries.").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while rx.requests.lock().unwrap().len() == before {
@@ -790,24 +774,14 @@ async fn the_console_in_a_real_browser() {
     );
     shot(&b, "overview").await;
     // process pending now (admins): delivers what is due in the request
-    b.find(Locator::Css("form[action='/process-pending'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "form[action='/process-pending'] button").await;
     expect_text(&b, "Processed ").await;
     b.goto(&format!("{base}/subscriptions")).await.unwrap();
     assert!(text(&b).await.contains(&url), "an admin sees the target");
     shot(&b, "subscriptions").await;
     // pause and resume a subscription
     let pause = "table.subs tr:first-child form[action$='/pause'] button";
-    b.find(Locator::Css(pause))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, pause).await;
     expect_text(&b, "Paused.").await;
     let paused = blocking(|| {
         cluster::count(
@@ -816,12 +790,7 @@ async fn the_console_in_a_real_browser() {
         )
     });
     assert_eq!(paused, 1);
-    b.find(Locator::Css("table.subs form[action$='/resume'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "table.subs form[action$='/resume'] button").await;
     expect_text(&b, "Resumed.").await;
     let paused = blocking(|| {
         cluster::count(
@@ -841,12 +810,7 @@ async fn the_console_in_a_real_browser() {
     );
     expect_text(&b, "SKU-1").await;
     shot(&b, "parked").await;
-    b.find(Locator::Css("table.parked form[action$='/skip'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "table.parked form[action$='/skip'] button").await;
     expect_text(&b, "Skipped the delivery.").await;
     blocking(|| {
         wait_for(
@@ -904,12 +868,7 @@ async fn submit_login(b: &Client, user: &str, password: &str) -> String {
         .send_keys(password)
         .await
         .unwrap();
-    b.find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "form button[type=submit]").await;
     b.wait()
         .for_element(Locator::Css(".banner.error"))
         .await
