@@ -5,7 +5,9 @@
 use crate::error::AppError;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Config, NoTls, Transaction};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 /// What the signed-in role may do, as the database's role memberships say.
@@ -36,10 +38,48 @@ pub struct Db {
     pub pool: Pool,
     pub config: Config,
     pub statement_timeout_ms: u64,
+    /// TLS to the database, when the URL asks for it (sslmode=require) or a CA file is given
+    pub tls: Option<MakeRustlsConnect>,
+}
+
+/// A TLS connector that trusts the public web roots and the CA certificates in `ca_file` (PEM).
+fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<MakeRustlsConnect, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut n = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert =
+                cert.map_err(|e| format!("{}: not a PEM certificate: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("{} holds no PEM certificate", path.display()));
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 impl Db {
-    pub fn new(url: &str, max: usize, statement_timeout_ms: u64) -> Result<Db, String> {
+    /// With `sslmode=require` in the URL (or a CA file) the connections use TLS and check the
+    /// server's certificate and name; otherwise they are plain (sslmode=prefer is taken as plain).
+    pub fn new(
+        url: &str,
+        max: usize,
+        statement_timeout_ms: u64,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Db, String> {
         let mut config: Config = url
             .parse()
             .map_err(|e| format!("the database URL does not parse: {e}"))?;
@@ -47,13 +87,19 @@ impl Db {
             config.application_name("event-bus-console");
         }
         config.connect_timeout(Duration::from_secs(5));
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let tls = if config.get_ssl_mode() == SslMode::Require || ca_file.is_some() {
+            config.ssl_mode(SslMode::Require);
+            Some(tls_connector(ca_file)?)
+        } else {
+            None
+        };
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(t) => Manager::from_config(config.clone(), t.clone(), manager_config),
+            None => Manager::from_config(config.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(max)
             .wait_timeout(Some(Duration::from_secs(5)))
@@ -66,6 +112,7 @@ impl Db {
             pool,
             config,
             statement_timeout_ms,
+            tls,
         })
     }
 
@@ -80,12 +127,18 @@ impl Db {
         cfg.user(user)
             .password(password)
             .application_name("event-bus-console sign-in");
-        match cfg.connect(NoTls).await {
-            Ok((client, conn)) => {
+        let connected = match &self.tls {
+            Some(t) => cfg.connect(t.clone()).await.map(|(client, conn)| {
                 drop(client);
-                let _ = conn.await;
-                Ok(true)
-            }
+                tokio::spawn(conn);
+            }),
+            None => cfg.connect(NoTls).await.map(|(client, conn)| {
+                drop(client);
+                tokio::spawn(conn);
+            }),
+        };
+        match connected {
+            Ok(()) => Ok(true),
             Err(e) => match e.code().map(|c| c.code()) {
                 // invalid_password, invalid_authorization_specification (no such role, no
                 // pg_hba entry, role cannot log in)

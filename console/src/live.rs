@@ -25,11 +25,32 @@ impl Live {
     }
 
     /// Keep a LISTEN connection open, reconnecting after a failure, forwarding each notification.
-    pub fn spawn_listener(&self, config: tokio_postgres::Config) {
+    pub fn spawn_listener(
+        &self,
+        config: tokio_postgres::Config,
+        tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    ) {
+        match tls {
+            Some(t) => self.listen_with(config, t),
+            None => self.listen_with(config, tokio_postgres::NoTls),
+        }
+    }
+
+    fn listen_with<T>(&self, config: tokio_postgres::Config, tls: T)
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        T::Stream: Send + 'static,
+        T::TlsConnect: Send,
+        <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+    {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             loop {
-                match config.connect(tokio_postgres::NoTls).await {
+                match config.connect(tls.clone()).await {
                     Ok((client, mut conn)) => {
                         let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
                         let driver = tokio::spawn(async move {

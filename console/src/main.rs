@@ -28,6 +28,10 @@ struct Args {
     /// as PostgREST's authenticator is.
     #[arg(long, env = "EVENT_BUS_CONSOLE_DATABASE_URL")]
     database_url: String,
+    /// PEM file of the CA(s) that signed the database server's certificate (besides the public
+    /// web roots). Implies TLS; `sslmode=require` in the URL asks for TLS with the public roots only.
+    #[arg(long, env = "EVENT_BUS_CONSOLE_DATABASE_CA_FILE")]
+    database_ca_file: Option<std::path::PathBuf>,
     /// Address to serve on.
     #[arg(
         long,
@@ -115,6 +119,7 @@ fn run(args: Args) -> Result<(), String> {
         &args.database_url,
         args.pool_size.max(2),
         args.statement_timeout_ms,
+        args.database_ca_file.as_deref(),
     )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -123,7 +128,7 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async move {
         let live = live::Live::new();
-        live.spawn_listener(db.config.clone());
+        live.spawn_listener(db.config.clone(), db.tls.clone());
         let app = Arc::new(web::App {
             db,
             signer: auth::Signer::new(

@@ -349,7 +349,7 @@ impl Ctx {
                                     @if other == l {
                                         strong { (l.t(&format!("lang-{}", other.code()))) }
                                     } @else {
-                                        a href={ (self.path) "?lang=" (other.code()) } hreflang=(other.code()) {
+                                        a href=(self.with_lang(other)) hreflang=(other.code()) {
                                             (l.t(&format!("lang-{}", other.code())))
                                         }
                                     }
@@ -375,6 +375,22 @@ impl Ctx {
                 }
             }
         }
+    }
+
+    /// This page in another language: the same path and filters.
+    fn with_lang(&self, lang: Lang) -> String {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        let mut keys: Vec<_> = self
+            .query
+            .iter()
+            .filter(|(k, _)| k.as_str() != "lang")
+            .collect();
+        keys.sort();
+        for (k, v) in keys {
+            q.append_pair(k, v);
+        }
+        q.append_pair("lang", lang.code());
+        format!("{}?{}", self.path, q.finish())
     }
 
     fn current(&self, href: &str) -> Option<&'static str> {

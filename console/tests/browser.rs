@@ -888,17 +888,21 @@ fn sign_jwt(claims: &serde_json::Value, secret: &[u8]) -> String {
 }
 
 fn start_console(cluster: &Cluster, db: &str, envs: &[(&str, &str)]) -> (Killed, u16) {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-bus-console"));
-    cmd.env(
-        "EVENT_BUS_CONSOLE_DATABASE_URL",
-        format!(
+    start_console_url(
+        &format!(
             "postgres://console_auth:auth-pw@127.0.0.1:{}/{db}",
             cluster.port
         ),
+        envs,
     )
-    .env("EVENT_BUS_CONSOLE_LISTEN", format!("127.0.0.1:{port}"))
-    .stdout(Stdio::null());
+}
+
+fn start_console_url(url: &str, envs: &[(&str, &str)]) -> (Killed, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-bus-console"));
+    cmd.env("EVENT_BUS_CONSOLE_DATABASE_URL", url)
+        .env("EVENT_BUS_CONSOLE_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null());
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -1039,4 +1043,194 @@ fn bearer_tokens_bad_input_and_a_database_outage() {
         let (status, _, _) = raw_http(port, "GET", "/events", &bearer(&good), "").ok()?;
         (status == 200).then_some(())
     });
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir` (readable by postgres).
+fn make_certificates(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ca.cnf"),
+        "[req]\ndistinguished_name = dn\n[dn]\n[ca]\nbasicConstraints = critical, CA:true\nkeyUsage = critical, keyCertSign, cRLSign\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\nbasicConstraints = CA:false\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=event_bus console test CA",
+        "-config",
+        "ca.cnf",
+        "-extensions",
+        "ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-config",
+        "ca.cnf",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    let _ = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir)
+        .status();
+    let _ = Command::new("chmod")
+        .arg("600")
+        .arg(dir.join("server.key"))
+        .status();
+}
+
+/// Managed PostgreSQL wants TLS: with sslmode=require the console's pool, its sign-in check and its
+/// LISTEN connection all use it, and a certificate from an unknown CA is refused.
+#[test]
+fn the_console_reaches_its_database_over_tls() {
+    let certs = std::env::temp_dir().join(format!("event_bus-console-tls-{}", std::process::id()));
+    make_certificates(&certs);
+    let cert = certs.join("server.crt");
+    let key = certs.join("server.key");
+    let conf = [
+        "ssl = on".to_string(),
+        format!("ssl_cert_file = '{}'", cert.display()),
+        format!("ssl_key_file = '{}'", key.display()),
+    ];
+    let conf: Vec<&str> = conf.iter().map(String::as_str).collect();
+    let cluster = Cluster::start("console-tls", &conf);
+    std::fs::write(
+        cluster.data().join("pg_hba.conf"),
+        "local all all trust\nhost all postgres 127.0.0.1/32 trust\n\
+         hostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all 127.0.0.1/32 reject\n",
+    )
+    .unwrap();
+    let mut c = cluster.create_db_with_extension("tlsapp");
+    c.batch_execute(
+        "SELECT pg_reload_conf();
+         CREATE ROLE console_auth LOGIN NOINHERIT PASSWORD 'auth-pw';
+         CREATE ROLE adam LOGIN PASSWORD 'adam-pw' IN ROLE event_bus_admin;
+         GRANT adam TO console_auth;",
+    )
+    .unwrap();
+    let url = format!(
+        "postgres://console_auth:auth-pw@127.0.0.1:{}/tlsapp?sslmode=require",
+        cluster.port
+    );
+
+    // a CA the console does not know: refused, and it says so
+    let port = free_port();
+    let _untrusting = Killed(
+        Command::new(env!("CARGO_BIN_EXE_event-bus-console"))
+            .env("EVENT_BUS_CONSOLE_DATABASE_URL", &url)
+            .env("EVENT_BUS_CONSOLE_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the console answers", Duration::from_secs(30), || {
+        raw_http(port, "GET", "/healthz", &[], "").ok()
+    });
+    let (status, _, body) = raw_http(port, "GET", "/healthz", &[], "").unwrap();
+    assert_eq!(status, 503, "{body}");
+
+    // with the CA: the pool, the sign-in check and the live tail's LISTEN all over TLS
+    let ca = certs.join("ca.crt");
+    let (_console, port) = start_console_url(
+        &url,
+        &[("EVENT_BUS_CONSOLE_DATABASE_CA_FILE", ca.to_str().unwrap())],
+    );
+    let (_, head, body) = raw_http(port, "GET", "/login", &[], "").unwrap();
+    let token = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ebc_login=")
+                .or_else(|| l.strip_prefix("Set-Cookie: ebc_login="))
+        })
+        .and_then(|v| v.split(';').next())
+        .expect("a sign-in token")
+        .to_string();
+    assert!(body.contains(&token));
+    let (status, head, body) = raw_http(
+        port,
+        "POST",
+        "/login",
+        &[
+            ("Cookie", format!("ebc_login={token}")),
+            ("Content-Type", "application/x-www-form-urlencoded".into()),
+        ],
+        &format!("username=adam&password=adam-pw&login_token={token}"),
+    )
+    .unwrap();
+    assert_eq!(status, 303, "signing in over TLS: {body}");
+    let session = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: ebc_session=")
+                .then(|| l[12..].split(';').next().unwrap().to_string())
+        })
+        .expect("a session");
+    let (status, _, body) = raw_http(port, "GET", "/events", &[("Cookie", session)], "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let plain = cluster::count(
+        &mut c,
+        "SELECT count(*) FROM pg_stat_activity a LEFT JOIN pg_stat_ssl s USING (pid)
+          WHERE a.application_name LIKE 'event-bus-console%' AND NOT coalesce(s.ssl, false)",
+    );
+    let tls = cluster::count(
+        &mut c,
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+          WHERE a.application_name LIKE 'event-bus-console%' AND s.ssl",
+    );
+    assert_eq!(plain, 0, "every console connection uses TLS");
+    assert!(tls >= 2, "the pool and the LISTEN connection: {tls}");
+    let _ = std::fs::remove_dir_all(&certs);
 }
