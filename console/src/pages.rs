@@ -551,7 +551,10 @@ async fn overview_inner(ctx: &Ctx) -> Res {
         section {
             h2 { (l.t("chart-title")) }
             (chart(l, series))
-            p.muted { (l.t("counted-at")) " " (time(ts(Some(window.at)).as_deref())) }
+            p.muted {
+                @if let Some((start, _, _)) = series.first() { (l.t("from")) " " (time(ts(Some(*start)).as_deref())) " · " }
+                (l.t("counted-at")) " " (time(ts(Some(window.at)).as_deref()))
+            }
         }
         @if who.level == Level::Admin {
             section {
@@ -580,7 +583,7 @@ fn chart(l: Lang, series: &[(DateTime<Utc>, i64, i64)]) -> Markup {
     let scale = (h - pad) / max as f64;
     html! {
         svg.chart viewBox={ "0 0 " (w) " " (h) } role="img" aria-label=(l.t("chart-title")) {
-            text x="0" y="12" class="axis" { (l.num(max)) }
+            text x="0" y="12" class="label" { (l.num(max)) }
             line x1=(pad) y1=(h - pad) x2=(w) y2=(h - pad) class="axis" {}
             @for (i, (t, s, f)) in series.iter().enumerate() {
                 @let x = pad + i as f64 * bw;
@@ -927,7 +930,8 @@ async fn event_inner(ctx: &Ctx, id: &str) -> Res {
             table.deliveries {
                 thead { tr {
                     th { (l.t("handler")) } th { (l.t("kind")) } th { (l.t("pattern")) } th { (l.t("status")) }
-                    th { (l.t("attempts")) } th { (l.t("next-attempt")) } th { (l.t("http-status")) } th { (l.t("error")) }
+                    th { (l.t("attempts")) } th { (l.t("next-attempt")) } th { (l.t("completed-at")) }
+                    th { (l.t("http-status")) } th { (l.t("error")) }
                     @if can_write { th {} }
                 } }
                 tbody { @for x in deliveries {
@@ -937,7 +941,9 @@ async fn event_inner(ctx: &Ctx, id: &str) -> Res {
                         td { code { (s(x, "pattern").unwrap_or("")) } }
                         td { (badge(l, s(x, "status").unwrap_or(""))) }
                         td.num { (x["attempts"].as_i64().map(|n| l.num(n)).unwrap_or_default()) }
-                        td { (time(s(x, "next_attempt_at"))) }
+                        // a finished delivery has no next attempt: its lease time would read as one
+                        td { (time(s(x, "next_attempt_at").filter(|_| matches!(s(x, "status"), Some("pending" | "processing" | "held" | "waiting"))))) }
+                        td { (time(s(x, "completed_at"))) }
                         td.num { (x["last_http_status"].as_i64().map(|n| n.to_string()).unwrap_or_default()) }
                         td.err { (truncate(s(x, "last_error").unwrap_or(""), 300)) }
                         @if can_write { td.actions {
