@@ -188,6 +188,8 @@ DECLARE
 BEGIN
     WITH derived AS (
         SELECT ids.id AS event_id,
+               a.n,
+               a.fanned_out_at,
                CASE WHEN a.n = a.n_completed THEN 'completed'
                     WHEN a.n = a.n_completed + a.n_failed THEN 'failed'
                     WHEN a.n_attempted > 0 OR a.n_completed + a.n_failed > 0 THEN 'processing'
@@ -205,21 +207,25 @@ BEGIN
                      count(*) FILTER (WHERE d.status = 'failed') AS n_failed,
                      count(*) FILTER (WHERE d.attempts > 0) AS n_attempted,
                      coalesce(sum(d.attempts), 0)
-                       - count(*) FILTER (WHERE d.status IN ('completed', 'processing')) AS retries
+                       - count(*) FILTER (WHERE d.status IN ('completed', 'processing')) AS retries,
+                     min(d.created_at) AS fanned_out_at
                 FROM event_bus.module_event_deliveries d
                WHERE d.event_id = ids.id) a
     ), upd AS (
+        -- an event the fan-out left unmarked (every delivery created leased) is marked dispatched
+        -- here, with its first recorded outcome: as of its deliveries' creation, the fan-out
         UPDATE event_bus.module_events e
            SET status = d.status,
                retry_count = d.retries,
                error_message = d.last_error,
                processed_at = CASE WHEN d.status IN ('completed', 'failed')
-                                   THEN coalesce(e.processed_at, now()) END
+                                   THEN coalesce(e.processed_at, now()) END,
+               dispatched_at = coalesce(e.dispatched_at, d.fanned_out_at)
           FROM derived d
          WHERE e.id = d.event_id
-           AND e.dispatched_at IS NOT NULL
-           AND (e.status, e.retry_count, e.error_message)
-               IS DISTINCT FROM (d.status, d.retries, d.last_error)
+           AND (e.dispatched_at IS NOT NULL OR d.n > 0)
+           AND (e.status, e.retry_count, e.error_message, e.dispatched_at IS NULL)
+               IS DISTINCT FROM (d.status, d.retries, d.last_error, false)
         RETURNING 1
     )
     SELECT count(*)::integer INTO v_updated FROM upd;

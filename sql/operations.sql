@@ -445,7 +445,9 @@ AS $$
        AND (s.tenant_id IS NULL OR s.tenant_id = e.tenant_id)
        AND (p_subscription_id IS NULL OR s.id = p_subscription_id)
        AND event_bus.matches(s.event_type, e.event_type)
-     WHERE e.dispatched_at IS NOT NULL
+     WHERE (e.dispatched_at IS NOT NULL
+            -- fanned out, first outcome not recorded yet (see _refresh_event_status)
+            OR EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0))
        AND NOT e.is_request
        AND (p_event_id IS NULL OR e.id = p_event_id)
        AND (p_scope IS NULL OR e.tenant_id = p_scope)
@@ -665,7 +667,8 @@ AS $$
       FROM (SELECT count(*) AS n,
                    coalesce(extract(epoch FROM now() - min(e.created_at))::double precision, 0) AS age
               FROM event_bus.module_events e
-             WHERE e.dispatched_at IS NULL) u,
+             WHERE e.dispatched_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0)) u,
            (SELECT count(*) AS due,
                    coalesce(extract(epoch FROM now() - min(d.next_attempt_at))::double precision, 0) AS age
               FROM event_bus.module_event_deliveries d
@@ -838,7 +841,8 @@ BEGIN
            || coalesce(round(extract(epoch FROM now() - min(e.created_at)), 3), 0) || E'\n'
       INTO v_out
       FROM event_bus.module_events e
-     WHERE e.dispatched_at IS NULL;
+     WHERE e.dispatched_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0);
 
     SELECT v_out
            || E'# HELP event_bus_deliveries Deliveries not yet finished, by status.\n'

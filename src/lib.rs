@@ -112,7 +112,12 @@ extension_sql_file!(
     name = "schema_0_7_0",
     requires = ["schema_0_6_0"]
 );
-extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_7_0"]);
+extension_sql_file!(
+    "../sql/schema_0.8.0.sql",
+    name = "schema_0_8_0",
+    requires = ["schema_0_7_0"]
+);
+extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_8_0"]);
 extension_sql_file!(
     "../sql/contracts.sql",
     name = "contracts",

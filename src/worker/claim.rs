@@ -6,19 +6,34 @@ use crate::plans::exec;
 use pgrx::prelude::*;
 
 /// The end of both fan-out statements, after `ins` (the deliveries inserted from `ev`, the events
-/// taken): mark the events dispatched (completed at once when nothing matched), count them, and
-/// with event_bus.notify ($7) send LISTEN module_event its notifications, at this commit.
+/// taken, and `m`, the subscriptions each matched): count the events and with event_bus.notify
+/// ($7) send LISTEN module_event its notifications, at this commit; and write the event row only
+/// where it must be written now:
+/// - an event that matched nothing is completed (dispatched, processed);
+/// - an event with a delivery that is not leased (held by an open breaker, queued for a full or
+///   limited subscription, waiting in its ordered stream) is marked dispatched;
+/// - an event whose deliveries were all created leased (the common case) is not written here:
+///   its deliveries say that it was fanned out (the intake skips events that have any), and the
+///   record of their first outcome writes dispatched_at together with the status
+///   (`_refresh_event_status`): one row version per event instead of two.
+///
+/// An event another fan-out took meanwhile (its deliveries already there: nothing inserted) is
+/// left alone.
 const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
              RETURNING *
-         ), matched AS (
-             SELECT DISTINCT event_id FROM ins
+         ), marks AS (
+             SELECT ev.id,
+                    NOT EXISTS (SELECT 1 FROM m WHERE m.event_id = ev.id) AS unmatched
+               FROM ev
+              WHERE NOT EXISTS (SELECT 1 FROM m WHERE m.event_id = ev.id)
+                 OR EXISTS (SELECT 1 FROM ins WHERE ins.event_id = ev.id AND ins.status <> 'processing')
          ), upd AS (
              UPDATE event_bus.module_events e
                 SET dispatched_at = now(),
-                    status = CASE WHEN m.event_id IS NULL THEN 'completed' ELSE e.status END,
-                    processed_at = CASE WHEN m.event_id IS NULL THEN now() ELSE e.processed_at END
-               FROM ev LEFT JOIN matched m ON m.event_id = ev.id
-              WHERE e.id = ev.id
+                    status = CASE WHEN k.unmatched THEN 'completed' ELSE e.status END,
+                    processed_at = CASE WHEN k.unmatched THEN now() ELSE e.processed_at END
+               FROM marks k
+              WHERE e.id = k.id
              RETURNING 1
          ), counted AS (
              UPDATE event_bus._counters c
@@ -108,6 +123,14 @@ fn events_to_take(pass: Pass, special: bool) -> String {
     }
 }
 
+/// The events not fanned out yet: not marked dispatched, and without deliveries (those the last
+/// fan-outs created leased, whose events are marked when their first outcome is recorded).
+/// Read through the partial index of undispatched events, which holds only those and the events
+/// in flight for the first time. (`OFFSET 0` keeps the test a probe of the deliveries' event index
+/// per event: pulled up into an anti-join, the planner may hash every delivery in the table.)
+const INTAKE: &str = "e.dispatched_at IS NULL
+                AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0)";
+
 /// The events a fan-out considers, locked ($1 of them at most), with their `bytes`.
 fn locked_events(pass: Pass, special: bool) -> String {
     const COLUMNS: &str = "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, \
@@ -117,7 +140,7 @@ fn locked_events(pass: Pass, special: bool) -> String {
         Pass::Head if !special => format!(
             "SELECT {COLUMNS}
                FROM event_bus.module_events e
-              WHERE e.dispatched_at IS NULL
+              WHERE {INTAKE}
               ORDER BY e.id
               LIMIT $1
                 FOR UPDATE SKIP LOCKED"
@@ -129,7 +152,7 @@ fn locked_events(pass: Pass, special: bool) -> String {
         Pass::Head => format!(
             "SELECT {COLUMNS}
                FROM event_bus.module_events e
-              WHERE e.dispatched_at IS NULL
+              WHERE {INTAKE}
               ORDER BY e.id
               LIMIT $1
                 FOR UPDATE"
@@ -138,7 +161,7 @@ fn locked_events(pass: Pass, special: bool) -> String {
         Pass::Tail if !special => format!(
             "SELECT {COLUMNS}
                FROM event_bus.module_events e
-              WHERE e.dispatched_at IS NULL
+              WHERE {INTAKE}
               ORDER BY e.id DESC
               LIMIT $1
                 FOR UPDATE SKIP LOCKED"
@@ -149,7 +172,7 @@ fn locked_events(pass: Pass, special: bool) -> String {
             "SELECT {OUTER}
                FROM (SELECT {COLUMNS}
                        FROM event_bus.module_events e
-                      WHERE e.dispatched_at IS NULL
+                      WHERE {INTAKE}
                       ORDER BY e.id DESC
                       LIMIT $1 * 4
                         FOR UPDATE SKIP LOCKED) e
