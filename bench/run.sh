@@ -456,10 +456,13 @@ if want rss; then
     "${PSQL[@]}" -c "TRUNCATE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs CASCADE" \
         -c "DELETE FROM event_bus.module_event_subscriptions" >/dev/null
     out="$("$DRIVER" throughput "$CONN" "$SINK" 100000 1)"
+    # read once the worker is idle (it hands freed heap pages back when a busy spell ends)
+    sleep 1
     pid="$(worker_pid)"; r1="$(rss_kb "$pid" RssAnon)"
     echo "    rss: first 100000: $out; worker $pid RssAnon ${r1} kB (VmRSS $(rss_kb "$pid" VmRSS) kB)" >&2
     out="$("$DRIVER" throughput "$CONN" "$SINK" "$((RSS_N - 100000))" 1)"
     [ "$(worker_pid)" = "$pid" ] || echo "    (the worker changed during the run)" >&2
+    sleep 1
     r2="$(rss_kb "$pid" RssAnon)"
     echo "    rss: the next $((RSS_N - 100000)): $out; worker RssAnon ${r2} kB (VmRSS $(rss_kb "$pid" VmRSS) kB)" >&2
     ROWS+=("| worker private memory (RssAnon) MB after $RSS_N deliveries | $(awk -v k="$r2" 'BEGIN{printf "%.0f", k/1024}') | after 100,000: $(awk -v k="$r1" 'BEGIN{printf "%.0f", k/1024}') MB | $(ratio "$r2" "$r1") | <= 1.1 |")

@@ -177,6 +177,9 @@ fn run(dboid: pg_sys::Oid) -> i32 {
     // event_bus.worker_idle_ms, or, when other databases wait for a worker, until its slice ends
     let started = Instant::now();
     let mut last_busy = Instant::now();
+    // busy rounds since the worker last gave freed heap memory back (see `quiet` below)
+    let mut busy_rounds_since_trim: u32 = 0;
+    let mut last_trim = Instant::now();
     let mut last_more = false;
     let mut yielding = false;
     let mut yielding_since: Option<Instant> = None;
@@ -326,6 +329,7 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                     last_more = round.more;
                     if more || !round.jobs.is_empty() {
                         last_busy = Instant::now();
+                        busy_rounds_since_trim = busy_rounds_since_trim.saturating_add(1);
                         visit_only = false;
                     }
                     claimed_since_upkeep = true;
@@ -377,6 +381,17 @@ fn run(dboid: pg_sys::Oid) -> i32 {
             yielding = true;
         }
         let quiet = sched.in_flight() == 0 && finished.is_empty() && !sched.has_sql();
+        if quiet && busy_rounds_since_trim >= 20 && last_trim.elapsed() >= Duration::from_secs(5) {
+            // A backlog worked off leaves the heaps (the backend's and the sender thread's glibc
+            // arenas) as large as its busiest moment, free but kept: RssAnon stayed at 38 MB after
+            // 900,000 events against 12 MB after 100,000. Hand the free pages back once the work is
+            // done (at most every 5 s; a few microseconds on a small heap).
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            busy_rounds_since_trim = 0;
+            last_trim = Instant::now();
+        }
         if quiet {
             let due_now = next_due.is_some_and(|d| d <= Instant::now() + Duration::from_millis(20));
             let idle_for = last_busy.elapsed();
