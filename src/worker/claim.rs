@@ -2,6 +2,7 @@
 //! and find when the next one is due. Each runs inside the caller's transaction.
 
 use super::job::{row_to_job, ClaimSettings, Job, JOB_COLUMNS, JOB_COLUMN_COUNT};
+use super::{Step, StepError};
 use crate::plans::exec;
 use pgrx::prelude::*;
 
@@ -51,7 +52,7 @@ const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
 /// subscriptions in `full` (this worker already holds their share: their deliveries are created
 /// due, for a later claim) and open breakers (held). Events that match nothing are completed at
 /// once, in the same statement. Returns the jobs and how many events were taken.
-fn fan_out(limit: i64, settings: &ClaimSettings, full: &[String], pass: Pass) -> FanOut {
+fn fan_out(limit: i64, settings: &ClaimSettings, full: &[String], pass: Pass) -> Step<FanOut> {
     let sql = || {
         format!(
         "WITH ev AS ({events}), m AS (
@@ -221,7 +222,7 @@ fn run_fan_out(
     limit: i64,
     settings: &ClaimSettings,
     full: &[String],
-) -> FanOut {
+) -> Step<FanOut> {
     Spi::connect_mut(|client| {
         let table = exec(
             client,
@@ -246,12 +247,12 @@ fn run_fan_out(
             cut: taken < considered,
         })
     })
-    .unwrap_or_else(|e| panic!("fan-out failed: {e}"))
+    .map_err(|e| StepError::failed("the fan-out", e))
 }
 
 /// Are there active subscriptions that are ordered or limited? Then claims and fan-outs take the
 /// stream lock and the SQL that honours them; otherwise the plain (faster) statements run.
-fn special_mode() -> bool {
+fn special_mode() -> Step<bool> {
     Spi::connect_mut(|client| {
         let table = exec(
             client,
@@ -267,13 +268,12 @@ fn special_mode() -> bool {
         )?;
         table.first().get_one::<bool>()
     })
-    .unwrap_or_else(|e| panic!("reading subscription modes failed: {e}"))
-    .unwrap_or(false)
+    .map(|v| v.unwrap_or(false))
+    .map_err(|e| StepError::failed("reading the subscriptions' modes", e))
 }
 
-pub fn lock_streams() {
-    Spi::run("SELECT event_bus._lock_streams()")
-        .unwrap_or_else(|e| panic!("taking the stream lock failed: {e}"));
+pub fn lock_streams() -> Step<()> {
+    Spi::run("SELECT event_bus._lock_streams()").map_err(|e| StepError::failed("taking the stream lock", e))
 }
 
 /// What one claim round found.
@@ -295,7 +295,7 @@ pub struct Round {
 /// the small LIMIT and hashes whole tables, while parsing and analysing the statements every round
 /// was most of the worker's CPU when rounds are small (perf: a steady 10,000 events/s gathered
 /// into ~10-event rounds).
-pub fn claim_and_fan_out(limit: i64, settings: &ClaimSettings, full: &[String]) -> Round {
+pub fn claim_and_fan_out(limit: i64, settings: &ClaimSettings, full: &[String]) -> Step<Round> {
     planned_for_the_round(|| claim_round(limit, settings, full))
 }
 
@@ -331,12 +331,12 @@ fn planned_for_the_round<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-fn claim_round(limit: i64, settings: &ClaimSettings, full: &[String]) -> Round {
-    let special = special_mode();
+fn claim_round(limit: i64, settings: &ClaimSettings, full: &[String]) -> Step<Round> {
+    let special = special_mode()?;
     if special {
-        lock_streams();
+        lock_streams()?;
     }
-    let (mut jobs, cut) = claim(limit, settings, special, full);
+    let (mut jobs, cut) = claim(limit, settings, special, full)?;
     settings.spend(&jobs);
     // the byte budget is spent: the rest waits for the next round
     let cut = cut || settings.bytes.get() <= 0;
@@ -350,35 +350,37 @@ fn claim_round(limit: i64, settings: &ClaimSettings, full: &[String]) -> Round {
                 fan_out(n, settings, full, pass)
             }
         };
-        let head = fan(left, Pass::Head);
+        let head = fan(left, Pass::Head)?;
         settings.spend(&head.jobs);
         jobs.extend(head.jobs);
         more = head.taken >= left || head.cut;
         if head.taken >= left && settings.bytes.get() > 0 {
             // a backlog: what was emitted last goes out now too, not after the backlog
-            jobs.extend(fan((left / 10).max(10), Pass::Tail).jobs);
+            jobs.extend(fan((left / 10).max(10), Pass::Tail)?.jobs);
         }
     }
     // The plain statements are right only while no subscription is ordered or limited. Each
     // statement sees the subscriptions as of its own start: one created or changed between the
     // check above and a statement would have its deliveries created or claimed without its order
     // or limits. Checked again after them (a later snapshot): if that happened, roll back and go
-    // again (the caller's transaction ends with this panic).
-    if !special && special_mode() {
-        panic!("a subscription became ordered or limited during the claim; claiming again");
+    // again (the caller rolls the transaction back).
+    if !special && special_mode()? {
+        return Err(StepError::retry(
+            "a subscription became ordered or limited during the claim; claiming again",
+        ));
     }
     if jobs.iter().any(|j| j.claimed().idempotent) {
-        jobs = idempotency_gate(jobs);
+        jobs = idempotency_gate(jobs)?;
     }
-    let due = if more { None } else { next_due(special, full) };
-    Round { jobs, more, due }
+    let due = if more { None } else { next_due(special, full)? };
+    Ok(Round { jobs, more, due })
 }
 
 /// Deliveries of subscriptions with an idempotency key take their key (event_bus._idempotency_gate,
 /// in this claim's transaction): one whose key was handled within the window becomes a duplicate
 /// (completed without calling the handler), one whose key another delivery holds right now was
 /// put back and leaves the round.
-fn idempotency_gate(jobs: Vec<Job>) -> Vec<Job> {
+fn idempotency_gate(jobs: Vec<Job>) -> Step<Vec<Job>> {
     let ids: Vec<String> = jobs
         .iter()
         .filter(|j| j.claimed().idempotent)
@@ -398,11 +400,12 @@ fn idempotency_gate(jobs: Vec<Job>) -> Vec<Job> {
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
-    .unwrap_or_else(|e| panic!("taking idempotency keys failed: {e}"));
+    .map_err(|e| StepError::failed("taking idempotency keys", e))?;
     if held.is_empty() {
-        return jobs;
+        return Ok(jobs);
     }
-    jobs.into_iter()
+    Ok(jobs
+        .into_iter()
         .filter_map(|job| match held.get(&job.claimed().delivery_id) {
             None => Some(job),
             Some(None) => None,
@@ -411,13 +414,13 @@ fn idempotency_gate(jobs: Vec<Job>) -> Vec<Job> {
                 Some(Job::Duplicate(claimed, of.clone()))
             }
         })
-        .collect()
+        .collect())
 }
 
 /// The fan-out for ordered and limited subscriptions: a delivery with an earlier unfinished one
 /// in its entity stream waits; deliveries of limited subscriptions are queued for the claim,
 /// which applies the limits.
-fn fan_out_special(limit: i64, settings: &ClaimSettings, full: &[String], pass: Pass) -> FanOut {
+fn fan_out_special(limit: i64, settings: &ClaimSettings, full: &[String], pass: Pass) -> Step<FanOut> {
     let sql = || {
         format!(
         "WITH ev AS ({events}), m AS (
@@ -540,7 +543,12 @@ fn claim_limited_sql() -> String {
 /// Claim up to `limit` due deliveries (retries, expired leases, deliveries queued by the fan-out)
 /// with a lease, leaving out the subscriptions in `full`, within the round's byte budget; says
 /// whether the budget left due deliveries behind.
-fn claim(limit: i64, settings: &ClaimSettings, special: bool, full: &[String]) -> (Vec<Job>, bool) {
+fn claim(
+    limit: i64,
+    settings: &ClaimSettings,
+    special: bool,
+    full: &[String],
+) -> Step<(Vec<Job>, bool)> {
     let sql = || {
         format!(
         "WITH c AS ({c})
@@ -587,13 +595,13 @@ fn claim(limit: i64, settings: &ClaimSettings, special: bool, full: &[String]) -
         }
         Ok::<_, pgrx::spi::Error>((jobs, cut))
     })
-    .unwrap_or_else(|e| panic!("claim failed: {e}"))
+    .map_err(|e| StepError::failed("the claim", e))
 }
 
 /// Seconds until the next delivery this worker may claim is due (negative: already; None: none).
 /// Leaves out the subscriptions in `full`; with limits, not the deliveries of subscriptions
 /// without room, but when a rate allows the next start.
-fn next_due(special: bool, full: &[String]) -> Option<f64> {
+fn next_due(special: bool, full: &[String]) -> Step<Option<f64>> {
     // min() always returns one row (NULL when nothing is queued); the text is built only when
     // the statement is first prepared
     let due_sql = move || {
@@ -633,5 +641,5 @@ fn next_due(special: bool, full: &[String]) -> Option<f64> {
         .first()
         .get_one::<f64>()
     })
-    .unwrap_or_else(|e| panic!("finding the next due delivery failed: {e}"))
+    .map_err(|e| StepError::failed("finding the next due delivery", e))
 }

@@ -13,7 +13,7 @@ use super::job::{batch_memory, ClaimSettings, Claimed};
 use super::record::{record, release, retry_delay, Finished, Rng};
 use super::schedule::{Scheduler, SqlJob};
 use super::{
-    in_transaction, log, reload_config_if_requested, shutdown_requested, sqlhandler, wait,
+    in_transaction, in_transaction_try, log, reload_config_if_requested, shutdown_requested, sqlhandler, wait,
 };
 use crate::{guc, shmem};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -238,13 +238,14 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                 .iter()
                 .map(|f| retry_delay(&f.claimed, &f.outcome, &mut rng))
                 .collect();
-            match in_transaction("recording outcomes", || {
+            match in_transaction_try("recording outcomes", || {
                 if !batch.is_empty() {
-                    record(&batch, &delays);
+                    record(&batch, &delays)?;
                 }
                 if !stale.is_empty() {
-                    release(&stale);
+                    release(&stale)?;
                 }
+                Ok(())
             }) {
                 Ok(()) => backoff_on_error = Duration::from_millis(100),
                 Err(e) => {
@@ -282,16 +283,16 @@ fn run(dboid: pg_sys::Oid) -> i32 {
             let budget = memory - sched.held_bytes();
             // what was signalled before this point, this round sees
             shmem::claiming(dboid_u32, last_more);
-            let result = in_transaction("claiming deliveries", || {
+            let result = in_transaction_try("claiming deliveries", || {
                 if !extension_present() {
-                    return None;
+                    return Ok(None);
                 }
                 if let Some(installed) = outdated_sql() {
-                    return Some(Err(installed));
+                    return Ok(Some(Err(installed)));
                 }
                 let settings = ClaimSettings::read();
                 settings.bytes.set(budget);
-                Some(Ok(claim_and_fan_out(batch_size as i64, &settings, &full)))
+                Ok(Some(Ok(claim_and_fan_out(batch_size as i64, &settings, &full)?)))
             });
             match result {
                 Ok(None) => {
@@ -562,13 +563,14 @@ fn shutdown(dispatcher: &Dispatcher, sched: &mut Scheduler, mut finished: Vec<Fi
         .map(|f| retry_delay(&f.claimed, &f.outcome, &mut rng))
         .collect();
     unfinished.extend(sched.unfinished());
-    let r = in_transaction("recording outcomes at shutdown", || {
+    let r = in_transaction_try("recording outcomes at shutdown", || {
         if !finished.is_empty() {
-            record(&finished, &delays);
+            record(&finished, &delays)?;
         }
         if !unfinished.is_empty() {
-            release(&unfinished);
+            release(&unfinished)?;
         }
+        Ok(())
     });
     if let Err(e) = r {
         log(&format!(

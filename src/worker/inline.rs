@@ -28,7 +28,9 @@ pub fn process_now(limit: i64) -> i64 {
         );
     }
     let settings = ClaimSettings::read();
-    let jobs = claim_and_fan_out(limit, &settings, &[]).jobs;
+    let jobs = claim_and_fan_out(limit, &settings, &[])
+        .unwrap_or_else(|e| e.raise())
+        .jobs;
     let attempted = jobs.len() as i64;
     let mut finished = Vec::with_capacity(jobs.len());
     let mut http = Vec::new();
@@ -88,11 +90,11 @@ pub fn process_now(limit: i64) -> i64 {
             .iter()
             .map(|f| retry_delay(&f.claimed, &f.outcome, &mut rng))
             .collect();
-        record(&finished, &delays);
+        record(&finished, &delays).unwrap_or_else(|e| e.raise());
     }
     if !unsent.is_empty() {
         // waited past their turn behind a slow endpoint: due again, not counted as attempts
-        release(&unsent);
+        release(&unsent).unwrap_or_else(|e| e.raise());
     }
     attempted - unsent.len() as i64
 }

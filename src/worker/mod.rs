@@ -44,32 +44,90 @@ pub fn register_launcher() {
     launcher::install_drop_database_hook();
 }
 
-/// Run `f` in its own transaction. An ERROR or panic inside aborts the transaction and comes
-/// back as `Err(message)`; the worker logs it and lives on.
-pub fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
+/// A step of the delivery pipeline (a fan-out, a claim, a record) that failed: its transaction
+/// must not commit. The worker rolls it back, logs the message and tries again; in a user's
+/// session (`process_pending_events`) it is an ERROR ([`StepError::raise`]).
+#[derive(Debug)]
+pub struct StepError {
+    /// Nothing is wrong but the moment (e.g. a subscription changed mode during the claim):
+    /// going again at once is right (SQLSTATE 40001 in a user's session).
+    pub retry: bool,
+    pub message: String,
+}
+
+impl StepError {
+    /// `what` failed because of `e`.
+    pub fn failed(what: &str, e: impl std::fmt::Display) -> StepError {
+        StepError {
+            retry: false,
+            message: format!("{what} failed: {e}"),
+        }
+    }
+
+    pub fn retry(message: &str) -> StepError {
+        StepError {
+            retry: true,
+            message: message.to_string(),
+        }
+    }
+
+    /// Raise it as an ERROR in the calling session: 40001 (try again) or XX000.
+    pub fn raise(self) -> ! {
+        let code = if self.retry {
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+        } else {
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR
+        };
+        let hint = if self.retry {
+            "Call it again."
+        } else {
+            "Nothing was recorded; see the server log, and call it again."
+        };
+        pgrx::ereport!(PgLogLevel::ERROR, code, format!("event_bus: {}", self.message), hint);
+        unreachable!("ereport(ERROR) returned")
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A pipeline step's result.
+pub type Step<T> = Result<T, StepError>;
+
+/// Run `f` in its own transaction, committed when it returns `Ok`, rolled back when it returns
+/// `Err` or raises (an ERROR or a panic inside); either failure comes back as `Err(message)`, and
+/// the worker logs it and lives on.
+pub fn in_transaction_try<R>(what: &str, f: impl FnOnce() -> Step<R>) -> Result<R, String> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
-    match result {
-        Ok(v) => {
+    let failure = match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => {
             unsafe {
                 pg_sys::PopActiveSnapshot();
                 pg_sys::CommitTransactionCommand();
             }
-            Ok(v)
+            return Ok(v);
         }
-        Err(e) => {
-            let msg = panic_message(&e);
-            unsafe {
-                pg_sys::AbortCurrentTransaction();
-                pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-            }
-            Err(format!("{what}: {msg}"))
-        }
+        Ok(Err(e)) => e.message,
+        Err(e) => panic_message(&e),
+    };
+    unsafe {
+        pg_sys::AbortCurrentTransaction();
+        pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
     }
+    Err(format!("{what}: {failure}"))
+}
+
+/// Run `f` in its own transaction (see [`in_transaction_try`]); an ERROR or panic inside aborts
+/// it and comes back as `Err(message)`.
+pub fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
+    in_transaction_try(what, || Ok(f()))
 }
 
 pub fn panic_message(e: &Box<dyn std::any::Any + Send>) -> String {

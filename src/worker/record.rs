@@ -5,6 +5,7 @@
 use super::claim::lock_streams;
 use super::deliver::{backoff, Outcome};
 use super::job::Claimed;
+use super::{Step, StepError};
 use crate::plans::exec;
 use pgrx::prelude::*;
 use std::collections::HashMap;
@@ -47,7 +48,7 @@ pub fn retry_delay(c: &Claimed, o: &Outcome, rng: &mut Rng) -> Duration {
 
 /// Record a batch of outcomes: one attempt-log row each, the delivery's new state (completed,
 /// retried after its backoff, or dead), and the events' derived status.
-pub fn record(batch: &[Finished], delays: &[Duration]) {
+pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
     let n = batch.len();
     let mut ids = Vec::with_capacity(n);
     let mut events = Vec::with_capacity(n);
@@ -104,12 +105,12 @@ pub fn record(batch: &[Finished], delays: &[Duration]) {
         .collect();
     if !ordered.is_empty() {
         // before any row is touched: the fan-out must not decide on these streams meanwhile
-        lock_streams();
+        lock_streams()?;
         // the worker's bookkeeping commits asynchronously (a lost commit only means a resend);
         // a stream that moved on must not move back after a crash, so this commit is durable
         // before the next delivery of the stream can be sent
         Spi::run("SET LOCAL synchronous_commit = on")
-            .unwrap_or_else(|e| panic!("setting synchronous_commit failed: {e}"));
+            .map_err(|e| StepError::failed("setting synchronous_commit", e))?;
     }
     Spi::connect_mut(|client| {
         exec(
@@ -246,7 +247,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) {
         )?;
         Ok::<(), pgrx::spi::Error>(())
     })
-    .unwrap_or_else(|e| panic!("recording outcomes failed: {e}"))
+    .map_err(|e| StepError::failed("recording outcomes", e))
 }
 
 /// A batch's outcomes per subscription, in batch order: what the circuit breaker and the
@@ -294,7 +295,7 @@ impl SubscriptionHealth {
 }
 
 /// Hand unfinished leases back (shutdown): due again now, the interrupted attempt not counted.
-pub fn release(unfinished: &[Claimed]) {
+pub fn release(unfinished: &[Claimed]) -> Step<()> {
     let ids: Vec<String> = unfinished.iter().map(|c| c.delivery_id.clone()).collect();
     let attempts: Vec<i32> = unfinished.iter().map(|c| c.attempt).collect();
     Spi::connect_mut(|client| {
@@ -322,5 +323,5 @@ pub fn release(unfinished: &[Claimed]) {
         }
         Ok::<(), pgrx::spi::Error>(())
     })
-    .unwrap_or_else(|e| panic!("releasing leases failed: {e}"))
+    .map_err(|e| StepError::failed("releasing leases", e))
 }
