@@ -263,6 +263,13 @@ impl Scheduler {
         if self.subs.len() > 1024 {
             self.subs.retain(|_, s| s.http_out > 0 || !s.sql.is_empty());
         }
+        // after a backlog: the tables keep the capacity of their busiest moment; give it back
+        if self.in_flight.is_empty() && self.in_flight.capacity() > 1024 {
+            self.in_flight.shrink_to_fit();
+        }
+        if self.turns.is_empty() && self.turns.capacity() > 1024 {
+            self.turns.shrink_to_fit();
+        }
     }
 
     /// Everything claimed and not finished (shutdown): requests with the sender, SQL calls.
