@@ -312,6 +312,8 @@ fn planned_for_the_round<R>(f: impl FnOnce() -> R) -> R {
         for (name, value) in [
             (c"enable_bitmapscan", c"off"),
             (c"plan_cache_mode", c"force_custom_plan"),
+            // planned per call: JIT would compile them again every round (see dbworker.rs)
+            (c"jit", c"off"),
         ] {
             pg_sys::set_config_option(
                 name.as_ptr(),
