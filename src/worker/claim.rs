@@ -273,7 +273,8 @@ fn special_mode() -> Step<bool> {
 }
 
 pub fn lock_streams() -> Step<()> {
-    Spi::run("SELECT event_bus._lock_streams()").map_err(|e| StepError::failed("taking the stream lock", e))
+    Spi::run("SELECT event_bus._lock_streams()")
+        .map_err(|e| StepError::failed("taking the stream lock", e))
 }
 
 /// What one claim round found.
@@ -422,7 +423,12 @@ fn idempotency_gate(jobs: Vec<Job>) -> Step<Vec<Job>> {
 /// The fan-out for ordered and limited subscriptions: a delivery with an earlier unfinished one
 /// in its entity stream waits; deliveries of limited subscriptions are queued for the claim,
 /// which applies the limits.
-fn fan_out_special(limit: i64, settings: &ClaimSettings, full: &[String], pass: Pass) -> Step<FanOut> {
+fn fan_out_special(
+    limit: i64,
+    settings: &ClaimSettings,
+    full: &[String],
+    pass: Pass,
+) -> Step<FanOut> {
     let sql = || {
         format!(
         "WITH ev AS ({events}), m AS (

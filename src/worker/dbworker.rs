@@ -13,7 +13,8 @@ use super::job::{batch_memory, ClaimSettings, Claimed};
 use super::record::{record, release, retry_delay, Finished, Rng};
 use super::schedule::{Scheduler, SqlJob};
 use super::{
-    in_transaction, in_transaction_try, log, reload_config_if_requested, shutdown_requested, sqlhandler, wait,
+    in_transaction, in_transaction_try, log, reload_config_if_requested, shutdown_requested,
+    sqlhandler, wait,
 };
 use crate::{guc, shmem};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -297,7 +298,11 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                 }
                 let settings = ClaimSettings::read();
                 settings.bytes.set(budget);
-                Ok(Some(Ok(claim_and_fan_out(batch_size as i64, &settings, &full)?)))
+                Ok(Some(Ok(claim_and_fan_out(
+                    batch_size as i64,
+                    &settings,
+                    &full,
+                )?)))
             });
             match result {
                 Ok(None) => {

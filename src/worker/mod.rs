@@ -83,7 +83,12 @@ impl StepError {
         } else {
             "Nothing was recorded; see the server log, and call it again."
         };
-        pgrx::ereport!(PgLogLevel::ERROR, code, format!("event_bus: {}", self.message), hint);
+        pgrx::ereport!(
+            PgLogLevel::ERROR,
+            code,
+            format!("event_bus: {}", self.message),
+            hint
+        );
         unreachable!("ereport(ERROR) returned")
     }
 }
