@@ -272,6 +272,29 @@ fn special_mode() -> Step<bool> {
     .map_err(|e| StepError::failed("reading the subscriptions' modes", e))
 }
 
+/// The rows of rate-limited subscriptions, before the limited claim locks any delivery: its
+/// `paced` step updates them after, and an unsubscribe takes a subscription's row before its
+/// trigger deletes the deliveries (in the other order the two waited for each other).
+fn lock_paced_subscriptions() -> Step<()> {
+    Spi::connect_mut(|client| {
+        exec(
+            client,
+            "lock_paced_subscriptions",
+            || {
+                "SELECT 1 FROM event_bus.module_event_subscriptions s
+                  WHERE s.max_per_second IS NOT NULL
+                  ORDER BY s.id
+                    FOR NO KEY UPDATE"
+                    .to_string()
+            },
+            &[],
+            &[],
+        )
+        .map(|_| ())
+    })
+    .map_err(|e| StepError::failed("locking the rate-limited subscriptions", e))
+}
+
 pub fn lock_streams() -> Step<()> {
     Spi::run("SELECT event_bus._lock_streams()")
         .map_err(|e| StepError::failed("taking the stream lock", e))
@@ -338,6 +361,7 @@ fn claim_round(limit: i64, settings: &ClaimSettings, full: &[String]) -> Step<Ro
     let special = special_mode()?;
     if special {
         lock_streams()?;
+        lock_paced_subscriptions()?;
     }
     let (mut jobs, cut) = claim(limit, settings, special, full)?;
     settings.spend(&jobs);

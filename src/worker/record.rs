@@ -113,6 +113,21 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
             .map_err(|e| StepError::failed("setting synchronous_commit", e))?;
     }
     Spi::connect_mut(|client| {
+        // The batch's subscription rows first, in id order: the record updates them at its end
+        // (health, breaker), and a DELETE of a subscription takes its row before its trigger
+        // deletes the unfinished deliveries. Taken after the deliveries, a concurrent unsubscribe
+        // and this record waited for each other (deadlock detected, one of them rolled back).
+        exec(
+            client,
+            "record_lock_subscriptions",
+            || "SELECT 1 FROM event_bus.module_event_subscriptions s
+                 WHERE s.id = ANY ($1::uuid[])
+                 ORDER BY s.id
+                   FOR NO KEY UPDATE"
+                .to_string(),
+            &[pg_sys::TEXTARRAYOID],
+            &[health.ids.clone().into()],
+        )?;
         exec(
             client,
             "record_deliveries",
