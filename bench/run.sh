@@ -57,7 +57,8 @@ DRIVER=bench/driver/target/release/event_bus_bench
 
 WORK="${BENCH_DIR:-/tmp/event_bus-bench}"
 BINDIR="$(/usr/bin/pg_config --bindir)"
-as_pg() { runuser -u postgres -- "$@"; }
+# the server runs without RUST_BACKTRACE: with it, pgrx captures a backtrace for every failing statement
+as_pg() { runuser -u postgres -- env -u RUST_BACKTRACE "$@"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 cleanup() {
@@ -650,7 +651,13 @@ sizes() {
 }
 if want growth; then
     echo "==> growth: loading $GROWTH_EVENTS completed events with their deliveries and logs" >&2
-    "${PSQL[@]}" -c "TRUNCATE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs" >/dev/null
+    # the worker may still be working off the emit section's backlog: a TRUNCATE can deadlock with it
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        "${PSQL[@]}" -c "TRUNCATE event_bus.module_events, event_bus.module_event_deliveries, event_bus.module_event_logs" \
+            >/dev/null 2>&1 && break
+        [ "$i" -lt 10 ] || { echo "growth: could not truncate the tables" >&2; exit 1; }
+        sleep 0.5
+    done
     t="$(timed "
         INSERT INTO event_bus.module_events (id, tenant_id, event_type, source_module, entity_type, entity_id, payload,
                                              status, created_at, processed_at, dispatched_at)

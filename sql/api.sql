@@ -176,68 +176,6 @@ COMMENT ON FUNCTION event_bus.publish_event(text, text, text, jsonb, jsonb, uuid
     'metadata->>''source_module'' or else the aggregate type. Same validation as emit_module_event.';
 
 ------------------------------------------------------------------------------------------------
--- Internal: derive an event's status from its deliveries.
-------------------------------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION event_bus._refresh_event_status(p_event_ids uuid[]) RETURNS integer
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
--- plpgsql, not sql: the session keeps the statement's plan (the worker calls this every batch)
-DECLARE
-    v_updated integer;
-BEGIN
-    WITH derived AS (
-        SELECT ids.id AS event_id,
-               a.n,
-               a.fanned_out_at,
-               CASE WHEN a.n = a.n_completed THEN 'completed'
-                    WHEN a.n = a.n_completed + a.n_failed THEN 'failed'
-                    WHEN a.n_attempted > 0 OR a.n_completed + a.n_failed > 0 THEN 'processing'
-                    ELSE 'pending' END AS status,
-               greatest(a.retries, 0)::integer AS retries,
-               CASE WHEN a.n_failed > 0 THEN
-                   (SELECT d.last_error FROM event_bus.module_event_deliveries d
-                     WHERE d.event_id = ids.id AND d.status = 'failed'
-                     ORDER BY d.completed_at DESC NULLS LAST LIMIT 1)
-               END AS last_error
-          FROM unnest(p_event_ids) AS ids(id)
-          CROSS JOIN LATERAL (
-              SELECT count(*) AS n,
-                     count(*) FILTER (WHERE d.status IN ('completed', 'skipped')) AS n_completed,
-                     count(*) FILTER (WHERE d.status = 'failed') AS n_failed,
-                     count(*) FILTER (WHERE d.attempts > 0) AS n_attempted,
-                     coalesce(sum(d.attempts), 0)
-                       - count(*) FILTER (WHERE d.status IN ('completed', 'processing')) AS retries,
-                     min(d.created_at) AS fanned_out_at
-                FROM event_bus.module_event_deliveries d
-               WHERE d.event_id = ids.id) a
-    ), upd AS (
-        -- an event the fan-out left unmarked (every delivery created leased) is marked dispatched
-        -- here, with its first recorded outcome: as of its deliveries' creation, the fan-out
-        UPDATE event_bus.module_events e
-           SET status = d.status,
-               retry_count = d.retries,
-               error_message = d.last_error,
-               processed_at = CASE WHEN d.status IN ('completed', 'failed')
-                                   THEN coalesce(e.processed_at, now()) END,
-               dispatched_at = coalesce(e.dispatched_at, d.fanned_out_at)
-          FROM derived d
-         WHERE e.id = d.event_id
-           AND (e.dispatched_at IS NOT NULL OR d.n > 0)
-           AND (e.status, e.retry_count, e.error_message, e.dispatched_at IS NULL)
-               IS DISTINCT FROM (d.status, d.retries, d.last_error, false)
-        RETURNING 1
-    )
-    SELECT count(*)::integer INTO v_updated FROM upd;
-    RETURN v_updated;
-END
-$$;
-
-COMMENT ON FUNCTION event_bus._refresh_event_status(uuid[]) IS
-    'Internal: recompute module_events.status / retry_count / error_message / processed_at from the '
-    'events'' deliveries.';
-
-------------------------------------------------------------------------------------------------
 -- Internal: an IP-literal URL must be inside event_bus.allowed_networks (host names are checked by
 -- the worker against every address they resolve to, when it connects).
 ------------------------------------------------------------------------------------------------
@@ -511,41 +449,7 @@ BEGIN
 END
 $$;
 
--- However a subscription goes (unsubscribe or a plain DELETE), its unfinished deliveries go with
--- it: they could never be sent. Finished ones stay as history.
-CREATE OR REPLACE FUNCTION event_bus._subscriptions_deleted() RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_events uuid[];
-BEGIN
-    WITH gone AS (
-        DELETE FROM event_bus.module_event_deliveries d
-         USING old_rows o
-         WHERE d.subscription_id = o.id AND d.status IN ('pending', 'processing', 'held', 'waiting')
-        RETURNING d.event_id)
-    SELECT array_agg(DISTINCT event_id) INTO v_events FROM gone;
-    IF v_events IS NOT NULL THEN
-        PERFORM event_bus._refresh_event_status(v_events);
-    END IF;
-    -- a fan-out that read these subscriptions before this commit may still add deliveries for
-    -- them: the worker sweeps those later
-    INSERT INTO event_bus._deleted_subscriptions (id)
-    SELECT o.id FROM old_rows o
-    ON CONFLICT (id) DO UPDATE SET deleted_at = now();
-    RETURN NULL;
-END
-$$;
-COMMENT ON FUNCTION event_bus._subscriptions_deleted() IS
-    'Internal: drops the unfinished deliveries of deleted subscriptions, re-derives their events'' status, '
-    'and remembers the subscriptions for the worker''s sweep of deliveries a concurrent fan-out added.';
-CREATE OR REPLACE TRIGGER module_event_subscriptions_deleted
-    AFTER DELETE ON event_bus.module_event_subscriptions
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION event_bus._subscriptions_deleted();
-
+-- (its unfinished deliveries go with it: event_bus._subscriptions_deleted, sql/lifecycle.sql)
 COMMENT ON FUNCTION event_bus.unsubscribe(uuid) IS
     'Delete a subscription and its unfinished deliveries (finished ones and the attempt log stay). '
     'Raises P0002 if it does not exist. To pause instead, UPDATE ... SET is_active = false.';
@@ -752,7 +656,6 @@ COMMENT ON FUNCTION event_bus.uuid_v7_lower_bound(timestamptz) IS
 -- emit is for everyone (it is the point); management is for the table owner / admin.
 REVOKE ALL ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision, boolean, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus.unsubscribe(uuid) FROM PUBLIC;
-REVOKE ALL ON FUNCTION event_bus._refresh_event_status(uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus._emit_prepare(uuid, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus._request_call(uuid, integer) FROM PUBLIC;
 

@@ -168,134 +168,10 @@ $$;
 COMMENT ON FUNCTION event_bus._write_scope() IS
     'Internal: NULL when the caller is an admin (every tenant), else its tenant; 42501 without one.';
 
-CREATE OR REPLACE FUNCTION event_bus._rearm(p_delivery_ids uuid[]) RETURNS integer
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_events  uuid[];
-    v_count   integer;
-    v_ordered uuid[];
-BEGIN
-    WITH r AS (
-        UPDATE event_bus.module_event_deliveries d
-           SET status = CASE WHEN s.breaker_open_until IS NOT NULL THEN 'held' ELSE 'pending' END,
-               next_attempt_at = now(),
-               attempt_offset = d.attempts,
-               completed_at = NULL
-          FROM event_bus.module_event_subscriptions s
-         WHERE d.id = ANY (p_delivery_ids)
-           AND s.id = d.subscription_id
-           AND d.status IN ('completed', 'failed', 'skipped')
-           -- a request was answered (or not) in its caller's session: never sent again
-           AND NOT EXISTS (SELECT 1 FROM event_bus.module_events r WHERE r.id = d.event_id AND r.is_request)
-        RETURNING d.event_id, d.id, d.ordering_key)
-    SELECT array_agg(DISTINCT r.event_id), count(*), array_agg(r.id) FILTER (WHERE r.ordering_key IS NOT NULL)
-      INTO v_events, v_count, v_ordered FROM r;
-    IF v_ordered IS NOT NULL THEN
-        PERFORM event_bus._order_streams(v_ordered);
-    END IF;
-    IF v_count > 0 THEN
-        PERFORM event_bus._refresh_event_status(v_events);
-        PERFORM event_bus._wake_on_commit();
-    END IF;
-    RETURN v_count;
-END
-$$;
-COMMENT ON FUNCTION event_bus._rearm(uuid[]) IS
-    'Internal: make finished deliveries due now with a fresh retry budget (held if their breaker is open).';
-
 ------------------------------------------------------------------------------------------------
--- Ordered subscriptions: one unfinished delivery at a time per entity stream, in emit order.
+-- Ordered subscriptions: one unfinished delivery at a time per entity stream, in emit order (the
+-- transitions that keep it: sql/lifecycle.sql).
 ------------------------------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION event_bus._lock_streams() RETURNS void
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $$
-    -- one lock per database (advisory locks are per database): fan-outs, claims and stream moves that
-    -- involve ordered or limited subscriptions take it for the rest of their (short) transaction
-    SELECT pg_catalog.pg_advisory_xact_lock(1700951411, 1);
-$$;
-COMMENT ON FUNCTION event_bus._lock_streams() IS
-    'Internal: serialise, until commit, the transactions that decide which delivery of an ordered stream '
-    'may run and how many deliveries a limited subscription has in flight.';
-
-CREATE OR REPLACE FUNCTION event_bus._advance_streams(p_delivery_ids uuid[]) RETURNS integer
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_count integer;
-BEGIN
-    PERFORM event_bus._lock_streams();
-    -- the streams of these deliveries (NULL: every stream with a waiting delivery) whose earliest
-    -- unfinished delivery is waiting with nothing ahead of it: make it due now
-    -- (two branches, each an index probe: the stream index's predicate, or the primary key)
-    WITH k AS (
-        SELECT d.subscription_id, d.tenant_id, d.ordering_key
-          FROM event_bus.module_event_deliveries d
-         WHERE p_delivery_ids IS NULL
-           AND d.ordering_key IS NOT NULL
-           AND d.status IN ('waiting', 'pending', 'processing', 'held', 'failed') AND d.status = 'waiting'
-        UNION
-        SELECT d.subscription_id, d.tenant_id, d.ordering_key
-          FROM event_bus.module_event_deliveries d
-         WHERE d.id = ANY (p_delivery_ids) AND d.ordering_key IS NOT NULL
-    ), nxt AS (
-        SELECT (SELECT w.id FROM event_bus.module_event_deliveries w
-                 WHERE w.subscription_id = k.subscription_id AND w.tenant_id = k.tenant_id
-                   AND w.ordering_key = k.ordering_key AND w.status = 'waiting'
-                 ORDER BY w.event_id LIMIT 1) AS id
-          FROM k
-         WHERE NOT EXISTS (
-               SELECT 1 FROM event_bus.module_event_deliveries a
-                WHERE a.subscription_id = k.subscription_id AND a.tenant_id = k.tenant_id
-                  AND a.ordering_key = k.ordering_key
-                  AND a.status IN ('pending', 'processing', 'held', 'failed'))
-    ), upd AS (
-        UPDATE event_bus.module_event_deliveries d
-           SET status = CASE WHEN s.breaker_open_until IS NOT NULL THEN 'held' ELSE 'pending' END,
-               next_attempt_at = now()
-          FROM nxt, event_bus.module_event_subscriptions s
-         WHERE d.id = nxt.id AND d.status = 'waiting' AND s.id = d.subscription_id
-        RETURNING 1)
-    SELECT count(*)::integer INTO v_count FROM upd;
-    RETURN v_count;
-END
-$$;
-COMMENT ON FUNCTION event_bus._advance_streams(uuid[]) IS
-    'Internal: after deliveries of ordered streams finish (or, with NULL, for every stream), make each '
-    'stream''s next waiting delivery due when nothing earlier is unfinished.';
-
-CREATE OR REPLACE FUNCTION event_bus._order_streams(p_delivery_ids uuid[]) RETURNS integer
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_count integer;
-BEGIN
-    PERFORM event_bus._lock_streams();
-    -- re-armed deliveries of ordered streams wait behind anything earlier that is unfinished
-    WITH upd AS (
-        UPDATE event_bus.module_event_deliveries d
-           SET status = 'waiting'
-         WHERE d.id = ANY (p_delivery_ids)
-           AND d.ordering_key IS NOT NULL
-           AND d.status IN ('pending', 'held')
-           AND EXISTS (
-               SELECT 1 FROM event_bus.module_event_deliveries a
-                WHERE a.subscription_id = d.subscription_id AND a.tenant_id = d.tenant_id
-                  AND a.ordering_key = d.ordering_key AND a.event_id < d.event_id
-                  AND a.status IN ('waiting', 'pending', 'processing', 'held', 'failed'))
-        RETURNING 1)
-    SELECT count(*)::integer INTO v_count FROM upd;
-    RETURN v_count;
-END
-$$;
-COMMENT ON FUNCTION event_bus._order_streams(uuid[]) IS
-    'Internal: after a retry or replay re-armed deliveries, put those of ordered streams that have an '
-    'earlier unfinished delivery back to waiting, so a stream still runs one at a time in emit order.';
-
 CREATE OR REPLACE VIEW event_bus.parked_streams WITH (security_invoker = true) AS
 SELECT d.subscription_id,
        s.handler_module,
@@ -515,7 +391,7 @@ BEGIN
         INSERT INTO event_bus.module_event_deliveries AS d
             (id, event_id, subscription_id, tenant_id, status, attempts, next_attempt_at)
         SELECT event_bus._delivery_id(r.event_id, r.subscription_id), r.event_id, r.subscription_id,
-               r.tenant_id, CASE WHEN r.held THEN 'held' ELSE 'pending' END, 0, now()
+               r.tenant_id, event_bus._due_state(r.held), 0, now()
           FROM event_bus._replay_targets(v_scope, p_event_type, p_source_module, p_tenant_id, p_from, p_to,
                                          p_subscription_id, p_event_id) r
         ON CONFLICT (event_id, subscription_id) DO UPDATE
@@ -862,7 +738,7 @@ BEGIN
                              FILTER (WHERE d.status IN ('pending', 'processing') AND d.next_attempt_at <= now())), 3), 0) || E'\n'
       INTO v_out
       FROM event_bus.module_event_deliveries d
-     WHERE d.status IN ('pending', 'processing', 'held', 'waiting');
+     WHERE d.status = ANY (event_bus._unfinished_states());
 
     SELECT v_out
            || E'# HELP event_bus_dead_letters Dead deliveries currently kept.\n'
@@ -947,54 +823,6 @@ COMMENT ON FUNCTION event_bus.worker_pool() IS
     'last started for it, and whether its workers report a backlog. Databases without the extension appear '
     'until a worker''s first visit finds out.';
 
-------------------------------------------------------------------------------------------------
--- Circuit breaker
-------------------------------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION event_bus._hold(p_subscription_id uuid) RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    UPDATE event_bus.module_event_deliveries d
-       SET status = 'held'
-     WHERE d.subscription_id = p_subscription_id AND d.status = 'pending';
-    -- one probe, due when the cool-down ends
-    UPDATE event_bus.module_event_deliveries d
-       SET status = 'pending',
-           next_attempt_at = greatest(s.breaker_open_until, now())
-      FROM event_bus.module_event_subscriptions s
-     WHERE s.id = p_subscription_id
-       AND d.id = (SELECT h.id FROM event_bus.module_event_deliveries h
-                    WHERE h.subscription_id = p_subscription_id AND h.status = 'held'
-                    ORDER BY h.next_attempt_at, h.id
-                    LIMIT 1);
-END
-$$;
-COMMENT ON FUNCTION event_bus._hold(uuid) IS
-    'Internal: an open breaker holds its subscription''s pending deliveries but one, the probe, due when '
-    'the cool-down ends.';
-
-CREATE OR REPLACE FUNCTION event_bus._release(p_subscription_id uuid) RETURNS integer
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_count integer;
-BEGIN
-    UPDATE event_bus.module_event_deliveries d
-       SET status = 'pending', next_attempt_at = now()
-     WHERE d.subscription_id = p_subscription_id AND d.status = 'held';
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    IF v_count > 0 THEN
-        PERFORM event_bus._wake_on_commit();
-    END IF;
-    RETURN v_count;
-END
-$$;
-COMMENT ON FUNCTION event_bus._release(uuid) IS 'Internal: a closed breaker makes its held deliveries due now.';
-
--- Called by the worker with each recorded batch, aggregated per subscription (batch order):
--- successes, failures, failures after the batch's last success, last error; and the batch's dead count.
 ------------------------------------------------------------------------------------------------
 -- Operational events: the bus's own state changes as events (event_bus.operational_events)
 ------------------------------------------------------------------------------------------------
@@ -1101,65 +929,6 @@ COMMENT ON FUNCTION event_bus._breaker_changed(uuid, boolean) IS
     'Internal: emit event_bus.breaker.opened / event_bus.breaker.closed for the subscription (after the change).';
 REVOKE ALL ON FUNCTION event_bus._deliveries_dead(uuid[]), event_bus._breaker_changed(uuid, boolean) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION event_bus._record_subscription_outcomes(
-    p_ids uuid[], p_ok integer[], p_failed integer[], p_trailing integer[], p_errors text[], p_dead integer
-) RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_threshold integer := coalesce(nullif(current_setting('event_bus.breaker_threshold', true), '')::integer, 0);
-    v_cooldown  integer := coalesce(nullif(current_setting('event_bus.breaker_cooldown_ms', true), '')::integer, 60000);
-    r record;
-BEGIN
-    UPDATE event_bus._counters c
-       SET value = c.value + coalesce(CASE c.name
-                                         WHEN 'attempts_succeeded' THEN (SELECT sum(x) FROM unnest(p_ok) x)
-                                         WHEN 'attempts_failed' THEN (SELECT sum(x) FROM unnest(p_failed) x)
-                                         ELSE p_dead END, 0)
-     WHERE c.name IN ('attempts_succeeded', 'attempts_failed', 'deliveries_dead');
-
-    FOR r IN
-        UPDATE event_bus.module_event_subscriptions s
-           SET consecutive_failures = CASE WHEN o.ok > 0 THEN o.tail
-                                           ELSE s.consecutive_failures + o.failed END,
-               last_success_at = CASE WHEN o.ok > 0 THEN now() ELSE s.last_success_at END,
-               last_failure_at = CASE WHEN o.failed > 0 THEN now() ELSE s.last_failure_at END,
-               last_error = coalesce(o.err, s.last_error)
-          FROM unnest(p_ids, p_ok, p_failed, p_trailing, p_errors) AS o(id, ok, failed, tail, err)
-         WHERE s.id = o.id
-        RETURNING s.id, s.consecutive_failures, s.breaker_open_until,
-                  coalesce(s.breaker_threshold, v_threshold) AS threshold, o.ok, o.tail
-    LOOP
-        IF r.breaker_open_until IS NOT NULL AND r.ok > 0 AND r.tail = 0 THEN
-            -- the endpoint answers again: close, and send what was held
-            UPDATE event_bus.module_event_subscriptions
-               SET breaker_open_until = NULL
-             WHERE id = r.id;
-            PERFORM event_bus._release(r.id);
-            PERFORM event_bus._breaker_changed(r.id, false);
-        ELSIF r.threshold > 0 AND r.consecutive_failures >= r.threshold THEN
-            -- open for a second, or, after a failed probe, re-open for as long as the endpoint has
-            -- been failing so far (so about doubling), at most event_bus.breaker_cooldown_ms: a
-            -- short outage costs seconds, a long one a probe per cool-down
-            UPDATE event_bus.module_event_subscriptions
-               SET breaker_open_until = now() + least(v_cooldown, greatest(1000,
-                       CASE WHEN breaker_open_until IS NULL THEN 0
-                            ELSE extract(epoch FROM now() - breaker_opened_at) * 1000 END))
-                       * interval '1 millisecond',
-                   breaker_opened_at = CASE WHEN breaker_open_until IS NULL THEN now() ELSE breaker_opened_at END
-             WHERE id = r.id;
-            PERFORM event_bus._hold(r.id);
-            IF r.breaker_open_until IS NULL THEN
-                -- opened now (not re-opened after a failed probe)
-                PERFORM event_bus._breaker_changed(r.id, true);
-            END IF;
-        END IF;
-    END LOOP;
-END
-$$;
-COMMENT ON FUNCTION event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer) IS
-    'Internal: the worker''s per-batch bookkeeping: counters, subscription health, circuit breaker.';
 
 CREATE OR REPLACE FUNCTION event_bus.reset_breaker(p_subscription_id uuid) RETURNS integer
 LANGUAGE plpgsql
@@ -1235,48 +1004,6 @@ COMMENT ON FUNCTION event_bus.purge_completed(interval, integer) IS
     'deliveries and attempt logs. Failed events (dead letters) and unfinished ones are kept. The worker '
     'calls it by itself when event_bus.retention is set. Returns how many events were deleted.';
 
-CREATE OR REPLACE FUNCTION event_bus._sweep_deleted_subscriptions(p_min_age interval) RETURNS integer
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_ids    uuid[];
-    v_events uuid[];
-    v_count  integer;
-BEGIN
-    SELECT array_agg(t.id) INTO v_ids
-      FROM event_bus._deleted_subscriptions t
-     WHERE t.deleted_at <= now() - p_min_age
-       AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions s WHERE s.id = t.id);
-    IF v_ids IS NULL THEN
-        RETURN 0;
-    END IF;
-    -- each unfinished state through its own partial index: the sweep reads the queue, not the history
-    WITH orphans AS (
-        SELECT d.id FROM event_bus.module_event_deliveries d
-         WHERE d.status IN ('pending', 'processing') AND d.subscription_id = ANY (v_ids)
-        UNION ALL
-        SELECT d.id FROM event_bus.module_event_deliveries d
-         WHERE d.status = 'held' AND d.subscription_id = ANY (v_ids)
-        UNION ALL
-        SELECT d.id FROM event_bus.module_event_deliveries d
-         WHERE d.ordering_key IS NOT NULL AND d.status IN ('waiting', 'pending', 'processing', 'held', 'failed')
-           AND d.status = 'waiting' AND d.subscription_id = ANY (v_ids)
-    ), gone AS (
-        DELETE FROM event_bus.module_event_deliveries d USING orphans o WHERE d.id = o.id
-        RETURNING d.event_id
-    )
-    SELECT array_agg(DISTINCT event_id), count(*) INTO v_events, v_count FROM gone;
-    IF v_events IS NOT NULL THEN
-        PERFORM event_bus._refresh_event_status(v_events);
-    END IF;
-    DELETE FROM event_bus._deleted_subscriptions t WHERE t.id = ANY (v_ids);
-    RETURN v_count;
-END
-$$;
-COMMENT ON FUNCTION event_bus._sweep_deleted_subscriptions(interval) IS
-    'Internal: delete the unfinished deliveries of subscriptions deleted at least p_min_age ago (added by a '
-    'fan-out that raced with the DELETE; nothing would ever claim them) and re-derive their events'' status.';
 
 ------------------------------------------------------------------------------------------------
 -- Idempotency keys: the claim takes a key per delivery of subscriptions that name one; the
@@ -1422,7 +1149,7 @@ BEGIN
     -- (the stream index's own predicate, so this is an index probe however large the history)
     IF EXISTS (SELECT 1 FROM event_bus.module_event_deliveries w
                 WHERE w.ordering_key IS NOT NULL
-                  AND w.status IN ('waiting', 'pending', 'processing', 'held', 'failed')
+                  AND w.status = ANY (event_bus._stream_blocking_states())
                   AND w.status = 'waiting') THEN
         PERFORM event_bus._advance_streams(NULL);
     END IF;
@@ -1487,13 +1214,9 @@ COMMENT ON FUNCTION event_bus._maintenance(integer) IS
 ------------------------------------------------------------------------------------------------
 -- Privileges
 ------------------------------------------------------------------------------------------------
-REVOKE ALL ON FUNCTION event_bus._write_scope(), event_bus._rearm(uuid[]), event_bus._hold(uuid),
+REVOKE ALL ON FUNCTION event_bus._write_scope(),
     event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid, uuid),
-    event_bus._release(uuid),
-    event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer),
-    event_bus._maintenance(integer), event_bus._sweep_deleted_subscriptions(interval),
-    event_bus._lock_streams(), event_bus._advance_streams(uuid[]),
-    event_bus._order_streams(uuid[]), event_bus._idempotency_gate(uuid[]),
+    event_bus._maintenance(integer), event_bus._idempotency_gate(uuid[]),
     event_bus._idempotency_settle(uuid[], uuid[]) FROM PUBLIC;
 -- reading: a tenant's readers (row-level security filters), admins
 REVOKE ALL ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer, text, text, text),

@@ -119,9 +119,14 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_8_0"]);
 extension_sql_file!(
+    "../sql/lifecycle.sql",
+    name = "lifecycle",
+    requires = ["api"]
+);
+extension_sql_file!(
     "../sql/contracts.sql",
     name = "contracts",
-    requires = ["api"]
+    requires = ["lifecycle"]
 );
 extension_sql_file!(
     "../sql/testing.sql",

@@ -460,6 +460,86 @@ pub mod tests {
     }
 
     #[pg_test]
+    fn the_lifecycle_views_list_every_state_the_table_allows_and_name_real_functions() {
+        // delivery_states: exactly the states module_event_deliveries.status may hold
+        let missing_or_extra = count(
+            r"WITH allowed AS (
+                 SELECT m[1] AS state
+                   FROM pg_constraint c,
+                        regexp_matches(pg_get_constraintdef(c.oid), '''([a-z]+)''', 'g') AS m
+                  WHERE c.conname = 'module_event_deliveries_status_check')
+             SELECT count(*) FROM (
+                 (SELECT state FROM allowed EXCEPT SELECT state FROM event_bus.delivery_states)
+                 UNION ALL
+                 (SELECT state FROM event_bus.delivery_states EXCEPT SELECT state FROM allowed)) x",
+        );
+        assert_eq!(missing_or_extra, 0);
+        assert_eq!(count("SELECT count(*) FROM event_bus.delivery_states"), 7);
+        // finished = not one of the unfinished states
+        assert_eq!(
+            Spi::get_one::<String>(
+                "SELECT string_agg(state, ',' ORDER BY state) FROM event_bus.delivery_states WHERE NOT finished"
+            )
+            .unwrap()
+            .as_deref(),
+            Some("held,pending,processing,waiting")
+        );
+        // every state a transition names is a state; every function it names exists
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM event_bus.delivery_transitions t,
+                        unnest(t.from_states || t.to_states) AS s(state)
+                  WHERE s.state NOT IN (SELECT state FROM event_bus.delivery_states)"
+            ),
+            0
+        );
+        assert_eq!(
+            count(
+                r"SELECT count(*) FROM event_bus.delivery_transitions t,
+                         regexp_matches(t.via, 'event_bus\.[a-z_]+', 'g') AS f
+                   WHERE to_regproc(f[1]) IS NULL"
+            ),
+            0
+        );
+        assert!(
+            count(r"SELECT count(*) FROM event_bus.delivery_transitions WHERE via ~ 'event_bus\.'")
+                >= 8
+        );
+        // the rules are constants the planner folds: a statement naming one still uses the
+        // partial index keyed on the same states (here the ordered streams' index)
+        Spi::run("SET LOCAL enable_seqscan = off").unwrap();
+        Spi::run("SET LOCAL enable_bitmapscan = off").unwrap();
+        let plan: Vec<String> = Spi::connect(|c| {
+            c.select(
+                "EXPLAIN (FORMAT TEXT) SELECT 1 FROM event_bus.module_event_deliveries w
+                  WHERE w.ordering_key IS NOT NULL
+                    AND w.status = ANY (event_bus._stream_blocking_states()) AND w.status = 'waiting'",
+                None,
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get::<String>(1).unwrap().unwrap_or_default())
+            .collect()
+        });
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("module_event_deliveries_stream_idx"),
+            "the stream index is not used: {plan}"
+        );
+        // the state a new or re-armed delivery starts in: held while the breaker is open
+        assert_eq!(
+            Spi::get_one::<String>(
+                "SELECT event_bus._first_state(false, false) || ',' || event_bus._first_state(false, true)
+                     || ',' || event_bus._first_state(true, false) || ',' || event_bus._due_state(false)
+                     || ',' || event_bus._due_state(true)"
+            )
+            .unwrap()
+            .as_deref(),
+            Some("processing,pending,held,pending,held")
+        );
+    }
+
+    #[pg_test]
     fn unsubscribe_removes_unfinished_deliveries_and_rederives_status() {
         let sub = Spi::get_one::<pgrx::Uuid>(
             "SELECT event_bus.subscribe('a.b', 'm', 'https://example.com/')",

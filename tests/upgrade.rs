@@ -77,6 +77,11 @@ fn schema_fingerprint(c: &mut postgres::Client) -> Vec<String> {
 }
 
 #[test]
+fn upgrade_from_0_8_0_keeps_every_row_and_matches_a_fresh_install() {
+    upgrade_from("0.8.0");
+}
+
+#[test]
 fn upgrade_from_0_7_0_keeps_every_row_and_matches_a_fresh_install() {
     upgrade_from("0.7.0");
 }

@@ -57,9 +57,7 @@ fn fan_out(limit: i64, settings: &ClaimSettings, full: &[String], pass: Pass) ->
         format!(
         "WITH ev AS ({events}), m AS (
              SELECT ev.id AS event_id, ev.tenant_id, s.id AS sub_id, s.timeout_ms,
-                    CASE WHEN s.breaker_open_until IS NOT NULL THEN 'held'
-                         WHEN s.id = ANY ($6::uuid[]) THEN 'pending'
-                         ELSE 'processing' END AS status
+                    event_bus._first_state(s.breaker_open_until IS NOT NULL, s.id = ANY ($6::uuid[])) AS status
                FROM ev
                JOIN event_bus.module_event_subscriptions s
                  ON s.is_active
@@ -474,7 +472,7 @@ fn fan_out_special(
                          OR EXISTS (SELECT 1 FROM event_bus.module_event_deliveries a
                                      WHERE a.subscription_id = m.sub_id AND a.tenant_id = m.tenant_id
                                        AND a.ordering_key = m.okey
-                                       AND a.status IN ('waiting', 'pending', 'processing', 'held', 'failed')))
+                                       AND a.status = ANY (event_bus._stream_blocking_states())))
                       AS waits
                FROM m
          ), ins AS (
@@ -482,8 +480,7 @@ fn fan_out_special(
                  (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at,
                   ordering_key)
              SELECT event_bus._delivery_id(r.event_id, r.sub_id), r.event_id, r.sub_id, r.tenant_id,
-                    CASE WHEN r.waits THEN 'waiting' WHEN r.breaker_open THEN 'held'
-                         WHEN r.limited THEN 'pending' ELSE 'processing' END,
+                    CASE WHEN r.waits THEN 'waiting' ELSE event_bus._first_state(r.breaker_open, r.limited) END,
                     CASE WHEN r.waits OR r.breaker_open OR r.limited THEN 0 ELSE 1 END,
                     CASE WHEN r.waits OR r.breaker_open OR r.limited THEN NULL ELSE now() END,
                     CASE WHEN r.waits OR r.breaker_open OR r.limited THEN now()

@@ -196,7 +196,10 @@ impl Cluster {
 
     /// pg_ctl promote: the replica becomes a primary (waits until it is).
     pub fn promote(&self) {
+        // the server as in production: without RUST_BACKTRACE (with it, pgrx captures a backtrace
+        // for every failing statement and appends it to the error's DETAIL)
         let out = pg_cmd_in(&self.bindir, "pg_ctl")
+            .env_remove("RUST_BACKTRACE")
             .args(["-w", "-t", "60", "-D"])
             .arg(self.data())
             .arg("promote")
