@@ -6,7 +6,7 @@
 //! query can be cancelled while it waits.
 
 use crate::worker::deliver::{Dispatcher, Outcome};
-use crate::worker::job::{row_to_job, ClaimSettings, Job, JOB_COLUMNS};
+use crate::worker::job::{row_to_job, ClaimSettings, Job, JobColumns, JOB_COLUMNS};
 use crate::worker::sqlhandler;
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
@@ -43,8 +43,12 @@ fn job_of(delivery_id: Uuid) -> Option<Job> {
         let mut args: Vec<pgrx::datum::DatumWithOid> = args.into_iter().collect();
         args[0] = delivery_id.into();
         let table = client.select(sql.as_str(), Some(1), &args)?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let cols = JobColumns::of(&table)?;
         match table.into_iter().next() {
-            Some(row) => Ok(Some(row_to_job(&row, &settings)?)),
+            Some(row) => Ok(Some(row_to_job(&row, &cols, &settings)?)),
             None => Ok(None),
         }
     })

@@ -1,7 +1,7 @@
 //! The claim side's statements: fan new events out into deliveries, claim due ones with a lease,
 //! and find when the next one is due. Each runs inside the caller's transaction.
 
-use super::job::{row_to_job, ClaimSettings, Job, JOB_COLUMNS, JOB_COLUMN_COUNT};
+use super::job::{row_to_job, ClaimSettings, Job, JobColumns, JOB_COLUMNS};
 use super::{Step, StepError};
 use crate::plans::exec;
 use pgrx::prelude::*;
@@ -186,13 +186,13 @@ fn locked_events(pass: Pass, special: bool) -> String {
 }
 
 /// The end of both fan-out statements: the jobs (deliveries created leased), in one row each,
-/// how many events were taken (column JOB_COLUMN_COUNT + 1) and how many were considered before
-/// the byte budget (JOB_COLUMN_COUNT + 3) — on a row of its own, NULL jobs, when none was
-/// created, so a round that matched nothing still says it took events.
+/// how many events were `taken` and how many were `considered` before the byte budget — on a row
+/// of its own, NULL jobs, when none was created, so a round that matched nothing still says it
+/// took events.
 fn jobs_of_ins() -> String {
     format!(
-        "SELECT j.*, (SELECT count(*) FROM ev)::bigint, (SELECT count(*) FROM notified),
-                (SELECT max(ev.considered) FROM ev)::bigint
+        "SELECT j.*, (SELECT count(*) FROM ev)::bigint AS taken, (SELECT count(*) FROM notified) AS notified,
+                (SELECT max(ev.considered) FROM ev)::bigint AS considered
            FROM (SELECT 1) one
            LEFT JOIN LATERAL (
                SELECT {JOB_COLUMNS}
@@ -232,11 +232,16 @@ fn run_fan_out(
         let mut jobs = Vec::with_capacity(table.len());
         let mut taken = 0;
         let mut considered = 0;
+        let cols = JobColumns::of(&table)?;
+        let (taken_at, considered_at) = (
+            table.column_ordinal("taken")?,
+            table.column_ordinal("considered")?,
+        );
         for row in table {
-            taken = row.get::<i64>(JOB_COLUMN_COUNT + 1)?.unwrap_or(0);
-            considered = row.get::<i64>(JOB_COLUMN_COUNT + 3)?.unwrap_or(0);
-            if row.get::<String>(1)?.is_some() {
-                jobs.push(row_to_job(&row, settings)?);
+            taken = row.get::<i64>(taken_at)?.unwrap_or(0);
+            considered = row.get::<i64>(considered_at)?.unwrap_or(0);
+            if cols.has_job(&row)? {
+                jobs.push(row_to_job(&row, &cols, settings)?);
             }
         }
         Ok::<_, pgrx::spi::Error>(FanOut {
@@ -550,7 +555,7 @@ fn claim_limited_sql() -> String {
                 capped_subscription_id = CASE WHEN s.max_in_flight IS NOT NULL THEN s.id END
            FROM c, event_bus.module_events e, event_bus.module_event_subscriptions s
           WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
-         RETURNING {JOB_COLUMNS}, (SELECT count(*) FROM cand) < c.considered",
+         RETURNING {JOB_COLUMNS}, (SELECT count(*) FROM cand) < c.considered AS cut",
         cand = within_bytes(
             "SELECT l.id, l.subscription_id, l.next_attempt_at,
                     event_bus._event_bytes(e.payload, e.metadata) AS bytes
@@ -588,7 +593,7 @@ fn claim(
                 next_attempt_at = now() + (coalesce(s.timeout_ms, $2) + $3) * interval '1 millisecond'
            FROM c, event_bus.module_events e, event_bus.module_event_subscriptions s
           WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
-         RETURNING {JOB_COLUMNS}, (SELECT count(*) FROM c) < c.considered",
+         RETURNING {JOB_COLUMNS}, (SELECT count(*) FROM c) < c.considered AS cut",
         c = within_bytes(
             // the deliveries are locked first (the due index, in order, LIMIT), their events'
             // sizes looked up after
@@ -615,12 +620,17 @@ fn claim(
         } else {
             exec(client, "claim", sql, types, &args)?
         };
-        // the last column: the byte budget left due deliveries it had locked
+        // `cut`: the byte budget left due deliveries it had locked
         let mut jobs = Vec::with_capacity(table.len());
         let mut cut = false;
+        if table.is_empty() {
+            return Ok((jobs, cut));
+        }
+        let cols = JobColumns::of(&table)?;
+        let cut_at = table.column_ordinal("cut")?;
         for row in table {
-            cut |= row.get::<bool>(JOB_COLUMN_COUNT + 1)?.unwrap_or(false);
-            jobs.push(row_to_job(&row, settings)?);
+            cut |= row.get::<bool>(cut_at)?.unwrap_or(false);
+            jobs.push(row_to_job(&row, &cols, settings)?);
         }
         Ok::<_, pgrx::spi::Error>((jobs, cut))
     })

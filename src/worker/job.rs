@@ -33,11 +33,14 @@ pub struct Claimed {
 /// CloudEvents body is built for HTTP jobs only (a SQL handler gets the event row itself).
 /// $2 = default timeout, $3 = lease, $4/$5 = default backoff base/cap.
 pub const JOB_COLUMNS: &str =
-    "d.id::text, d.event_id::text, d.subscription_id::text, d.tenant_id::text, d.attempts,
-       coalesce(s.max_retries, e.max_retries),
-       coalesce(s.backoff_base_ms, $4)::bigint, coalesce(s.backoff_max_ms, $5)::bigint,
-       s.handler_kind, s.handler_url, s.handler_function, s.headers::text, s.secret,
-       coalesce(s.timeout_ms, $2), s.run_as::text,
+    "d.id::text AS delivery_id, d.event_id::text AS event_id, d.subscription_id::text AS subscription_id,
+       d.tenant_id::text AS tenant_id, d.attempts AS attempt,
+       coalesce(s.max_retries, e.max_retries) AS max_retries,
+       coalesce(s.backoff_base_ms, $4)::bigint AS backoff_base_ms,
+       coalesce(s.backoff_max_ms, $5)::bigint AS backoff_max_ms,
+       s.handler_kind AS handler_kind, s.handler_url AS handler_url, s.handler_function AS handler_function,
+       s.headers::text AS headers, s.secret AS secret, coalesce(s.timeout_ms, $2) AS timeout_ms,
+       s.run_as::text AS run_as,
        CASE WHEN s.handler_kind <> 'sql' THEN json_build_object(
            'specversion', '1.0',
            'id', e.id,
@@ -53,9 +56,68 @@ pub const JOB_COLUMNS: &str =
            'entityid', e.entity_id,
            'deliveryid', d.id,
            'metadata', e.metadata,
-           'data', e.payload)::text END,
-       d.attempt_offset, d.ordering_key IS NOT NULL, s.idempotency_key IS NOT NULL,
-       event_bus._event_bytes(e.payload, e.metadata)";
+           'data', e.payload)::text END AS body,
+       d.attempt_offset AS attempt_offset, d.ordering_key IS NOT NULL AS ordered,
+       s.idempotency_key IS NOT NULL AS idempotent,
+       event_bus._event_bytes(e.payload, e.metadata) AS bytes";
+
+/// Where each of [`JOB_COLUMNS`] is in one statement's result: looked up by name once per result,
+/// then read by position for every row.
+pub struct JobColumns {
+    delivery_id: usize,
+    event_id: usize,
+    subscription_id: usize,
+    tenant_id: usize,
+    attempt: usize,
+    max_retries: usize,
+    backoff_base_ms: usize,
+    backoff_max_ms: usize,
+    handler_kind: usize,
+    handler_url: usize,
+    handler_function: usize,
+    headers: usize,
+    secret: usize,
+    timeout_ms: usize,
+    run_as: usize,
+    body: usize,
+    attempt_offset: usize,
+    ordered: usize,
+    idempotent: usize,
+    bytes: usize,
+}
+
+impl JobColumns {
+    pub fn of(table: &pgrx::spi::SpiTupleTable) -> Result<JobColumns, pgrx::spi::Error> {
+        let at = |name: &str| table.column_ordinal(name);
+        Ok(JobColumns {
+            delivery_id: at("delivery_id")?,
+            event_id: at("event_id")?,
+            subscription_id: at("subscription_id")?,
+            tenant_id: at("tenant_id")?,
+            attempt: at("attempt")?,
+            max_retries: at("max_retries")?,
+            backoff_base_ms: at("backoff_base_ms")?,
+            backoff_max_ms: at("backoff_max_ms")?,
+            handler_kind: at("handler_kind")?,
+            handler_url: at("handler_url")?,
+            handler_function: at("handler_function")?,
+            headers: at("headers")?,
+            secret: at("secret")?,
+            timeout_ms: at("timeout_ms")?,
+            run_as: at("run_as")?,
+            body: at("body")?,
+            attempt_offset: at("attempt_offset")?,
+            ordered: at("ordered")?,
+            idempotent: at("idempotent")?,
+            bytes: at("bytes")?,
+        })
+    }
+
+    /// Does this row hold a job? (A fan-out that created none returns one row of NULL jobs.)
+    pub fn has_job(&self, row: &pgrx::spi::SpiHeapTupleData) -> Result<bool, pgrx::spi::Error> {
+        Ok(row.get::<String>(self.delivery_id)?.is_some())
+    }
+}
 
 /// What a job holds besides its event's data, counted against event_bus.batch_memory with it: the
 /// request's envelope and headers, the job's ids, the sender's task. Without it a backlog of small
@@ -63,9 +125,6 @@ pub const JOB_COLUMNS: &str =
 /// worker kept their bookkeeping's high-water mark afterwards (RssAnon 37 MB after a 900,000-event
 /// backlog, 12 MB after 100,000); with it, at most a few thousand small jobs are held.
 pub const JOB_OVERHEAD_BYTES: i64 = 2048;
-
-/// How many columns JOB_COLUMNS has.
-pub const JOB_COLUMN_COUNT: usize = 20;
 
 /// Settings read once per claim.
 pub struct ClaimSettings {
@@ -184,34 +243,35 @@ fn allowed_networks() -> Result<crate::netpolicy::Networks, String> {
     parsed
 }
 
-/// One job row (JOB_COLUMNS) as an HTTP request, a SQL call, or a failure that needs no attempt.
+/// One job row (JOB_COLUMNS, located by `c`) as an HTTP request, a SQL call, or a failure that needs no attempt.
 pub fn row_to_job(
     row: &pgrx::spi::SpiHeapTupleData,
+    c: &JobColumns,
     st: &ClaimSettings,
 ) -> Result<Job, pgrx::spi::Error> {
     {
         let claimed = Claimed {
-            delivery_id: row.get::<String>(1)?.unwrap_or_default(),
-            event_id: row.get::<String>(2)?.unwrap_or_default(),
-            subscription_id: row.get::<String>(3)?.unwrap_or_default(),
-            tenant_id: row.get::<String>(4)?.unwrap_or_default(),
-            attempt: row.get::<i32>(5)?.unwrap_or(1),
-            attempt_offset: row.get::<i32>(17)?.unwrap_or(0),
-            max_retries: row.get::<i32>(6)?.unwrap_or(3),
-            backoff_base_ms: row.get::<i64>(7)?.unwrap_or(st.base as i64),
-            backoff_max_ms: row.get::<i64>(8)?.unwrap_or(st.cap as i64),
-            ordered: row.get::<bool>(18)?.unwrap_or(false),
-            idempotent: row.get::<bool>(19)?.unwrap_or(false),
-            bytes: row.get::<i64>(20)?.unwrap_or(0) + JOB_OVERHEAD_BYTES,
+            delivery_id: row.get::<String>(c.delivery_id)?.unwrap_or_default(),
+            event_id: row.get::<String>(c.event_id)?.unwrap_or_default(),
+            subscription_id: row.get::<String>(c.subscription_id)?.unwrap_or_default(),
+            tenant_id: row.get::<String>(c.tenant_id)?.unwrap_or_default(),
+            attempt: row.get::<i32>(c.attempt)?.unwrap_or(1),
+            attempt_offset: row.get::<i32>(c.attempt_offset)?.unwrap_or(0),
+            max_retries: row.get::<i32>(c.max_retries)?.unwrap_or(3),
+            backoff_base_ms: row.get::<i64>(c.backoff_base_ms)?.unwrap_or(st.base as i64),
+            backoff_max_ms: row.get::<i64>(c.backoff_max_ms)?.unwrap_or(st.cap as i64),
+            ordered: row.get::<bool>(c.ordered)?.unwrap_or(false),
+            idempotent: row.get::<bool>(c.idempotent)?.unwrap_or(false),
+            bytes: row.get::<i64>(c.bytes)?.unwrap_or(0) + JOB_OVERHEAD_BYTES,
         };
-        let kind = row.get::<String>(9)?.unwrap_or_default();
-        let url = row.get::<String>(10)?;
-        let function = row.get::<String>(11)?;
-        let headers_text = row.get::<String>(12)?.unwrap_or_else(|| "{}".into());
-        let secret = row.get::<String>(13)?;
-        let timeout_ms = row.get::<i32>(14)?.unwrap_or(st.default_timeout);
-        let run_as = row.get::<String>(15)?;
-        let body = row.get::<String>(16)?.unwrap_or_default();
+        let kind = row.get::<String>(c.handler_kind)?.unwrap_or_default();
+        let url = row.get::<String>(c.handler_url)?;
+        let function = row.get::<String>(c.handler_function)?;
+        let headers_text = row.get::<String>(c.headers)?.unwrap_or_else(|| "{}".into());
+        let secret = row.get::<String>(c.secret)?;
+        let timeout_ms = row.get::<i32>(c.timeout_ms)?.unwrap_or(st.default_timeout);
+        let run_as = row.get::<String>(c.run_as)?;
+        let body = row.get::<String>(c.body)?.unwrap_or_default();
 
         let job = match kind.as_str() {
             "sql" => Job::Sql(
