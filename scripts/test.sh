@@ -38,10 +38,27 @@ pgdata() { # a data directory for pgrx's test cluster of version $1, writable by
     echo "$d"
 }
 
+# Disk: each version's debug build of the extension and its tests is several GB, and a machine may
+# have little free. Builds keep line tables only (backtraces still name file and line) and no
+# incremental cache; and when less than EVENT_BUS_MIN_FREE_GB (default 15) is free before the next
+# build, the previous version's build is removed first (its dependencies are rebuilt: minutes, not
+# a failed run).
+export CARGO_INCREMENTAL=0
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
+make_room() {
+    local free_gb
+    free_gb=$(($(df -Pk . | awk 'NR == 2 { print $4 }') / 1024 / 1024))
+    if [ "$free_gb" -lt "${EVENT_BUS_MIN_FREE_GB:-15}" ]; then
+        echo "    only $free_gb GB free: removing the previous build (target/debug) first"
+        rm -rf target/debug console/target/debug
+    fi
+}
+
 TIMES=()
 for v in $PG_VERSIONS; do
     echo "==> PostgreSQL $v: the whole suite (cargo pgrx test pg$v)"
     start=$SECONDS
+    make_room
     # the integration tests start their clusters with the pg_config first on PATH
     PATH="$(pg_bin "$v"):$PATH" cargo pgrx test "pg$v" --runas postgres --pgdata "$(pgdata "$v")"
     TIMES+=("PostgreSQL $v, whole suite: $((SECONDS - start)) s")
@@ -49,6 +66,7 @@ done
 if [[ " $PG_VERSIONS " == *" 15 "* ]]; then
     echo "==> the console (console/): unit tests, and end to end in headless Chromium on PostgreSQL 15"
     start=$SECONDS
+    make_room
     # (the PostgreSQL 15 suite above installed the extension its cluster loads)
     (cd console && PATH="$(pg_bin 15):$PATH" cargo test)
     TIMES+=("console: $((SECONDS - start)) s")
@@ -56,6 +74,7 @@ fi
 for v in $PG_SMOKE_VERSIONS; do
     echo "==> PostgreSQL $v: unit and SQL-level tests, and one delivery integration test"
     start=$SECONDS
+    make_room
     # every test of the library (unit tests and #[pg_test]s live in modules named *tests)
     PATH="$(pg_bin "$v"):$PATH" cargo pgrx test "pg$v" "tests::" --runas postgres --pgdata "$(pgdata "$v")"
     # (cargo pgrx test installed this version's build of the extension)
@@ -72,6 +91,7 @@ fi
 if [ "${PG_UPGRADE_TEST:-1}" = 1 ]; then
     echo "==> pg_upgrade from PostgreSQL 15 to 17 with event_bus installed"
     start=$SECONDS
+    make_room
     # from upstream 15: this machine's Debian 15 writes a column option (pg_attver) no other build
     # knows, which makes pg_upgrade from it fail for any table (see README)
     scripts/install-pg.sh 15-upstream 17
@@ -85,6 +105,7 @@ fi
 if [ "${PACKAGE_TEST:-1}" = 1 ]; then
     echo "==> the Debian package: dpkg -i into Debian's PostgreSQL 15, create, deliver, dpkg -r"
     start=$SECONDS
+    make_room
     scripts/package.sh 15
     version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
     deb="target/packages/postgresql-15-event-bus_${version}-1_$(dpkg --print-architecture).deb"
@@ -105,3 +126,4 @@ if [ "${PACKAGE_TEST:-1}" = 1 ]; then
 fi
 echo "==> times"
 printf '    %s\n' "${TIMES[@]}"
+df -h . | awk 'NR == 2 { print "    disk: " $3 " used, " $4 " free" }'
