@@ -796,11 +796,11 @@ REVOKE ALL ON FUNCTION event_bus.process_pending_events(integer) FROM PUBLIC;
 --
 --   from                        to                          by                        where
 --   --------------------------  --------------------------  ------------------------  ---------------------------
---   (new)                       processing (leased at once) the worker's fan-out      src/worker/claim.rs fan_out,
+--   (new)                       processing (leased at once) the worker's fan-out      src/worker/statements/claim.rs fan_out,
 --                               | pending | held | waiting                              fan_out_special; _first_state
---   pending, expired processing processing                  the worker's claim        src/worker/claim.rs claim
---   processing                  completed | pending | failed the worker's record      src/worker/record.rs record
---   processing                  pending                     the worker at shutdown    src/worker/record.rs release
+--   pending, expired processing processing                  the worker's claim        src/worker/statements/claim.rs claim
+--   processing                  completed | pending | failed the worker's record      src/worker/statements/record.rs record
+--   processing                  pending                     the worker at shutdown    src/worker/statements/record.rs release
 --   pending                     held                        the breaker opening       _record_subscription_outcomes
 --                                                                                      -> _hold
 --   held                        pending                     the breaker closing,      _release

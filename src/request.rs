@@ -6,7 +6,7 @@
 //! query can be cancelled while it waits.
 
 use crate::worker::deliver::{Dispatcher, Outcome};
-use crate::worker::job::{row_to_job, ClaimSettings, Job, JobColumns, JOB_COLUMNS};
+use crate::worker::job::{id_text, row_to_job, ClaimSettings, Job, JobColumns, JOB_COLUMNS};
 use crate::worker::sqlhandler;
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
@@ -123,11 +123,11 @@ fn request_call(delivery_id: Uuid, timeout_ms: i32) -> JsonB {
         ),
         Some(Job::Sql(claimed, mut call)) => {
             call.timeout_ms = timeout_ms.max(1);
-            let calls = [(
-                claimed.event_id.as_str(),
-                claimed.subscription_id.as_str(),
-                &call,
-            )];
+            let (event, subscription) = (
+                id_text(&claimed.event_id),
+                id_text(&claimed.subscription_id),
+            );
+            let calls = [(event.as_str(), subscription.as_str(), &call)];
             sqlhandler::run_calls(&calls, None)
                 .pop()
                 .unwrap_or_else(|| {

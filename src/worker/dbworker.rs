@@ -7,11 +7,12 @@
 //! while a round found more work. No HTTP happens inside a transaction; a killed worker loses
 //! nothing because its leases expire and the deliveries are claimed again.
 
-use super::claim::claim_and_fan_out;
 use super::deliver::{Dispatcher, Outcome};
 use super::job::{batch_memory, ClaimSettings, Claimed};
-use super::record::{record, release, retry_delay, Finished, Rng};
 use super::schedule::{Scheduler, SqlJob};
+use super::statements::claim::claim_and_fan_out;
+use super::statements::record::{record, release, retry_delay, Finished, Rng};
+use super::statements::session;
 use super::{
     in_transaction, in_transaction_try, log, reload_config_if_requested, shutdown_requested,
     sqlhandler, wait,
@@ -38,7 +39,7 @@ pub extern "C-unwind" fn event_bus_worker_main(arg: pg_sys::Datum) {
     let dboid = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
 
-    match in_transaction("checking for the extension", extension_present) {
+    match in_transaction("checking for the extension", session::extension_present) {
         Ok(true) => {}
         Ok(false) => {
             shmem::skip_database(dboid.to_u32());
@@ -65,17 +66,8 @@ pub extern "C-unwind" fn event_bus_worker_main(arg: pg_sys::Datum) {
     unsafe {
         pg_sys::before_shmem_exit(Some(release_slot), pg_sys::Datum::from(0));
     }
-    // At-least-once makes a lost commit of the worker's own bookkeeping harmless: a lost record
-    // means a re-delivery with the same webhook-id, a lost claim or fan-out is redone. So the
-    // worker does not wait for its WAL flushes (10-30% faster at these batch sizes).
-    // And no JIT: the round's statements are planned per call (see claim.rs), and over a large
-    // backlog their estimated cost passes jit_above_cost, so rounds compiled them with LLVM, whose
-    // library (relocated pages) and heap then stayed in the worker's memory: RssAnon went from
-    // 12 MB after 100,000 deliveries to 37 MB after a 900,000-event backlog; without JIT, 12 MB.
-    if let Err(e) = in_transaction("configuring the session", || {
-        Spi::run("SET synchronous_commit = off").map_err(|e| e.to_string())?;
-        Spi::run("SET jit = off").map_err(|e| e.to_string())
-    }) {
+    // no synchronous commit, no JIT (session::configure says why)
+    if let Err(e) = in_transaction_try("configuring the session", session::configure) {
         log(&format!("event_bus worker: {e}"));
     }
     log(&format!(
@@ -86,26 +78,9 @@ pub extern "C-unwind" fn event_bus_worker_main(arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(code) };
 }
 
-fn extension_present() -> bool {
-    unsafe { pg_sys::get_extension_oid(c"event_bus".as_ptr(), true) != pg_sys::InvalidOid }
-}
-
 /// The installed SQL version when it is not the library's own (an upgrade not yet run).
 pub fn outdated_sql() -> Option<String> {
-    // asked every round: kept parsed and planned
-    let installed = Spi::connect_mut(|client| {
-        crate::plans::exec(
-            client,
-            "extversion",
-            || "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'event_bus'".into(),
-            &[],
-            &[],
-        )?
-        .first()
-        .get_one::<String>()
-    })
-    .ok()
-    .flatten()?;
+    let installed = session::installed_version().ok().flatten()?;
     (installed != env!("CARGO_PKG_VERSION")).then_some(installed)
 }
 
@@ -290,7 +265,7 @@ fn run(dboid: pg_sys::Oid) -> i32 {
             // what was signalled before this point, this round sees
             shmem::claiming(dboid_u32, last_more);
             let result = in_transaction_try("claiming deliveries", || {
-                if !extension_present() {
+                if !session::extension_present() {
                     return Ok(None);
                 }
                 if let Some(installed) = outdated_sql() {
@@ -524,21 +499,9 @@ fn run_sql_slice(sched: &mut Scheduler, finished: &mut Vec<Finished>) {
 fn maintenance() -> Duration {
     const MAINTENANCE_BATCH: i64 = 1000;
     for _ in 0..10 {
-        let purged = in_transaction("maintenance", || {
-            Spi::get_one_with_args::<i64>(
-                "SELECT event_bus._maintenance($1::int)",
-                &[MAINTENANCE_BATCH.into()],
-            )
-        });
-        match purged {
-            Ok(Ok(Some(n))) if n >= MAINTENANCE_BATCH => continue,
-            Ok(Ok(_)) => return Duration::from_secs(1),
-            Ok(Err(e)) => {
-                log(&format!(
-                    "event_bus worker: maintenance: {e}; next try in a minute"
-                ));
-                return Duration::from_secs(60);
-            }
+        match in_transaction_try("maintenance", || session::maintenance(MAINTENANCE_BATCH)) {
+            Ok(n) if n >= MAINTENANCE_BATCH => continue,
+            Ok(_) => return Duration::from_secs(1),
             Err(e) => {
                 log(&format!("event_bus worker: {e}; next try in a minute"));
                 return Duration::from_secs(60);

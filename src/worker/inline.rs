@@ -1,11 +1,11 @@
 //! `process_pending_events(p_limit)`: the worker's pipeline run once in the calling session.
 
-use super::claim::claim_and_fan_out;
 use super::dbworker::outdated_sql;
 use super::deliver::{Dispatcher, Outcome};
 use super::job::{ClaimSettings, Claimed, Job};
-use super::record::{record, release, retry_delay, Finished, Rng};
 use super::sqlhandler;
+use super::statements::claim::claim_and_fan_out;
+use super::statements::record::{record, release, retry_delay, Finished, Rng};
 use crate::guc;
 use pgrx::prelude::*;
 use std::collections::HashMap;

@@ -6,13 +6,22 @@ use super::sqlhandler;
 use crate::{api, guc};
 use std::time::Duration;
 
+/// A uuid as the worker holds it: its 16 bytes, read from and passed to Postgres as `uuid` (and
+/// `uuid[]`), never as text.
+pub type Id = pgrx::Uuid;
+
+/// The text form of an id (lower-case, hyphenated), for headers, settings and messages.
+pub fn id_text(id: &Id) -> String {
+    uuid::Uuid::from_bytes(**id).hyphenated().to_string()
+}
+
 /// One claimed delivery, in flight.
 #[derive(Debug, Clone)]
 pub struct Claimed {
-    pub delivery_id: String,
-    pub event_id: String,
-    pub subscription_id: String,
-    pub tenant_id: String,
+    pub delivery_id: Id,
+    pub event_id: Id,
+    pub subscription_id: Id,
+    pub tenant_id: Id,
     pub attempt: i32,
     /// Attempts made before the last manual retry or replay: the budget counts from here.
     pub attempt_offset: i32,
@@ -33,8 +42,8 @@ pub struct Claimed {
 /// CloudEvents body is built for HTTP jobs only (a SQL handler gets the event row itself).
 /// $2 = default timeout, $3 = lease, $4/$5 = default backoff base/cap.
 pub const JOB_COLUMNS: &str =
-    "d.id::text AS delivery_id, d.event_id::text AS event_id, d.subscription_id::text AS subscription_id,
-       d.tenant_id::text AS tenant_id, d.attempts AS attempt,
+    "d.id AS delivery_id, d.event_id AS event_id, d.subscription_id AS subscription_id,
+       d.tenant_id AS tenant_id, d.attempts AS attempt,
        coalesce(s.max_retries, e.max_retries) AS max_retries,
        coalesce(s.backoff_base_ms, $4)::bigint AS backoff_base_ms,
        coalesce(s.backoff_max_ms, $5)::bigint AS backoff_max_ms,
@@ -115,7 +124,7 @@ impl JobColumns {
 
     /// Does this row hold a job? (A fan-out that created none returns one row of NULL jobs.)
     pub fn has_job(&self, row: &pgrx::spi::SpiHeapTupleData) -> Result<bool, pgrx::spi::Error> {
-        Ok(row.get::<String>(self.delivery_id)?.is_some())
+        Ok(row.get::<Id>(self.delivery_id)?.is_some())
     }
 }
 
@@ -184,14 +193,14 @@ impl ClaimSettings {
         pgrx::pg_sys::INT4OID,
         pgrx::pg_sys::INT4OID,
         pgrx::pg_sys::INT4OID,
-        pgrx::pg_sys::TEXTARRAYOID,
+        pgrx::pg_sys::UUIDARRAYOID,
         pgrx::pg_sys::BOOLOID,
         pgrx::pg_sys::INT8OID,
     ];
 
     /// $1 limit, $2-$5 as JOB_COLUMNS says, $6 the subscriptions not to claim for (uuid[]),
     /// $7 whether the fan-out notifies, $8 the event bytes it may take (at least one event).
-    pub fn args(&self, limit: i64, full: &[String]) -> Vec<pgrx::datum::DatumWithOid<'static>> {
+    pub fn args(&self, limit: i64, full: &[Id]) -> Vec<pgrx::datum::DatumWithOid<'static>> {
         vec![
             limit.into(),
             self.default_timeout.into(),
@@ -243,6 +252,13 @@ fn allowed_networks() -> Result<crate::netpolicy::Networks, String> {
     parsed
 }
 
+/// A NOT NULL uuid column of a job row.
+fn id(row: &pgrx::spi::SpiHeapTupleData, column: usize) -> Result<Id, pgrx::spi::Error> {
+    Ok(row
+        .get::<Id>(column)?
+        .unwrap_or_else(|| Id::from_bytes([0; 16])))
+}
+
 /// One job row (JOB_COLUMNS, located by `c`) as an HTTP request, a SQL call, or a failure that needs no attempt.
 pub fn row_to_job(
     row: &pgrx::spi::SpiHeapTupleData,
@@ -251,10 +267,10 @@ pub fn row_to_job(
 ) -> Result<Job, pgrx::spi::Error> {
     {
         let claimed = Claimed {
-            delivery_id: row.get::<String>(c.delivery_id)?.unwrap_or_default(),
-            event_id: row.get::<String>(c.event_id)?.unwrap_or_default(),
-            subscription_id: row.get::<String>(c.subscription_id)?.unwrap_or_default(),
-            tenant_id: row.get::<String>(c.tenant_id)?.unwrap_or_default(),
+            delivery_id: id(row, c.delivery_id)?,
+            event_id: id(row, c.event_id)?,
+            subscription_id: id(row, c.subscription_id)?,
+            tenant_id: id(row, c.tenant_id)?,
             attempt: row.get::<i32>(c.attempt)?.unwrap_or(1),
             attempt_offset: row.get::<i32>(c.attempt_offset)?.unwrap_or(0),
             max_retries: row.get::<i32>(c.max_retries)?.unwrap_or(3),
@@ -341,7 +357,7 @@ pub fn row_to_job(
                         claimed.clone(),
                         Request {
                             token: 0,
-                            webhook_id: claimed.delivery_id.clone(),
+                            webhook_id: id_text(&claimed.delivery_id),
                             url,
                             body,
                             headers,
@@ -349,7 +365,7 @@ pub fn row_to_job(
                             timeout: Duration::from_millis(timeout_ms.max(1) as u64),
                             max_response_bytes: st.max_response,
                             follow_redirects: st.follow,
-                            group: claimed.subscription_id.clone(),
+                            group: id_text(&claimed.subscription_id),
                             per_group: st.per_subscription,
                             wait_limit: st.wait_limit(),
                         },

@@ -6,23 +6,23 @@
 //!   first; a worker in a database without the extension marks it skipped and exits.
 //! - [`dbworker`]: the per-database delivery loop: fan out, claim with a lease, send over HTTP on
 //!   another thread, record outcomes — each database step its own short transaction.
-//! - [`claim`]: the fan-out and claim statements; [`job`]: the claimed rows decoded;
-//!   [`record`]: recording outcomes; [`schedule`]: which claimed job runs when (per-subscription
-//!   shares); [`inline`]: `process_pending_events` in the caller's session.
+//! - [`statements`]: every statement the worker runs (fan-out and claim, record, its session's
+//!   own), as functions of Rust values; [`job`]: the claimed rows decoded; [`schedule`]: which
+//!   claimed job runs when (per-subscription shares); [`inline`]: `process_pending_events` in the
+//!   caller's session.
 //! - [`deliver`]: the HTTP side on non-blocking I/O, no Postgres; [`broker`]: RabbitMQ and NATS
 //!   JetStream targets on the same runtime.
 //! - [`sqlhandler`]: SQL-function handlers, run in a subtransaction as a named role.
 
 pub mod broker;
-pub mod claim;
 pub mod dbworker;
 pub mod deliver;
 pub mod inline;
 pub mod job;
 pub mod launcher;
-pub mod record;
 pub mod schedule;
 pub mod sqlhandler;
+pub mod statements;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;

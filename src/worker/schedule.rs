@@ -12,7 +12,7 @@
 //!   run out while it waits); the sender does the same for requests.
 
 use super::deliver::{Dispatcher, Outcome};
-use super::job::{Claimed, Job};
+use super::job::{Claimed, Id, Job};
 use super::sqlhandler::Call;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -48,9 +48,9 @@ fn moving_average(avg: Option<Duration>, took: Duration) -> Option<Duration> {
 }
 
 pub struct Scheduler {
-    subs: HashMap<String, Subscription>,
+    subs: HashMap<Id, Subscription>,
     /// Subscriptions with SQL calls, in the order they take turns.
-    turns: VecDeque<String>,
+    turns: VecDeque<Id>,
     in_flight: HashMap<u64, Claimed>,
     next_token: u64,
     /// Event bytes of everything held (with the sender or queued): event_bus.batch_memory
@@ -73,8 +73,8 @@ impl Scheduler {
         }
     }
 
-    fn sub(&mut self, id: &str) -> &mut Subscription {
-        self.subs.entry(id.to_string()).or_default()
+    fn sub(&mut self, id: &Id) -> &mut Subscription {
+        self.subs.entry(*id).or_default()
     }
 
     /// Take a claimed job: HTTP goes to the sender at once, SQL waits for the main thread; a job
@@ -174,7 +174,7 @@ impl Scheduler {
     }
 
     /// A SQL handler of `subscription` ran for `took`.
-    pub fn sql_ran(&mut self, subscription: &str, took: Duration) {
+    pub fn sql_ran(&mut self, subscription: &Id, took: Duration) {
         let sub = self.sub(subscription);
         sub.sql_avg = moving_average(sub.sql_avg, took);
     }
@@ -208,11 +208,11 @@ impl Scheduler {
     }
 
     /// Subscriptions this worker holds enough of: claims leave their deliveries alone.
-    pub fn full(&self, batch: usize) -> Vec<String> {
+    pub fn full(&self, batch: usize) -> Vec<Id> {
         self.subs
             .iter()
             .filter(|(_, s)| self.is_full(s, batch))
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| *id)
             .collect()
     }
 
@@ -289,12 +289,24 @@ impl Scheduler {
 mod tests {
     use super::*;
 
-    fn claimed(sub: &str, n: usize) -> Claimed {
+    /// A made-up id: `name`'s bytes, then `n`.
+    fn id(name: &str, n: usize) -> Id {
+        let mut b = [0u8; 16];
+        b[..name.len()].copy_from_slice(name.as_bytes());
+        b[15] = n as u8;
+        Id::from_bytes(b)
+    }
+
+    fn sub(name: &str) -> Id {
+        id(name, 255)
+    }
+
+    fn claimed(name: &str, n: usize) -> Claimed {
         Claimed {
-            delivery_id: format!("{sub}-{n}"),
-            event_id: format!("e{n}"),
-            subscription_id: sub.to_string(),
-            tenant_id: String::new(),
+            delivery_id: id(name, n),
+            event_id: id("e", n),
+            subscription_id: sub(name),
+            tenant_id: id("t", 0),
             attempt: 1,
             attempt_offset: 0,
             max_retries: 3,
@@ -353,22 +365,22 @@ mod tests {
                 });
             }
         }
-        let first: Vec<String> = s
+        let first: Vec<Id> = s
             .take_sql(3, i64::MAX)
             .into_iter()
             .map(|w| w.claimed.delivery_id)
             .collect();
-        assert_eq!(first, ["a-0", "b-0", "a-1"]);
+        assert_eq!(first, [id("a", 0), id("b", 0), id("a", 1)]);
         let mut next = s.take_sql(2, i64::MAX);
-        assert_eq!(next[0].claimed.delivery_id, "b-1");
+        assert_eq!(next[0].claimed.delivery_id, id("b", 1));
         let back = next.split_off(1);
         s.requeue_sql(back);
-        let rest: Vec<String> = s
+        let rest: Vec<Id> = s
             .take_sql(10, i64::MAX)
             .into_iter()
             .map(|w| w.claimed.delivery_id)
             .collect();
-        assert_eq!(rest, ["a-2", "b-2"]);
+        assert_eq!(rest, [id("a", 2), id("b", 2)]);
         assert!(!s.has_sql());
     }
 
@@ -387,8 +399,8 @@ mod tests {
             s.full(500).is_empty(),
             "unknown speed: not full below a batch"
         );
-        s.sql_ran("slow", Duration::from_millis(600));
-        assert_eq!(s.full(500), vec!["slow".to_string()]);
+        s.sql_ran(&sub("slow"), Duration::from_millis(600));
+        assert_eq!(s.full(500), vec![sub("slow")]);
         let stale = s.take_stale(then + Duration::from_millis(150));
         assert_eq!(stale.len(), 3);
         assert!(!s.has_sql());

@@ -6,7 +6,7 @@
 //! runs, `event_bus.causation_id` names its event and `event_bus.subscription_id` its subscription.
 
 use super::deliver::Outcome;
-use super::job::Claimed;
+use super::job::{id_text, Claimed};
 use super::panic_message;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -79,9 +79,15 @@ struct EventRow {
 /// `deadline` passes (the first always runs): the outcomes of those that ran, a prefix of `jobs`.
 /// The batch's events are read in one query, each (function, role) resolved once.
 pub fn run_batch(jobs: &[(Claimed, Call)], deadline: Option<Instant>) -> Vec<Outcome> {
+    // the ids as text: what the handler's settings (event_bus.causation_id, ...) hold
+    let ids: Vec<(String, String)> = jobs
+        .iter()
+        .map(|(c, _)| (id_text(&c.event_id), id_text(&c.subscription_id)))
+        .collect();
     let calls: Vec<(&str, &str, &Call)> = jobs
         .iter()
-        .map(|(c, call)| (c.event_id.as_str(), c.subscription_id.as_str(), call))
+        .zip(&ids)
+        .map(|((_, call), (event, subscription))| (event.as_str(), subscription.as_str(), call))
         .collect();
     run_calls(&calls, deadline)
 }

@@ -3,10 +3,10 @@
 //! and handing unfinished leases back.
 
 use super::claim::lock_streams;
-use super::deliver::{backoff, Outcome};
-use super::job::Claimed;
-use super::{Step, StepError};
 use crate::plans::exec;
+use crate::worker::deliver::{backoff, Outcome};
+use crate::worker::job::{Claimed, Id};
+use crate::worker::{Step, StepError};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -65,10 +65,10 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
     for (f, d) in batch.iter().zip(delays) {
         let c = &f.claimed;
         let o = &f.outcome;
-        ids.push(c.delivery_id.clone());
-        events.push(c.event_id.clone());
-        subs.push(c.subscription_id.clone());
-        tenants.push(c.tenant_id.clone());
+        ids.push(c.delivery_id);
+        events.push(c.event_id);
+        subs.push(c.subscription_id);
+        tenants.push(c.tenant_id);
         attempts.push(c.attempt);
         oks.push(o.success);
         deads.push(!o.success && c.attempt - c.attempt_offset > c.max_retries);
@@ -78,11 +78,11 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
         durations.push(o.duration.as_secs_f64() * 1000.0);
         delay_ms.push(d.as_millis().min(i64::MAX as u128) as i64);
     }
-    let dead_ids: Vec<String> = batch
+    let dead_ids: Vec<Id> = batch
         .iter()
         .zip(&deads)
         .filter(|(_, dead)| **dead)
-        .map(|(f, _)| f.claimed.delivery_id.clone())
+        .map(|(f, _)| f.claimed.delivery_id)
         .collect();
     let dead_count = dead_ids.len() as i32;
     let health = SubscriptionHealth::of(batch);
@@ -90,18 +90,12 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
         .iter()
         .filter(|f| f.claimed.idempotent)
         .partition(|f| f.outcome.success);
-    let handled: Vec<String> = handled
-        .iter()
-        .map(|f| f.claimed.delivery_id.clone())
-        .collect();
-    let unhandled: Vec<String> = unhandled
-        .iter()
-        .map(|f| f.claimed.delivery_id.clone())
-        .collect();
-    let ordered: Vec<String> = batch
+    let handled: Vec<Id> = handled.iter().map(|f| f.claimed.delivery_id).collect();
+    let unhandled: Vec<Id> = unhandled.iter().map(|f| f.claimed.delivery_id).collect();
+    let ordered: Vec<Id> = batch
         .iter()
         .filter(|f| f.claimed.ordered)
-        .map(|f| f.claimed.delivery_id.clone())
+        .map(|f| f.claimed.delivery_id)
         .collect();
     if !ordered.is_empty() {
         // before any row is touched: the fan-out must not decide on these streams meanwhile
@@ -125,7 +119,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
                  ORDER BY s.id
                    FOR NO KEY UPDATE"
                 .to_string(),
-            &[pg_sys::TEXTARRAYOID],
+            &[pg_sys::UUIDARRAYOID],
             &[health.ids.clone().into()],
         )?;
         exec(
@@ -146,7 +140,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
               WHERE d.id = o.id AND d.status = 'processing' AND d.attempts = o.attempt"
                 .to_string(),
             &[
-                pg_sys::TEXTARRAYOID,
+                pg_sys::UUIDARRAYOID,
                 pg_sys::INT4ARRAYOID,
                 pg_sys::BOOLARRAYOID,
                 pg_sys::BOOLARRAYOID,
@@ -177,10 +171,10 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
                  AS o(id, event_id, sub_id, tenant_id, attempt, ok, http_status, resp, err, dur)"
                 .to_string(),
             &[
-                pg_sys::TEXTARRAYOID,
-                pg_sys::TEXTARRAYOID,
-                pg_sys::TEXTARRAYOID,
-                pg_sys::TEXTARRAYOID,
+                pg_sys::UUIDARRAYOID,
+                pg_sys::UUIDARRAYOID,
+                pg_sys::UUIDARRAYOID,
+                pg_sys::UUIDARRAYOID,
                 pg_sys::INT4ARRAYOID,
                 pg_sys::BOOLARRAYOID,
                 pg_sys::INT4ARRAYOID,
@@ -208,7 +202,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
                 client,
                 "deliveries_dead",
                 || "SELECT event_bus._deliveries_dead($1::uuid[])".to_string(),
-                &[pg_sys::TEXTARRAYOID],
+                &[pg_sys::UUIDARRAYOID],
                 &[dead_ids.into()],
             )?;
         }
@@ -217,7 +211,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
                 client,
                 "idempotency_settle",
                 || "SELECT event_bus._idempotency_settle($1::uuid[], $2::uuid[])".to_string(),
-                &[pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID],
+                &[pg_sys::UUIDARRAYOID, pg_sys::UUIDARRAYOID],
                 &[handled.into(), unhandled.into()],
             )?;
         }
@@ -226,7 +220,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
                 client,
                 "advance_streams",
                 || "SELECT event_bus._advance_streams($1::uuid[])".to_string(),
-                &[pg_sys::TEXTARRAYOID],
+                &[pg_sys::UUIDARRAYOID],
                 &[ordered.into()],
             )?;
         }
@@ -236,7 +230,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
             client,
             "refresh_status",
             || "SELECT event_bus._refresh_event_status($1::uuid[])".to_string(),
-            &[pg_sys::TEXTARRAYOID],
+            &[pg_sys::UUIDARRAYOID],
             &[events.into()],
         )?;
         exec(
@@ -244,7 +238,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
             "record_subscriptions",
             || "SELECT event_bus._record_subscription_outcomes($1::uuid[], $2, $3, $4, $5, $6)".to_string(),
             &[
-                pg_sys::TEXTARRAYOID,
+                pg_sys::UUIDARRAYOID,
                 pg_sys::INT4ARRAYOID,
                 pg_sys::INT4ARRAYOID,
                 pg_sys::INT4ARRAYOID,
@@ -269,7 +263,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
 /// subscription's health columns need.
 #[derive(Default)]
 struct SubscriptionHealth {
-    ids: Vec<String>,
+    ids: Vec<Id>,
     ok: Vec<i32>,
     failed: Vec<i32>,
     /// failures after the subscription's last success in the batch
@@ -280,18 +274,16 @@ struct SubscriptionHealth {
 impl SubscriptionHealth {
     fn of(batch: &[Finished]) -> SubscriptionHealth {
         let mut h = SubscriptionHealth::default();
-        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut index: HashMap<Id, usize> = HashMap::new();
         for f in batch {
-            let i = *index
-                .entry(f.claimed.subscription_id.as_str())
-                .or_insert_with(|| {
-                    h.ids.push(f.claimed.subscription_id.clone());
-                    h.ok.push(0);
-                    h.failed.push(0);
-                    h.trailing.push(0);
-                    h.last_error.push(None);
-                    h.ids.len() - 1
-                });
+            let i = *index.entry(f.claimed.subscription_id).or_insert_with(|| {
+                h.ids.push(f.claimed.subscription_id);
+                h.ok.push(0);
+                h.failed.push(0);
+                h.trailing.push(0);
+                h.last_error.push(None);
+                h.ids.len() - 1
+            });
             if f.outcome.success {
                 h.ok[i] += 1;
                 h.trailing[i] = 0;
@@ -311,7 +303,7 @@ impl SubscriptionHealth {
 
 /// Hand unfinished leases back (shutdown): due again now, the interrupted attempt not counted.
 pub fn release(unfinished: &[Claimed]) -> Step<()> {
-    let ids: Vec<String> = unfinished.iter().map(|c| c.delivery_id.clone()).collect();
+    let ids: Vec<Id> = unfinished.iter().map(|c| c.delivery_id).collect();
     let attempts: Vec<i32> = unfinished.iter().map(|c| c.attempt).collect();
     Spi::connect_mut(|client| {
         client.update(
@@ -323,10 +315,10 @@ pub fn release(unfinished: &[Claimed]) -> Step<()> {
             &[ids.into(), attempts.into()],
         )?;
         // the idempotency keys they held are free again (not handled)
-        let keyed: Vec<String> = unfinished
+        let keyed: Vec<Id> = unfinished
             .iter()
             .filter(|c| c.idempotent)
-            .map(|c| c.delivery_id.clone())
+            .map(|c| c.delivery_id)
             .collect();
         if !keyed.is_empty() {
             client.update(

@@ -1,9 +1,9 @@
 //! The claim side's statements: fan new events out into deliveries, claim due ones with a lease,
 //! and find when the next one is due. Each runs inside the caller's transaction.
 
-use super::job::{row_to_job, ClaimSettings, Job, JobColumns, JOB_COLUMNS};
-use super::{Step, StepError};
 use crate::plans::exec;
+use crate::worker::job::{row_to_job, ClaimSettings, Id, Job, JobColumns, JOB_COLUMNS};
+use crate::worker::{Step, StepError};
 use pgrx::prelude::*;
 
 /// The end of both fan-out statements, after `ins` (the deliveries inserted from `ev`, the events
@@ -52,7 +52,7 @@ const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
 /// subscriptions in `full` (this worker already holds their share: their deliveries are created
 /// due, for a later claim) and open breakers (held). Events that match nothing are completed at
 /// once, in the same statement. Returns the jobs and how many events were taken.
-fn fan_out(limit: i64, settings: &ClaimSettings, full: &[String], pass: Pass) -> Step<FanOut> {
+fn fan_out(limit: i64, settings: &ClaimSettings, full: &[Id], pass: Pass) -> Step<FanOut> {
     let sql = || {
         format!(
         "WITH ev AS ({events}), m AS (
@@ -219,7 +219,7 @@ fn run_fan_out(
     sql: impl FnOnce() -> String,
     limit: i64,
     settings: &ClaimSettings,
-    full: &[String],
+    full: &[Id],
 ) -> Step<FanOut> {
     Spi::connect_mut(|client| {
         let table = exec(
@@ -322,7 +322,7 @@ pub struct Round {
 /// the small LIMIT and hashes whole tables, while parsing and analysing the statements every round
 /// was most of the worker's CPU when rounds are small (perf: a steady 10,000 events/s gathered
 /// into ~10-event rounds).
-pub fn claim_and_fan_out(limit: i64, settings: &ClaimSettings, full: &[String]) -> Step<Round> {
+pub fn claim_and_fan_out(limit: i64, settings: &ClaimSettings, full: &[Id]) -> Step<Round> {
     planned_for_the_round(|| claim_round(limit, settings, full))
 }
 
@@ -360,7 +360,7 @@ fn planned_for_the_round<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-fn claim_round(limit: i64, settings: &ClaimSettings, full: &[String]) -> Step<Round> {
+fn claim_round(limit: i64, settings: &ClaimSettings, full: &[Id]) -> Step<Round> {
     let special = special_mode()?;
     if special {
         lock_streams()?;
@@ -411,22 +411,24 @@ fn claim_round(limit: i64, settings: &ClaimSettings, full: &[String]) -> Step<Ro
 /// (completed without calling the handler), one whose key another delivery holds right now was
 /// put back and leaves the round.
 fn idempotency_gate(jobs: Vec<Job>) -> Step<Vec<Job>> {
-    let ids: Vec<String> = jobs
+    let ids: Vec<Id> = jobs
         .iter()
         .filter(|j| j.claimed().idempotent)
-        .map(|j| j.claimed().delivery_id.clone())
+        .map(|j| j.claimed().delivery_id)
         .collect();
-    let held: std::collections::HashMap<String, Option<String>> = Spi::connect_mut(|client| {
+    let held: std::collections::HashMap<Id, Option<String>> = Spi::connect_mut(|client| {
         let table = exec(
             client,
             "idempotency_gate",
-            || "SELECT delivery_id::text, duplicate_of::text FROM event_bus._idempotency_gate($1::uuid[])".to_string(),
-            &[pg_sys::TEXTARRAYOID],
+            || "SELECT delivery_id, duplicate_of::text FROM event_bus._idempotency_gate($1::uuid[])".to_string(),
+            &[pg_sys::UUIDARRAYOID],
             &[ids.into()],
         )?;
         let mut out = std::collections::HashMap::new();
         for row in table {
-            out.insert(row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?);
+            if let Some(id) = row.get::<Id>(1)? {
+                out.insert(id, row.get::<String>(2)?);
+            }
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
@@ -450,12 +452,7 @@ fn idempotency_gate(jobs: Vec<Job>) -> Step<Vec<Job>> {
 /// The fan-out for ordered and limited subscriptions: a delivery with an earlier unfinished one
 /// in its entity stream waits; deliveries of limited subscriptions are queued for the claim,
 /// which applies the limits.
-fn fan_out_special(
-    limit: i64,
-    settings: &ClaimSettings,
-    full: &[String],
-    pass: Pass,
-) -> Step<FanOut> {
+fn fan_out_special(limit: i64, settings: &ClaimSettings, full: &[Id], pass: Pass) -> Step<FanOut> {
     let sql = || {
         format!(
         "WITH ev AS ({events}), m AS (
@@ -581,7 +578,7 @@ fn claim(
     limit: i64,
     settings: &ClaimSettings,
     special: bool,
-    full: &[String],
+    full: &[Id],
 ) -> Step<(Vec<Job>, bool)> {
     let sql = || {
         format!(
@@ -640,7 +637,7 @@ fn claim(
 /// Seconds until the next delivery this worker may claim is due (negative: already; None: none).
 /// Leaves out the subscriptions in `full`; with limits, not the deliveries of subscriptions
 /// without room, but when a rate allows the next start.
-fn next_due(special: bool, full: &[String]) -> Step<Option<f64>> {
+fn next_due(special: bool, full: &[Id]) -> Step<Option<f64>> {
     // min() always returns one row (NULL when nothing is queued); the text is built only when
     // the statement is first prepared
     let due_sql = move || {
@@ -674,7 +671,7 @@ fn next_due(special: bool, full: &[String]) -> Step<Option<f64>> {
             client,
             name,
             due_sql,
-            &[pg_sys::TEXTARRAYOID],
+            &[pg_sys::UUIDARRAYOID],
             &[full.to_vec().into()],
         )?
         .first()

@@ -1,0 +1,15 @@
+//! Every statement the worker runs, behind functions that take and return Rust values: the loop
+//! ([`super::dbworker`]) and `process_pending_events` ([`super::inline`]) hold no SQL text.
+//!
+//! - [`claim`]: the fan-out of new events into deliveries and the claim of due ones with a lease,
+//!   returning jobs (decoded by [`super::job`]);
+//! - [`record`]: recording outcomes (the delivery, its attempt log, the subscription's health and
+//!   breaker) and handing unfinished claims back;
+//! - [`session`]: the session's settings, the installed version, upkeep.
+//!
+//! What a delivery's states mean and who moves it between them is written once, in
+//! `sql/lifecycle.sql`; these statements call its functions.
+
+pub mod claim;
+pub mod record;
+pub mod session;
