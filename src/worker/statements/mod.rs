@@ -3,6 +3,7 @@
 //!
 //! - [`claim`]: the fan-out of new events into deliveries and the claim of due ones with a lease,
 //!   returning jobs (decoded by [`super::job`]);
+//! - [`probe`]: the round's two questions (anything due? anything new?), planned once;
 //! - [`record`]: recording outcomes (the delivery, its attempt log, the subscription's health and
 //!   breaker) and handing unfinished claims back;
 //! - [`session`]: the session's settings, the installed version, upkeep.
@@ -11,5 +12,6 @@
 //! `sql/lifecycle.sql`; these statements call its functions.
 
 pub mod claim;
+pub mod probe;
 pub mod record;
 pub mod session;
