@@ -230,6 +230,15 @@ fn run(dboid: pg_sys::Oid) -> i32 {
             }) {
                 Ok(()) => backoff_on_error = Duration::from_millis(100),
                 Err(e) => {
+                    // DROP EXTENSION with outcomes in flight: there is nothing left to record
+                    // them in, and a retry would fail forever, holding a worker of the pool
+                    if let Ok(false) =
+                        in_transaction("checking for the extension", session::extension_present)
+                    {
+                        log("event_bus worker: extension dropped; exiting");
+                        shmem::skip_database(dboid.to_u32());
+                        return 0;
+                    }
                     // the outcomes are kept for the next try; stale jobs come back when their
                     // leases end
                     log(&format!("event_bus worker: {e}; will retry"));

@@ -324,7 +324,10 @@ pub struct Round {
 /// was most of the worker's CPU when rounds are small (perf: a steady 10,000 events/s gathered
 /// into ~10-event rounds).
 pub fn claim_and_fan_out(limit: i64, settings: &ClaimSettings, full: &[Id]) -> Step<Round> {
-    planned_for_the_round(|| claim_round(limit, settings, full))
+    planned_for_the_round(|| {
+        super::session::lock_in_drop_order()?;
+        claim_round(limit, settings, full)
+    })
 }
 
 /// The fan-out and the claim read the first rows of a partial index in its order. Its statistics

@@ -97,6 +97,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
         .filter(|f| f.claimed.ordered)
         .map(|f| f.claimed.delivery_id)
         .collect();
+    super::session::lock_in_drop_order()?;
     if !ordered.is_empty() {
         // before any row is touched: the fan-out must not decide on these streams meanwhile
         lock_streams()?;
@@ -303,6 +304,7 @@ impl SubscriptionHealth {
 
 /// Hand unfinished leases back (shutdown): due again now, the interrupted attempt not counted.
 pub fn release(unfinished: &[Claimed]) -> Step<()> {
+    super::session::lock_in_drop_order()?;
     let ids: Vec<Id> = unfinished.iter().map(|c| c.delivery_id).collect();
     let attempts: Vec<i32> = unfinished.iter().map(|c| c.attempt).collect();
     Spi::connect_mut(|client| {

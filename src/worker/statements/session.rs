@@ -43,7 +43,31 @@ pub fn installed_version() -> Step<Option<String>> {
 /// One batch of upkeep (`event_bus._maintenance`: breaker probes and releases, retention): how
 /// many rows retention removed, at most `batch`.
 pub fn maintenance(batch: i64) -> Step<i64> {
+    lock_in_drop_order()?;
     Spi::get_one_with_args::<i64>("SELECT event_bus._maintenance($1::int)", &[batch.into()])
         .map(|n| n.unwrap_or(0))
         .map_err(|e| StepError::failed("maintenance", e))
+}
+
+/// Take `module_events` (ACCESS SHARE, until the transaction ends) before any other table of the
+/// extension. `DROP EXTENSION` locks the extension's tables one by one in the order they were
+/// created, `module_events` first; a worker transaction that held another of them (a round reads
+/// the subscriptions first, the record locks their rows first) and then asked for
+/// `module_events` waited for the DROP while the DROP waited for it: "deadlock detected", and the
+/// DROP EXTENSION was the one rolled back (PostgreSQL 17 suite, `a_second_database_is_served_
+/// without_configuration`). Taken first, the worker either goes before the DROP or waits for it
+/// holding nothing, then finds the extension gone. Every transaction of the worker that touches
+/// the extension's tables starts here (the SQL-handler slice starts by reading the events).
+pub fn lock_in_drop_order() -> Step<()> {
+    Spi::connect_mut(|client| {
+        exec(
+            client,
+            "lock_in_drop_order",
+            || "LOCK TABLE event_bus.module_events IN ACCESS SHARE MODE".to_string(),
+            &[],
+            &[],
+        )
+        .map(|_| ())
+    })
+    .map_err(|e| StepError::failed("locking the event table", e))
 }
