@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Writes the upgrade script to the current version, sql/event_bus--0.8.0--0.9.0.sql, from the sources
+# Writes the upgrade script to the current version, sql/event_bus--0.9.0--0.10.0.sql, from the sources
 # a fresh install also loads, so the two cannot drift: every function, view and grant of the
-# re-runnable sources (CREATE OR REPLACE; 0.9.0 changes no table).
+# re-runnable sources (CREATE OR REPLACE; 0.10.0 changes no table).
 # With --check, fails if the committed file is stale instead. Released upgrade scripts
-# (event_bus--0.1.0--0.2.0.sql, event_bus--0.2.0--0.3.0.sql, event_bus--0.3.0--0.4.0.sql, event_bus--0.4.0--0.5.0.sql, event_bus--0.5.0--0.6.0.sql, event_bus--0.6.0--0.7.0.sql, event_bus--0.7.0--0.8.0.sql) are frozen: they are what users of that
+# (event_bus--0.1.0--0.2.0.sql, event_bus--0.2.0--0.3.0.sql, event_bus--0.3.0--0.4.0.sql, event_bus--0.4.0--0.5.0.sql, event_bus--0.5.0--0.6.0.sql, event_bus--0.6.0--0.7.0.sql, event_bus--0.7.0--0.8.0.sql, event_bus--0.8.0--0.9.0.sql) are frozen: they are what users of that
 # release ran, and are no longer generated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-from=0.8.0
-to=0.9.0
+from=0.9.0
+to=0.10.0
 out=sql/event_bus--$from--$to.sql
 sources=(sql/tenant.sql sql/api.sql sql/lifecycle.sql sql/testing.sql sql/operations.sql)
 generate() {

@@ -148,6 +148,10 @@ BEGIN
                dispatched_at = coalesce(e.dispatched_at, d.fanned_out_at)
           FROM derived d
          WHERE e.id = d.event_id
+           -- the ids named once more, on the events themselves: an index probe per event at any
+           -- table size (joined only through derived, the planner hashed every event: a
+           -- sequential scan of module_events, 26 ms for 227 events at 20,000 rows)
+           AND e.id = ANY (p_event_ids)
            AND (e.dispatched_at IS NOT NULL OR d.n > 0)
            AND (e.status, e.retry_count, e.error_message, e.dispatched_at IS NULL)
                IS DISTINCT FROM (d.status, d.retries, d.last_error, false)

@@ -699,6 +699,52 @@ pub mod tests {
         );
     }
 
+    /// The record refreshes a batch's events by index, not by reading every event: measured before
+    /// the fix, 26 ms (a sequential scan and a hash of module_events) for 227 events at 20,000.
+    #[pg_test]
+    fn event_status_refresh_reads_only_the_batchs_events() {
+        Spi::run(&format!(
+            "INSERT INTO event_bus.module_events (id, tenant_id, event_type, source_module, dispatched_at, status)
+             SELECT event_bus._uuid_v7(), '{TENANT}', 'a.b', 'm', now(), 'completed' FROM generate_series(1, 20000);
+             CREATE TEMP TABLE batch AS
+                 SELECT e.id, gen_random_uuid() AS sub FROM event_bus.module_events e ORDER BY e.id DESC LIMIT 227;
+             UPDATE event_bus.module_events e SET status = 'pending', processed_at = NULL
+               FROM batch b WHERE e.id = b.id;
+             INSERT INTO event_bus.module_event_deliveries (id, event_id, subscription_id, tenant_id, status, attempts)
+             SELECT event_bus._delivery_id(b.id, b.sub), b.id, b.sub, '{TENANT}', 'completed', 1 FROM batch b;
+             ANALYZE event_bus.module_events;
+             ANALYZE event_bus.module_event_deliveries;"
+        ))
+        .unwrap();
+        let seq_scans = || {
+            Spi::get_one::<i64>(
+                "SELECT seq_scan FROM pg_catalog.pg_stat_xact_user_tables
+                  WHERE relid = 'event_bus.module_events'::regclass",
+            )
+            .unwrap()
+            .unwrap_or(0)
+        };
+        let before = seq_scans();
+        let updated = Spi::get_one::<i32>(
+            "SELECT event_bus._refresh_event_status(array_agg(b.id)) FROM pg_temp.batch b",
+        )
+        .unwrap();
+        assert_eq!(updated, Some(227));
+        assert_eq!(
+            seq_scans(),
+            before,
+            "_refresh_event_status read all of module_events"
+        );
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM event_bus.module_events e JOIN pg_temp.batch b ON b.id = e.id
+                  WHERE e.status = 'completed' AND e.processed_at IS NOT NULL"
+            )
+            .unwrap(),
+            Some(227)
+        );
+    }
+
     #[pg_test]
     fn process_pending_events_delivers_in_the_calling_session() {
         Spi::run(

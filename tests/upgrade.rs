@@ -1,4 +1,4 @@
-//! ALTER EXTENSION event_bus UPDATE from each released version (0.5.0, the previous one, 0.4.0, 0.3.0, 0.2.0 and 0.1.0,
+//! ALTER EXTENSION event_bus UPDATE from each released version (0.1.0 to 0.9.0,
 //! through every script in between): installs that release's own install script
 //! (tests/fixtures), fills it with data, upgrades, and checks that nothing was lost, that the
 //! worker delivers what waited (deliveries in flight and waiting for a retry included), and that
@@ -74,6 +74,11 @@ fn schema_fingerprint(c: &mut postgres::Client) -> Vec<String> {
         .collect();
     rows.sort();
     rows
+}
+
+#[test]
+fn upgrade_from_0_9_0_keeps_every_row_and_matches_a_fresh_install() {
+    upgrade_from("0.9.0");
 }
 
 #[test]
