@@ -49,6 +49,24 @@ pub(super) fn as_index_probe<R>(f: impl FnOnce() -> R) -> R {
     )
 }
 
+/// Run a statement that joins a batch (arrays unnested) to its rows by primary key, planned as a
+/// probe of that key per row: no sequential or bitmap scan, no hash or merge join. Without these
+/// settings the record of outcomes joined by hashing a bitmap scan of the due index (its `status =
+/// 'processing'` test implies that partial index's predicate, and the planner, which cannot see
+/// dead index entries, took the index for a few rows): measured mid-burst, 42,295 entries read, 12
+/// of 15 ms, to update 181 deliveries.
+pub(super) fn as_key_probe<R>(f: impl FnOnce() -> R) -> R {
+    with_settings(
+        &[
+            (c"enable_seqscan", c"off"),
+            (c"enable_bitmapscan", c"off"),
+            (c"enable_hashjoin", c"off"),
+            (c"enable_mergejoin", c"off"),
+        ],
+        f,
+    )
+}
+
 const ANY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries d
                                  WHERE d.status IN ('pending', 'processing')
                                    AND d.next_attempt_at <= now())";

@@ -3,6 +3,7 @@
 //! and handing unfinished leases back.
 
 use super::claim::lock_streams;
+use super::probe::as_key_probe;
 use crate::plans::exec;
 use crate::worker::deliver::{backoff, Outcome};
 use crate::worker::job::{Claimed, Id};
@@ -45,6 +46,26 @@ pub fn retry_delay(c: &Claimed, o: &Outcome, rng: &mut Rng) -> Duration {
         rng.next_f64(),
     )
 }
+
+/// A batch's outcomes onto its deliveries, each found by its id and changed only while this
+/// worker's lease on that attempt holds (`processing`, the same attempt number). The lease's state
+/// is compared with a column of the batch (`o.leased`, kept a column by MATERIALIZED), not a
+/// constant: `status = 'processing'` would let the planner read the due index, whose predicate it
+/// implies (see `as_key_probe`).
+pub(super) const RECORD_DELIVERIES: &str = "WITH o AS MATERIALIZED (
+                 SELECT o.*, 'processing'::text AS leased
+                   FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::bool[], $5::int[], $6::text[], $7::bigint[])
+                     AS o(id, attempt, ok, dead, http_status, err, delay_ms)
+             )
+             UPDATE event_bus.module_event_deliveries d
+                SET status = CASE WHEN o.ok THEN 'completed' WHEN o.dead THEN 'failed' ELSE 'pending' END,
+                    next_attempt_at = CASE WHEN o.ok OR o.dead THEN d.next_attempt_at
+                                           ELSE now() + o.delay_ms * interval '1 millisecond' END,
+                    completed_at = CASE WHEN o.ok OR o.dead THEN now() END,
+                    last_http_status = o.http_status,
+                    last_error = o.err
+               FROM o
+              WHERE d.id = o.id AND d.status = o.leased AND d.attempts = o.attempt";
 
 /// Record a batch of outcomes: one attempt-log row each, the delivery's new state (completed,
 /// retried after its backoff, or dead), and the events' derived status.
@@ -123,23 +144,10 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
             &[pg_sys::UUIDARRAYOID],
             &[health.ids.clone().into()],
         )?;
-        exec(
+        as_key_probe(|| exec(
             client,
             "record_deliveries",
-            || "WITH o AS (
-                 SELECT * FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::bool[], $5::int[], $6::text[], $7::bigint[])
-                     AS o(id, attempt, ok, dead, http_status, err, delay_ms)
-             )
-             UPDATE event_bus.module_event_deliveries d
-                SET status = CASE WHEN o.ok THEN 'completed' WHEN o.dead THEN 'failed' ELSE 'pending' END,
-                    next_attempt_at = CASE WHEN o.ok OR o.dead THEN d.next_attempt_at
-                                           ELSE now() + o.delay_ms * interval '1 millisecond' END,
-                    completed_at = CASE WHEN o.ok OR o.dead THEN now() END,
-                    last_http_status = o.http_status,
-                    last_error = o.err
-               FROM o
-              WHERE d.id = o.id AND d.status = 'processing' AND d.attempts = o.attempt"
-                .to_string(),
+            || RECORD_DELIVERIES.to_string(),
             &[
                 pg_sys::UUIDARRAYOID,
                 pg_sys::INT4ARRAYOID,
@@ -158,7 +166,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
                 errors.clone().into(),
                 delay_ms.into(),
             ],
-        )?;
+        ))?;
         exec(
             client,
             "record_logs",
@@ -308,14 +316,20 @@ pub fn release(unfinished: &[Claimed]) -> Step<()> {
     let ids: Vec<Id> = unfinished.iter().map(|c| c.delivery_id).collect();
     let attempts: Vec<i32> = unfinished.iter().map(|c| c.attempt).collect();
     Spi::connect_mut(|client| {
-        client.update(
-            "UPDATE event_bus.module_event_deliveries d
-                SET status = 'pending', next_attempt_at = now(), attempts = d.attempts - 1
-               FROM unnest($1::uuid[], $2::int[]) AS o(id, attempt)
-              WHERE d.id = o.id AND d.status = 'processing' AND d.attempts = o.attempt",
-            None,
-            &[ids.into(), attempts.into()],
-        )?;
+        // by key, as the record (see RECORD_DELIVERIES)
+        as_key_probe(|| {
+            client.update(
+                "WITH o AS MATERIALIZED (
+                     SELECT o.*, 'processing'::text AS leased FROM unnest($1::uuid[], $2::int[]) AS o(id, attempt)
+                 )
+                 UPDATE event_bus.module_event_deliveries d
+                    SET status = 'pending', next_attempt_at = now(), attempts = d.attempts - 1
+                   FROM o
+                  WHERE d.id = o.id AND d.status = o.leased AND d.attempts = o.attempt",
+                None,
+                &[ids.into(), attempts.into()],
+            )
+        })?;
         // the idempotency keys they held are free again (not handled)
         let keyed: Vec<Id> = unfinished
             .iter()
@@ -333,4 +347,51 @@ pub fn release(unfinished: &[Claimed]) -> Step<()> {
         Ok::<(), pgrx::spi::Error>(())
     })
     .map_err(|e| StepError::failed("releasing leases", e))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::super::probe::as_key_probe;
+    use super::RECORD_DELIVERIES;
+    use crate::tests::tests::TENANT;
+    use pgrx::prelude::*;
+
+    /// The record of outcomes finds each delivery by its primary key, whatever the statistics say
+    /// and however many entries the due index holds: it never reads the due index (mid-burst,
+    /// mostly dead entries: 42,295 read for 181 deliveries before). The statistics here are a
+    /// table's before its first ANALYZE, as after a TRUNCATE: the statement as it was planned a
+    /// hash join over a bitmap scan of the due index with them.
+    #[pg_test]
+    fn the_record_finds_deliveries_by_key() {
+        Spi::run(&format!(
+            "INSERT INTO event_bus.module_event_deliveries
+                 (id, event_id, subscription_id, tenant_id, status, attempts, next_attempt_at)
+             SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), '{TENANT}', 'processing', 1, now()
+               FROM generate_series(1, 500) n;
+             PREPARE record_outcomes(uuid[], int[], bool[], bool[], int[], text[], bigint[]) AS {RECORD_DELIVERIES};
+             SET LOCAL plan_cache_mode = force_generic_plan;"
+        ))
+        .unwrap();
+        let plan = as_key_probe(|| {
+            Spi::connect(|c| {
+                let mut out = String::new();
+                for row in c.select(
+                    "EXPLAIN (COSTS OFF) EXECUTE record_outcomes(
+                         '{00000000-0000-0000-0000-000000000001}', '{1}', '{t}', '{f}', '{200}', '{NULL}', '{0}')",
+                    None,
+                    &[],
+                )? {
+                    out.push_str(&row.get::<String>(1)?.unwrap_or_default());
+                    out.push('\n');
+                }
+                Ok::<_, pgrx::spi::Error>(out)
+            })
+            .unwrap()
+        });
+        assert!(plan.contains("module_event_deliveries_pkey"), "{plan}");
+        assert!(!plan.contains("due_idx"), "{plan}");
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        Spi::run("DEALLOCATE record_outcomes").unwrap();
+    }
 }
