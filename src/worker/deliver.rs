@@ -141,8 +141,10 @@ pub fn response_json(body: &[u8], truncated: bool) -> String {
     serde_json::json!({ "body": text, "truncated": truncated }).to_string()
 }
 
-/// Full-jitter exponential backoff: a uniformly random delay in [0, min(cap, base * 2^(attempt-1))],
-/// at least `retry_after` when the server asked for it. `attempt` is the number of the attempt
+/// Full-jitter exponential backoff: a uniformly random delay in [1 ms, min(cap, base * 2^(attempt-1))],
+/// at least `retry_after` when the server asked for it. Never zero: a failed attempt is not due
+/// again in the instant it failed (within one transaction `now()` does not move, so a zero delay
+/// would make `process_pending_events` retry it in the same call). `attempt` is the number of the attempt
 /// that just failed, from 1; `random` is a uniform sample in [0, 1).
 pub fn backoff(
     attempt: i32,
@@ -156,7 +158,7 @@ pub fn backoff(
         .saturating_mul(1u64 << exp.min(40))
         .min(cap_ms.max(1));
     let jittered = (ceiling as f64 * random.clamp(0.0, 1.0)) as u64;
-    let mut delay = Duration::from_millis(jittered);
+    let mut delay = Duration::from_millis(jittered.max(1));
     if let Some(ra) = retry_after {
         // honoured, but never beyond a day
         delay = delay.max(ra.min(Duration::from_secs(86_400)));
@@ -643,7 +645,8 @@ mod tests {
                 "attempt {attempt}: {d:?}"
             );
         }
-        assert_eq!(backoff(3, 1000, 60_000, None, 0.0), Duration::ZERO);
+        assert_eq!(backoff(3, 1000, 60_000, None, 0.0), Duration::from_millis(1));
+        assert_eq!(backoff(1, 1000, 60_000, None, 0.000_999), Duration::from_millis(1));
         assert_eq!(
             backoff(1, 1000, 60_000, Some(Duration::from_secs(5)), 0.5),
             Duration::from_secs(5)

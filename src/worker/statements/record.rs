@@ -26,7 +26,13 @@ impl Rng {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        Rng((nanos as u64) ^ ((unsafe { pg_sys::MyProcPid } as u64) << 32) | 1)
+        // splitmix64's finaliser: a xorshift's first outputs from a structured seed (a clock and a
+        // small pid) are correlated with it; mixed, every bit of the seed moves every bit.
+        let mut z = (nanos as u64) ^ ((unsafe { pg_sys::MyProcPid } as u64) << 32);
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
     }
 
     fn next_f64(&mut self) -> f64 {
