@@ -123,7 +123,12 @@ fn fifty_databases_share_the_default_pool_idle_ones_wake_at_once_and_a_backlog_s
     );
 
     // a backlog of 20,000 events in one database while the pool has a single worker: another
-    // database's event goes out within a second all the same (workers yield their slice)
+    // database's event goes out all the same: the worker leaves the backlog when its slice
+    // (event_bus.worker_slice_ms, 500 ms) is over and others wait. What shows it is that the small
+    // databases' events arrive while the backlog is still being worked off (backlog_left > 0 when
+    // the last one is in); each within a few slices (2 s: 4 slices, for the worker's exit and
+    // start on a loaded machine with a debug build: 0.67-1.05 s seen in CI). How fast is measured
+    // in bench/run.sh (SECTIONS=pool), not here.
     admin
         .batch_execute("ALTER SYSTEM SET event_bus.max_workers = 1")
         .unwrap();
@@ -162,7 +167,7 @@ fn fifty_databases_share_the_default_pool_idle_ones_wake_at_once_and_a_backlog_s
         "the backlog was gone before the test could measure beside it"
     );
     assert!(
-        delays.iter().all(|d| *d < Duration::from_secs(1)),
+        delays.iter().all(|d| *d < Duration::from_secs(2)),
         "an event waited {delays:?} behind another database's backlog"
     );
     // the pool is visible: the metric counted the waits
