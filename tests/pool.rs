@@ -78,7 +78,9 @@ fn fifty_databases_share_the_default_pool_idle_ones_wake_at_once_and_a_backlog_s
     );
 
     // idle for a minute: no worker holds these databases any more; the next event still arrives
-    // within 100 ms of its commit (the launcher starts a worker for it at the commit)
+    // at once (the launcher starts a worker for it at the commit), not at the next visit (a
+    // minute): within 500 ms (38-76 ms seen in CI with a debug build beside other suites; the
+    // bench's pool section measures it: p99 < 50 ms)
     let idle_since = Instant::now();
     // (EVENT_BUS_POOL_IDLE_SECONDS shortens it when working on this test)
     let idle: u64 = std::env::var("EVENT_BUS_POOL_IDLE_SECONDS")
@@ -117,7 +119,7 @@ fn fifty_databases_share_the_default_pool_idle_ones_wake_at_once_and_a_backlog_s
     latencies.sort();
     eprintln!("first event into an idle database: {latencies:?}");
     assert!(
-        latencies[latencies.len() - 1] < Duration::from_millis(100),
+        latencies[latencies.len() - 1] < Duration::from_millis(500),
         "an event into an idle database took {:?}",
         latencies
     );
