@@ -18,7 +18,7 @@ use super::{
     sqlhandler, wait,
 };
 use crate::{guc, shmem};
-use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ const SQL_SLICE: Duration = Duration::from_millis(20);
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn event_bus_worker_main(arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    super::attach_signal_handlers();
     let dboid = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
 

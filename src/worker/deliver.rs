@@ -645,8 +645,14 @@ mod tests {
                 "attempt {attempt}: {d:?}"
             );
         }
-        assert_eq!(backoff(3, 1000, 60_000, None, 0.0), Duration::from_millis(1));
-        assert_eq!(backoff(1, 1000, 60_000, None, 0.000_999), Duration::from_millis(1));
+        assert_eq!(
+            backoff(3, 1000, 60_000, None, 0.0),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            backoff(1, 1000, 60_000, None, 0.000_999),
+            Duration::from_millis(1)
+        );
         assert_eq!(
             backoff(1, 1000, 60_000, Some(Duration::from_secs(5)), 0.5),
             Duration::from_secs(5)

@@ -10,7 +10,6 @@ use super::{in_transaction, log, reload_config_if_requested, wait, LIBRARY};
 use crate::{guc, shmem};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
-    SignalWakeFlags,
 };
 use pgrx::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn event_bus_launcher_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    super::attach_signal_handlers();
     BackgroundWorker::connect_worker_to_spi_by_oid(None, None);
     {
         let mut shared = shmem::SHARED.exclusive();

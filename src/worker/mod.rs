@@ -24,7 +24,9 @@ pub mod schedule;
 pub mod sqlhandler;
 pub mod statements;
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -160,6 +162,17 @@ pub fn panic_message(e: &Box<dyn std::any::Any + Send>) -> String {
 /// Log at LOG level (server log only), never raising.
 pub fn log(msg: &str) {
     pgrx::log!("{msg}");
+}
+
+/// A background worker's signal handlers, then the configuration files read once. A worker
+/// ignores SIGHUP from its fork until its handler is attached (PostgreSQL's bgworker start-up sets
+/// it to SIG_IGN), and the postmaster may fork it just before it re-reads the files after a
+/// reload: the worker then starts with the old settings and the reload's SIGHUP is lost in that
+/// window, leaving it on them until the next reload. Seen with event_bus.allowed_networks: a worker
+/// started by the commit just before `pg_reload_conf()` kept allowing every address.
+pub fn attach_signal_handlers() {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
 }
 
 /// Reload postgresql.conf if a SIGHUP arrived (a safe point: between transactions).
