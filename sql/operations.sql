@@ -664,7 +664,9 @@ STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT s.id,
-           coalesce(event_bus._mask_url(s.handler_url), s.handler_function),
+           -- admins see the whole target but its password
+           coalesce(regexp_replace(s.handler_url, '^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#@]*@', '\1:***@'),
+                    s.handler_function),
            CASE WHEN s.secret IS NOT NULL THEN left(s.secret, 6) || '…' END
       FROM event_bus.module_event_subscriptions s
      ORDER BY s.id;

@@ -185,3 +185,5 @@ REVOKE ALL ON FUNCTION event_bus.mock_handler(text, uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus.mock_calls(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_bus.run_handlers(uuid), event_bus.mock_handler(text, uuid),
                           event_bus.mock_calls(uuid) TO event_bus_admin;
+-- the mock subscription runs its handler as the admin that made it
+GRANT EXECUTE ON FUNCTION event_bus._mock_record(event_bus.module_events) TO event_bus_admin;

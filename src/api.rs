@@ -84,14 +84,15 @@ fn check_broker_url(url: &str) -> String {
     match crate::validate::parse_broker_url(url) {
         Ok(b) => b.kind().to_string(),
         Err(reason) => EventBusError::InvalidBrokerUrl {
-            value: truncate(&crate::validate::mask_url(url)),
+            // the caller's own input: all of it but the password
+            value: truncate(&crate::validate::hide_password(url)),
             reason,
         }
         .raise(),
     }
 }
 
-/// Body of `event_bus._mask_url(text)`: the URL with its password shown as ***.
+/// Body of `event_bus._mask_url(text)`: the URL's scheme and host only (what non-admins may see).
 #[pg_extern(sql = false)]
 fn mask_url(url: &str) -> String {
     crate::validate::mask_url(url)

@@ -48,6 +48,8 @@ mod ops_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod request_tests;
 #[cfg(any(test, feature = "pg_test"))]
+mod security_tests;
+#[cfg(any(test, feature = "pg_test"))]
 mod testing_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -117,7 +119,12 @@ extension_sql_file!(
     name = "schema_0_8_0",
     requires = ["schema_0_7_0"]
 );
-extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_8_0"]);
+extension_sql_file!(
+    "../sql/schema_0.11.0.sql",
+    name = "schema_0_11_0",
+    requires = ["schema_0_8_0"]
+);
+extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_11_0"]);
 extension_sql_file!(
     "../sql/lifecycle.sql",
     name = "lifecycle",

@@ -53,7 +53,8 @@ fn run_handlers(
     let default_timeout = guc::DEFAULT_TIMEOUT_MS.get();
     let targets: Vec<(String, String, Call)> = Spi::connect(|client| {
         let rows = client.select(
-            "SELECT e.id::text, s.id::text, s.handler_function, s.run_as::text, coalesce(s.timeout_ms, $2)
+            "SELECT e.id::text, s.id::text, s.handler_function, s.run_as::text, coalesce(s.timeout_ms, $2),
+                    s.run_as_set_by::text
                FROM event_bus.emitted_events() e
                JOIN event_bus.module_event_subscriptions s
                  ON s.is_active AND s.handler_kind = 'sql'
@@ -72,6 +73,7 @@ fn run_handlers(
                 Call {
                     function: r.get::<String>(3)?.unwrap_or_default(),
                     run_as: r.get::<String>(4)?,
+                    run_as_set_by: r.get::<String>(6)?,
                     timeout_ms: r.get::<i32>(5)?.unwrap_or(default_timeout),
                 },
             ));

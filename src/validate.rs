@@ -261,8 +261,9 @@ pub fn parse_broker_url(url: &str) -> Result<Broker, String> {
     }
 }
 
-/// The URL with its password replaced by `***` (for errors, logs and displays).
-pub fn mask_url(url: &str) -> String {
+/// The URL with its password replaced by `***`: for an error shown to the one who typed the URL
+/// (subscribe's 22023), never for what others read (that is [`mask_url`]).
+pub fn hide_password(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
@@ -272,6 +273,127 @@ pub fn mask_url(url: &str) -> String {
         }
         Err(_) => "(unparseable URL)".into(),
     }
+}
+
+/// What of a target URL may be shown to anyone who is not an admin: its scheme and host (and
+/// port), never its user, password, path or query — webhook URLs often carry their secret in the
+/// path (`/services/T0/B0/XXXX`) or the query (`?token=...`).
+pub fn mask_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => match u.host_str() {
+            Some(host) => match u.port() {
+                Some(port) => format!("{}://{host}:{port}", u.scheme()),
+                None => format!("{}://{host}", u.scheme()),
+            },
+            None => format!("{}:", u.scheme()),
+        },
+        Err(_) => "(unparseable URL)".into(),
+    }
+}
+
+/// Ends the part of a URL inside an error text: what a URL cannot hold unescaped, and the
+/// brackets and quotes error messages put around one.
+fn ends_url(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            ')' | '(' | '"' | '\'' | '<' | '>' | '`' | '{' | '}' | '|' | '\\'
+        )
+}
+
+/// `text` with every `scheme://...` in it cut to its scheme and host: user, password, path, query
+/// and fragment go. For error texts from client libraries, which may quote the URL they were given
+/// ("error sending request for url (http://h/hook?token=...)").
+pub fn scrub_urls(text: &str) -> String {
+    if !text.contains("://") {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        // the scheme: the letters, digits, '+', '-', '.' just before "://"
+        let head = &rest[..at];
+        let scheme_start = head
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            .last()
+            .map(|(i, _)| i)
+            .unwrap_or(at);
+        out.push_str(&rest[..at + 3]);
+        let after = &rest[at + 3..];
+        // ... up to what cannot be in it, or a ':' that ends it ("amqp://h/v: refused")
+        let end = after
+            .char_indices()
+            .find(|&(i, c)| {
+                ends_url(c)
+                    || (c == ':'
+                        && after[i + 1..]
+                            .chars()
+                            .next()
+                            .is_none_or(char::is_whitespace))
+            })
+            .map_or(after.len(), |(i, _)| i);
+        let url_rest = &after[..end];
+        if scheme_start == at {
+            // no scheme before it: not a URL, keep it as it is
+            out.push_str(url_rest);
+        } else {
+            let authority_end = url_rest.find(['/', '?', '#']).unwrap_or(url_rest.len());
+            let authority = &url_rest[..authority_end];
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            out.push_str(host);
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `text` (an error or a response excerpt of an attempt at `target`) with no trace of the
+/// target's secrets: every URL cut to scheme and host ([`scrub_urls`]), and the target's user,
+/// password, path, query and their longer parts replaced by `***` wherever they appear (a server
+/// may echo its own path: "Cannot POST /services/T0/B0/XXXX").
+pub fn redact_target(text: &str, target: &str) -> String {
+    let mut out = scrub_urls(text);
+    let Ok(u) = url::Url::parse(target) else {
+        return out;
+    };
+    let mut secrets: Vec<String> = Vec::new();
+    let mut add = |s: &str, min: usize| {
+        if s.len() >= min && !secrets.iter().any(|x| x == s) {
+            secrets.push(s.to_string());
+        }
+    };
+    add(target, 1);
+    add(u.username(), 3);
+    if let Some(p) = u.password() {
+        add(p, 1);
+        add(&percent_decode(p), 1);
+    }
+    if u.path() != "/" {
+        add(u.path(), 2);
+    }
+    for segment in u.path().split('/') {
+        add(segment, 8);
+        add(&percent_decode(segment), 8);
+    }
+    if let Some(q) = u.query() {
+        add(q, 1);
+        for pair in q.split('&') {
+            let value = pair.split_once('=').map_or(pair, |(_, v)| v);
+            add(value, 6);
+            add(&percent_decode(value), 6);
+        }
+    }
+    // the longest first, so a part never leaves a piece of a longer one behind
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for s in &secrets {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "***");
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -318,10 +440,68 @@ mod broker_tests {
             let e = parse_broker_url(bad).unwrap_err();
             assert!(!e.contains("secret"), "{bad}: {e}");
         }
+        assert_eq!(mask_url("amqp://u:secret@h/v?exchange=x"), "amqp://h");
         assert_eq!(
-            mask_url("amqp://u:secret@h/v?exchange=x"),
+            hide_password("amqp://u:secret@h/v?exchange=x"),
             "amqp://u:***@h/v?exchange=x"
         );
+        assert_eq!(
+            mask_url("https://u:p@hooks.example:8443/services/T0/B0/XXXX?token=t"),
+            "https://hooks.example:8443"
+        );
         assert!(is_broker_url("AMQPS://h?exchange=x") && !is_broker_url("https://h"));
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_error_texts_keep_only_scheme_and_host() {
+        assert_eq!(
+            scrub_urls("error sending request for url (http://127.0.0.1:9/hook?token=SECRET): connection refused"),
+            "error sending request for url (http://127.0.0.1:9): connection refused"
+        );
+        assert_eq!(
+            scrub_urls(
+                "cannot connect to amqp://user:pw@rabbit:5672/%2f and nats://a:b@n:4222 too"
+            ),
+            "cannot connect to amqp://rabbit:5672 and nats://n:4222 too"
+        );
+        assert_eq!(
+            scrub_urls("cannot connect to amqp://u:pw@h:5672/%2f: refused"),
+            "cannot connect to amqp://h:5672: refused"
+        );
+        assert_eq!(scrub_urls("no url here: a://"), "no url here: a://");
+        assert_eq!(scrub_urls("://x/y"), "://x/y");
+        assert_eq!(scrub_urls("HTTP 500"), "HTTP 500");
+        assert_eq!(
+            scrub_urls("for url (http://[::1]:8080/hook?token=SECRET)"),
+            "for url (http://[::1]:8080)"
+        );
+        // multi-byte text around it stays whole
+        assert_eq!(scrub_urls("ž https://h/ž?x=ž ž"), "ž https://h ž");
+    }
+
+    #[test]
+    fn a_target_s_secret_parts_never_survive() {
+        let target = "https://hook:p%40ss@hooks.example/services/T0AAAA/B0BBBBBB/XXXXXXXXXXXX?token=SECRET123";
+        for text in [
+            "Cannot POST /services/T0AAAA/B0BBBBBB/XXXXXXXXXXXX",
+            "bad token SECRET123 for XXXXXXXXXXXX",
+            "{\"url\": \"https://hook:p%40ss@hooks.example/services/T0AAAA/B0BBBBBB/XXXXXXXXXXXX?token=SECRET123\"}",
+            "user hook password p@ss",
+        ] {
+            let out = redact_target(text, target);
+            for secret in ["XXXXXXXXXXXX", "SECRET123", "p@ss", "p%40ss", "B0BBBBBB"] {
+                assert!(!out.contains(secret), "{text} -> {out}");
+            }
+        }
+        assert_eq!(redact_target("HTTP 503", "https://h/"), "HTTP 503");
+        assert_eq!(
+            redact_target("{\"ok\":true}", "http://127.0.0.1:8080/hook"),
+            "{\"ok\":true}"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! ALTER EXTENSION event_bus UPDATE from each released version (0.1.0 to 0.9.0,
+//! ALTER EXTENSION event_bus UPDATE from each released version (0.1.0 to 0.10.0,
 //! through every script in between): installs that release's own install script
 //! (tests/fixtures), fills it with data, upgrades, and checks that nothing was lost, that the
 //! worker delivers what waited (deliveries in flight and waiting for a retry included), and that
@@ -74,6 +74,11 @@ fn schema_fingerprint(c: &mut postgres::Client) -> Vec<String> {
         .collect();
     rows.sort();
     rows
+}
+
+#[test]
+fn upgrade_from_0_10_0_keeps_every_row_and_matches_a_fresh_install() {
+    upgrade_from("0.10.0");
 }
 
 #[test]
@@ -175,6 +180,18 @@ fn upgrade_from(old: &str) {
         ))
         .unwrap();
     }
+    // before 0.11.0: an error that quotes its target's secret, and a SQL handler that an admin
+    // could make run as a superuser
+    c.batch_execute(&format!(
+        "INSERT INTO event_bus.module_event_logs (event_id, subscription_id, tenant_id, attempt, status, error_message)
+         SELECT e.id, '{sub}', '{TENANT}', 1, 'failed',
+                'error sending request for url (http://127.0.0.1:9/hook/SECRET-PATH?token=SECRET-QUERY)'
+           FROM event_bus.module_events e LIMIT 1;
+         CREATE SCHEMA legacy;
+         CREATE FUNCTION legacy.h(e event_bus.module_events) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{{}}'::jsonb $$;
+         SELECT event_bus.subscribe('legacy.x', 'legacy', p_handler_function => 'legacy.h', p_run_as => 'postgres');"
+    ))
+    .unwrap();
     // events emitted while the new library runs against the old SQL wait for the upgrade
     for i in 0..3 {
         c.execute(
@@ -249,6 +266,27 @@ fn upgrade_from(old: &str) {
         )),
         "{metrics}"
     );
+
+    // the secret is scrubbed from the history, the host kept; the SQL handler is flagged
+    let scrubbed: String = c
+        .query_one(
+            "SELECT string_agg(error_message, ',') FROM event_bus.module_event_logs WHERE status = 'failed'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        scrubbed,
+        "error sending request for url (http://127.0.0.1:9)"
+    );
+    let flagged: String = c
+        .query_one(
+            "SELECT concat_ws('|', handler_function, run_as, runs_as_superuser) FROM event_bus.unverified_run_as",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(flagged, "legacy.h|postgres|t");
 
     // the upgraded schema is exactly a fresh install's
     let mut fresh = cluster.connect("fresh_db");

@@ -233,7 +233,31 @@ impl Clients {
     }
 }
 
-async fn perform(clients: &Clients, mut req: Request) -> Outcome {
+/// One attempt, its error and response excerpt free of the target's secrets: readers and
+/// operators see both, and targets are for admins alone ([`crate::validate::redact_target`]).
+async fn perform(clients: &Clients, req: Request) -> Outcome {
+    let target = req.url.clone();
+    let mut outcome = attempt(clients, req).await;
+    if let Some(e) = &outcome.error {
+        outcome.error = Some(crate::validate::redact_target(e, &target));
+    }
+    if let Some(r) = &outcome.response {
+        let clean = crate::validate::redact_target(r, &target);
+        // a JSON response stays JSON: a secret replaced inside a string keeps it a string
+        if clean != *r {
+            outcome.response = Some(
+                if serde_json::from_str::<serde_json::Value>(&clean).is_ok() {
+                    clean
+                } else {
+                    serde_json::json!({ "body": clean, "redacted": true }).to_string()
+                },
+            );
+        }
+    }
+    outcome
+}
+
+async fn attempt(clients: &Clients, mut req: Request) -> Outcome {
     if crate::validate::is_broker_url(&req.url) {
         return super::broker::publish(&clients.brokers, req).await;
     }
@@ -292,8 +316,9 @@ async fn perform(clients: &Clients, mut req: Request) -> Outcome {
     let mut resp = match r.body(std::mem::take(&mut req.body)).send().await {
         Ok(resp) => resp,
         Err(e) => {
-            let msg = error_chain(&e);
-            let error = if e.is_timeout() || started.elapsed() >= req.timeout {
+            let is_timeout = e.is_timeout();
+            let msg = error_chain(&e.without_url());
+            let error = if is_timeout || started.elapsed() >= req.timeout {
                 timed_out(msg)
             } else {
                 msg
@@ -323,8 +348,9 @@ async fn perform(clients: &Clients, mut req: Request) -> Outcome {
             }
             Ok(None) => break,
             Err(e) => {
-                let msg = error_chain(&e);
-                read_error = Some(if e.is_timeout() {
+                let is_timeout = e.is_timeout();
+                let msg = error_chain(&e.without_url());
+                read_error = Some(if is_timeout {
                     timed_out(format!("reading the response: {msg}"))
                 } else {
                     format!("reading the response failed: {msg}")
@@ -340,7 +366,11 @@ async fn perform(clients: &Clients, mut req: Request) -> Outcome {
     if !success {
         error = Some(match (status, location) {
             (300..=399, Some(loc)) => format!(
-                "HTTP {status} redirect to {loc} not followed (set event_bus.follow_redirects to follow)"
+                "HTTP {status} redirect to {} not followed (set event_bus.follow_redirects to follow)",
+                url::Url::parse(&req.url)
+                    .and_then(|base| base.join(&loc))
+                    .map(|u| crate::validate::mask_url(u.as_str()))
+                    .unwrap_or_else(|_| "an unparseable location".into())
             ),
             _ => format!("HTTP {status}"),
         });

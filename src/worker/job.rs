@@ -49,7 +49,7 @@ pub const JOB_COLUMNS: &str =
        coalesce(s.backoff_max_ms, $5)::bigint AS backoff_max_ms,
        s.handler_kind AS handler_kind, s.handler_url AS handler_url, s.handler_function AS handler_function,
        s.headers::text AS headers, s.secret AS secret, coalesce(s.timeout_ms, $2) AS timeout_ms,
-       s.run_as::text AS run_as,
+       s.run_as::text AS run_as, s.run_as_set_by::text AS run_as_set_by,
        e.source_module AS source_module, e.event_type AS event_type, e.created_at AS created_at,
        e.entity_type AS entity_type, e.entity_id AS entity_id,
        CASE WHEN s.handler_kind <> 'sql' THEN e.metadata::text END AS metadata,
@@ -203,6 +203,7 @@ pub struct JobColumns {
     secret: usize,
     timeout_ms: usize,
     run_as: usize,
+    run_as_set_by: usize,
     source_module: usize,
     event_type: usize,
     created_at: usize,
@@ -235,6 +236,7 @@ impl JobColumns {
             secret: at("secret")?,
             timeout_ms: at("timeout_ms")?,
             run_as: at("run_as")?,
+            run_as_set_by: at("run_as_set_by")?,
             source_module: at("source_module")?,
             event_type: at("event_type")?,
             created_at: at("created_at")?,
@@ -414,6 +416,7 @@ pub fn row_to_job(
         let secret = row.get::<String>(c.secret)?;
         let timeout_ms = row.get::<i32>(c.timeout_ms)?.unwrap_or(st.default_timeout);
         let run_as = row.get::<String>(c.run_as)?;
+        let run_as_set_by = row.get::<String>(c.run_as_set_by)?;
 
         let job = match kind.as_str() {
             "sql" => Job::Sql(
@@ -421,6 +424,7 @@ pub fn row_to_job(
                 sqlhandler::Call {
                     function: function.unwrap_or_default(),
                     run_as,
+                    run_as_set_by,
                     timeout_ms,
                 },
             ),

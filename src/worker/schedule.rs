@@ -322,6 +322,7 @@ mod tests {
         Call {
             function: "h.f".into(),
             run_as: None,
+            run_as_set_by: None,
             timeout_ms: 1000,
         }
     }

@@ -23,6 +23,9 @@ pub struct Call {
     /// Schema-qualified, quoted as quote_ident does (validated again before use).
     pub function: String,
     pub run_as: Option<String>,
+    /// The role that named the function and run_as (`run_as_set_by`): it must still be allowed to
+    /// become the handler's role. `None`: named before 0.11.0, by a role nobody recorded.
+    pub run_as_set_by: Option<String>,
     pub timeout_ms: i32,
 }
 
@@ -101,7 +104,8 @@ pub fn run_calls(jobs: &[(&str, &str, &Call)], deadline: Option<Instant>) -> Vec
         Ok(e) => e,
         Err(e) => return jobs.iter().map(|_| failed(e.clone(), started)).collect(),
     };
-    let mut roles: HashMap<(String, Option<String>), Result<pg_sys::Oid, String>> = HashMap::new();
+    type Key = (String, Option<String>, Option<String>);
+    let mut roles: HashMap<Key, Result<pg_sys::Oid, String>> = HashMap::new();
     let mut outcomes = Vec::with_capacity(jobs.len());
     for (event_id, subscription_id, call) in jobs {
         if !outcomes.is_empty() && deadline.is_some_and(|d| Instant::now() >= d) {
@@ -116,7 +120,11 @@ pub fn run_calls(jobs: &[(&str, &str, &Call)], deadline: Option<Instant>) -> Vec
             continue;
         }
         let role = roles
-            .entry((call.function.clone(), call.run_as.clone()))
+            .entry((
+                call.function.clone(),
+                call.run_as.clone(),
+                call.run_as_set_by.clone(),
+            ))
             .or_insert_with(|| resolve_role(call))
             .clone();
         outcomes.push(match (role, events.get(*event_id)) {
@@ -160,7 +168,22 @@ fn fetch_events(ids: Vec<String>) -> Result<HashMap<String, EventRow>, String> {
     .map_err(|e| e.to_string())
 }
 
+/// The role to run `call` as, once the rule of `event_bus._run_as_refusal` (sql/api.sql) holds
+/// for whoever named it — checked here again at run time, so a membership revoked since the
+/// subscription was made stops the handler.
 fn resolve_role(call: &Call) -> Result<pg_sys::Oid, String> {
+    let refusal = Spi::get_one_with_args::<String>(
+        "SELECT event_bus._run_as_refusal($1::name, $2, $3::name)",
+        &[
+            call.run_as_set_by.as_deref().into(),
+            call.function.as_str().into(),
+            call.run_as.as_deref().into(),
+        ],
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(reason) = refusal {
+        return Err(format!("not run: {reason} (SQLSTATE 42501)"));
+    }
     unsafe {
         if let Some(name) = &call.run_as {
             let c = CString::new(name.as_str()).map_err(|_| "bad role name".to_string())?;

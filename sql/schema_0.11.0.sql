@@ -1,0 +1,74 @@
+-- event_bus 0.11.0 table changes, applied on top of 0.8.0 (sql/schema_0.8.0.sql; 0.9.0 and 0.10.0 changed no
+-- table) both by a fresh install and by the upgrade script sql/event_bus--0.10.0--0.11.0.sql (generated, see
+-- scripts/gen-upgrade.sh). Runs once per database. No table is rewritten.
+
+------------------------------------------------------------------------------------------------
+-- Who named a SQL handler's role. A subscription's run_as (or, without one, its function's owner)
+-- is the role the worker becomes to run the handler, so naming it is held to the rule of SET ROLE:
+-- the namer must be allowed to become that role, and only a superuser may name a superuser
+-- (event_bus._run_as_refusal, sql/api.sql). The trigger there records the namer; the worker checks
+-- the rule again, for the namer, before every batch of calls.
+------------------------------------------------------------------------------------------------
+ALTER TABLE event_bus.module_event_subscriptions ADD COLUMN run_as_set_by name;
+COMMENT ON COLUMN event_bus.module_event_subscriptions.run_as_set_by IS
+    'The role that last named this SQL handler''s function or run_as role (set by a trigger, never by hand). '
+    'The worker runs the handler only while this role may still become the handler''s role. NULL for '
+    'subscriptions made before 0.11.0: see event_bus.unverified_run_as.';
+
+-- Before 0.11.0 any admin could name any role. Subscriptions from then have no recorded namer:
+-- those whose handler runs as a superuser stop (each attempt says why) until a superuser confirms
+-- them; the others run as before. All are listed in event_bus.unverified_run_as.
+DO $$
+DECLARE
+    v_all integer;
+    v_super integer;
+BEGIN
+    SELECT count(*),
+           count(*) FILTER (WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                                          WHERE r.rolname = s.run_as AND r.rolsuper))
+      INTO v_all, v_super
+      FROM event_bus.module_event_subscriptions s
+     WHERE s.handler_kind = 'sql';
+    IF v_all > 0 THEN
+        RAISE WARNING 'event_bus: % SQL handler subscription(s) were made before 0.11.0 and name no recorder of their role; % run as a superuser and stop until a superuser confirms them',
+                      v_all, v_super
+            USING HINT = 'Review SELECT * FROM event_bus.unverified_run_as; confirm each as a role that may become '
+                         'its run_as role: UPDATE event_bus.module_event_subscriptions SET run_as_set_by = current_user '
+                         'WHERE id = ...';
+    END IF;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Before 0.11.0 an attempt's error could quote its target URL, secret path, query and userinfo
+-- included ("error sending request for url (http://h/hook?token=...)"), and readers and operators
+-- read errors. Every URL in what they read is cut to its scheme and host, as the worker now writes
+-- them (crate::validate::scrub_urls).
+------------------------------------------------------------------------------------------------
+DO $$
+DECLARE
+    -- scheme://[user[:password]@]host[:port][path][?query][#fragment], as far as a URL can go unquoted
+    -- (a ':' that ends it, as in "cannot connect to amqp://...: refused", stays)
+    v_url constant text := '([A-Za-z][A-Za-z0-9+.-]*://)([^\s/?#@()"''<>`\\{}|]*@)?([^\s/?#()"''<>`\\{}|]*)(?:[^\s()"''<>`\\{}|:]|:(?![\s]|$))*';
+BEGIN
+    UPDATE event_bus.module_event_logs
+       SET error_message = regexp_replace(error_message, v_url, '\1\3', 'g')
+     WHERE error_message ~ '://';
+    UPDATE event_bus.module_event_logs
+       SET response = regexp_replace(response::text, v_url, '\1\3', 'g')::jsonb
+     WHERE response::text ~ '://';
+    UPDATE event_bus.module_event_deliveries
+       SET last_error = regexp_replace(last_error, v_url, '\1\3', 'g')
+     WHERE last_error ~ '://';
+    UPDATE event_bus.module_event_subscriptions
+       SET last_error = regexp_replace(last_error, v_url, '\1\3', 'g')
+     WHERE last_error ~ '://';
+    UPDATE event_bus.module_events
+       SET error_message = regexp_replace(error_message, v_url, '\1\3', 'g')
+     WHERE error_message ~ '://';
+    -- operational events (event_bus.delivery.dead, event_bus.breaker.opened, ...) carry last errors
+    UPDATE event_bus.module_events
+       SET payload = regexp_replace(payload::text, v_url, '\1\3', 'g')::jsonb
+     WHERE event_type LIKE 'event\_bus.%' AND payload::text ~ '://';
+END
+$$;
