@@ -649,6 +649,9 @@ CREATE OR REPLACE FUNCTION event_bus._run_as_refusal(p_namer name, p_function te
 RETURNS text
 LANGUAGE plpgsql
 STABLE
+-- the handler's schema may be closed to whoever asks (an admin running process_pending_events):
+-- the catalogs are read as the owner; the answer depends only on the arguments
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -735,9 +738,11 @@ $$;
 COMMENT ON FUNCTION event_bus._subscriptions_check_run_as() IS
     'Internal: refuses (42501) a SQL handler subscription whose role its writer may not become, and records '
     'the writer in run_as_set_by.';
--- (_run_as_refusal stays executable by anyone: it tells only what pg_has_role tells, and request()
--- and run_handlers() apply it in the caller's own backend)
-REVOKE ALL ON FUNCTION event_bus._subscriptions_check_run_as() FROM PUBLIC;
+-- admins (subscriptions, run_handlers, process_pending_events), request() (SECURITY DEFINER) and
+-- the worker (a superuser) apply the rule
+REVOKE ALL ON FUNCTION event_bus._run_as_refusal(name, text, name),
+                       event_bus._subscriptions_check_run_as() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_bus._run_as_refusal(name, text, name) TO event_bus_admin;
 CREATE OR REPLACE TRIGGER module_event_subscriptions_check_run_as
     BEFORE INSERT OR UPDATE OF handler_function, handler_kind, run_as, run_as_set_by
     ON event_bus.module_event_subscriptions

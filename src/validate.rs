@@ -351,9 +351,10 @@ pub fn scrub_urls(text: &str) -> String {
 }
 
 /// `text` (an error or a response excerpt of an attempt at `target`) with no trace of the
-/// target's secrets: every URL cut to scheme and host ([`scrub_urls`]), and the target's user,
-/// password, path, query and their longer parts replaced by `***` wherever they appear (a server
-/// may echo its own path: "Cannot POST /services/T0/B0/XXXX").
+/// target's secrets: every URL cut to scheme and host ([`scrub_urls`]), and the target's secret
+/// parts replaced by `***` wherever they appear — of an HTTP target its user, password, path,
+/// query and their longer parts (a server may echo its own path: "Cannot POST
+/// /services/T0/B0/XXXX"), of a broker its password or token (its exchange or subject stays).
 pub fn redact_target(text: &str, target: &str) -> String {
     let mut out = scrub_urls(text);
     let Ok(u) = url::Url::parse(target) else {
@@ -363,27 +364,35 @@ pub fn redact_target(text: &str, target: &str) -> String {
     let mut add = |s: &str, min: usize| {
         if s.len() >= min && !secrets.iter().any(|x| x == s) {
             secrets.push(s.to_string());
+            let decoded = percent_decode(s);
+            if decoded.len() >= min && decoded != s {
+                secrets.push(decoded);
+            }
         }
     };
     add(target, 1);
-    add(u.username(), 3);
     if let Some(p) = u.password() {
         add(p, 1);
-        add(&percent_decode(p), 1);
     }
-    if u.path() != "/" {
-        add(u.path(), 2);
-    }
-    for segment in u.path().split('/') {
-        add(segment, 8);
-        add(&percent_decode(segment), 8);
-    }
-    if let Some(q) = u.query() {
-        add(q, 1);
-        for pair in q.split('&') {
-            let value = pair.split_once('=').map_or(pair, |(_, v)| v);
-            add(value, 6);
-            add(&percent_decode(value), 6);
+    if is_broker_url(target) {
+        // a broker's path and query name a vhost, an exchange or a subject, not a secret; its
+        // credentials are the userinfo, and a user without a password is a NATS token
+        if u.password().is_none() {
+            add(u.username(), 1);
+        }
+    } else {
+        add(u.username(), 3);
+        if u.path() != "/" {
+            add(u.path(), 2);
+        }
+        for segment in u.path().split('/') {
+            add(segment, 8);
+        }
+        if let Some(q) = u.query() {
+            add(q, 1);
+            for pair in q.split('&') {
+                add(pair.split_once('=').map_or(pair, |(_, v)| v), 6);
+            }
         }
     }
     // the longest first, so a part never leaves a piece of a longer one behind
@@ -499,6 +508,21 @@ mod redact_tests {
             }
         }
         assert_eq!(redact_target("HTTP 503", "https://h/"), "HTTP 503");
+        // a broker's exchange or subject is no secret; its password and token are
+        assert_eq!(
+            redact_target(
+                "no JetStream stream captures subject archive.invoice.posted (token s3cr3t-token)",
+                "nats://s3cr3t-token@127.0.0.1:4222?subject=archive"
+            ),
+            "no JetStream stream captures subject archive.invoice.posted (token ***)"
+        );
+        assert_eq!(
+            redact_target(
+                "amqp://u:pw@h refused pw",
+                "amqp://u:pw@h/v?exchange=erp.events"
+            ),
+            "amqp://h refused ***"
+        );
         assert_eq!(
             redact_target("{\"ok\":true}", "http://127.0.0.1:8080/hook"),
             "{\"ok\":true}"
