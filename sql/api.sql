@@ -659,11 +659,17 @@ BEGIN
             v_metadata, 'processing', now(), true)
     RETURNING id INTO event_id;
 
+    -- the responders kept until this transaction ends (FOR KEY SHARE): an unsubscribe either comes
+    -- first (then it is not among them) or waits and removes this request's delivery (lock order:
+    -- sql/lifecycle.sql)
     SELECT array_agg(s.id ORDER BY s.id), min(s.handler_module) INTO v_subs, v_module
-      FROM event_bus.module_event_subscriptions s
-     WHERE s.is_active AND s.replies
-       AND (s.tenant_id IS NULL OR s.tenant_id = v_tenant)
-       AND event_bus.matches(s.event_type, p_event_type);
+      FROM (SELECT s.id, s.handler_module
+              FROM event_bus.module_event_subscriptions s
+             WHERE s.is_active AND s.replies
+               AND (s.tenant_id IS NULL OR s.tenant_id = v_tenant)
+               AND event_bus.matches(s.event_type, p_event_type)
+             ORDER BY s.id
+               FOR KEY SHARE) s;
     IF v_subs IS NULL OR cardinality(v_subs) <> 1 THEN
         ok := false;
         IF v_subs IS NULL THEN

@@ -46,6 +46,29 @@
 -- indexes' predicates, so a statement that names a rule still proves the index usable. The due index
 -- (pending, processing) and the held index cover parts of a rule: statements for them name the states.
 -- An event's own status is derived from its deliveries (_refresh_event_status).
+--
+-- The lock order. Every path that touches subscriptions and deliveries together takes its locks in
+-- this order, so no two of them wait for each other (deadlock detected, 40P01):
+--   1. the table module_events, ACCESS SHARE (every worker transaction first: DROP EXTENSION takes
+--      everything in the other order; src/worker/statements/session.rs lock_in_drop_order)
+--   2. the stream lock (_lock_streams), where ordered streams or limits are decided
+--   3. new events, those without deliveries (the fan-out's intake, FOR UPDATE [SKIP LOCKED])
+--   4. subscription rows, in id order: FOR UPDATE by a DELETE (unsubscribe); FOR NO KEY UPDATE by
+--      the record (health, breaker), the claim of paced subscriptions and UPDATEs of subscriptions;
+--      FOR KEY SHARE by the fan-out, replay_events and request() to keep a matched subscription
+--      until they commit
+--   5. delivery rows (claimed FOR UPDATE SKIP LOCKED, recorded, re-armed, deleted)
+--   6. events that have deliveries (their status, _refresh_event_status) — never an event of step 3
+--   7. bookkeeping rows (_counters, _deleted_subscriptions, _idempotency_keys, _attempt_minutes)
+-- The fan-out holds its new events (3) when it reaches the subscriptions (4), and a DELETE's
+-- trigger goes on to update events (6) that a concurrent fan-out may hold when its snapshot missed
+-- their deliveries: so the fan-out never waits at 4 (NOWAIT; the round runs again, 55P03).
+--
+-- What unsubscribe guarantees: at its commit no unfinished delivery of the subscription remains,
+-- whether it was created before, during or after the call. A fan-out, replay or request that
+-- matched the subscription before the DELETE holds its row (4) until it commits; the DELETE waits
+-- for it (milliseconds) and its trigger (_subscriptions_deleted) then removes what it created. One
+-- that comes after finds the row gone. Finished deliveries and the attempt log stay as history.
 -- API: Private, except the two views at the end (delivery_states, delivery_transitions).
 
 ------------------------------------------------------------------------------------------------

@@ -387,6 +387,14 @@ BEGIN
                                          p_subscription_id, p_event_id);
         RETURN v_count;
     END IF;
+    -- the subscriptions it may target, kept until this transaction ends (in id order, as the lock
+    -- order in sql/lifecycle.sql says): an unsubscribe either comes first or waits and then removes
+    -- what this replay creates
+    PERFORM 1 FROM event_bus.module_event_subscriptions s
+     WHERE s.is_active AND (p_subscription_id IS NULL OR s.id = p_subscription_id)
+       AND (v_scope IS NULL OR s.tenant_id IS NULL OR s.tenant_id = v_scope)
+     ORDER BY s.id
+       FOR KEY SHARE;
     WITH up AS (
         INSERT INTO event_bus.module_event_deliveries AS d
             (id, event_id, subscription_id, tenant_id, status, attempts, next_attempt_at)

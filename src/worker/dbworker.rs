@@ -137,6 +137,9 @@ fn start_dispatcher() -> Option<Dispatcher> {
 }
 
 /// The loop. Returns the exit code: 0 = unregister (extension dropped), 1 = restart.
+/// The first wait before a fan-out that met a subscription row being deleted runs again.
+const LOCK_BACKOFF: Duration = Duration::from_millis(5);
+
 fn run(dboid: pg_sys::Oid) -> i32 {
     let mut networks = guc::ALLOWED_NETWORKS.get();
     let mut concurrency = max_in_flight();
@@ -149,6 +152,7 @@ fn run(dboid: pg_sys::Oid) -> i32 {
     let mut finished: Vec<Finished> = Vec::new();
     let mut next_due: Option<Instant> = None;
     let mut backoff_on_error = Duration::from_millis(100);
+    let mut lock_backoff = LOCK_BACKOFF;
     let mut first_finished_at = Instant::now();
     let mut next_maintenance = Instant::now();
     let mut waiting_for_update = false;
@@ -320,6 +324,7 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                 Ok(Some(Ok(round))) => {
                     waiting_for_update = false;
                     backoff_on_error = Duration::from_millis(100);
+                    lock_backoff = LOCK_BACKOFF;
                     more = round.more;
                     last_more = round.more;
                     if more || !round.jobs.is_empty() {
@@ -339,6 +344,17 @@ fn run(dboid: pg_sys::Oid) -> i32 {
                             finished.push(Finished { claimed, outcome });
                         }
                     }
+                }
+                Err(e) if e.contains("(SQLSTATE 55P03)") => {
+                    // the fan-out met a subscription row that a DELETE holds (claim.rs,
+                    // SUBSCRIPTIONS_KEPT): nothing was written; run the round again once the
+                    // DELETE is through, quietly (it takes milliseconds, unless a session keeps
+                    // its transaction open after the DELETE: then the wait grows as for errors)
+                    if !wait(Some(dispatcher.wake_fd()), lock_backoff) {
+                        break;
+                    }
+                    lock_backoff = (lock_backoff * 2).min(Duration::from_secs(1));
+                    continue;
                 }
                 Err(e) => {
                     log(&format!("event_bus worker: {e}; will retry"));

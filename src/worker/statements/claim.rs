@@ -48,6 +48,15 @@ const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
               WHERE $7
          )";
 
+/// The end of the fan-out's join of events to subscriptions: each matched subscription row is
+/// kept (FOR KEY SHARE) until the round commits, so a DELETE of it (unsubscribe) either comes first
+/// and the row drops out of the join, or waits for this commit and its trigger then removes the
+/// deliveries made here — never a delivery left behind for a subscription that is gone. NOWAIT:
+/// the fan-out already holds its events, and a DELETE's trigger updates events (their status)
+/// after its row, so waiting here could close a cycle; the round fails instead (55P03) and the
+/// worker runs it again a moment later (lock order: sql/lifecycle.sql).
+const SUBSCRIPTIONS_KEPT: &str = "FOR KEY SHARE OF s NOWAIT";
+
 /// Fan new events out: one delivery per matching active subscription, created already leased to
 /// this worker (first attempt), so a new event costs no separate claim — except for the
 /// subscriptions in `full` (this worker already holds their share: their deliveries are created
@@ -64,6 +73,7 @@ fn fan_out(limit: i64, settings: &ClaimSettings, full: &[Id], pass: Pass) -> Ste
                  ON s.is_active
                 AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
                 AND event_bus.matches(s.event_type, ev.event_type)
+                {SUBSCRIPTIONS_KEPT}
          ), ins AS (
              INSERT INTO event_bus.module_event_deliveries
                  (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at)
@@ -460,6 +470,7 @@ fn fan_out_special(limit: i64, settings: &ClaimSettings, full: &[Id], pass: Pass
                  ON s.is_active
                 AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
                 AND event_bus.matches(s.event_type, ev.event_type)
+                {SUBSCRIPTIONS_KEPT}
          ), r AS (
              SELECT m.*,
                     m.okey IS NOT NULL
