@@ -41,3 +41,10 @@ if ! grep -qs 'pg15 *= *"/usr/bin/pg_config"' "$PGRX_HOME/config.toml"; then
     echo "==> cargo pgrx init --pg15 /usr/bin/pg_config"
     cargo pgrx init --pg15 /usr/bin/pg_config
 fi
+
+# the docs (docs/, an mdBook): built and link-checked by the test command
+MDBOOK_VERSION=0.5.4
+if ! mdbook --version 2>/dev/null | grep -q "v$MDBOOK_VERSION"; then
+    echo "==> cargo install mdbook $MDBOOK_VERSION (a few minutes)"
+    cargo install mdbook --version "=$MDBOOK_VERSION" --locked --no-default-features --features search
+fi

@@ -1,32 +1,59 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, SQL-surface #[pg_test]s and the integration tests in tests/
-# (each of which starts its own throwaway cluster). Run as root on Debian; idempotent.
+# The test command, in tiers. Run as root on Debian; idempotent; installs what it needs first.
 #
-# PostgreSQL versions:
-#   PG_VERSIONS         the whole suite on each (default "15 17")
-#   PG_SMOKE_VERSIONS   the SQL-level tests (every unit test and #[pg_test]) and one delivery
-#                       integration test on each (default: 16 and 18, less any in PG_VERSIONS)
-#   e.g. PG_VERSIONS="15 16 17 18" scripts/test.sh    runs everything on all four.
-#   PG_UPGRADE_TEST=0   leaves out the pg_upgrade test (from 15 to 17, run after the suites)
-#   PACKAGE_TEST=0      leaves out the Debian package test (run last: it builds the 15 package,
-#                       installs it in place of the development install, delivers, removes it)
-# Prints the time each version took.
-set -euo pipefail
+#   scripts/test.sh            the quick tier (what a newcomer runs; at most 10 minutes once built):
+#                              on PostgreSQL 15 the unit tests and every #[pg_test], the integration tests
+#                              that are not long-running, the console's tests (browser included), and the
+#                              docs built with their links checked and their runnable examples run
+#   scripts/test.sh --all      everything (what .ci/run calls): the whole suite on PG_VERSIONS (default
+#                              "15 17"), the SQL-level tests and one delivery test on the others of 16 and 18
+#                              (PG_SMOKE_VERSIONS), the console, the docs, the pgTAP example, pg_upgrade
+#                              15 -> 17 (PG_UPGRADE_TEST=0 leaves it out) and the Debian package (PACKAGE_TEST=0)
+#   scripts/test.sh TIER...    one or more tiers alone, on PostgreSQL 15: quick, crash, brokers, isolation,
+#                              pool, failover, upgrade, console, docs, pgtap, pg_upgrade, package
+#
+# Each part prints its time; the end prints every part's time and "N passed, N failed" over all of them.
+# A failing part does not stop the others; the command fails if any part failed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PG_VERSIONS="${PG_VERSIONS-15 17}"
-if [ -z "${PG_SMOKE_VERSIONS+x}" ]; then
+# the integration tests (tests/*.rs) of the quick tier; the slow ones are tiers of their own
+QUICK_TESTS="delivery faults idempotency notify operations ordering request security unsubscribe docs"
+SLOW_TIERS="crash brokers isolation pool failover upgrade"
+
+TIERS=()
+ALL=0
+for arg in "$@"; do
+    case "$arg" in
+        --all) ALL=1 ;;
+        quick | crash | brokers | isolation | pool | failover | upgrade | console | docs | pgtap | pg_upgrade | package)
+            TIERS+=("$arg") ;;
+        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+        *) echo "unknown tier $arg (see scripts/test.sh --help)" >&2; exit 2 ;;
+    esac
+done
+[ "$ALL" = 1 ] || [ "${#TIERS[@]}" -gt 0 ] || TIERS=(quick)
+
+if [ "$ALL" = 1 ]; then
+    PG_VERSIONS="${PG_VERSIONS-15 17}"
+    if [ -z "${PG_SMOKE_VERSIONS+x}" ]; then
+        PG_SMOKE_VERSIONS=""
+        for v in 16 18; do
+            [[ " $PG_VERSIONS " == *" $v "* ]] || PG_SMOKE_VERSIONS+="$v "
+        done
+    fi
+else
+    PG_VERSIONS=15
     PG_SMOKE_VERSIONS=""
-    for v in 16 18; do
-        [[ " $PG_VERSIONS " == *" $v "* ]] || PG_SMOKE_VERSIONS+="$v "
-    done
 fi
 
+set -e
 scripts/install-deps.sh
 # shellcheck disable=SC2086 # word splitting intended: a list of versions
 scripts/install-pg.sh $PG_VERSIONS $PG_SMOKE_VERSIONS
 # the committed upgrade script must be what the install sources generate
 scripts/gen-upgrade.sh --check
+set +e
 
 pg_bin() { # the bin directory of PostgreSQL $1
     if [ "$1" = 15 ]; then echo /usr/lib/postgresql/15/bin; else echo "${EVENT_BUS_PG_ROOT:-/opt/event_bus-pg}/$1/bin"; fi
@@ -54,76 +81,157 @@ make_room() {
     fi
 }
 
+LOGS="$(mktemp -d /tmp/event_bus-test.XXXXXX)"
 TIMES=()
-for v in $PG_VERSIONS; do
-    echo "==> PostgreSQL $v: the whole suite (cargo pgrx test pg$v)"
-    start=$SECONDS
+FAILED_PARTS=()
+PASSED=0
+FAILED=0
+# part NAME COMMAND...: run it, its output shown and kept; count its tests; note its time
+part() {
+    local name="$1"
+    shift
+    echo "==> $name"
+    local start=$SECONDS log
+    log="$LOGS/$(echo "$name" | tr -c 'A-Za-z0-9' '_').log"
+    "$@" 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    local counts
+    counts=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+                  END { print p + 0, f + 0 }' "$log")
+    PASSED=$((PASSED + ${counts% *}))
+    FAILED=$((FAILED + ${counts#* }))
+    if [ "$rc" -ne 0 ]; then
+        FAILED_PARTS+=("$name")
+        TIMES+=("$name: $((SECONDS - start)) s (FAILED, exit $rc)")
+    else
+        TIMES+=("$name: $((SECONDS - start)) s")
+    fi
+    return 0
+}
+
+# cargo pgrx test for PostgreSQL $1 with the given filter: builds the extension with its #[pg_test]s,
+# installs it into that PostgreSQL (what the integration tests load) and runs the tests that match
+pgrx_test() {
+    local v="$1"
+    shift
     make_room
     # the integration tests start their clusters with the pg_config first on PATH
-    PATH="$(pg_bin "$v"):$PATH" cargo pgrx test "pg$v" --runas postgres --pgdata "$(pgdata "$v")"
-    TIMES+=("PostgreSQL $v, whole suite: $((SECONDS - start)) s")
-done
-if [[ " $PG_VERSIONS " == *" 15 "* ]]; then
-    echo "==> the console (console/): unit tests, and end to end in headless Chromium on PostgreSQL 15"
-    start=$SECONDS
+    PATH="$(pg_bin "$v"):$PATH" cargo pgrx test "pg$v" --runas postgres --pgdata "$(pgdata "$v")" "$@"
+}
+# integration test binaries (tests/NAME.rs) against the PostgreSQL 15 install, built as cargo pgrx
+# test builds them (no second build)
+integration15() {
+    local args=()
+    for t in "$@"; do args+=(--test "$t"); done
+    PATH="$(pg_bin 15):$PATH" cargo test --no-default-features --features "pg15 pg_test" "${args[@]}"
+}
+installed15=0
+install15() { # the extension installed into PostgreSQL 15, once per run (runs no test)
+    if [ "$installed15" = 0 ]; then
+        part "build and install for PostgreSQL 15" pgrx_test 15 no_test_has_this_name
+        installed15=1
+    fi
+}
+docs_build() {
+    mdbook build docs && python3 scripts/check-docs.py
+}
+console_tests() {
     make_room
-    # (the PostgreSQL 15 suite above installed the extension its cluster loads)
+    # the console's browser test creates the extension in a cluster of PostgreSQL 15
     (cd console && PATH="$(pg_bin 15):$PATH" cargo test)
-    TIMES+=("console: $((SECONDS - start)) s")
-fi
-for v in $PG_SMOKE_VERSIONS; do
-    echo "==> PostgreSQL $v: unit and SQL-level tests, and one delivery integration test"
-    start=$SECONDS
-    make_room
-    # every test of the library (unit tests and #[pg_test]s live in modules named *tests)
-    PATH="$(pg_bin "$v"):$PATH" cargo pgrx test "pg$v" "tests::" --runas postgres --pgdata "$(pgdata "$v")"
-    # (cargo pgrx test installed this version's build of the extension)
-    PATH="$(pg_bin "$v"):$PATH" cargo test --no-default-features --features "pg$v" --test delivery \
-        failing_handler_is_retried_with_backoff_then_succeeds
-    TIMES+=("PostgreSQL $v, SQL-level tests + one delivery test: $((SECONDS - start)) s")
-done
-if [[ " $PG_VERSIONS " == *" 15 "* ]]; then
-    echo "==> the README's pgTAP example on PostgreSQL 15 (postgresql-15-pgtap)"
-    start=$SECONDS
-    PATH="$(pg_bin 15):$PATH" cargo test --test pgtap -- --ignored
-    TIMES+=("pgTAP example: $((SECONDS - start)) s")
-fi
-if [ "${PG_UPGRADE_TEST:-1}" = 1 ]; then
-    echo "==> pg_upgrade from PostgreSQL 15 to 17 with event_bus installed"
-    start=$SECONDS
+}
+pgtap_test() {
+    PATH="$(pg_bin 15):$PATH" cargo test --no-default-features --features "pg15 pg_test" --test pgtap -- --ignored
+}
+pg_upgrade_test() {
     make_room
     # from upstream 15: this machine's Debian 15 writes a column option (pg_attver) no other build
-    # knows, which makes pg_upgrade from it fail for any table (see README)
-    scripts/install-pg.sh 15-upstream 17
-    root="${EVENT_BUS_PG_ROOT:-/opt/event_bus-pg}"
-    cargo pgrx install --pg-config "$root/15-upstream/bin/pg_config" >/dev/null
-    cargo pgrx install --no-default-features --features pg17 --pg-config "$root/17/bin/pg_config" >/dev/null
+    # knows, which makes pg_upgrade from it fail for any table (see docs/src/operations)
+    scripts/install-pg.sh 15-upstream 17 || return 1
+    local root="${EVENT_BUS_PG_ROOT:-/opt/event_bus-pg}"
+    cargo pgrx install --pg-config "$root/15-upstream/bin/pg_config" >/dev/null || return 1
+    cargo pgrx install --no-default-features --features pg17 --pg-config "$root/17/bin/pg_config" >/dev/null || return 1
     EVENT_BUS_UPGRADE_FROM_BINDIR="$root/15-upstream/bin" EVENT_BUS_UPGRADE_TO_BINDIR="$root/17/bin" \
         cargo test --test pg_upgrade -- --ignored --nocapture
-    TIMES+=("pg_upgrade 15 -> 17: $((SECONDS - start)) s")
-fi
-if [ "${PACKAGE_TEST:-1}" = 1 ]; then
-    echo "==> the Debian package: dpkg -i into Debian's PostgreSQL 15, create, deliver, dpkg -r"
-    start=$SECONDS
+}
+package_test() {
     make_room
-    scripts/package.sh 15
+    scripts/package.sh 15 || return 1
+    local version deb libdir extdir left
     version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
     deb="target/packages/postgresql-15-event-bus_${version}-1_$(dpkg --print-architecture).deb"
     libdir="$(/usr/bin/pg_config --pkglibdir)"
     extdir="$(/usr/bin/pg_config --sharedir)/extension"
     # a clean PostgreSQL: without the development install the suites used
     rm -f "$libdir/event_bus.so" "$extdir"/event_bus.control "$extdir"/event_bus--*.sql
-    dpkg -i "$deb"
-    PATH="$(pg_bin 15):$PATH" cargo test --test package -- --ignored
-    dpkg -r postgresql-15-event-bus
+    installed15=0
+    dpkg -i "$deb" || return 1
+    PATH="$(pg_bin 15):$PATH" cargo test --test package -- --ignored || return 1
+    dpkg -r postgresql-15-event-bus || return 1
     left="$(ls "$libdir"/event_bus* "$extdir"/event_bus* 2>/dev/null || true)"
     if [ -n "$left" ] || dpkg -s postgresql-15-event-bus >/dev/null 2>&1; then
         echo "dpkg -r left event_bus behind: $left" >&2
-        exit 1
+        return 1
     fi
     echo "    installed, delivered and removed cleanly ($(basename "$deb"))"
-    TIMES+=("Debian package: $((SECONDS - start)) s")
+}
+
+if [ "$ALL" = 1 ]; then
+    for v in $PG_VERSIONS; do
+        # every test: unit, #[pg_test], every integration test (quick and slow tiers alike)
+        part "PostgreSQL $v: the whole suite" pgrx_test "$v"
+        [ "$v" = 15 ] && installed15=1
+    done
+    if [[ " $PG_VERSIONS " == *" 15 "* ]]; then
+        part "the console (browser tests on PostgreSQL 15)" console_tests
+    fi
+    part "the docs: mdbook build, links" docs_build
+    for v in $PG_SMOKE_VERSIONS; do
+        part "PostgreSQL $v: unit and SQL-level tests" pgrx_test "$v" "tests::"
+        # (cargo pgrx test installed this version's build of the extension)
+        part "PostgreSQL $v: one delivery test" env PATH="$(pg_bin "$v"):$PATH" \
+            cargo test --no-default-features --features "pg$v" --test delivery \
+            failing_handler_is_retried_with_backoff_then_succeeds
+    done
+    if [[ " $PG_VERSIONS " == *" 15 "* ]]; then
+        part "the README's pgTAP example on PostgreSQL 15" pgtap_test
+    fi
+    [ "${PG_UPGRADE_TEST:-1}" = 1 ] && part "pg_upgrade from PostgreSQL 15 to 17" pg_upgrade_test
+    # last: it replaces the development install of PostgreSQL 15 with the package
+    [ "${PACKAGE_TEST:-1}" = 1 ] && part "the Debian package: install, deliver, remove" package_test
+else
+    for tier in "${TIERS[@]}"; do
+        case "$tier" in
+            quick)
+                part "PostgreSQL 15: unit tests and every #[pg_test]" pgrx_test 15 "tests::"
+                installed15=1
+                # shellcheck disable=SC2086 # a list of test names
+                part "PostgreSQL 15: the quick integration tests" integration15 $QUICK_TESTS
+                part "the console (browser tests on PostgreSQL 15)" console_tests
+                part "the docs: mdbook build, links" docs_build
+                ;;
+            crash | brokers | isolation | pool | failover | upgrade)
+                install15
+                part "PostgreSQL 15: $tier" integration15 "$tier"
+                ;;
+            console) install15; part "the console (browser tests on PostgreSQL 15)" console_tests ;;
+            docs)
+                install15
+                part "the docs: mdbook build, links" docs_build
+                part "the docs: runnable examples and the settings reference" integration15 docs
+                ;;
+            pgtap) install15; part "the README's pgTAP example on PostgreSQL 15" pgtap_test ;;
+            pg_upgrade) part "pg_upgrade from PostgreSQL 15 to 17" pg_upgrade_test ;;
+            package) part "the Debian package: install, deliver, remove" package_test ;;
+        esac
+    done
 fi
+
 echo "==> times"
 printf '    %s\n' "${TIMES[@]}"
 df -h . | awk 'NR == 2 { print "    disk: " $3 " used, " $4 " free" }'
+echo "==> $PASSED passed, $FAILED failed"
+if [ "${#FAILED_PARTS[@]}" -gt 0 ]; then
+    printf '    failed part: %s\n' "${FAILED_PARTS[@]}"
+    exit 1
+fi

@@ -161,7 +161,8 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT event_bus.emit_module_event(
-        p_organization_id,
+        -- design document 001 takes the organization from the signed-in user: the session's tenant
+        coalesce(p_organization_id, event_bus.current_tenant()),
         p_event_type,
         coalesce(nullif(p_metadata ->> 'source_module', ''), p_aggregate_type),
         p_aggregate_type,
@@ -172,8 +173,9 @@ $$;
 
 COMMENT ON FUNCTION event_bus.publish_event(text, text, text, jsonb, jsonb, uuid) IS
     'Compatibility entry point for the publish_event design: aggregate_type becomes entity_type, '
-    'aggregate_id the entity id, organization_id the tenant (required); source_module is '
-    'metadata->>''source_module'' or else the aggregate type. Same validation as emit_module_event.';
+    'aggregate_id the entity id, organization_id the tenant (default: the session''s, event_bus.current_tenant(); '
+    '22004 when neither is there); source_module is metadata->>''source_module'' or else the aggregate type. '
+    'Same validation as emit_module_event.';
 
 ------------------------------------------------------------------------------------------------
 -- Internal: an IP-literal URL must be inside event_bus.allowed_networks (host names are checked by

@@ -917,6 +917,21 @@ mod tests {
             Some("42501")
         );
         assert_eq!(sqlstate_of(&format!("SELECT {}", emit_call(TENANT))), None);
+        // publish_event without an organization takes the session's tenant (design document 001)
+        let published = Spi::get_one::<String>(
+            "SELECT event_bus.publish_event('x.y', 'doc', '2', '{}', '{}')::text",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            Spi::get_one_with_args::<String>(
+                "SELECT tenant_id::text FROM event_bus.module_events WHERE id = $1::uuid",
+                &[published.as_str().into()],
+            )
+            .unwrap()
+            .as_deref(),
+            Some(TENANT)
+        );
         // no management, no writes, no metrics
         for sql in [
             "SELECT event_bus.subscribe('#', 'x', 'http://127.0.0.1:9/')",
@@ -958,7 +973,8 @@ mod tests {
 
         // the admin role sees every tenant, secrets included, and can repair any
         Spi::run("RESET ROLE; SET LOCAL ROLE eb_admin_user").unwrap();
-        assert_eq!(count("SELECT count(*) FROM event_bus.module_events"), 4);
+        // (the tenant user's two emits above included)
+        assert_eq!(count("SELECT count(*) FROM event_bus.module_events"), 5);
         assert_eq!(
             text("SELECT string_agg(secret, ',') FROM event_bus.module_event_subscriptions"),
             "topsecret-signing-key"

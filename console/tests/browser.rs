@@ -4,7 +4,7 @@
 //! /usr/bin/chromedriver (scripts/install-deps.sh installs them).
 //!
 //! Screenshots of each page go to target/console-screenshots/; with
-//! EVENT_BUS_UPDATE_SCREENSHOTS=1 also to docs/screenshots/ (the README's).
+//! EVENT_BUS_UPDATE_SCREENSHOTS=1 also to ../docs/src/guides/screenshots/ (the docs' console guide's).
 
 #[path = "../../tests/common/cluster.rs"]
 mod cluster;
@@ -114,7 +114,7 @@ fn screenshots_dir() -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut dirs = vec![root.join("target/console-screenshots")];
     if std::env::var_os("EVENT_BUS_UPDATE_SCREENSHOTS").is_some() {
-        dirs.push(root.join("docs/screenshots"));
+        dirs.push(root.join("../docs/src/guides/screenshots"));
     }
     dirs
 }
