@@ -55,8 +55,8 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 echo "==> building (release)"
 cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
-(cd bench/driver && cargo build --release -q)
-DRIVER=bench/driver/target/release/event_bus_bench
+cargo build --release -q -p event_bus_bench
+DRIVER=target/release/event_bus_bench
 
 WORK="${BENCH_DIR:-/tmp/event_bus-bench}"
 BINDIR="$(/usr/bin/pg_config --bindir)"
@@ -709,7 +709,7 @@ fi
 if want console; then
     CONSOLE_EVENTS="${CONSOLE_EVENTS:-1000000}"
     echo "==> console: $CONSOLE_EVENTS events over 10 tenants in a database of their own" >&2
-    (cd console && cargo build --release -q)
+    cargo build --release -q -p event-bus-console
     psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "CREATE DATABASE console_bench" >/dev/null
     CPSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d console_bench)
     "${CPSQL[@]}" -c "CREATE EXTENSION event_bus" >/dev/null
@@ -729,7 +729,7 @@ SQL
     CONSOLE_PORT="$(free_port)"
     EVENT_BUS_CONSOLE_DATABASE_URL="postgres://bench_console:bench-console@127.0.0.1:$PG_PORT/console_bench" \
     EVENT_BUS_CONSOLE_LISTEN="127.0.0.1:$CONSOLE_PORT" \
-        console/target/release/event-bus-console > "$WORK/console.log" 2>&1 &
+        target/release/event-bus-console > "$WORK/console.log" 2>&1 &
     echo $! > "$WORK/console.pid"
     for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$CONSOLE_PORT") 2>/dev/null && break; sleep 0.1; done
     CCONN="host=127.0.0.1 port=$PG_PORT user=postgres dbname=console_bench"

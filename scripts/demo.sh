@@ -210,7 +210,7 @@ echo "==> attempt log"
                   ORDER BY e.id, s.handler_module, l.attempt"
 
 echo "==> the Event Monitor (console/): cargo build --release"
-(cd console && cargo build --release -q)
+cargo build --release -q -p event-bus-console
 CONSOLE_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 pw() { python3 -c 'import secrets; print(secrets.token_urlsafe(12))'; }
 AUTH_PW="$(pw)"; ADMIN_PW="$(pw)"; OPERATOR_PW="$(pw)"; READER_PW="$(pw)"
@@ -233,7 +233,7 @@ GRANT demo_admin, demo_operator, demo_reader TO event_bus_console;
 SQL
 EVENT_BUS_CONSOLE_DATABASE_URL="postgres://event_bus_console:$AUTH_PW@127.0.0.1:$PORT/demo" \
 EVENT_BUS_CONSOLE_LISTEN="127.0.0.1:$CONSOLE_PORT" \
-    console/target/release/event-bus-console > "$DEMO_DIR/console.log" 2>&1 &
+    target/release/event-bus-console > "$DEMO_DIR/console.log" 2>&1 &
 CONSOLE_PID=$!
 for _ in $(seq 100); do
     python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$CONSOLE_PORT/healthz', timeout=1)" 2>/dev/null && break

@@ -2,6 +2,7 @@
 # The test command, in tiers. Run as root on Debian; idempotent; installs what it needs first.
 #
 #   scripts/test.sh            the quick tier (what a newcomer runs; at most 10 minutes once built):
+#                              the pure logic's tests (cargo test -p event_bus_core, no Postgres), then
 #                              on PostgreSQL 15 the unit tests and every #[pg_test], the integration tests
 #                              that are not long-running, the console's tests (browser included), and the
 #                              docs built with their links checked and their runnable examples run
@@ -77,7 +78,7 @@ make_room() {
     free_gb=$(($(df -Pk . | awk 'NR == 2 { print $4 }') / 1024 / 1024))
     if [ "$free_gb" -lt "${EVENT_BUS_MIN_FREE_GB:-15}" ]; then
         echo "    only $free_gb GB free: removing the previous build (target/debug) first"
-        rm -rf target/debug console/target/debug
+        rm -rf target/debug
     fi
 }
 
@@ -135,10 +136,13 @@ install15() { # the extension installed into PostgreSQL 15, once per run (runs n
 docs_build() {
     mdbook build docs && python3 scripts/check-docs.py
 }
+core_tests() { # the pure logic, without Postgres
+    cargo test -p event_bus_core
+}
 console_tests() {
     make_room
     # the console's browser test creates the extension in a cluster of PostgreSQL 15
-    (cd console && PATH="$(pg_bin 15):$PATH" cargo test)
+    PATH="$(pg_bin 15):$PATH" cargo test -p event-bus-console
 }
 pgtap_test() {
     PATH="$(pg_bin 15):$PATH" cargo test --no-default-features --features "pg15 pg_test" --test pgtap -- --ignored
@@ -177,6 +181,7 @@ package_test() {
 }
 
 if [ "$ALL" = 1 ]; then
+    part "the pure logic (core/, no Postgres)" core_tests
     for v in $PG_VERSIONS; do
         # every test: unit, #[pg_test], every integration test (quick and slow tiers alike)
         part "PostgreSQL $v: the whole suite" pgrx_test "$v"
@@ -203,6 +208,7 @@ else
     for tier in "${TIERS[@]}"; do
         case "$tier" in
             quick)
+                part "the pure logic (core/, no Postgres)" core_tests
                 part "PostgreSQL 15: unit tests and every #[pg_test]" pgrx_test 15 "tests::"
                 installed15=1
                 # shellcheck disable=SC2086 # a list of test names

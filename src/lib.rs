@@ -15,9 +15,8 @@
 //! - [`request`]        request-reply: one attempt now, in the caller's session
 //! - [`testing`]        test helpers for users' tests: run_handlers, the transaction's own rows
 //! - [`contracts`]      JSON Schema payload contracts, cached per backend
-//! - [`matcher`]        the event-type / pattern grammar, pure Rust
-//! - [`netpolicy`]      event_bus.allowed_networks: which addresses requests may go to, pure Rust
-//! - [`validate`]       URL / header / secret rules, pure Rust (also fuzzed)
+//! - [`matcher`], [`netpolicy`], [`validate`]  the pure logic, from the `event_bus_core` crate (core/):
+//!   the event-type / pattern grammar, allowed_networks, URL / header / secret rules (also fuzzed)
 //! - [`guc`]            every setting
 //! - [`shmem`]          worker latches in shared memory, wake at commit
 //! - [`error`]          one error enum, each variant with its SQLSTATE
@@ -30,13 +29,11 @@ pub mod contracts;
 pub mod emit;
 pub mod error;
 pub mod guc;
-pub mod matcher;
-pub mod netpolicy;
+pub use event_bus_core::{matcher, netpolicy, validate};
 pub mod plans;
 pub mod request;
 pub mod shmem;
 pub mod testing;
-pub mod validate;
 pub mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]

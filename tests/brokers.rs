@@ -4,7 +4,7 @@
 //! streams and wrong credentials are failed attempts that are retried or logged, never a crash,
 //! never a password in a message.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::brokers::{Nats, Rabbit};
 use common::{count, wait_for, Cluster};

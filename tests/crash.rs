@@ -7,7 +7,7 @@
 //! Short by default (part of the test command); the soak: `scripts/soak.sh` (50,000 events,
 //! 9 disruptions), or EVENT_BUS_CRASH_EVENTS / EVENT_BUS_CRASH_CYCLES.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::receiver::{Received, Receiver, Reply};
 use common::{wait_for, Cluster};

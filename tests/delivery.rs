@@ -1,7 +1,7 @@
 //! Delivery by the background worker, end to end: a real cluster with event_bus preloaded, a
 //! committed client connection, and an HTTP receiver on 127.0.0.1.
 
-mod common;
+use event_bus_testkit as common;
 
 use base64::Engine;
 use common::receiver::{Receiver, Reply};

@@ -3,7 +3,7 @@
 //! order; and the settings reference lists exactly the settings the extension defines, each with
 //! the context PostgreSQL reports for it.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::Cluster;
 use std::collections::BTreeMap;

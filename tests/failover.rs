@@ -3,7 +3,7 @@
 //! promoted, its worker delivers every event committed on it — what the old primary had already
 //! delivered again at most, with the same webhook-id — and nothing stays stuck.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::receiver::{Receiver, Reply};
 use common::{wait_for, Cluster};

@@ -1,7 +1,7 @@
 //! Receivers that misbehave: each ends as a logged attempt within its timeout and never stalls
 //! the other deliveries. And event_bus.allowed_networks refusing a destination at connect time.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::receiver::{Receiver, Reply};
 use common::{wait_for, Cluster};

@@ -2,7 +2,7 @@
 //! handled once; the other deliveries complete as duplicates, saying of which; a first delivery
 //! that fails does not count as handled.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::receiver::{Receiver, Reply};
 use common::{count, wait_for, Cluster};

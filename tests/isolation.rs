@@ -1,7 +1,7 @@
 //! No subscription, however slow, silent or failing, and no burst of events delays another
 //! subscription's deliveries (issues 12 and 13). Default settings, one worker, as a new user has.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::receiver::{Receiver, Reply};
 use common::{count, wait_for, Cluster, Silent};

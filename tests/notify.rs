@@ -1,7 +1,7 @@
 //! LISTEN module_event from a real client sees committed events only, with a small payload, each
 //! once; the delivery worker sends them as it fans the events out (not the emitting transaction).
 
-mod common;
+use event_bus_testkit as common;
 
 use common::Cluster;
 use postgres::fallible_iterator::FallibleIterator;

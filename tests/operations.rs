@@ -1,7 +1,7 @@
 //! Operations the worker runs by itself: the circuit breaker against a real failing endpoint, and
 //! retention. A real cluster, committed data, an HTTP receiver on 127.0.0.1.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::receiver::{Receiver, Reply};
 use common::{wait_for, Cluster};

@@ -2,7 +2,7 @@
 //! 127.0.0.1 that fails at random, a parked stream skipped and retried, a worker SIGKILLed in the
 //! middle of a stream, and the in-flight and rate caps measured by the receiver.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::receiver::{Received, Receiver, Reply};
 use common::{count, wait_for, Cluster};

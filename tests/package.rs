@@ -4,7 +4,7 @@
 //! no event_bus file is left. Here: the files come from the package, and a cluster of Debian's
 //! PostgreSQL with them creates the extension and delivers an event.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::receiver::{Receiver, Reply};
 use common::{wait_for, Cluster};

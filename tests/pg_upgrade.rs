@@ -6,7 +6,7 @@
 //! it by name (`scripts/test.sh`: from the binaries in EVENT_BUS_UPGRADE_FROM_BINDIR, upstream
 //! 15, to those in EVENT_BUS_UPGRADE_TO_BINDIR, 17); plain `cargo test` skips it as ignored.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::receiver::{Receiver, Reply};
 use common::{pg_cmd_in, wait_for, Cluster};

@@ -3,7 +3,7 @@
 //! that refuses to run outside a transaction block. Needs pgTAP (Debian's postgresql-15-pgtap),
 //! so the test command runs it by name on 15; plain `cargo test` skips it as ignored.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::Cluster;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! gets its next event at once, and a database with 20,000 events pending does not hold up
 //! another one's event while the pool is full.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::receiver::{Receiver, Reply};
 use common::{count, wait_for, Cluster};

@@ -2,7 +2,7 @@
 //! reply), a SQL responder, a timeout, a non-2xx answer, no responder; what is recorded after
 //! commit, and that the worker never delivers a request to anyone.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::receiver::{Receiver, Reply};
 use common::{count, wait_for, Cluster};

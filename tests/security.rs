@@ -2,7 +2,7 @@
 //! cannot become one through a SQL handler, a handler stops when its namer loses the role, and no
 //! target's secret (path, query, userinfo) reaches anything a reader or operator can read.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::receiver::{Receiver, Reply};
 use common::{free_port, wait_for, Cluster, Silent};

@@ -3,7 +3,7 @@
 //! created it before, during or after the call. The lock order that makes it so is in
 //! sql/lifecycle.sql; the worker's upkeep sweep (half a minute later) is not what these rely on.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::receiver::{Receiver, Reply};
 use common::{wait_for, Cluster};

@@ -4,7 +4,7 @@
 //! worker delivers what waited (deliveries in flight and waiting for a retry included), and that
 //! the upgraded schema is the one a fresh install creates.
 
-mod common;
+use event_bus_testkit as common;
 
 use common::receiver::{Receiver, Reply};
 use common::{wait_for, Cluster};

@@ -6,12 +6,9 @@
 //! Screenshots of each page go to target/console-screenshots/; with
 //! EVENT_BUS_UPDATE_SCREENSHOTS=1 also to ../docs/src/guides/screenshots/ (the docs' console guide's).
 
-#[path = "../../tests/common/cluster.rs"]
-mod cluster;
-#[path = "../../tests/common/receiver.rs"]
-mod receiver;
-
-use cluster::{free_port, wait_for, Cluster};
+use event_bus_testkit as cluster;
+use event_bus_testkit::receiver;
+use event_bus_testkit::{free_port, wait_for, Cluster};
 use fantoccini::{Client, ClientBuilder, Locator};
 use receiver::{Receiver, Reply};
 use std::io::{Read, Write};

@@ -2,15 +2,7 @@
 //! emit's event-type check: never panics, and what is accepted has the promised shape.
 #![no_main]
 
-#[path = "../../src/matcher.rs"]
-#[allow(dead_code)]
-mod matcher;
-#[path = "../../src/netpolicy.rs"]
-#[allow(dead_code)]
-mod netpolicy;
-#[path = "../../src/validate.rs"]
-#[allow(dead_code)]
-mod validate;
+use event_bus_core::{matcher, netpolicy, validate};
 
 use libfuzzer_sys::fuzz_target;
 

@@ -2,9 +2,7 @@
 //! recursive definition of AMQP topic matching.
 #![no_main]
 
-#[path = "../../src/matcher.rs"]
-#[allow(dead_code)]
-mod matcher;
+use event_bus_core::matcher;
 
 use libfuzzer_sys::fuzz_target;
 

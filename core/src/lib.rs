@@ -1,0 +1,12 @@
+//! event_bus's logic that needs no Postgres, in a crate of its own so that it builds and tests in
+//! seconds (`cargo test -p event_bus_core`) and the fuzzers (fuzz/) use it as a library:
+//! - [`matcher`]   the event-type / pattern grammar and the matcher
+//! - [`netpolicy`] event_bus.allowed_networks: which addresses requests may go to
+//! - [`validate`]  URL / header / secret rules, broker URLs, and keeping targets' secrets out of
+//!   what non-admins read
+//!
+//! The extension (the crate at the workspace's root) re-exports them under the same names.
+
+pub mod matcher;
+pub mod netpolicy;
+pub mod validate;
