@@ -28,6 +28,21 @@ fn opt_uuid(ctx: &Ctx, k: &str, what: &str) -> Result<Option<Uuid>, AppError> {
     ctx.q(k).map(|v| uuid_param(v, what)).transpose()
 }
 
+/// A free-text filter (source, type, entity, correlation) as the user typed it: never shortened,
+/// which would give wrong answers; refused (400) only beyond a bound far above any value the
+/// extension stores, so no request makes the database compare megabytes.
+const MAX_FILTER_CHARS: usize = 1000;
+
+fn filter_text(v: Option<&str>, what: &str) -> Result<Option<String>, AppError> {
+    match v {
+        Some(s) if s.chars().count() > MAX_FILTER_CHARS => Err(AppError::BadInput(format!(
+            "the {what} filter is {} characters long: at most {MAX_FILTER_CHARS} characters",
+            s.chars().count()
+        ))),
+        other => Ok(other.map(str::to_string)),
+    }
+}
+
 fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
@@ -656,17 +671,17 @@ impl EventFilter {
                 )));
             }
         }
-        let text = |k| ctx.q(k).map(|s| truncate(s, 200));
+        let text = |k, what| filter_text(ctx.q(k), what);
         Ok(EventFilter {
             tenant: opt_uuid(ctx, "tenant", "tenant")?,
-            source: text("source"),
-            event_type: text("type"),
+            source: text("source", "source")?,
+            event_type: text("type", "type")?,
             status,
             from: time_param(ctx.q("from"), "from")?,
             to: time_param(ctx.q("to"), "to")?,
-            entity_type: text("entity_type"),
-            entity_id: text("entity_id"),
-            correlation: text("correlation"),
+            entity_type: text("entity_type", "entity type")?,
+            entity_id: text("entity_id", "entity id")?,
+            correlation: text("correlation", "correlation")?,
             before: opt_uuid(ctx, "before", "page")?,
         })
     }
@@ -761,9 +776,11 @@ pub fn event_rows(l: Lang, rows: &[EventRow], admin: bool) -> Markup {
         @for e in rows {
             tr data-id=(e.id) {
                 td { (time(ts(Some(e.created)).as_deref())) }
-                td { a href={ "/events/" (e.id) } { code { (e.event_type) } } }
-                td { (e.source) }
-                td { @if let Some(t) = &e.entity_type { (t) } @if let Some(i) = &e.entity_id { " " code { (i) } } }
+                // long values (types and ids up to 255 characters and more) are cut by the cell,
+                // not by the page: the whole value is in the title
+                td { a href={ "/events/" (e.id) } { code.clip title=(e.event_type) { (e.event_type) } } }
+                td { span.clip title=(e.source) { (e.source) } }
+                td { @if let Some(t) = &e.entity_type { span.clip title=(t) { (t) } } @if let Some(i) = &e.entity_id { " " code.clip title=(i) { (i) } } }
                 td { (badge(l, &e.status)) }
                 @if admin { td { code.small { (e.tenant) } } }
             }
@@ -1067,8 +1084,8 @@ impl DeadFilter {
         let u = |k: &str, what: &str| get(k).map(|v| uuid_param(&v, what)).transpose();
         Ok(DeadFilter {
             tenant: u("tenant", "tenant")?,
-            source: get("source").map(|s| truncate(&s, 200)),
-            event_type: get("type").map(|s| truncate(&s, 200)),
+            source: filter_text(get("source").as_deref(), "source")?,
+            event_type: filter_text(get("type").as_deref(), "type")?,
             subscription: u("subscription", "subscription")?,
         })
     }

@@ -1016,6 +1016,35 @@ fn bearer_tokens_bad_input_and_a_database_outage() {
         assert!(body.contains(says), "{path}: {body}");
         assert!(!body.contains("<script>"), "{path} echoes input unescaped");
     }
+    // filters are what the user typed, however long the SQL allows (they were cut at 200
+    // characters: a 250-character entity id found nothing, a long type was refused), and beyond a
+    // bound a clear 400
+    let long_type = format!("{}.posted", "t".repeat(230));
+    let long_entity = "e".repeat(250);
+    let long: String = c
+        .query_one(
+            "SELECT event_bus.emit_module_event($1::text::uuid, $2, 'accounting', 'invoice', $3, '{}')::text",
+            &[&TENANT_A, &long_type, &long_entity],
+        )
+        .unwrap()
+        .get(0);
+    for query in [format!("entity_id={long_entity}"), format!("type={long_type}")] {
+        let (status, _, body) =
+            raw_http(port, "GET", &format!("/events?{query}"), &bearer(&good), "").unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(long.as_str()), "a long filter finds its event: {query}");
+    }
+    let (status, _, body) = raw_http(
+        port,
+        "GET",
+        &format!("/events?entity_id={}", "e".repeat(1001)),
+        &bearer(&good),
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("at most 1000 characters"), "{body}");
+
     // a bearer-token POST needs no CSRF token (a browser never sends the header by itself):
     // the operator role may retry; a malformed form value is refused
     let dead = a[0].clone();
