@@ -3,9 +3,32 @@
 # PostgreSQL 15 cluster with the extension preloaded, and show an ERP flow: an invoices table whose
 # AFTER UPDATE trigger emits invoice.posted, subscriptions, delivery to a local HTTP handler, the
 # attempt log; then the Event Monitor (console/) on a loopback port with three logins. Run as root on
-# Debian; idempotent. EVENT_BUS_DEMO_KEEP=1 keeps the cluster and the console running.
+# Debian; idempotent. EVENT_BUS_DEMO_KEEP=1 keeps everything running (the cluster, the console, the
+# demo's HTTP handler and NATS, which the subscriptions deliver to; the deliberately dead endpoint's
+# subscription is paused) and prints how to stop it: scripts/demo.sh stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+DEMO_DIR="${EVENT_BUS_DEMO_DIR:-/tmp/event_bus-demo}"
+# every process a kept demo leaves running, one "name pid" per line; the cluster is stopped by pg_ctl
+KEPT="$DEMO_DIR/kept-processes"
+stop_kept() {
+    if [ -f "$KEPT" ]; then
+        while read -r name pid; do
+            kill "$pid" 2>/dev/null && echo "    stopped $name ($pid)" || true
+        done < "$KEPT"
+        rm -f "$KEPT"
+    fi
+    if [ -f "$DEMO_DIR/data/postmaster.pid" ]; then
+        runuser -u postgres -- "$(/usr/bin/pg_config --bindir)/pg_ctl" -D "$DEMO_DIR/data" -m fast stop >/dev/null 2>&1 \
+            && echo "    stopped the cluster in $DEMO_DIR/data" || true
+    fi
+}
+if [ "${1:-}" = stop ]; then
+    echo "==> stopping the kept demo ($DEMO_DIR)"
+    stop_kept
+    exit 0
+fi
 
 scripts/install-deps.sh
 
@@ -13,14 +36,12 @@ echo "==> cargo pgrx install --release"
 cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
 
 BINDIR="$(/usr/bin/pg_config --bindir)"
-DEMO_DIR="${EVENT_BUS_DEMO_DIR:-/tmp/event_bus-demo}"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 
 as_pg() { runuser -u postgres -- "$@"; }
 
-if [ -f "$DEMO_DIR/data/postmaster.pid" ]; then
-    as_pg "$BINDIR/pg_ctl" -D "$DEMO_DIR/data" -m immediate stop >/dev/null 2>&1 || true
-fi
+# a demo kept from an earlier run goes first
+stop_kept
 rm -rf "$DEMO_DIR"
 mkdir -p "$DEMO_DIR"
 chown postgres:postgres "$DEMO_DIR"
@@ -32,17 +53,16 @@ unix_socket_directories = '$DEMO_DIR'
 shared_preload_libraries = 'event_bus'
 CONF
 
+# processes the demo starts: remembered, so that a kept demo can be stopped later
+started() { echo "$1 $2" >> "$KEPT"; }
 stop_cluster() {
-    if [ -z "${EVENT_BUS_DEMO_KEEP:-}" ]; then
-        as_pg "$BINDIR/pg_ctl" -D "$DEMO_DIR/data" -m fast stop >/dev/null 2>&1 || true
-    else
-        echo "==> cluster kept running: psql -h 127.0.0.1 -p $PORT -U postgres demo"
+    if [ -n "${EVENT_BUS_DEMO_KEEP:-}" ] && [ "${DEMO_COMPLETE:-}" = 1 ]; then
+        echo "==> kept running: the cluster (psql -h 127.0.0.1 -p $PORT -U postgres demo), the console, the"
+        echo "    demo's HTTP handler and NATS (the subscriptions' targets; the dead endpoint's subscription is"
+        echo "    paused). Stop everything with: scripts/demo.sh stop"
+        return
     fi
-    if [ -z "${EVENT_BUS_DEMO_KEEP:-}" ]; then
-        [ -n "${CONSOLE_PID:-}" ] && kill "$CONSOLE_PID" 2>/dev/null || true
-    fi
-    [ -n "${HANDLER_PID:-}" ] && kill "$HANDLER_PID" 2>/dev/null || true
-    [ -n "${NATS_PID:-}" ] && kill "$NATS_PID" 2>/dev/null || true
+    stop_kept
 }
 trap stop_cluster EXIT
 
@@ -85,8 +105,10 @@ INSERT INTO invoices (tenant_id, number, total, lines) VALUES
 SQL
 
 HANDLER_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-python3 scripts/demo_handler.py "$HANDLER_PORT" &
+# in their own sessions: a kept demo's targets outlive this script (and its terminal)
+setsid python3 scripts/demo_handler.py "$HANDLER_PORT" > "$DEMO_DIR/handler.log" 2>&1 &
 HANDLER_PID=$!
+started "the HTTP handler" "$HANDLER_PID"
 for _ in $(seq 100); do
     python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $HANDLER_PORT), 1)" 2>/dev/null && break
     sleep 0.05
@@ -97,8 +119,9 @@ NATS_PORT=""
 if command -v nats-server >/dev/null; then
     NATS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
     mkdir -p "$DEMO_DIR/nats"
-    nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$DEMO_DIR/nats" > "$DEMO_DIR/nats.log" 2>&1 &
+    setsid nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$DEMO_DIR/nats" > "$DEMO_DIR/nats.log" 2>&1 &
     NATS_PID=$!
+    started "nats-server" "$NATS_PID"
     for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break; sleep 0.05; done
 fi
 nats_api() { # subject json -> the JetStream API's answer (NATS text protocol over bash's /dev/tcp)
@@ -233,8 +256,9 @@ GRANT demo_admin, demo_operator, demo_reader TO event_bus_console;
 SQL
 EVENT_BUS_CONSOLE_DATABASE_URL="postgres://event_bus_console:$AUTH_PW@127.0.0.1:$PORT/demo" \
 EVENT_BUS_CONSOLE_LISTEN="127.0.0.1:$CONSOLE_PORT" \
-    target/release/event-bus-console > "$DEMO_DIR/console.log" 2>&1 &
+    setsid target/release/event-bus-console > "$DEMO_DIR/console.log" 2>&1 &
 CONSOLE_PID=$!
+started "the console" "$CONSOLE_PID"
 for _ in $(seq 100); do
     python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$CONSOLE_PORT/healthz', timeout=1)" 2>/dev/null && break
     sleep 0.1
@@ -246,4 +270,10 @@ echo "      demo_operator / $OPERATOR_PW     (tenant 11111111-...: retry, replay
 echo "      demo_reader   / $READER_PW     (tenant 11111111-...: read only)"
 if [ -z "${EVENT_BUS_DEMO_KEEP:-}" ]; then
     echo "    (EVENT_BUS_DEMO_KEEP=1 keeps it running after this script)"
+else
+    # the dead endpoint showed its dead letters; kept, it would only add more (and operational
+    # events about them) for every new event
+    "${PSQL[@]}" -c "SELECT event_bus.set_subscription_active(id, false) FROM event_bus.module_event_subscriptions
+                      WHERE handler_module = 'loyalty'" >/dev/null
 fi
+DEMO_COMPLETE=1

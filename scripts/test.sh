@@ -8,10 +8,11 @@
 #                              docs built with their links checked and their runnable examples run
 #   scripts/test.sh --all      everything (what .ci/run calls): the whole suite on PG_VERSIONS (default
 #                              "15 17"), the SQL-level tests and one delivery test on the others of 16 and 18
-#                              (PG_SMOKE_VERSIONS), the console, the docs, the pgTAP example, pg_upgrade
+#                              (PG_SMOKE_VERSIONS), the console, the docs, the pgTAP example, the demo kept
+#                              and checked a minute later, pg_upgrade
 #                              15 -> 17 (PG_UPGRADE_TEST=0 leaves it out) and the Debian package (PACKAGE_TEST=0)
 #   scripts/test.sh TIER...    one or more tiers alone, on PostgreSQL 15: quick, crash, brokers, isolation,
-#                              pool, failover, upgrade, console, docs, pgtap, pg_upgrade, package
+#                              pool, failover, upgrade, console, docs, pgtap, pg_upgrade, demo, package
 #
 # Each part prints its time; the end prints every part's time and "N passed, N failed" over all of them.
 # A failing part does not stop the others; the command fails if any part failed.
@@ -27,9 +28,9 @@ ALL=0
 for arg in "$@"; do
     case "$arg" in
         --all) ALL=1 ;;
-        quick | crash | brokers | isolation | pool | failover | upgrade | console | docs | pgtap | pg_upgrade | package)
+        quick | crash | brokers | isolation | pool | failover | upgrade | console | docs | pgtap | pg_upgrade | demo | package)
             TIERS+=("$arg") ;;
-        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "unknown tier $arg (see scripts/test.sh --help)" >&2; exit 2 ;;
     esac
 done
@@ -158,6 +159,40 @@ pg_upgrade_test() {
     EVENT_BUS_UPGRADE_FROM_BINDIR="$root/15-upstream/bin" EVENT_BUS_UPGRADE_TO_BINDIR="$root/17/bin" \
         cargo test --test pg_upgrade -- --ignored --nocapture
 }
+# the README's first command, kept: a minute after it ends its subscriptions still deliver (their
+# targets were left running), new events complete without a dead letter, and 'stop' stops it all
+demo_test() {
+    local dir="${EVENT_BUS_DEMO_DIR:-/tmp/event_bus-demo}"
+    EVENT_BUS_DEMO_KEEP=1 scripts/demo.sh || return 1
+    local port
+    port="$(sed -n 's/^port = //p' "$dir/data/postgresql.conf" | tail -1)"
+    local psql=(psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d demo)
+    local dead_before
+    dead_before="$("${psql[@]}" -c "SELECT count(*) FROM event_bus.dead_letters")" || return 1
+    echo "    the demo ended with $dead_before dead letters (the dead endpoint's); a minute later:"
+    sleep 60
+    "${psql[@]}" -c "UPDATE invoices SET status = 'posted' WHERE number = 'INV-002'" || return 1
+    "${psql[@]}" -c "SELECT event_bus.emit_module_event('11111111-1111-1111-1111-111111111111', 'pos.transaction_completed',
+                         'pos', 'pos_transaction', gen_random_uuid(), '{\"total\": 1}')" >/dev/null || return 1
+    local left=1
+    for _ in $(seq 600); do
+        left="$("${psql[@]}" -c "SELECT count(*) FROM event_bus.module_events WHERE status NOT IN ('completed', 'failed')")"
+        [ "$left" = 0 ] && break
+        sleep 0.1
+    done
+    local dead_after open
+    dead_after="$("${psql[@]}" -c "SELECT count(*) FROM event_bus.dead_letters")"
+    open="$("${psql[@]}" -c "SELECT count(*) FROM event_bus.module_event_subscriptions WHERE breaker_open_until IS NOT NULL")"
+    echo "    events still open: $left, dead letters: $dead_after, open breakers: $open"
+    local pids
+    pids="$(awk '{print $NF}' "$dir/kept-processes")"
+    scripts/demo.sh stop || return 1
+    local alive=""
+    for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive+="$pid "; done
+    [ -z "$alive" ] || { echo "    still running after 'scripts/demo.sh stop': $alive" >&2; return 1; }
+    [ ! -f "$dir/data/postmaster.pid" ] || { echo "    the cluster is still running" >&2; return 1; }
+    [ "$left" = 0 ] && [ "$dead_after" = "$dead_before" ] && [ "$open" = 0 ]
+}
 package_test() {
     make_room
     scripts/package.sh 15 || return 1
@@ -200,6 +235,8 @@ if [ "$ALL" = 1 ]; then
     done
     if [[ " $PG_VERSIONS " == *" 15 "* ]]; then
         part "the README's pgTAP example on PostgreSQL 15" pgtap_test
+        # (installs the release build of the extension into PostgreSQL 15)
+        part "the demo, kept: healthy a minute later, then stopped" demo_test
     fi
     [ "${PG_UPGRADE_TEST:-1}" = 1 ] && part "pg_upgrade from PostgreSQL 15 to 17" pg_upgrade_test
     # last: it replaces the development install of PostgreSQL 15 with the package
@@ -228,6 +265,7 @@ else
                 ;;
             pgtap) install15; part "the README's pgTAP example on PostgreSQL 15" pgtap_test ;;
             pg_upgrade) part "pg_upgrade from PostgreSQL 15 to 17" pg_upgrade_test ;;
+            demo) part "the demo, kept: healthy a minute later, then stopped" demo_test ;;
             package) part "the Debian package: install, deliver, remove" package_test ;;
         esac
     done
