@@ -1044,7 +1044,9 @@ REVOKE ALL ON FUNCTION event_bus.process_pending_events(integer) FROM PUBLIC;
 --      everything in the other order; src/worker/statements/session.rs lock_in_drop_order)
 --   2. the stream lock (_lock_streams), where ordered streams or limits are decided
 --   3. new events, those without deliveries (the fan-out's intake, FOR UPDATE [SKIP LOCKED])
---   4. subscription rows, in id order: FOR UPDATE by a DELETE (unsubscribe); FOR NO KEY UPDATE by
+--   4. subscription rows, in id order: FOR UPDATE by a DELETE (unsubscribe) and by reset_breaker (so
+--      a fan-out that read the breaker open has committed its held deliveries before they are
+--      released); FOR NO KEY UPDATE by
 --      the record (health, breaker), the claim of paced subscriptions and UPDATEs of subscriptions;
 --      FOR KEY SHARE by the fan-out, replay_events and request() to keep a matched subscription
 --      until they commit

@@ -147,7 +147,8 @@ fn an_unsubscribe_during_a_fan_out_leaves_nothing_behind_and_never_fails() {
     );
 }
 
-/// Subscribe, pause, resume, unsubscribe: the subscription's id.
+/// Subscribe, pause, resume, reset its breaker, change its pattern and target, unsubscribe: the
+/// subscription's id.
 fn churn_cycle(
     s: &mut postgres::Client,
     url: &str,
@@ -169,13 +170,20 @@ fn churn_cycle(
         "SELECT event_bus.set_subscription_active($1::text::uuid, true)",
         &[&id],
     )?;
+    // the breaker reset and a change of pattern and target, while the fan-out matches it
+    s.execute("SELECT event_bus.reset_breaker($1::text::uuid)", &[&id])?;
+    s.execute(
+        "UPDATE event_bus.module_event_subscriptions SET event_type = 'invoice.#', handler_url = handler_url || '?v=2'
+          WHERE id = $1::text::uuid",
+        &[&id],
+    )?;
     std::thread::sleep(Duration::from_millis(3));
     s.execute("SELECT event_bus.unsubscribe($1::text::uuid)", &[&id])?;
     Ok(id)
 }
 
-/// 40,000 events to a steady subscription while two sessions subscribe, pause, resume and
-/// unsubscribe 200 others that match the same events: no session sees an error, no deleted
+/// 40,000 events to a steady subscription while two sessions subscribe, pause, resume, reset,
+/// change and unsubscribe 200 others that match the same events: no session sees an error, no deleted
 /// subscription keeps an unfinished delivery, and the steady one gets every event exactly once.
 #[test]
 fn subscription_churn_while_events_flow_loses_nothing_and_leaves_nothing() {
