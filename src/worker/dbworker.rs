@@ -136,10 +136,10 @@ fn start_dispatcher() -> Option<Dispatcher> {
     }
 }
 
-/// The loop. Returns the exit code: 0 = unregister (extension dropped), 1 = restart.
 /// The first wait before a fan-out that met a subscription row being deleted runs again.
 const LOCK_BACKOFF: Duration = Duration::from_millis(5);
 
+/// The loop. Returns the exit code: 0 = unregister (extension dropped), 1 = restart.
 fn run(dboid: pg_sys::Oid) -> i32 {
     let mut networks = guc::ALLOWED_NETWORKS.get();
     let mut concurrency = max_in_flight();
