@@ -451,9 +451,12 @@ BEGIN
     END IF;
     -- a fan-out that read these subscriptions before this commit may still add deliveries for
     -- them: the worker sweeps those later
-    INSERT INTO event_bus._deleted_subscriptions (id)
-    SELECT o.id FROM old_rows o
-    ON CONFLICT (id) DO UPDATE SET deleted_at = now();
+    -- and, with them, the events whose status was just derived: a record of another of their
+    -- deliveries running at this moment derives it too, each without the other's change; the
+    -- upkeep derives it again once both are over (_refresh_after_deletes)
+    INSERT INTO event_bus._deleted_subscriptions (id, event_ids)
+    SELECT o.id, coalesce(v_events, '{}') FROM old_rows o
+    ON CONFLICT (id) DO UPDATE SET deleted_at = now(), event_ids = excluded.event_ids;
     RETURN NULL;
 END
 $$;
@@ -495,6 +498,29 @@ BEGIN
     RETURN v_count;
 END
 $$;
+CREATE OR REPLACE FUNCTION event_bus._refresh_after_deletes(p_min_age interval) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_events uuid[];
+BEGIN
+    SELECT array_agg(DISTINCT e) INTO v_events
+      FROM event_bus._deleted_subscriptions t, unnest(t.event_ids) AS e
+     WHERE t.deleted_at <= now() - p_min_age AND cardinality(t.event_ids) > 0;
+    IF v_events IS NULL THEN
+        RETURN 0;
+    END IF;
+    UPDATE event_bus._deleted_subscriptions t SET event_ids = '{}'
+     WHERE t.deleted_at <= now() - p_min_age AND cardinality(t.event_ids) > 0;
+    RETURN event_bus._refresh_event_status(v_events);
+END
+$$;
+COMMENT ON FUNCTION event_bus._refresh_after_deletes(interval) IS
+    'Internal: derive again the status of the events whose deliveries subscriptions deleted at least p_min_age '
+    'ago removed (a concurrent record of another of their deliveries could have derived it without the '
+    'DELETE, and the DELETE without the record).';
+
 COMMENT ON FUNCTION event_bus._sweep_deleted_subscriptions(interval) IS
     'Internal: delete the unfinished deliveries of subscriptions deleted at least p_min_age ago (added by a '
     'fan-out that raced with the DELETE; nothing would ever claim them) and re-derive their events'' status.';
@@ -544,6 +570,7 @@ COMMENT ON VIEW event_bus.delivery_transitions IS
 REVOKE ALL ON FUNCTION event_bus._refresh_event_status(uuid[]), event_bus._rearm(uuid[]), event_bus._hold(uuid),
     event_bus._release(uuid),
     event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer),
-    event_bus._sweep_deleted_subscriptions(interval), event_bus._unfinished_deliveries(uuid[]),
+    event_bus._sweep_deleted_subscriptions(interval), event_bus._refresh_after_deletes(interval),
+    event_bus._unfinished_deliveries(uuid[]),
     event_bus._lock_streams(), event_bus._advance_streams(uuid[]), event_bus._order_streams(uuid[]) FROM PUBLIC;
 GRANT SELECT ON event_bus.delivery_states, event_bus.delivery_transitions TO event_bus_reader, event_bus_admin;

@@ -1166,6 +1166,9 @@ BEGIN
     -- deliveries a fan-out added for a subscription deleted meanwhile (a fan-out transaction
     -- lasts milliseconds; half a minute is a wide margin)
     PERFORM event_bus._sweep_deleted_subscriptions(interval '30 seconds');
+    -- the status of events an unsubscribe took deliveries from, derived once more now that any
+    -- record that ran beside the DELETE is over
+    PERFORM event_bus._refresh_after_deletes(interval '2 seconds');
     -- due deliveries whose event row is gone (deleted or truncated by hand: retention deletes
     -- deliveries with their events): nothing can deliver them, and at the head of the due queue
     -- they would fill every claim and keep it from the deliveries behind them. The first

@@ -40,6 +40,18 @@ END
 $$;
 
 ------------------------------------------------------------------------------------------------
+-- The events whose deliveries an unsubscribe removed. Their status is derived from the deliveries
+-- left, by the DELETE's trigger; a worker recording another delivery of the same event at that
+-- moment derives it too, and under READ COMMITTED each may miss the other's uncommitted change
+-- (the event stayed 'processing' with every delivery finished). The worker's upkeep derives these
+-- events' status again two seconds later (event_bus._refresh_after_deletes).
+------------------------------------------------------------------------------------------------
+ALTER TABLE event_bus._deleted_subscriptions ADD COLUMN event_ids uuid[] NOT NULL DEFAULT '{}';
+COMMENT ON COLUMN event_bus._deleted_subscriptions.event_ids IS
+    'The events whose unfinished deliveries the DELETE removed: their status is derived again by the worker''s '
+    'upkeep (event_bus._refresh_after_deletes), once every transaction that could have raced the DELETE is over.';
+
+------------------------------------------------------------------------------------------------
 -- Before 0.11.0 an attempt's error could quote its target URL, secret path, query and userinfo
 -- included ("error sending request for url (http://h/hook?token=...)"), and readers and operators
 -- read errors. Every URL in what they read is cut to its scheme and host, as the worker now writes

@@ -581,6 +581,38 @@ pub mod tests {
             sqlstate_of(&format!("SELECT event_bus.unsubscribe('{sub}')")).as_deref(),
             Some("P0002")
         );
+        // a record of the other delivery running beside the DELETE could have written the status
+        // without seeing it (as if here): the upkeep derives it again, once the DELETE is old enough
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM event_bus._deleted_subscriptions WHERE id = '{sub}' AND event_ids = ARRAY['{ev}'::uuid]"
+            )),
+            1
+        );
+        Spi::run(&format!(
+            "UPDATE event_bus.module_events SET status = 'processing' WHERE id = '{ev}'"
+        ))
+        .unwrap();
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT event_bus._refresh_after_deletes('1 hour')").unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT event_bus._refresh_after_deletes('0 seconds')").unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            Spi::get_one::<String>(&format!(
+                "SELECT status FROM event_bus.module_events WHERE id = '{ev}'"
+            ))
+            .unwrap()
+            .unwrap(),
+            "completed"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus._deleted_subscriptions WHERE cardinality(event_ids) > 0"),
+            0
+        );
         // an ordered subscription's deliveries waiting in their stream go with it too
         let ordered = Spi::get_one::<pgrx::Uuid>(
             "SELECT event_bus.subscribe('a.b', 'o', 'https://example.com/o', p_ordered => true)",
