@@ -10,14 +10,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEMO_DIR="${EVENT_BUS_DEMO_DIR:-/tmp/event_bus-demo}"
-# every process a kept demo leaves running, one "name pid" per line; the cluster is stopped by pg_ctl
+# every process a kept demo leaves running, one "pid name" per line; the cluster is stopped by pg_ctl
 KEPT="$DEMO_DIR/kept-processes"
 stop_kept() {
     if [ -f "$KEPT" ]; then
-        while read -r name pid; do
-            kill "$pid" 2>/dev/null && echo "    stopped $name ($pid)" || true
+        local pids=()
+        while read -r pid name; do
+            kill "$pid" 2>/dev/null && echo "    stopped $name ($pid)" && pids+=("$pid") || true
         done < "$KEPT"
         rm -f "$KEPT"
+        # gone before this returns (a new demo reuses nothing of theirs)
+        for _ in $(seq 50); do
+            local alive=0
+            for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+            [ "$alive" = 0 ] && break
+            sleep 0.1
+        done
     fi
     if [ -f "$DEMO_DIR/data/postmaster.pid" ]; then
         runuser -u postgres -- "$(/usr/bin/pg_config --bindir)/pg_ctl" -D "$DEMO_DIR/data" -m fast stop >/dev/null 2>&1 \
@@ -54,7 +62,7 @@ shared_preload_libraries = 'event_bus'
 CONF
 
 # processes the demo starts: remembered, so that a kept demo can be stopped later
-started() { echo "$1 $2" >> "$KEPT"; }
+started() { echo "$2 $1" >> "$KEPT"; }
 stop_cluster() {
     if [ -n "${EVENT_BUS_DEMO_KEEP:-}" ] && [ "${DEMO_COMPLETE:-}" = 1 ]; then
         echo "==> kept running: the cluster (psql -h 127.0.0.1 -p $PORT -U postgres demo), the console, the"

@@ -185,7 +185,7 @@ demo_test() {
     open="$("${psql[@]}" -c "SELECT count(*) FROM event_bus.module_event_subscriptions WHERE breaker_open_until IS NOT NULL")"
     echo "    events still open: $left, dead letters: $dead_after, open breakers: $open"
     local pids
-    pids="$(awk '{print $NF}' "$dir/kept-processes")"
+    pids="$(awk '{print $1}' "$dir/kept-processes")"
     scripts/demo.sh stop || return 1
     local alive=""
     for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive+="$pid "; done
