@@ -6,7 +6,7 @@
 -- Who named a SQL handler's role. A subscription's run_as (or, without one, its function's owner)
 -- is the role the worker becomes to run the handler, so naming it is held to the rule of SET ROLE:
 -- the namer must be allowed to become that role, and only a superuser may name a superuser
--- (event_bus._run_as_refusal, sql/api.sql). The trigger there records the namer; the worker checks
+-- (event_bus._run_as_refusal, sql/run_as.sql). The trigger there records the namer; the worker checks
 -- the rule again, for the namer, before every batch of calls.
 ------------------------------------------------------------------------------------------------
 ALTER TABLE event_bus.module_event_subscriptions ADD COLUMN run_as_set_by name;

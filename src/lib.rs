@@ -122,10 +122,11 @@ extension_sql_file!(
     requires = ["schema_0_8_0"]
 );
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema_0_11_0"]);
+extension_sql_file!("../sql/run_as.sql", name = "run_as", requires = ["api"]);
 extension_sql_file!(
     "../sql/lifecycle.sql",
     name = "lifecycle",
-    requires = ["api"]
+    requires = ["run_as"]
 );
 extension_sql_file!(
     "../sql/contracts.sql",

@@ -4,9 +4,11 @@
 //! - [`netpolicy`] event_bus.allowed_networks: which addresses requests may go to
 //! - [`validate`]  URL / header / secret rules, broker URLs, and keeping targets' secrets out of
 //!   what non-admins read
+//! - [`webhook`]   the Standard Webhooks signature, `Retry-After`, response excerpts, retry backoff
 //!
 //! The extension (the crate at the workspace's root) re-exports them under the same names.
 
 pub mod matcher;
 pub mod netpolicy;
 pub mod validate;
+pub mod webhook;

@@ -405,6 +405,18 @@ pub fn redact_target(text: &str, target: &str) -> String {
     out
 }
 
+/// A response excerpt (JSON text) with the target's secrets redacted as [`redact_target`] does; still
+/// JSON: where a replacement would break it, the redacted text is wrapped as `{"body": ..., "redacted":
+/// true}`. Unchanged (no copy) when there was nothing to redact.
+pub fn redact_response(response: String, target: &str) -> String {
+    let clean = redact_target(&response, target);
+    if clean == response || serde_json::from_str::<serde_json::Value>(&clean).is_ok() {
+        clean
+    } else {
+        serde_json::json!({ "body": clean, "redacted": true }).to_string()
+    }
+}
+
 #[cfg(test)]
 mod broker_tests {
     use super::*;
@@ -525,6 +537,24 @@ mod redact_tests {
         );
         assert_eq!(
             redact_target("{\"ok\":true}", "http://127.0.0.1:8080/hook"),
+            "{\"ok\":true}"
+        );
+        // a response excerpt stays JSON, whatever was cut out of it
+        let target = "https://h/hook/SECRETSECRET?token=abcdefgh";
+        let echoed = redact_response(
+            "{\"body\": \"Cannot POST /hook/SECRETSECRET?token=abcdefgh\"}".into(),
+            target,
+        );
+        assert!(
+            !echoed.contains("SECRETSECRET") && !echoed.contains("abcdefgh"),
+            "{echoed}"
+        );
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&echoed).is_ok(),
+            "{echoed}"
+        );
+        assert_eq!(
+            redact_response("{\"ok\":true}".into(), target),
             "{\"ok\":true}"
         );
     }

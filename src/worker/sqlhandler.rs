@@ -168,7 +168,7 @@ fn fetch_events(ids: Vec<String>) -> Result<HashMap<String, EventRow>, String> {
     .map_err(|e| e.to_string())
 }
 
-/// The role to run `call` as, once the rule of `event_bus._run_as_refusal` (sql/api.sql) holds
+/// The role to run `call` as, once the rule of `event_bus._run_as_refusal` (sql/run_as.sql) holds
 /// for whoever named it — checked here again at run time, so a membership revoked since the
 /// subscription was made stops the handler.
 fn resolve_role(call: &Call) -> Result<pg_sys::Oid, String> {
