@@ -3,7 +3,7 @@
 //! Needs the extension installed for the pg_config first on PATH, and /usr/bin/chromium +
 //! /usr/bin/chromedriver (scripts/install-deps.sh installs them).
 //!
-//! Screenshots of each page go to target/console-screenshots/; with
+//! Screenshots of each page go to the workspace's target/console-screenshots/; with
 //! EVENT_BUS_UPDATE_SCREENSHOTS=1 also to ../docs/src/guides/screenshots/ (the docs' console guide's).
 
 use event_bus_testkit as cluster;
@@ -109,7 +109,8 @@ fn raw_http(
 
 fn screenshots_dir() -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut dirs = vec![root.join("target/console-screenshots")];
+    // the workspace's target directory
+    let mut dirs = vec![root.join("../target/console-screenshots")];
     if std::env::var_os("EVENT_BUS_UPDATE_SCREENSHOTS").is_some() {
         dirs.push(root.join("../docs/src/guides/screenshots"));
     }
