@@ -128,9 +128,10 @@ integration15() {
     PATH="$(pg_bin 15):$PATH" cargo test --no-default-features --features "pg15 pg_test" "${args[@]}"
 }
 installed15=0
-install15() { # the extension installed into PostgreSQL 15, once per run (runs no test)
+install15() { # the extension installed into PostgreSQL 15 (as cargo pgrx test builds it), once per run
     if [ "$installed15" = 0 ]; then
-        part "build and install for PostgreSQL 15" pgrx_test 15 no_test_has_this_name
+        part "build and install for PostgreSQL 15" \
+            cargo pgrx install --no-default-features --features "pg15 pg_test" --pg-config /usr/bin/pg_config
         installed15=1
     fi
 }
