@@ -2,29 +2,9 @@
 -- The Rust side (src/contracts.rs) caches compiled schemas per backend; the statement trigger
 -- below tells every backend to reload them when a change commits.
 
-CREATE TABLE event_bus.event_type_schemas (
-    event_type    text        NOT NULL CHECK (event_bus._check_event_type(event_type)),
-    version       integer     NOT NULL CHECK (version BETWEEN 1 AND 1000000),
-    schema        jsonb       NOT NULL CHECK (event_bus._check_schema(event_type, schema)),
-    description   text,
-    registered_at timestamptz NOT NULL DEFAULT now(),
-    registered_by name        NOT NULL DEFAULT event_bus._caller(),
-    PRIMARY KEY (event_type, version)
-);
+-- The table, event_bus.event_type_schemas, is in sql/tables.sql. Re-runnable: every upgrade loads this file again.
 
-COMMENT ON TABLE event_bus.event_type_schemas IS
-    'Payload contracts: the JSON Schema (draft 2020-12, formats asserted, no remote $ref) each version of an '
-    'event type''s payload must match. emit_module_event checks payloads of registered types against the '
-    'latest version, or the one metadata''s schema_version names, in the emitting transaction (23514 with '
-    'the failing JSON pointer). Write it through register_event_type / unregister_event_type.';
-COMMENT ON COLUMN event_bus.event_type_schemas.event_type IS 'An exact event type (no wildcards).';
-COMMENT ON COLUMN event_bus.event_type_schemas.version IS 'Version number; the highest is the one emit uses by default.';
-COMMENT ON COLUMN event_bus.event_type_schemas.schema IS 'The JSON Schema (draft 2020-12) payloads must match.';
-COMMENT ON COLUMN event_bus.event_type_schemas.description IS 'Free text: what changed in this version.';
-COMMENT ON COLUMN event_bus.event_type_schemas.registered_at IS 'When this version was registered.';
-COMMENT ON COLUMN event_bus.event_type_schemas.registered_by IS 'The role that registered it.';
-
-CREATE FUNCTION event_bus._event_type_schemas_changed() RETURNS trigger
+CREATE OR REPLACE FUNCTION event_bus._event_type_schemas_changed() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -36,7 +16,7 @@ $$;
 COMMENT ON FUNCTION event_bus._event_type_schemas_changed() IS
     'Internal: statement trigger on event_type_schemas; every backend reloads its cached contracts at commit.';
 
-CREATE TRIGGER event_type_schemas_changed
+CREATE OR REPLACE TRIGGER event_type_schemas_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON event_bus.event_type_schemas
     FOR EACH STATEMENT EXECUTE FUNCTION event_bus._event_type_schemas_changed();
 
@@ -129,9 +109,6 @@ COMMENT ON FUNCTION event_bus._check_schema(text, jsonb) IS
 COMMENT ON FUNCTION event_bus._contracts_changed() IS
     'Internal: drop this backend''s cached contracts now and every backend''s at commit.';
 
-REVOKE ALL ON event_bus.event_type_schemas FROM PUBLIC;
-GRANT SELECT ON event_bus.event_type_schemas TO event_bus_reader, event_bus_admin;
-GRANT ALL ON event_bus.event_type_schemas TO event_bus_admin;
 REVOKE ALL ON FUNCTION event_bus.register_event_type(text, integer, jsonb, text),
                        event_bus.unregister_event_type(text, integer),
                        event_bus._contracts_changed(),

@@ -1,5 +1,5 @@
-//! ALTER EXTENSION event_bus UPDATE from each released version (0.1.0 to 0.10.0,
-//! through every script in between): installs that release's own install script
+//! ALTER EXTENSION event_bus UPDATE from each released version (0.1.0 to 0.10.0), by the script
+//! build.rs writes for it (its table changes since, then the current functions): installs that release's own install script
 //! (tests/fixtures), fills it with data, upgrades, and checks that nothing was lost, that the
 //! worker delivers what waited (deliveries in flight and waiting for a retry included), and that
 //! the upgraded schema is the one a fresh install creates.
@@ -41,6 +41,9 @@ fn schema_fingerprint(c: &mut postgres::Client) -> Vec<String> {
              SELECT 'column ' || a.attrelid::regclass || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
                     || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
                     || coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '')
+                    -- the position among the live columns: a row type (a SQL handler's argument) depends on it
+                    || ' #' || row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum)
+                    || coalesce(' acl ' || a.attacl::text, '')
                FROM pg_catalog.pg_attribute a
                JOIN pg_catalog.pg_class t ON t.oid = a.attrelid AND t.relnamespace = 'event_bus'::regnamespace
                                          AND t.relkind IN ('r', 'v')
@@ -61,6 +64,12 @@ fn schema_fingerprint(c: &mut postgres::Client) -> Vec<String> {
              SELECT 'function ' || p.oid::regprocedure || ' ' || md5(p.prosrc) || ' ' || p.prosecdef
                     || ' ' || coalesce(array_to_string(p.proconfig, ','), '') || ' ' || coalesce(p.proacl::text, '')
                FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'event_bus'::regnamespace
+             UNION ALL
+             SELECT 'comment ' || pg_catalog.pg_describe_object(d.classoid, d.objoid, d.objsubid) || ' ' || md5(d.description)
+               FROM pg_catalog.pg_description d
+              WHERE d.objoid IN (SELECT oid FROM pg_catalog.pg_class WHERE relnamespace = 'event_bus'::regnamespace
+                                 UNION ALL
+                                 SELECT oid FROM pg_catalog.pg_proc WHERE pronamespace = 'event_bus'::regnamespace)
              UNION ALL
              SELECT 'grant ' || c.relname || ' ' || coalesce(c.relacl::text, '') || ' rls=' || c.relrowsecurity
                FROM pg_catalog.pg_class c WHERE c.relnamespace = 'event_bus'::regnamespace AND c.relkind IN ('r', 'v')",

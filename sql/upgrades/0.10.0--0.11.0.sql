@@ -1,6 +1,6 @@
--- event_bus 0.11.0 table changes, applied on top of 0.8.0 (sql/schema_0.8.0.sql; 0.9.0 and 0.10.0 changed no
--- table) both by a fresh install and by the upgrade script sql/event_bus--0.10.0--0.11.0.sql (generated, see
--- scripts/gen-upgrade.sh). Runs once per database. No table is rewritten.
+-- event_bus 0.10.0 -> 0.11.0 table changes: run once per database by every upgrade from 0.10.0 or earlier
+-- (build.rs puts them in the generated upgrade scripts). Frozen once 0.11.0 is released. The tables as
+-- they are now: sql/tables.sql. No table is rewritten.
 
 ------------------------------------------------------------------------------------------------
 -- Who named a SQL handler's role. A subscription's run_as (or, without one, its function's owner)

@@ -1,5 +1,6 @@
--- event_bus 0.3.0 changes, applied on top of 0.2.0 (sql/schema_0.2.0.sql) both by a fresh install and by the
--- upgrade script sql/event_bus--0.2.0--0.3.0.sql (generated, see scripts/gen-upgrade.sh). Runs once per database.
+-- event_bus 0.2.0 -> 0.3.0 table changes: run once per database by every upgrade from 0.2.0 or earlier
+-- (build.rs puts them in the generated upgrade scripts). Frozen once 0.3.0 is released. The tables as
+-- they are now: sql/tables.sql.
 
 ------------------------------------------------------------------------------------------------
 -- LISTEN module_event: the worker sends the notifications when it fans the events out (a

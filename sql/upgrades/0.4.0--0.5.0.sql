@@ -1,6 +1,6 @@
--- event_bus 0.5.0 table changes, applied on top of 0.4.0 (sql/schema_0.4.0.sql) both by a fresh install and by
--- the upgrade script sql/event_bus--0.4.0--0.5.0.sql (generated, see scripts/gen-upgrade.sh). Runs once per
--- database. Every column added here is nullable or has a constant default: no table is rewritten.
+-- event_bus 0.4.0 -> 0.5.0 table changes: run once per database by every upgrade from 0.4.0 or earlier
+-- (build.rs puts them in the generated upgrade scripts). Frozen once 0.5.0 is released. The tables as
+-- they are now: sql/tables.sql. Every column added here is nullable or has a constant default: no table is rewritten.
 
 ------------------------------------------------------------------------------------------------
 -- Request-reply (event_bus.request): the request is recorded as an event that the worker never

@@ -1,6 +1,6 @@
--- event_bus 0.7.0 table changes, applied on top of 0.6.0 (sql/schema_0.6.0.sql) both by a fresh install and by
--- the upgrade script sql/event_bus--0.6.0--0.7.0.sql (generated, see scripts/gen-upgrade.sh). Runs once per
--- database. What the Event Monitor (console/) needs from the SQL API.
+-- event_bus 0.6.0 -> 0.7.0 table changes: run once per database by every upgrade from 0.6.0 or earlier
+-- (build.rs puts them in the generated upgrade scripts). Frozen once 0.7.0 is released. The tables as
+-- they are now: sql/tables.sql. What the Event Monitor (console/) needs from the SQL API.
 
 ------------------------------------------------------------------------------------------------
 -- Causation and correlation: events emitted by a SQL handler record causation_id / correlation_id

@@ -1,6 +1,6 @@
--- event_bus 0.6.0 table changes, applied on top of 0.5.0 (sql/schema_0.5.0.sql) both by a fresh install and by
--- the upgrade script sql/event_bus--0.5.0--0.6.0.sql (generated, see scripts/gen-upgrade.sh). Runs once per
--- database. Nothing here rewrites a table.
+-- event_bus 0.5.0 -> 0.6.0 table changes: run once per database by every upgrade from 0.5.0 or earlier
+-- (build.rs puts them in the generated upgrade scripts). Frozen once 0.6.0 is released. The tables as
+-- they are now: sql/tables.sql. Nothing here rewrites a table.
 
 ------------------------------------------------------------------------------------------------
 -- module_events: the row checks leave the per-statement path. PostgreSQL reads a table's CHECK

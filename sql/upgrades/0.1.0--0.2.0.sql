@@ -1,6 +1,21 @@
--- event_bus 0.2.0 table changes, applied on top of the 0.1.0 tables (sql/schema.sql) both by a fresh
--- install and by the upgrade script sql/event_bus--0.1.0--0.2.0.sql (generated, see
--- scripts/gen-upgrade.sh). Everything here runs exactly once per database.
+-- event_bus 0.1.0 -> 0.2.0 table changes (runs once per database, in every upgrade from 0.1.0; frozen:
+-- what 0.2.0's upgrade did to the tables). The tables as they are now: sql/tables.sql.
+
+------------------------------------------------------------------------------------------------
+-- Rust-backed functions new in 0.2.0, which the changes below use (the current ones are re-created
+-- later in the upgrade from the current sources).
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION event_bus."_has_contract"("event_type" text) RETURNS bool
+    STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'has_contract_wrapper';
+CREATE FUNCTION event_bus."_check_contract"("event_type" text, "payload" jsonb, "schema_version" text, "position" bigint)
+    RETURNS bool VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'check_contract_wrapper';
+CREATE FUNCTION event_bus."_check_schema"("event_type" text, "schema" jsonb) RETURNS bool
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'check_schema_wrapper';
+CREATE FUNCTION event_bus."_contracts_changed"() RETURNS void
+    STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'contracts_changed_wrapper';
+CREATE FUNCTION event_bus."check_payload"("event_type" text, "payload" jsonb, "version" int DEFAULT NULL)
+    RETURNS TABLE ("instance_path" text, "schema_path" text, "message" text)
+    VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'check_payload_wrapper';
 
 ------------------------------------------------------------------------------------------------
 -- Deliveries: manual retry / replay restart the retry budget; the circuit breaker holds work.
@@ -157,3 +172,49 @@ CREATE POLICY tenant_read ON event_bus.module_event_logs FOR SELECT TO event_bus
     USING (tenant_id = (SELECT event_bus.current_tenant()));
 CREATE POLICY tenant_read ON event_bus.module_event_subscriptions FOR SELECT TO event_bus_reader
     USING (tenant_id IS NULL OR tenant_id = (SELECT event_bus.current_tenant()));
+
+------------------------------------------------------------------------------------------------
+-- Payload contracts: the table and its statement trigger.
+------------------------------------------------------------------------------------------------
+-- Payload contracts: a JSON Schema (draft 2020-12) per event type and version, checked by emit.
+-- The Rust side (src/contracts.rs) caches compiled schemas per backend; the statement trigger
+-- below tells every backend to reload them when a change commits.
+
+CREATE TABLE event_bus.event_type_schemas (
+    event_type    text        NOT NULL CHECK (event_bus._check_event_type(event_type)),
+    version       integer     NOT NULL CHECK (version BETWEEN 1 AND 1000000),
+    schema        jsonb       NOT NULL CHECK (event_bus._check_schema(event_type, schema)),
+    description   text,
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    registered_by name        NOT NULL DEFAULT event_bus._caller(),
+    PRIMARY KEY (event_type, version)
+);
+
+COMMENT ON TABLE event_bus.event_type_schemas IS
+    'Payload contracts: the JSON Schema (draft 2020-12, formats asserted, no remote $ref) each version of an '
+    'event type''s payload must match. emit_module_event checks payloads of registered types against the '
+    'latest version, or the one metadata''s schema_version names, in the emitting transaction (23514 with '
+    'the failing JSON pointer). Write it through register_event_type / unregister_event_type.';
+COMMENT ON COLUMN event_bus.event_type_schemas.event_type IS 'An exact event type (no wildcards).';
+COMMENT ON COLUMN event_bus.event_type_schemas.version IS 'Version number; the highest is the one emit uses by default.';
+COMMENT ON COLUMN event_bus.event_type_schemas.schema IS 'The JSON Schema (draft 2020-12) payloads must match.';
+COMMENT ON COLUMN event_bus.event_type_schemas.description IS 'Free text: what changed in this version.';
+COMMENT ON COLUMN event_bus.event_type_schemas.registered_at IS 'When this version was registered.';
+COMMENT ON COLUMN event_bus.event_type_schemas.registered_by IS 'The role that registered it.';
+
+CREATE FUNCTION event_bus._event_type_schemas_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM event_bus._contracts_changed();
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION event_bus._event_type_schemas_changed() IS
+    'Internal: statement trigger on event_type_schemas; every backend reloads its cached contracts at commit.';
+
+CREATE TRIGGER event_type_schemas_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON event_bus.event_type_schemas
+    FOR EACH STATEMENT EXECUTE FUNCTION event_bus._event_type_schemas_changed();
+

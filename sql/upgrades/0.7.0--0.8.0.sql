@@ -1,6 +1,6 @@
--- event_bus 0.8.0 table changes, applied on top of 0.7.0 (sql/schema_0.7.0.sql) both by a fresh install and by
--- the upgrade script sql/event_bus--0.7.0--0.8.0.sql (generated, see scripts/gen-upgrade.sh). Runs once per
--- database. No table is rewritten.
+-- event_bus 0.7.0 -> 0.8.0 table changes: run once per database by every upgrade from 0.7.0 or earlier
+-- (build.rs puts them in the generated upgrade scripts). Frozen once 0.8.0 is released. The tables as
+-- they are now: sql/tables.sql. No table is rewritten.
 
 ------------------------------------------------------------------------------------------------
 -- The event row is written once after emit, not twice: the fan-out no longer marks an event whose

@@ -1,4 +1,6 @@
--- 0.4.0 table changes: what mock handlers (event_bus.mock_handler) received.
+-- event_bus 0.3.0 -> 0.4.0 table changes: run once per database by every upgrade from 0.3.0 or earlier
+-- (build.rs puts them in the generated upgrade scripts). Frozen once 0.4.0 is released. The tables as
+-- they are now: sql/tables.sql. What mock handlers (event_bus.mock_handler) received.
 
 CREATE TABLE event_bus._mock_calls (
     seq             bigint      GENERATED ALWAYS AS IDENTITY,

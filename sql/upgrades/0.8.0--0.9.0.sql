@@ -1,0 +1,2 @@
+-- event_bus 0.8.0 -> 0.9.0: no table changed (the release changed functions only, which every upgrade
+-- re-creates from the current sources). Kept so that sql/upgrades/ is a chain of every release.
