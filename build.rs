@@ -73,7 +73,9 @@ fn main() {
     let tenant = read(&sql.join("tenant.sql"));
     let mut tail = String::new();
     for name in RERUNNABLE_AFTER_TABLES {
-        tail.push_str(&format!("\n-------------------------------------------------- sql/{name}.sql\n"));
+        tail.push_str(&format!(
+            "\n-------------------------------------------------- sql/{name}.sql\n"
+        ));
         tail.push_str(&read(&sql.join(format!("{name}.sql"))));
     }
 
@@ -106,7 +108,11 @@ fn main() {
         let name = e.file_name().into_string().unwrap_or_default();
         if name.starts_with("event_bus--") && !wanted.contains(&name) {
             let text = fs::read_to_string(e.path()).unwrap_or_default();
-            if text.lines().nth(1).is_some_and(|l| l.starts_with(GENERATED)) {
+            if text
+                .lines()
+                .nth(1)
+                .is_some_and(|l| l.starts_with(GENERATED))
+            {
                 let _ = fs::remove_file(e.path());
             }
         }
