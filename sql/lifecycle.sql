@@ -34,6 +34,7 @@
 --   failed (ordered stream)     skipped                     skip_delivery             skip_delivery
 --   any unfinished              (deleted)                   unsubscribe / DELETE of   _subscriptions_deleted,
 --                                                           the subscription          _sweep_deleted_subscriptions
+--   completed | skipped         (deleted)                   retention                 purge_completed
 --
 -- The rules each transition applies are written once, here:
 --   _unfinished_states()      the states that still owe an attempt
@@ -41,7 +42,12 @@
 --   _first_state(held, queued) / _due_state(held)   a new or re-armed delivery's state: held while its
 --                             subscription's breaker is open
 --   _lock_streams()           the lock that serialises decisions about ordered streams and limits
--- The partial indexes of module_event_deliveries (sql/schema*.sql) are keyed on these states. The
+--   _lease_end(timeout, default, margin)   when a lease taken now ends
+--   _breaker_threshold(own) / _breaker_cooldown_ms()   the breaker's settings with their defaults
+--   _breaker_opens(failures, threshold) / _breaker_open_for(failing_since)   when it opens, for how long
+-- They are declared in Rust, core/src/lifecycle.rs, with the states and transitions; src/lifecycle_tests.rs
+-- fails when this file, the table's CHECK and partial indexes, or the two views disagree with it.
+-- The partial indexes of module_event_deliveries (sql/tables.sql) are keyed on these states. The
 -- rules are constant SQL functions: the planner folds them into the same constant lists as the
 -- indexes' predicates, so a statement that names a rule still proves the index usable. The due index
 -- (pending, processing) and the held index cover parts of a rule: statements for them name the states.
@@ -104,6 +110,43 @@ AS $$ SELECT event_bus._first_state(p_held, true) $$;
 COMMENT ON FUNCTION event_bus._due_state(boolean) IS
     'Internal: the state of a delivery made due again (retry, replay, a stream moving on): held while its '
     'subscription''s breaker is open (p_held), else pending.';
+
+CREATE OR REPLACE FUNCTION event_bus._lease_end(p_timeout_ms integer, p_default_timeout_ms integer, p_margin_ms integer)
+RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT now() + (coalesce(p_timeout_ms, p_default_timeout_ms) + p_margin_ms) * interval '1 millisecond' $$;
+COMMENT ON FUNCTION event_bus._lease_end(integer, integer, integer) IS
+    'Internal: when a lease taken now ends: the subscription''s timeout (else event_bus.default_timeout_ms) plus '
+    'event_bus.lease_ms. Until then the delivery is its worker''s; after it, any worker claims it again.';
+
+CREATE OR REPLACE FUNCTION event_bus._breaker_threshold(p_subscription_threshold integer) RETURNS integer
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT coalesce(p_subscription_threshold,
+                      nullif(current_setting('event_bus.breaker_threshold', true), '')::integer, 50) $$;
+COMMENT ON FUNCTION event_bus._breaker_threshold(integer) IS
+    'Internal: the consecutive failures that open a subscription''s breaker: its own breaker_threshold, else '
+    'event_bus.breaker_threshold (default 50; 0 = never).';
+
+CREATE OR REPLACE FUNCTION event_bus._breaker_cooldown_ms() RETURNS integer
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT coalesce(nullif(current_setting('event_bus.breaker_cooldown_ms', true), '')::integer, 60000) $$;
+COMMENT ON FUNCTION event_bus._breaker_cooldown_ms() IS
+    'Internal: event_bus.breaker_cooldown_ms (default 60000), the longest an open breaker holds deliveries.';
+
+CREATE OR REPLACE FUNCTION event_bus._breaker_opens(p_consecutive_failures integer, p_threshold integer) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT p_threshold > 0 AND p_consecutive_failures >= p_threshold $$;
+COMMENT ON FUNCTION event_bus._breaker_opens(integer, integer) IS
+    'Internal: whether this many consecutive failed attempts open (or re-open) a breaker with this threshold.';
+
+CREATE OR REPLACE FUNCTION event_bus._breaker_open_for(p_failing_since timestamptz) RETURNS interval
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT least(event_bus._breaker_cooldown_ms(),
+                   greatest(1000, coalesce(extract(epoch FROM now() - p_failing_since) * 1000, 0)))
+             * interval '1 millisecond' $$;
+COMMENT ON FUNCTION event_bus._breaker_open_for(timestamptz) IS
+    'Internal: how long a breaker opens for: a second the first time (NULL); after a failed probe, as long as '
+    'the endpoint has been failing (since p_failing_since), so about doubling, at most event_bus.breaker_cooldown_ms.';
 
 CREATE OR REPLACE FUNCTION event_bus._unfinished_deliveries(p_subscription_ids uuid[]) RETURNS TABLE (id uuid)
 LANGUAGE sql STABLE
@@ -332,8 +375,6 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_threshold integer := coalesce(nullif(current_setting('event_bus.breaker_threshold', true), '')::integer, 0);
-    v_cooldown  integer := coalesce(nullif(current_setting('event_bus.breaker_cooldown_ms', true), '')::integer, 60000);
     r record;
 BEGIN
     UPDATE event_bus._counters c
@@ -353,7 +394,7 @@ BEGIN
           FROM unnest(p_ids, p_ok, p_failed, p_trailing, p_errors) AS o(id, ok, failed, tail, err)
          WHERE s.id = o.id
         RETURNING s.id, s.consecutive_failures, s.breaker_open_until,
-                  coalesce(s.breaker_threshold, v_threshold) AS threshold, o.ok, o.tail
+                  event_bus._breaker_threshold(s.breaker_threshold) AS threshold, o.ok, o.tail
     LOOP
         IF r.breaker_open_until IS NOT NULL AND r.ok > 0 AND r.tail = 0 THEN
             -- the endpoint answers again: close, and send what was held
@@ -362,15 +403,13 @@ BEGIN
              WHERE id = r.id;
             PERFORM event_bus._release(r.id);
             PERFORM event_bus._breaker_changed(r.id, false);
-        ELSIF r.threshold > 0 AND r.consecutive_failures >= r.threshold THEN
+        ELSIF event_bus._breaker_opens(r.consecutive_failures, r.threshold) THEN
             -- open for a second, or, after a failed probe, re-open for as long as the endpoint has
             -- been failing so far (so about doubling), at most event_bus.breaker_cooldown_ms: a
             -- short outage costs seconds, a long one a probe per cool-down
             UPDATE event_bus.module_event_subscriptions
-               SET breaker_open_until = now() + least(v_cooldown, greatest(1000,
-                       CASE WHEN breaker_open_until IS NULL THEN 0
-                            ELSE extract(epoch FROM now() - breaker_opened_at) * 1000 END))
-                       * interval '1 millisecond',
+               SET breaker_open_until = now() + event_bus._breaker_open_for(
+                       CASE WHEN breaker_open_until IS NOT NULL THEN breaker_opened_at END),
                    breaker_opened_at = CASE WHEN breaker_open_until IS NULL THEN now() ELSE breaker_opened_at END
              WHERE id = r.id;
             PERFORM event_bus._hold(r.id);
@@ -560,7 +599,10 @@ SELECT t.from_states, t.to_states, t.moved_by, t.via
             'event_bus._rearm'),
         (9, '{failed}', '{skipped}', 'skip_delivery (an ordered stream goes on)', 'event_bus.skip_delivery'),
         (10, '{pending,processing,held,waiting}', '{}', 'unsubscribe, or a DELETE of the subscription',
-            'event_bus._subscriptions_deleted')
+            'event_bus._subscriptions_deleted'),
+        (11, '{completed,skipped}', '{}',
+            'retention (event_bus.retention) or purge_completed: a completed event''s deliveries go with it',
+            'event_bus.purge_completed')
        ) AS t(n, from_states, to_states, moved_by, via)
  ORDER BY t.n;
 COMMENT ON VIEW event_bus.delivery_transitions IS

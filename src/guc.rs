@@ -1,5 +1,6 @@
 //! Every setting in one place, with its default and context.
 
+use event_bus_core::lifecycle;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
@@ -22,7 +23,7 @@ pub static MAX_IN_FLIGHT_PER_SUBSCRIPTION: GucSetting<i32> = GucSetting::<i32>::
 /// Fallback poll interval when nothing wakes the worker.
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// How long past a request's timeout a claimed delivery stays leased.
-pub static LEASE_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static LEASE_MS: GucSetting<i32> = GucSetting::<i32>::new(lifecycle::lease::MARGIN_MS_DEFAULT);
 /// Request timeout of subscriptions that set none.
 pub static DEFAULT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 /// First retry delay ceiling.
@@ -46,9 +47,11 @@ pub static FOLLOW_REDIRECTS: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// Longest chain of events emitted by SQL handlers in reply to each other.
 pub static MAX_CHAIN_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(16);
 /// Consecutive failed attempts that open a subscription's circuit breaker (0 = never).
-pub static BREAKER_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(50);
+pub static BREAKER_THRESHOLD: GucSetting<i32> =
+    GucSetting::<i32>::new(lifecycle::breaker::THRESHOLD_DEFAULT);
 /// How long an open breaker waits before its probe.
-pub static BREAKER_COOLDOWN_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+pub static BREAKER_COOLDOWN_MS: GucSetting<i32> =
+    GucSetting::<i32>::new(lifecycle::breaker::COOLDOWN_MS_DEFAULT);
 /// Age after which completed events are deleted ('' or 0 keeps them).
 pub static RETENTION: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"7 days"));

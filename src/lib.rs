@@ -41,6 +41,8 @@ mod contract_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod input_tests;
 #[cfg(any(test, feature = "pg_test"))]
+mod lifecycle_tests;
+#[cfg(any(test, feature = "pg_test"))]
 mod ops_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod request_tests;

@@ -1,5 +1,7 @@
 //! event_bus's logic that needs no Postgres, in a crate of its own so that it builds and tests in
 //! seconds (`cargo test -p event_bus_core`) and the fuzzers (fuzz/) use it as a library:
+//! - [`lifecycle`] the delivery lifecycle, declared once: states, transitions, their rules, the breaker's
+//!   and the lease's defaults (the SQL side and the docs' diagram are checked against it)
 //! - [`matcher`]   the event-type / pattern grammar and the matcher
 //! - [`netpolicy`] event_bus.allowed_networks: which addresses requests may go to
 //! - [`validate`]  URL / header / secret rules, broker URLs, and keeping targets' secrets out of
@@ -8,6 +10,7 @@
 //!
 //! The extension (the crate at the workspace's root) re-exports them under the same names.
 
+pub mod lifecycle;
 pub mod matcher;
 pub mod netpolicy;
 pub mod validate;

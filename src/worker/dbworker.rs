@@ -18,6 +18,7 @@ use super::{
     sqlhandler, wait,
 };
 use crate::{guc, shmem};
+use event_bus_core::lifecycle::lease;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
@@ -108,10 +109,10 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, _arg: pg_sys::Datum) {
 }
 
 /// The scheduler's limits from the settings: a subscription's share, and how long a claimed job
-/// may wait locally (half the lease, so it goes back before the lease ends).
+/// may wait locally (event_bus_core::lifecycle::lease::stale_after_ms: it goes back before its lease ends).
 fn configure(sched: &mut Scheduler) {
     sched.per_subscription = guc::MAX_IN_FLIGHT_PER_SUBSCRIPTION.get().max(1) as usize;
-    sched.stale_after = Duration::from_millis((guc::LEASE_MS.get().max(100) / 2) as u64);
+    sched.stale_after = Duration::from_millis(lease::stale_after_ms(guc::LEASE_MS.get()));
 }
 
 /// How long a worker with nothing to do stays with its database (event_bus.worker_idle_ms).

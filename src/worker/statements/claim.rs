@@ -81,7 +81,7 @@ fn fan_out(limit: i64, settings: &ClaimSettings, full: &[Id], pass: Pass) -> Ste
                     CASE WHEN m.status = 'processing' THEN 1 ELSE 0 END,
                     CASE WHEN m.status = 'processing' THEN now() END,
                     CASE WHEN m.status = 'processing'
-                         THEN now() + (coalesce(m.timeout_ms, $2) + $3) * interval '1 millisecond'
+                         THEN event_bus._lease_end(m.timeout_ms, $2, $3)
                          ELSE now() END
                FROM m
               ORDER BY m.event_id, m.sub_id
@@ -490,7 +490,7 @@ fn fan_out_special(limit: i64, settings: &ClaimSettings, full: &[Id], pass: Pass
                     CASE WHEN r.waits OR r.breaker_open OR r.limited THEN 0 ELSE 1 END,
                     CASE WHEN r.waits OR r.breaker_open OR r.limited THEN NULL ELSE now() END,
                     CASE WHEN r.waits OR r.breaker_open OR r.limited THEN now()
-                         ELSE now() + (coalesce(r.timeout_ms, $2) + $3) * interval '1 millisecond' END,
+                         ELSE event_bus._lease_end(r.timeout_ms, $2, $3) END,
                     r.okey
                FROM r
               ORDER BY r.event_id, r.sub_id
@@ -552,7 +552,7 @@ fn claim_limited_sql() -> String {
             SET status = 'processing',
                 attempts = d.attempts + 1,
                 last_attempt_at = now(),
-                next_attempt_at = now() + (coalesce(s.timeout_ms, $2) + $3) * interval '1 millisecond',
+                next_attempt_at = event_bus._lease_end(s.timeout_ms, $2, $3),
                 capped_subscription_id = CASE WHEN s.max_in_flight IS NOT NULL THEN s.id END
            FROM c, event_bus.module_events e, event_bus.module_event_subscriptions s
           WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
@@ -591,7 +591,7 @@ fn claim(
             SET status = 'processing',
                 attempts = d.attempts + 1,
                 last_attempt_at = now(),
-                next_attempt_at = now() + (coalesce(s.timeout_ms, $2) + $3) * interval '1 millisecond'
+                next_attempt_at = event_bus._lease_end(s.timeout_ms, $2, $3)
            FROM c, event_bus.module_events e, event_bus.module_event_subscriptions s
           WHERE d.id = c.id AND e.id = d.event_id AND s.id = d.subscription_id
          RETURNING {JOB_COLUMNS}, (SELECT count(*) FROM c) < c.considered AS cut",
