@@ -191,17 +191,6 @@ impl Ctx {
         Ok(())
     }
 
-    /// Start the request's transaction as the signed-in role.
-    pub async fn begin<'c>(
-        &self,
-        client: &'c mut deadpool_postgres::Object,
-    ) -> Result<(deadpool_postgres::Transaction<'c>, Who), AppError> {
-        let id = self.identity()?;
-        let tx = client.transaction().await.map_err(AppError::from_pg)?;
-        let who = crate::db::act_as(&tx, &id, self.app.db.statement_timeout_ms).await?;
-        Ok((tx, who))
-    }
-
     pub fn q(&self, k: &str) -> Option<&str> {
         self.query
             .get(k)
@@ -423,24 +412,11 @@ pub fn enc(s: &str) -> String {
 
 /// A status badge, labelled in the page's language.
 pub fn badge(l: Lang, status: &str) -> Markup {
-    let known = [
-        "pending",
-        "processing",
-        "completed",
-        "failed",
-        "skipped",
-        "held",
-        "waiting",
-        "closed",
-        "open",
-        "half_open",
-    ];
-    let class = if known.contains(&status) {
-        status
-    } else {
-        "other"
-    };
-    let label = if known.contains(&status) {
+    // a delivery's state (an event's status is one of the same words), or a breaker's
+    let known = event_bus_core::lifecycle::DeliveryState::from_name(status).is_some()
+        || ["closed", "open", "half_open"].contains(&status);
+    let class = if known { status } else { "other" };
+    let label = if known {
         l.t(&format!("status-{status}"))
     } else {
         status.to_string()

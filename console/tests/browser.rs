@@ -1029,11 +1029,17 @@ fn bearer_tokens_bad_input_and_a_database_outage() {
         )
         .unwrap()
         .get(0);
-    for query in [format!("entity_id={long_entity}"), format!("type={long_type}")] {
+    for query in [
+        format!("entity_id={long_entity}"),
+        format!("type={long_type}"),
+    ] {
         let (status, _, body) =
             raw_http(port, "GET", &format!("/events?{query}"), &bearer(&good), "").unwrap();
         assert_eq!(status, 200, "{body}");
-        assert!(body.contains(long.as_str()), "a long filter finds its event: {query}");
+        assert!(
+            body.contains(long.as_str()),
+            "a long filter finds its event: {query}"
+        );
     }
     let (status, _, body) = raw_http(
         port,

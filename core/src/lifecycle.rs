@@ -99,6 +99,40 @@ impl DeliveryState {
     }
 }
 
+/// An event's status (`module_events.status`), derived from its deliveries by
+/// `event_bus._refresh_event_status`: pending (none attempted), processing (attempted, some unfinished),
+/// completed (every delivery completed or skipped, or none matched), failed (all finished, one dead).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventStatus {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+}
+
+impl EventStatus {
+    pub const ALL: [EventStatus; 4] = [
+        EventStatus::Pending,
+        EventStatus::Processing,
+        EventStatus::Completed,
+        EventStatus::Failed,
+    ];
+
+    /// The name stored in `module_events.status`: the same word as the delivery state it follows.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventStatus::Pending => Pending.name(),
+            EventStatus::Processing => Processing.name(),
+            EventStatus::Completed => Completed.name(),
+            EventStatus::Failed => Failed.name(),
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
 /// The unfinished states, in the order `event_bus._unfinished_states()` returns them.
 pub fn unfinished() -> Vec<DeliveryState> {
     DeliveryState::ALL
