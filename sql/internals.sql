@@ -271,7 +271,7 @@ BEGIN
     DELETE FROM event_bus.module_event_deliveries d
      WHERE d.id = ANY (ARRAY(
            SELECT q.id FROM event_bus.module_event_deliveries q
-            WHERE q.status IN ('pending', 'processing') AND q.next_attempt_at <= now()
+            WHERE q.status = ANY (event_bus._claimable_states()) AND q.next_attempt_at <= now()
             ORDER BY q.next_attempt_at
             LIMIT p_batch_size))
        AND NOT EXISTS (SELECT 1 FROM event_bus.module_events e WHERE e.id = d.event_id);
@@ -293,7 +293,7 @@ BEGIN
            AND EXISTS (SELECT 1 FROM event_bus.module_event_deliveries h
                         WHERE h.subscription_id = s.id AND h.status = 'held')
            AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries d
-                            WHERE d.subscription_id = s.id AND d.status IN ('pending', 'processing'))
+                            WHERE d.subscription_id = s.id AND d.status = ANY (event_bus._claimable_states()))
     LOOP
         PERFORM event_bus._hold(r.id);
     END LOOP;

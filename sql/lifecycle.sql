@@ -39,6 +39,7 @@
 -- The rules each transition applies are written once, here:
 --   _unfinished_states()      the states that still owe an attempt
 --   _stream_blocking_states() the states that hold an ordered stream's later deliveries back
+--   _claimable_states() / _finished_states()   what the claim takes; what owes no attempt
 --   _first_state(held, queued) / _due_state(held)   a new or re-armed delivery's state: held while its
 --                             subscription's breaker is open
 --   _lock_streams()           the lock that serialises decisions about ordered streams and limits
@@ -95,6 +96,19 @@ AS $$ SELECT '{waiting,pending,processing,held,failed}'::text[] $$;
 COMMENT ON FUNCTION event_bus._stream_blocking_states() IS
     'Internal: the states of an ordered delivery that hold back the later deliveries of its entity: '
     'unfinished, or dead (failed: the stream parks until it is retried or skipped).';
+
+CREATE OR REPLACE FUNCTION event_bus._claimable_states() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT '{pending,processing}'::text[] $$;
+COMMENT ON FUNCTION event_bus._claimable_states() IS
+    'Internal: what the claim takes once next_attempt_at has come: due (pending) or its lease run out '
+    '(processing); the predicate of the due index.';
+
+CREATE OR REPLACE FUNCTION event_bus._finished_states() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT '{completed,failed,skipped}'::text[] $$;
+COMMENT ON FUNCTION event_bus._finished_states() IS
+    'Internal: the delivery states that owe no attempt (only a retry or replay moves them again).';
 
 CREATE OR REPLACE FUNCTION event_bus._first_state(p_held boolean, p_queued boolean) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -154,7 +168,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     -- each unfinished state through its own partial index: the queue, not the history
     SELECT d.id FROM event_bus.module_event_deliveries d
-     WHERE d.status IN ('pending', 'processing') AND d.subscription_id = ANY (p_subscription_ids)
+     WHERE d.status = ANY (event_bus._claimable_states()) AND d.subscription_id = ANY (p_subscription_ids)
     UNION ALL
     SELECT d.id FROM event_bus.module_event_deliveries d
      WHERE d.status = 'held' AND d.subscription_id = ANY (p_subscription_ids)
@@ -255,7 +269,7 @@ BEGIN
           FROM event_bus.module_event_subscriptions s
          WHERE d.id = ANY (p_delivery_ids)
            AND s.id = d.subscription_id
-           AND d.status IN ('completed', 'failed', 'skipped')
+           AND d.status = ANY (event_bus._finished_states())
            -- a request was answered (or not) in its caller's session: never sent again
            AND NOT EXISTS (SELECT 1 FROM event_bus.module_events r WHERE r.id = d.event_id AND r.is_request)
         RETURNING d.event_id, d.id, d.ordering_key)

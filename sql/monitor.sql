@@ -269,7 +269,7 @@ AS $$
            (SELECT count(*) AS due,
                    coalesce(extract(epoch FROM now() - min(d.next_attempt_at))::double precision, 0) AS age
               FROM event_bus.module_event_deliveries d
-             WHERE d.status IN ('pending', 'processing') AND d.next_attempt_at <= now()) d,
+             WHERE d.status = ANY (event_bus._claimable_states()) AND d.next_attempt_at <= now()) d,
            (SELECT count(*) AS held
               FROM event_bus.module_event_deliveries d
              WHERE d.status = 'held') h,
@@ -410,12 +410,12 @@ BEGIN
            || E'# HELP event_bus_deliveries_due Deliveries due now (queue depth).\n'
            || E'# TYPE event_bus_deliveries_due gauge\n'
            || 'event_bus_deliveries_due '
-           || count(*) FILTER (WHERE d.status IN ('pending', 'processing') AND d.next_attempt_at <= now()) || E'\n'
+           || count(*) FILTER (WHERE d.status = ANY (event_bus._claimable_states()) AND d.next_attempt_at <= now()) || E'\n'
            || E'# HELP event_bus_oldest_due_seconds How long the longest-waiting due delivery has been due.\n'
            || E'# TYPE event_bus_oldest_due_seconds gauge\n'
            || 'event_bus_oldest_due_seconds '
            || coalesce(round(extract(epoch FROM now() - min(d.next_attempt_at)
-                             FILTER (WHERE d.status IN ('pending', 'processing') AND d.next_attempt_at <= now())), 3), 0) || E'\n'
+                             FILTER (WHERE d.status = ANY (event_bus._claimable_states()) AND d.next_attempt_at <= now())), 3), 0) || E'\n'
       INTO v_out
       FROM event_bus.module_event_deliveries d
      WHERE d.status = ANY (event_bus._unfinished_states());

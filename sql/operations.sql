@@ -268,7 +268,7 @@ BEGIN
                next_attempt_at = now(),
                attempt_offset = d.attempts,
                completed_at = NULL
-         WHERE d.status IN ('completed', 'failed', 'skipped')
+         WHERE d.status = ANY (event_bus._finished_states())
         RETURNING d.event_id, d.id, d.ordering_key)
     SELECT count(*), array_agg(DISTINCT up.event_id), array_agg(up.id) FILTER (WHERE up.ordering_key IS NOT NULL)
       INTO v_count, v_events, v_ordered FROM up;

@@ -51,7 +51,17 @@ mod tests {
         // the claim reads what is due: pending, and processing whose lease ran out
         assert_eq!(
             index("module_event_deliveries_due_idx"),
-            set([DeliveryState::Pending, DeliveryState::Processing])
+            set(lifecycle::CLAIMABLE)
+        );
+        let log_check = text(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'module_event_logs_status_check'",
+        );
+        assert_eq!(
+            quoted(&log_check),
+            lifecycle::ATTEMPT_OUTCOMES
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<BTreeSet<_>>()
         );
         assert_eq!(
             index("module_event_deliveries_stream_idx"),
@@ -80,6 +90,16 @@ mod tests {
                 .into_iter()
                 .collect::<BTreeSet<_>>(),
             set(lifecycle::stream_blocking())
+        );
+        assert_eq!(list("_claimable_states"), names(&lifecycle::CLAIMABLE));
+        assert_eq!(
+            list("_finished_states"),
+            names(
+                &DeliveryState::ALL
+                    .into_iter()
+                    .filter(|s| s.finished())
+                    .collect::<Vec<_>>()
+            )
         );
         for held in [false, true] {
             for queued in [false, true] {

@@ -11,7 +11,8 @@ thread_local! {
         std::cell::RefCell::new(HashMap::new());
 }
 
-/// Execute the statement `name` (prepared from `sql()` with parameter `types` on first use).
+/// Execute the statement `name` (prepared from `sql()` with parameter `types` on first use). The text
+/// names delivery states by marker (`<processing>`, `<claimable>`: event_bus_core::lifecycle::sql).
 pub fn exec<'conn>(
     client: &mut pgrx::spi::SpiClient<'conn>,
     name: &'static str,
@@ -25,7 +26,8 @@ pub fn exec<'conn>(
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let oids: Vec<pgrx::PgOid> = types.iter().map(|t| pgrx::PgOid::from(*t)).collect();
-                e.insert(client.prepare_mut(sql().as_str(), &oids)?.keep())
+                let text = event_bus_core::lifecycle::sql(&sql());
+                e.insert(client.prepare_mut(text.as_str(), &oids)?.keep())
             }
         };
         client.update(&*stmt, None, args)

@@ -133,6 +133,78 @@ impl EventStatus {
     }
 }
 
+/// An attempt's outcome in the attempt log (`module_event_logs.status`).
+pub const ATTEMPT_OUTCOMES: [&str; 2] = ["success", Failed.name()];
+
+/// Every status word a statement may compare a `status` column with, by where it appears in `text`
+/// (`status = 'x'`, `status <> 'x'`, `status IN ('x', ...)`, `status = CASE ... THEN 'x' ... END`), with
+/// the ones no state, event status or attempt outcome declares. Used by the test that reads every SQL
+/// source and statement: a misspelt or retired state name cannot hide in one of them.
+pub fn undeclared_status_words(text: &str) -> Vec<String> {
+    let declared = |w: &str| {
+        DeliveryState::from_name(w).is_some()
+            || EventStatus::from_name(w).is_some()
+            || ATTEMPT_OUTCOMES.contains(&w)
+    };
+    let quoted_words = |s: &str| -> Vec<String> {
+        s.split('\'')
+            .skip(1)
+            .step_by(2)
+            // a word (not a placeholder of a format string or an expression)
+            .filter(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut bad = Vec::new();
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(i) = text[from..].find("status") {
+        let at = from + i;
+        from = at + "status".len();
+        let before_ok =
+            at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_');
+        let after = &text[from..];
+        let after_ok = !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+        if !before_ok || !after_ok {
+            continue;
+        }
+        let rest = after.trim_start();
+        let words = if let Some(r) = rest.strip_prefix("<>").or_else(|| rest.strip_prefix('=')) {
+            let r = r.trim_start();
+            if r.starts_with('\'') {
+                quoted_words(&r[..r[1..].find('\'').map_or(r.len(), |e| e + 2)])
+            } else if r.starts_with("CASE") {
+                let case = &r[..r.find("END").unwrap_or(r.len())];
+                let mut ws = Vec::new();
+                for part in case.split("THEN").skip(1).chain(case.split("ELSE").skip(1)) {
+                    let p = part.trim_start();
+                    if p.starts_with('\'') {
+                        ws.extend(quoted_words(
+                            &p[..p[1..].find('\'').map_or(p.len(), |e| e + 2)],
+                        ));
+                    }
+                }
+                ws
+            } else {
+                vec![]
+            }
+        } else if let Some(r) = rest
+            .strip_prefix("IN")
+            .or_else(|| rest.strip_prefix("NOT IN"))
+        {
+            let r = r.trim_start();
+            match (r.starts_with("('"), r.find(')')) {
+                (true, Some(end)) => quoted_words(&r[..end]),
+                _ => vec![],
+            }
+        } else {
+            vec![]
+        };
+        bad.extend(words.into_iter().filter(|w| !declared(w)));
+    }
+    bad
+}
+
 /// The unfinished states, in the order `event_bus._unfinished_states()` returns them.
 pub fn unfinished() -> Vec<DeliveryState> {
     DeliveryState::ALL
@@ -147,6 +219,47 @@ pub fn stream_blocking() -> Vec<DeliveryState> {
         .into_iter()
         .filter(|s| s.blocks_stream())
         .collect()
+}
+
+/// What the claim takes: due deliveries (`pending`) and those whose lease ran out (`processing`), read
+/// through the due index (`module_event_deliveries_due_idx`, whose predicate names these states).
+pub const CLAIMABLE: [DeliveryState; 2] = [Pending, Processing];
+
+/// A statement of the worker with its states named from this module: `<pending>`, `<processing>`, ...
+/// (each state, and each event status by the same word) become quoted SQL literals, `<claimable>` the
+/// list of [`CLAIMABLE`]. Literals, not parameters: the planner must see the constants to use the
+/// partial indexes keyed on states. Panics on a marker that names no state (a typo fails at once).
+pub fn sql(template: &str) -> String {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(i) = rest.find('<') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let word_len = after
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(after.len());
+        if word_len > 0 && after[word_len..].starts_with('>') {
+            let word = &after[..word_len];
+            if word == "claimable" {
+                let list: Vec<String> = CLAIMABLE
+                    .iter()
+                    .map(|s| format!("'{}'", s.name()))
+                    .collect();
+                out.push_str(&list.join(", "));
+            } else {
+                let state = DeliveryState::from_name(word)
+                    .unwrap_or_else(|| panic!("<{word}> in a statement names no delivery state"));
+                out.push_str(&format!("'{}'", state.name()));
+            }
+            rest = &after[word_len + 1..];
+        } else {
+            // an operator (<, <=, <>) or anything else: kept
+            out.push('<');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Who moves a delivery: from any of `from` (empty: the delivery is created) to one of `to` (empty: it
@@ -333,6 +446,71 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), DeliveryState::ALL.len());
+    }
+
+    #[test]
+    fn statements_name_states_by_marker() {
+        assert_eq!(
+            sql("SET status = <processing> WHERE d.status IN (<claimable>) AND a < b AND x <> <failed> AND y <= 1"),
+            "SET status = 'processing' WHERE d.status IN ('pending', 'processing') AND a < b AND x <> 'failed' AND y <= 1"
+        );
+        assert_eq!(sql("no markers"), "no markers");
+    }
+
+    #[test]
+    #[should_panic(expected = "<procesing> in a statement names no delivery state")]
+    fn a_misspelt_state_fails_at_once() {
+        sql("status = <procesing>");
+    }
+
+    #[test]
+    fn status_words_are_checked_against_the_declaration() {
+        assert_eq!(
+            undeclared_status_words(
+                "WHERE d.status = 'failed' AND e.status <> 'dead' AND x.status IN ('pending', 'done') \
+                 AND l.http_status = 'n' SET status = CASE WHEN a THEN 'completed' ELSE 'gone' END"
+            ),
+            vec!["dead", "done", "gone"]
+        );
+    }
+
+    /// Every SQL source and every Rust file of the extension and the console names only declared
+    /// states where it compares a status (generated upgrade scripts and frozen deltas aside).
+    #[test]
+    fn every_statement_names_declared_states() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let mut files = Vec::new();
+        let mut dirs = vec![
+            format!("{root}/sql"),
+            format!("{root}/src"),
+            format!("{root}/console/src"),
+        ];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                let name = p.file_name().unwrap().to_string_lossy().to_string();
+                if p.is_dir() {
+                    if name != "upgrades" {
+                        dirs.push(p.to_string_lossy().to_string());
+                    }
+                } else if (name.ends_with(".sql") && !name.starts_with("event_bus--"))
+                    // (#[pg_test] files aside: their business tables have statuses of their own)
+                    || (name.ends_with(".rs") && name != "tests.rs" && !name.ends_with("_tests.rs"))
+                {
+                    files.push(p);
+                }
+            }
+        }
+        assert!(files.len() > 20, "found the sources: {files:?}");
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let bad = undeclared_status_words(&text);
+            assert!(
+                bad.is_empty(),
+                "{}: undeclared status words {bad:?}",
+                f.display()
+            );
+        }
     }
 
     #[test]

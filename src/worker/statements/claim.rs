@@ -28,11 +28,11 @@ const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
                     NOT EXISTS (SELECT 1 FROM m WHERE m.event_id = ev.id) AS unmatched
                FROM ev
               WHERE NOT EXISTS (SELECT 1 FROM m WHERE m.event_id = ev.id)
-                 OR EXISTS (SELECT 1 FROM ins WHERE ins.event_id = ev.id AND ins.status <> 'processing')
+                 OR EXISTS (SELECT 1 FROM ins WHERE ins.event_id = ev.id AND ins.status <> <processing>)
          ), upd AS (
              UPDATE event_bus.module_events e
                 SET dispatched_at = now(),
-                    status = CASE WHEN k.unmatched THEN 'completed' ELSE e.status END,
+                    status = CASE WHEN k.unmatched THEN <completed> ELSE e.status END,
                     processed_at = CASE WHEN k.unmatched THEN now() ELSE e.processed_at END
                FROM marks k
               WHERE e.id = k.id
@@ -78,9 +78,9 @@ fn fan_out(limit: i64, settings: &ClaimSettings, full: &[Id], pass: Pass) -> Ste
              INSERT INTO event_bus.module_event_deliveries
                  (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at)
              SELECT event_bus._delivery_id(m.event_id, m.sub_id), m.event_id, m.sub_id, m.tenant_id, m.status,
-                    CASE WHEN m.status = 'processing' THEN 1 ELSE 0 END,
-                    CASE WHEN m.status = 'processing' THEN now() END,
-                    CASE WHEN m.status = 'processing'
+                    CASE WHEN m.status = <processing> THEN 1 ELSE 0 END,
+                    CASE WHEN m.status = <processing> THEN now() END,
+                    CASE WHEN m.status = <processing>
                          THEN event_bus._lease_end(m.timeout_ms, $2, $3)
                          ELSE now() END
                FROM m
@@ -210,7 +210,7 @@ fn jobs_of_ins() -> String {
                  FROM ins d
                  JOIN event_bus.module_events e ON e.id = d.event_id
                  JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
-                WHERE d.status = 'processing'
+                WHERE d.status = <processing>
                 ORDER BY d.event_id, d.subscription_id) j ON true"
     )
 }
@@ -486,7 +486,7 @@ fn fan_out_special(limit: i64, settings: &ClaimSettings, full: &[Id], pass: Pass
                  (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at,
                   ordering_key)
              SELECT event_bus._delivery_id(r.event_id, r.sub_id), r.event_id, r.sub_id, r.tenant_id,
-                    CASE WHEN r.waits THEN 'waiting' ELSE event_bus._first_state(r.breaker_open, r.limited) END,
+                    CASE WHEN r.waits THEN <waiting> ELSE event_bus._first_state(r.breaker_open, r.limited) END,
                     CASE WHEN r.waits OR r.breaker_open OR r.limited THEN 0 ELSE 1 END,
                     CASE WHEN r.waits OR r.breaker_open OR r.limited THEN NULL ELSE now() END,
                     CASE WHEN r.waits OR r.breaker_open OR r.limited THEN now()
@@ -515,7 +515,7 @@ const LIMITS_CTE: &str = "lim AS (
              SELECT s.id, s.max_per_second AS rate,
                     s.max_in_flight
                       - (SELECT count(*) FROM event_bus.module_event_deliveries f
-                          WHERE f.capped_subscription_id = s.id AND f.status = 'processing'
+                          WHERE f.capped_subscription_id = s.id AND f.status = <processing>
                             AND f.next_attempt_at > now())::integer AS free,
                     greatest(coalesce(s.rate_next_at, now()), now()) AS base
                FROM event_bus.module_event_subscriptions s
@@ -549,7 +549,7 @@ fn claim_limited_sql() -> String {
               WHERE s.id = n.subscription_id AND l.rate IS NOT NULL
          )
          UPDATE event_bus.module_event_deliveries d
-            SET status = 'processing',
+            SET status = <processing>,
                 attempts = d.attempts + 1,
                 last_attempt_at = now(),
                 next_attempt_at = event_bus._lease_end(s.timeout_ms, $2, $3),
@@ -562,7 +562,7 @@ fn claim_limited_sql() -> String {
                     event_bus._event_bytes(e.payload, e.metadata) AS bytes
                FROM (SELECT d.id, d.event_id, d.subscription_id, d.next_attempt_at
                        FROM event_bus.module_event_deliveries d
-                      WHERE d.status IN ('pending', 'processing')
+                      WHERE d.status IN (<claimable>)
                         AND d.next_attempt_at <= now()
                         AND NOT (d.subscription_id = ANY ($6::uuid[]))
                         AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.id = d.subscription_id)
@@ -588,7 +588,7 @@ fn claim(
         format!(
         "WITH c AS ({c})
          UPDATE event_bus.module_event_deliveries d
-            SET status = 'processing',
+            SET status = <processing>,
                 attempts = d.attempts + 1,
                 last_attempt_at = now(),
                 next_attempt_at = event_bus._lease_end(s.timeout_ms, $2, $3)
@@ -601,7 +601,7 @@ fn claim(
             "SELECT l.id, l.next_attempt_at, event_bus._event_bytes(e.payload, e.metadata) AS bytes
                FROM (SELECT d.id, d.event_id, d.next_attempt_at
                        FROM event_bus.module_event_deliveries d
-                      WHERE d.status IN ('pending', 'processing')
+                      WHERE d.status IN (<claimable>)
                         AND d.next_attempt_at <= now()
                         AND NOT (d.subscription_id = ANY ($6::uuid[]))
                       ORDER BY d.next_attempt_at
@@ -650,7 +650,7 @@ fn next_due(special: bool, full: &[Id]) -> Step<Option<f64>> {
                 "WITH {LIMITS_CTE}
              SELECT extract(epoch FROM (least(
                     (SELECT min(d.next_attempt_at) FROM event_bus.module_event_deliveries d
-                      WHERE d.status IN ('pending', 'processing')
+                      WHERE d.status IN (<claimable>)
                         AND NOT (d.subscription_id = ANY ($1::uuid[]))
                         AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.id = d.subscription_id)),
                     (SELECT min(l.base) FROM lim l
@@ -660,7 +660,7 @@ fn next_due(special: bool, full: &[Id]) -> Step<Option<f64>> {
         } else {
             "SELECT extract(epoch FROM (min(d.next_attempt_at) - now()))::float8
            FROM event_bus.module_event_deliveries d
-          WHERE d.status IN ('pending', 'processing')
+          WHERE d.status IN (<claimable>)
             AND NOT (d.subscription_id = ANY ($1::uuid[]))"
                 .to_string()
         }

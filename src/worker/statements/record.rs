@@ -8,6 +8,7 @@ use crate::plans::exec;
 use crate::worker::deliver::{backoff, Outcome};
 use crate::worker::job::{Claimed, Id};
 use crate::worker::{Step, StepError};
+use event_bus_core::lifecycle;
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -56,15 +57,15 @@ pub fn retry_delay(c: &Claimed, o: &Outcome, rng: &mut Rng) -> Duration {
 /// A batch's outcomes onto its deliveries, each found by its id and changed only while this
 /// worker's lease on that attempt holds (`processing`, the same attempt number). The lease's state
 /// is compared with a column of the batch (`o.leased`, kept a column by MATERIALIZED), not a
-/// constant: `status = 'processing'` would let the planner read the due index, whose predicate it
+/// constant: `status = <processing>` would let the planner read the due index, whose predicate it
 /// implies (see `as_key_probe`).
 pub(super) const RECORD_DELIVERIES: &str = "WITH o AS MATERIALIZED (
-                 SELECT o.*, 'processing'::text AS leased
+                 SELECT o.*, <processing>::text AS leased
                    FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::bool[], $5::int[], $6::text[], $7::bigint[])
                      AS o(id, attempt, ok, dead, http_status, err, delay_ms)
              )
              UPDATE event_bus.module_event_deliveries d
-                SET status = CASE WHEN o.ok THEN 'completed' WHEN o.dead THEN 'failed' ELSE 'pending' END,
+                SET status = CASE WHEN o.ok THEN <completed> WHEN o.dead THEN <failed> ELSE <pending> END,
                     next_attempt_at = CASE WHEN o.ok OR o.dead THEN d.next_attempt_at
                                            ELSE now() + o.delay_ms * interval '1 millisecond' END,
                     completed_at = CASE WHEN o.ok OR o.dead THEN now() END,
@@ -325,13 +326,15 @@ pub fn release(unfinished: &[Claimed]) -> Step<()> {
         // by key, as the record (see RECORD_DELIVERIES)
         as_key_probe(|| {
             client.update(
-                "WITH o AS MATERIALIZED (
-                     SELECT o.*, 'processing'::text AS leased FROM unnest($1::uuid[], $2::int[]) AS o(id, attempt)
-                 )
-                 UPDATE event_bus.module_event_deliveries d
-                    SET status = 'pending', next_attempt_at = now(), attempts = d.attempts - 1
-                   FROM o
-                  WHERE d.id = o.id AND d.status = o.leased AND d.attempts = o.attempt",
+                &lifecycle::sql(
+                    "WITH o AS MATERIALIZED (
+                         SELECT o.*, <processing>::text AS leased FROM unnest($1::uuid[], $2::int[]) AS o(id, attempt)
+                     )
+                     UPDATE event_bus.module_event_deliveries d
+                        SET status = <pending>, next_attempt_at = now(), attempts = d.attempts - 1
+                       FROM o
+                      WHERE d.id = o.id AND d.status = o.leased AND d.attempts = o.attempt",
+                ),
                 None,
                 &[ids.into(), attempts.into()],
             )
@@ -375,8 +378,9 @@ mod tests {
                  (id, event_id, subscription_id, tenant_id, status, attempts, next_attempt_at)
              SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), '{TENANT}', 'processing', 1, now()
                FROM generate_series(1, 500) n;
-             PREPARE record_outcomes(uuid[], int[], bool[], bool[], int[], text[], bigint[]) AS {RECORD_DELIVERIES};
-             SET LOCAL plan_cache_mode = force_generic_plan;"
+             PREPARE record_outcomes(uuid[], int[], bool[], bool[], int[], text[], bigint[]) AS {record};
+             SET LOCAL plan_cache_mode = force_generic_plan;",
+            record = event_bus_core::lifecycle::sql(RECORD_DELIVERIES)
         ))
         .unwrap();
         let plan = as_key_probe(|| {
