@@ -268,6 +268,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_kind text := p_handler_kind;
+    v_event_type text := p_event_type;
     v_function text;
     v_proc regprocedure;
     v_id uuid;
@@ -277,6 +278,13 @@ BEGIN
             USING ERRCODE = '22004', HINT = 'Pass a pattern such as ''invoice.posted'', ''invoice.*'' or ''#''.';
     END IF;
     PERFORM event_bus._check_pattern(p_event_type);
+    -- the operational event of a failed delivery was event_bus.delivery.dead before 0.11.0: the old
+    -- name still subscribes, to the new one, until 0.12.0
+    IF p_event_type = 'event_bus.delivery.dead' THEN
+        v_event_type := 'event_bus.delivery.failed';
+        RAISE WARNING 'event_bus: event_bus.delivery.dead is now event_bus.delivery.failed: subscribed to that'
+            USING HINT = 'Subscribe to ''event_bus.delivery.failed''; the old name is accepted until 0.12.0.';
+    END IF;
     IF p_handler_module IS NULL OR p_handler_module = '' THEN
         RAISE EXCEPTION 'event_bus: handler_module must not be empty'
             USING ERRCODE = '22004', HINT = 'Name the module that handles the events, e.g. ''inventory''.';
@@ -415,7 +423,7 @@ BEGIN
          secret, timeout_ms, max_retries, backoff_base_ms, backoff_max_ms, run_as, description,
          ordered, max_in_flight, max_per_second, replies, idempotency_key, idempotency_window)
     VALUES
-        (p_event_type, p_handler_module, v_kind, p_handler_url, v_function, p_tenant_id,
+        (v_event_type, p_handler_module, v_kind, p_handler_url, v_function, p_tenant_id,
          coalesce(p_headers, '{}'::jsonb), p_secret, p_timeout_ms, p_max_retries, p_backoff_base_ms,
          p_backoff_max_ms, p_run_as, p_description, coalesce(p_ordered, false), p_max_in_flight, p_max_per_second,
          coalesce(p_replies, false), p_idempotency_key,

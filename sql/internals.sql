@@ -19,20 +19,20 @@ $$;
 COMMENT ON FUNCTION event_bus._operational_events_on() IS
     'Internal: is event_bus.operational_events on (the default)?';
 
-CREATE OR REPLACE FUNCTION event_bus._deliveries_dead(p_ids uuid[]) RETURNS integer
+CREATE OR REPLACE FUNCTION event_bus._deliveries_failed(p_ids uuid[]) RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_dead   integer;
+    v_failed integer;
     v_parked integer;
 BEGIN
     IF NOT event_bus._operational_events_on() THEN
         RETURN 0;
     END IF;
     INSERT INTO event_bus.module_events (tenant_id, event_type, source_module, entity_type, entity_id, payload, metadata)
-    SELECT d.tenant_id, 'event_bus.delivery.dead', 'event_bus', 'delivery', d.id::text,
+    SELECT d.tenant_id, 'event_bus.delivery.failed', 'event_bus', 'delivery', d.id::text,
            jsonb_build_object('delivery_id', d.id, 'event_id', e.id, 'event_type', e.event_type,
                               'entity_type', e.entity_type, 'entity_id', e.entity_id,
                               'subscription_id', s.id, 'handler_module', s.handler_module,
@@ -44,8 +44,8 @@ BEGIN
       JOIN event_bus.module_events e ON e.id = d.event_id
       JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
      WHERE d.id = ANY (p_ids) AND d.status = 'failed' AND e.event_type NOT LIKE 'event\_bus.%';
-    GET DIAGNOSTICS v_dead = ROW_COUNT;
-    -- a dead delivery of an ordered stream parks the stream behind it
+    GET DIAGNOSTICS v_failed = ROW_COUNT;
+    -- a failed delivery of an ordered stream parks the stream behind it
     INSERT INTO event_bus.module_events (tenant_id, event_type, source_module, entity_type, entity_id, payload, metadata)
     SELECT d.tenant_id, 'event_bus.stream.parked', 'event_bus', e.entity_type, e.entity_id,
            jsonb_build_object('subscription_id', d.subscription_id, 'entity_type', e.entity_type,
@@ -61,14 +61,14 @@ BEGIN
      WHERE d.id = ANY (p_ids) AND d.status = 'failed' AND d.ordering_key IS NOT NULL
        AND e.event_type NOT LIKE 'event\_bus.%';
     GET DIAGNOSTICS v_parked = ROW_COUNT;
-    IF v_dead + v_parked > 0 THEN
+    IF v_failed + v_parked > 0 THEN
         PERFORM event_bus._wake_on_commit();
     END IF;
-    RETURN v_dead + v_parked;
+    RETURN v_failed + v_parked;
 END
 $$;
-COMMENT ON FUNCTION event_bus._deliveries_dead(uuid[]) IS
-    'Internal: emit event_bus.delivery.dead for each of these deliveries that is dead (and '
+COMMENT ON FUNCTION event_bus._deliveries_failed(uuid[]) IS
+    'Internal: emit event_bus.delivery.failed for each of these deliveries that failed (and '
     'event_bus.stream.parked when it blocks an ordered stream), unless its event is an event_bus.* event.';
 
 CREATE OR REPLACE FUNCTION event_bus._breaker_changed(p_subscription_id uuid, p_opened boolean) RETURNS boolean
@@ -108,7 +108,7 @@ END
 $$;
 COMMENT ON FUNCTION event_bus._breaker_changed(uuid, boolean) IS
     'Internal: emit event_bus.breaker.opened / event_bus.breaker.closed for the subscription (after the change).';
-REVOKE ALL ON FUNCTION event_bus._deliveries_dead(uuid[]), event_bus._breaker_changed(uuid, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_bus._deliveries_failed(uuid[]), event_bus._breaker_changed(uuid, boolean) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------------
 -- Idempotency keys: the claim takes a key per delivery of subscriptions that name one; the
@@ -351,5 +351,5 @@ REVOKE ALL ON FUNCTION event_bus._maintenance(integer), event_bus._idempotency_g
     event_bus._idempotency_settle(uuid[], uuid[]) FROM PUBLIC;
 -- what process_pending_events runs of the worker's pipeline, in an admin's session
 GRANT EXECUTE ON FUNCTION event_bus._idempotency_gate(uuid[]), event_bus._idempotency_settle(uuid[], uuid[]),
-    event_bus._deliveries_dead(uuid[]), event_bus._breaker_changed(uuid, boolean)
+    event_bus._deliveries_failed(uuid[]), event_bus._breaker_changed(uuid, boolean)
     TO event_bus_admin;

@@ -383,7 +383,7 @@ COMMENT ON FUNCTION event_bus._order_streams(uuid[]) IS
 -- The circuit breaker: outcomes per subscription, hold and release
 ------------------------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION event_bus._record_subscription_outcomes(
-    p_ids uuid[], p_ok integer[], p_failed integer[], p_trailing integer[], p_errors text[], p_dead integer
+    p_ids uuid[], p_ok integer[], p_failed integer[], p_trailing integer[], p_errors text[], p_deliveries_failed integer
 ) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -395,8 +395,8 @@ BEGIN
        SET value = c.value + coalesce(CASE c.name
                                          WHEN 'attempts_succeeded' THEN (SELECT sum(x) FROM unnest(p_ok) x)
                                          WHEN 'attempts_failed' THEN (SELECT sum(x) FROM unnest(p_failed) x)
-                                         ELSE p_dead END, 0)
-     WHERE c.name IN ('attempts_succeeded', 'attempts_failed', 'deliveries_dead');
+                                         ELSE p_deliveries_failed END, 0)
+     WHERE c.name IN ('attempts_succeeded', 'attempts_failed', 'deliveries_failed');
 
     FOR r IN
         UPDATE event_bus.module_event_subscriptions s

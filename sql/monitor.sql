@@ -161,14 +161,16 @@ SELECT d.id              AS delivery_id,
        d.last_error,
        d.last_attempt_at,
        d.completed_at    AS dead_at,
-       e.created_at      AS emitted_at
+       e.created_at      AS emitted_at,
+       d.completed_at    AS failed_at
   FROM event_bus.module_event_deliveries d
   JOIN event_bus.module_events e ON e.id = d.event_id
   LEFT JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
  WHERE d.status = 'failed' AND NOT e.is_request;
 COMMENT ON VIEW event_bus.dead_letters IS
-    'Dead letters: deliveries that used up their retries, with the event, the handler and the last error. '
-    'Re-arm with retry_event(event_id) or retry_failed(...).';
+    'Dead letters: the failed deliveries (their retries used up), with the event, the handler and the last error. '
+    'Re-arm with retry_event(event_id) or retry_failed(...). failed_at: when it failed (dead_at, the same, is its '
+    'name before 0.11.0, kept until 0.12.0).';
 
 CREATE OR REPLACE FUNCTION event_bus.event_stats(
     p_window    interval DEFAULT '24 hours',
@@ -363,15 +365,15 @@ DECLARE
     v_dispatched bigint;
     v_succeeded  bigint;
     v_failed     bigint;
-    v_dead       bigint;
+    v_deliveries_failed bigint;
     v_purged     bigint;
 BEGIN
     SELECT coalesce(max(c.value) FILTER (WHERE c.name = 'events_dispatched'), 0),
            coalesce(max(c.value) FILTER (WHERE c.name = 'attempts_succeeded'), 0),
            coalesce(max(c.value) FILTER (WHERE c.name = 'attempts_failed'), 0),
-           coalesce(max(c.value) FILTER (WHERE c.name = 'deliveries_dead'), 0),
+           coalesce(max(c.value) FILTER (WHERE c.name = 'deliveries_failed'), 0),
            coalesce(max(c.value) FILTER (WHERE c.name = 'events_purged'), 0)
-      INTO v_dispatched, v_succeeded, v_failed, v_dead, v_purged
+      INTO v_dispatched, v_succeeded, v_failed, v_deliveries_failed, v_purged
       FROM event_bus._counters c;
     v_out := E'# HELP event_bus_events_dispatched_total Events fanned out to their subscriptions.\n'
           || E'# TYPE event_bus_events_dispatched_total counter\n'
@@ -380,9 +382,13 @@ BEGIN
           || E'# TYPE event_bus_attempts_total counter\n'
           || 'event_bus_attempts_total{result="success"} ' || v_succeeded || E'\n'
           || 'event_bus_attempts_total{result="failed"} ' || v_failed || E'\n'
-          || E'# HELP event_bus_deliveries_dead_total Deliveries that used up their retries.\n'
+          || E'# HELP event_bus_deliveries_failed_total Deliveries that used up their retries (became failed).\n'
+          || E'# TYPE event_bus_deliveries_failed_total counter\n'
+          || 'event_bus_deliveries_failed_total ' || v_deliveries_failed || E'\n'
+          -- the name before 0.11.0, kept for one release so that dashboards can move
+          || E'# HELP event_bus_deliveries_dead_total Deprecated: event_bus_deliveries_failed_total (removed in 0.12.0).\n'
           || E'# TYPE event_bus_deliveries_dead_total counter\n'
-          || 'event_bus_deliveries_dead_total ' || v_dead || E'\n'
+          || 'event_bus_deliveries_dead_total ' || v_deliveries_failed || E'\n'
           || E'# HELP event_bus_events_purged_total Completed events deleted by retention.\n'
           || E'# TYPE event_bus_events_purged_total counter\n'
           || 'event_bus_events_purged_total ' || v_purged || E'\n';

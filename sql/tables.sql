@@ -247,8 +247,8 @@ CREATE INDEX module_event_deliveries_in_flight_idx
 -- held deliveries of one subscription, released when its breaker closes
 CREATE INDEX module_event_deliveries_held_idx
     ON event_bus.module_event_deliveries (subscription_id) WHERE status = 'held';
--- dead letters, newest first
-CREATE INDEX module_event_deliveries_dead_idx
+-- failed deliveries (the dead letters), newest first
+CREATE INDEX module_event_deliveries_failed_idx
     ON event_bus.module_event_deliveries (completed_at) WHERE status = 'failed';
 -- the queue head churns: vacuum it far more often than the defaults do.
 ALTER TABLE event_bus.module_event_deliveries SET (
@@ -347,7 +347,7 @@ CREATE TABLE event_bus._counters (
     CONSTRAINT _counters_pkey PRIMARY KEY (name)
 );
 INSERT INTO event_bus._counters (name) VALUES
-    ('events_dispatched'), ('attempts_succeeded'), ('attempts_failed'), ('deliveries_dead'),
+    ('events_dispatched'), ('attempts_succeeded'), ('attempts_failed'), ('deliveries_failed'),
     ('events_purged');
 COMMENT ON TABLE event_bus._counters IS
     'Internal: counters behind metrics(), advanced by the worker in the transactions that record its work.';

@@ -64,13 +64,13 @@ pub static TENANT_SETTING: GucSetting<Option<CString>> =
 pub static TENANT_FUNCTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// Whether emit refuses event types without a registered payload schema.
 pub static STRICT_EVENT_TYPES: GucSetting<bool> = GucSetting::<bool>::new(false);
-/// Whether the bus emits its own operational events (event_bus.delivery.dead, ...).
+/// Whether the bus emits its own operational events (event_bus.delivery.failed, ...).
 pub static OPERATIONAL_EVENTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 pub fn register() {
     GucRegistry::define_bool_guc(
         c"event_bus.operational_events",
-        c"Emit the bus's own events: event_bus.delivery.dead, event_bus.breaker.opened / closed, event_bus.stream.parked.",
+        c"Emit the bus's own events: event_bus.delivery.failed, event_bus.breaker.opened / closed, event_bus.stream.parked.",
         c"Each in the tenant of the event concerned, in the transaction that makes the change, so any subscription \
           (e.g. to event_bus.#) can react. Never about deliveries of event_bus.* events (no loops).",
         &OPERATIONAL_EVENTS,

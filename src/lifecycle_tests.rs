@@ -72,7 +72,7 @@ mod tests {
             set([DeliveryState::Held])
         );
         assert_eq!(
-            index("module_event_deliveries_dead_idx"),
+            index("module_event_deliveries_failed_idx"),
             set([DeliveryState::Failed])
         );
     }

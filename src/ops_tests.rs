@@ -824,7 +824,7 @@ mod tests {
 
     #[pg_test]
     fn tenants_see_retry_and_replay_only_their_own_events() {
-        // (the dead deliveries below would be reported as event_bus.delivery.dead events, which
+        // (the dead deliveries below would be reported as event_bus.delivery.failed events, which
         // the '#' subscription receives: not what this test counts)
         Spi::run("SET LOCAL event_bus.operational_events = off").unwrap();
         setup_handlers();
@@ -990,8 +990,22 @@ mod tests {
         format!("event_bus.emit_module_event('{tenant}', 'x.y', 'sales', 'doc', 'D-1', '{{}}')")
     }
 
+    /// The operational event of a failed delivery was event_bus.delivery.dead before 0.11.0: a
+    /// subscription to the old name subscribes to the new one (until 0.12.0).
     #[pg_test]
-    fn operational_events_report_dead_deliveries_breakers_and_parked_streams_without_loops() {
+    fn subscribing_to_the_old_name_of_a_failed_delivery_event_subscribes_to_the_new_one() {
+        setup_handlers();
+        let id = subscribe("event_bus.delivery.dead", "ops", "inv.fragile", "");
+        assert_eq!(
+            text(&format!(
+                "SELECT event_type FROM event_bus.module_event_subscriptions WHERE id = '{id}'"
+            )),
+            "event_bus.delivery.failed"
+        );
+    }
+
+    #[pg_test]
+    fn operational_events_report_failed_deliveries_breakers_and_parked_streams_without_loops() {
         setup_handlers();
         // a subscription to the bus's own events that fails too: its dead deliveries of
         // event_bus.* events must not produce more of them
@@ -1004,13 +1018,13 @@ mod tests {
                 "SELECT count(*) FROM event_bus.module_events WHERE event_type = '{t}'"
             ))
         };
-        assert_eq!(op("event_bus.delivery.dead"), 1);
+        assert_eq!(op("event_bus.delivery.failed"), 1);
         assert_eq!(
             text(&format!(
                 "SELECT concat_ws('|', tenant_id, source_module, payload->>'event_id', payload->>'subscription_id',
                                   payload->>'attempts', payload->>'last_error' LIKE 'fragile handler refuses%',
                                   metadata->>'causation_id')
-                   FROM event_bus.module_events WHERE event_type = 'event_bus.delivery.dead'"
+                   FROM event_bus.module_events WHERE event_type = 'event_bus.delivery.failed'"
             )),
             format!("{TENANT}|event_bus|{ev}|{dead_sub}|1|t|{ev}")
         );
@@ -1022,7 +1036,7 @@ mod tests {
             )),
             1
         );
-        assert_eq!(op("event_bus.delivery.dead"), 1, "no loop");
+        assert_eq!(op("event_bus.delivery.failed"), 1, "no loop");
         assert_eq!(process(100), 0);
 
         // breaker: opened when it opens, closed by reset_breaker (once each)
@@ -1068,8 +1082,8 @@ mod tests {
         // switched off: nothing
         Spi::run("SET LOCAL event_bus.operational_events = off").unwrap();
         emit(TENANT, "pay.made", "pos", "{}");
-        let before = op("event_bus.delivery.dead");
+        let before = op("event_bus.delivery.failed");
         process(100);
-        assert_eq!(op("event_bus.delivery.dead"), before);
+        assert_eq!(op("event_bus.delivery.failed"), before);
     }
 }

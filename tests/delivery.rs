@@ -687,7 +687,7 @@ fn bad_subscription_rows_written_directly_fail_their_attempts_and_never_stop_the
         0,
         "nothing sent for a bad row"
     );
-    // (the good "#" subscription also receives the bus's event_bus.delivery.dead events)
+    // (the good "#" subscription also receives the bus's event_bus.delivery.failed events)
     let good = |event_type: &str| {
         rx.on("/good")
             .iter()
@@ -698,7 +698,7 @@ fn bad_subscription_rows_written_directly_fail_their_attempts_and_never_stop_the
         (good("a.b") == 1).then_some(())
     });
     wait_for("the three dead deliveries reported", LONG, || {
-        (good("event_bus.delivery.dead") == 3).then_some(())
+        (good("event_bus.delivery.failed") == 3).then_some(())
     });
     // and the worker is still there for the next event
     emit(&mut c, "a.c", "{}");

@@ -267,7 +267,7 @@ fn allowed_networks_refuse_a_destination_at_connect_time() {
         || {
             c.query_one("SELECT event_bus.retry_event($1::text::uuid)", &[&id])
                 .unwrap();
-            // (both "#" subscriptions also get the bus's event_bus.delivery.dead events)
+            // (both "#" subscriptions also get the bus's event_bus.delivery.failed events)
             let orders = |path: &str| {
                 rx.on(path)
                     .iter()

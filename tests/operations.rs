@@ -156,7 +156,7 @@ fn retention_deletes_old_completed_events_by_itself_and_keeps_dead_letters() {
         "1"
     );
     let metrics = one(&mut c, "SELECT event_bus.metrics()");
-    // the 50 sales, and the event_bus.delivery.dead event that reported the refund's dead
+    // the 50 sales, and the event_bus.delivery.failed event that reported the refund's dead
     // delivery (nothing subscribes to it here: completed at once)
     assert!(
         metrics.contains("event_bus_events_purged_total 51\n"),

@@ -202,7 +202,7 @@ fn a_target_s_secrets_never_reach_readers_or_operators() {
     .unwrap();
     let operational = one(
         &mut su,
-        "SELECT count(*)::text FROM event_bus.module_events WHERE event_type = 'event_bus.delivery.dead'",
+        "SELECT count(*)::text FROM event_bus.module_events WHERE event_type = 'event_bus.delivery.failed'",
     );
     assert_eq!(
         operational,

@@ -201,6 +201,12 @@ fn upgrade_from(old: &str) {
          SELECT event_bus.subscribe('legacy.x', 'legacy', p_handler_function => 'legacy.h', p_run_as => 'postgres');"
     ))
     .unwrap();
+    // before 0.11.0 the operational event of a failed delivery was event_bus.delivery.dead
+    c.execute(
+        "SELECT event_bus.subscribe('event_bus.delivery.dead', 'ops', $1)",
+        &[&rx.url("/ops")],
+    )
+    .unwrap();
     // events emitted while the new library runs against the old SQL wait for the upgrade
     for i in 0..3 {
         c.execute(
@@ -246,6 +252,14 @@ fn upgrade_from(old: &str) {
             .get(0);
         (n == 4 + mid_way as i64).then_some(())
     });
+    let ops: String = c
+        .query_one(
+            "SELECT string_agg(event_type, ',') FROM event_bus.module_event_subscriptions WHERE handler_module = 'ops'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ops, "event_bus.delivery.failed", "subscriptions follow the event's new name");
     let kept: String = c
         .query_one(
             "SELECT concat_ws('|',

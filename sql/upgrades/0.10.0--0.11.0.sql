@@ -84,3 +84,29 @@ BEGIN
      WHERE event_type LIKE 'event\_bus.%' AND payload::text ~ '://';
 END
 $$;
+
+------------------------------------------------------------------------------------------------
+-- One name per state: a delivery whose retries ran out is "failed" (the value of its status) everywhere,
+-- not "dead" in some names. The operational event event_bus.delivery.dead is now
+-- event_bus.delivery.failed: subscriptions to the old exact name follow it (subscribe() still takes
+-- the old name until 0.12.0); the metric keeps its old name beside the new one until then, and the
+-- view dead_letters its dead_at column beside failed_at.
+------------------------------------------------------------------------------------------------
+UPDATE event_bus._counters SET name = 'deliveries_failed' WHERE name = 'deliveries_dead';
+ALTER INDEX event_bus.module_event_deliveries_dead_idx RENAME TO module_event_deliveries_failed_idx;
+DROP FUNCTION IF EXISTS event_bus._deliveries_dead(uuid[]);
+-- (a parameter renamed: p_dead is p_deliveries_failed)
+DROP FUNCTION IF EXISTS event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer);
+DO $$
+DECLARE
+    v_moved integer;
+BEGIN
+    UPDATE event_bus.module_event_subscriptions
+       SET event_type = 'event_bus.delivery.failed'
+     WHERE event_type = 'event_bus.delivery.dead';
+    GET DIAGNOSTICS v_moved = ROW_COUNT;
+    IF v_moved > 0 THEN
+        RAISE NOTICE 'event_bus: % subscription(s) to event_bus.delivery.dead now subscribe to event_bus.delivery.failed, its new name', v_moved;
+    END IF;
+END
+$$;

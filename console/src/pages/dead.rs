@@ -50,7 +50,7 @@ struct Dead {
     attempts: i32,
     http_status: Option<i32>,
     last_error: Option<String>,
-    dead_at: Option<DateTime<Utc>>,
+    failed_at: Option<DateTime<Utc>>,
 }
 
 impl FromRow for Dead {
@@ -66,7 +66,7 @@ impl FromRow for Dead {
             attempts: col(r, "attempts")?,
             http_status: col(r, "last_http_status")?,
             last_error: col(r, "last_error")?,
-            dead_at: col(r, "dead_at")?,
+            failed_at: col(r, "failed_at")?,
         })
     }
 }
@@ -84,7 +84,7 @@ async fn dead_inner(ctx: &Ctx) -> Res {
         let rows: Vec<Dead> = query_as(
             tx,
             "SELECT delivery_id, event_id, tenant_id, event_type, source_module, handler_module, handler_kind,
-                    attempts, last_http_status, last_error, dead_at
+                    attempts, last_http_status, last_error, failed_at
                FROM event_bus.dead_letters
               WHERE ($1::uuid IS NULL OR tenant_id = $1)
                 AND ($2::text IS NULL OR source_module = $2)
@@ -152,7 +152,7 @@ async fn dead_inner(ctx: &Ctx) -> Res {
                 } }
                 tbody { @for r in &rows {
                     tr data-delivery=(r.delivery) {
-                        td { (time(ts(r.dead_at).as_deref())) }
+                        td { (time(ts(r.failed_at).as_deref())) }
                         td { a href={ "/events/" (r.event) } { code { (r.event_type) } } }
                         td { (r.source) }
                         td { (r.handler.as_deref().unwrap_or_default()) " " span.muted { (r.kind.as_deref().unwrap_or_default()) } }

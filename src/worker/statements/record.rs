@@ -1,5 +1,5 @@
 //! Recording outcomes: the attempt log, the delivery's next state (completed, retried after its
-//! backoff, dead), the events' status and the subscriptions' health, in one short transaction;
+//! backoff, failed), the events' status and the subscriptions' health, in one short transaction;
 //! and handing unfinished leases back.
 
 use super::claim::lock_streams;
@@ -62,20 +62,20 @@ pub fn retry_delay(c: &Claimed, o: &Outcome, rng: &mut Rng) -> Duration {
 pub(super) const RECORD_DELIVERIES: &str = "WITH o AS MATERIALIZED (
                  SELECT o.*, <processing>::text AS leased
                    FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::bool[], $5::int[], $6::text[], $7::bigint[])
-                     AS o(id, attempt, ok, dead, http_status, err, delay_ms)
+                     AS o(id, attempt, ok, fails, http_status, err, delay_ms)
              )
              UPDATE event_bus.module_event_deliveries d
-                SET status = CASE WHEN o.ok THEN <completed> WHEN o.dead THEN <failed> ELSE <pending> END,
-                    next_attempt_at = CASE WHEN o.ok OR o.dead THEN d.next_attempt_at
+                SET status = CASE WHEN o.ok THEN <completed> WHEN o.fails THEN <failed> ELSE <pending> END,
+                    next_attempt_at = CASE WHEN o.ok OR o.fails THEN d.next_attempt_at
                                            ELSE now() + o.delay_ms * interval '1 millisecond' END,
-                    completed_at = CASE WHEN o.ok OR o.dead THEN now() END,
+                    completed_at = CASE WHEN o.ok OR o.fails THEN now() END,
                     last_http_status = o.http_status,
                     last_error = o.err
                FROM o
               WHERE d.id = o.id AND d.status = o.leased AND d.attempts = o.attempt";
 
 /// Record a batch of outcomes: one attempt-log row each, the delivery's new state (completed,
-/// retried after its backoff, or dead), and the events' derived status.
+/// retried after its backoff, or failed), and the events' derived status.
 pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
     let n = batch.len();
     let mut ids = Vec::with_capacity(n);
@@ -84,7 +84,8 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
     let mut tenants = Vec::with_capacity(n);
     let mut attempts = Vec::with_capacity(n);
     let mut oks = Vec::with_capacity(n);
-    let mut deads = Vec::with_capacity(n);
+    // whether the attempt's failure fails the delivery (its retries are used up)
+    let mut fails = Vec::with_capacity(n);
     let mut statuses: Vec<Option<i32>> = Vec::with_capacity(n);
     let mut errors: Vec<Option<String>> = Vec::with_capacity(n);
     let mut responses: Vec<Option<String>> = Vec::with_capacity(n);
@@ -99,20 +100,20 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
         tenants.push(c.tenant_id);
         attempts.push(c.attempt);
         oks.push(o.success);
-        deads.push(!o.success && c.attempt - c.attempt_offset > c.max_retries);
+        fails.push(!o.success && c.attempt - c.attempt_offset > c.max_retries);
         statuses.push(o.http_status.map(|s| s as i32));
         errors.push(o.error.as_ref().map(|e| e.chars().take(2000).collect()));
         responses.push(o.response.clone());
         durations.push(o.duration.as_secs_f64() * 1000.0);
         delay_ms.push(d.as_millis().min(i64::MAX as u128) as i64);
     }
-    let dead_ids: Vec<Id> = batch
+    let failed_ids: Vec<Id> = batch
         .iter()
-        .zip(&deads)
-        .filter(|(_, dead)| **dead)
+        .zip(&fails)
+        .filter(|(_, fails)| **fails)
         .map(|(f, _)| f.claimed.delivery_id)
         .collect();
-    let dead_count = dead_ids.len() as i32;
+    let failed_count = failed_ids.len() as i32;
     let health = SubscriptionHealth::of(batch);
     let (handled, unhandled): (Vec<&Finished>, Vec<&Finished>) = batch
         .iter()
@@ -168,7 +169,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
                 ids.clone().into(),
                 attempts.clone().into(),
                 oks.clone().into(),
-                deads.into(),
+                fails.into(),
                 statuses.clone().into(),
                 errors.clone().into(),
                 delay_ms.into(),
@@ -211,15 +212,15 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
                 durations.into(),
             ],
         )?;
-        if !dead_ids.is_empty() {
-            // operational events (event_bus.delivery.dead, event_bus.stream.parked), in this
+        if !failed_ids.is_empty() {
+            // operational events (event_bus.delivery.failed, event_bus.stream.parked), in this
             // transaction
             exec(
                 client,
-                "deliveries_dead",
-                || "SELECT event_bus._deliveries_dead($1::uuid[])".to_string(),
+                "deliveries_failed",
+                || "SELECT event_bus._deliveries_failed($1::uuid[])".to_string(),
                 &[pg_sys::UUIDARRAYOID],
-                &[dead_ids.into()],
+                &[failed_ids.into()],
             )?;
         }
         if !handled.is_empty() || !unhandled.is_empty() {
@@ -267,7 +268,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
                 health.failed.into(),
                 health.trailing.into(),
                 health.last_error.into(),
-                dead_count.into(),
+                failed_count.into(),
             ],
         )?;
         Ok::<(), pgrx::spi::Error>(())
