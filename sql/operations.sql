@@ -196,7 +196,7 @@ AS $$
        AND NOT EXISTS (
            SELECT 1 FROM event_bus.module_event_deliveries d
             WHERE d.event_id = e.id AND d.subscription_id = s.id
-              AND d.status IN ('pending', 'processing', 'held'));
+              AND d.status = ANY (event_bus._unfinished_states()));
 $$;
 COMMENT ON FUNCTION event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid, uuid) IS
     'Internal: the (event, subscription) pairs a replay with these filters re-delivers, within p_scope '
@@ -221,6 +221,7 @@ DECLARE
     v_count   bigint;
     v_events  uuid[];
     v_ordered uuid[];
+    v_finished uuid[];
 BEGIN
     IF p_event_type IS NULL AND p_source_module IS NULL AND p_tenant_id IS NULL AND p_from IS NULL
        AND p_to IS NULL AND p_subscription_id IS NULL AND p_event_id IS NULL THEN
@@ -256,28 +257,37 @@ BEGIN
        AND (v_scope IS NULL OR s.tenant_id IS NULL OR s.tenant_id = v_scope)
      ORDER BY s.id
        FOR KEY SHARE;
-    WITH up AS (
+    -- the missing deliveries are created (due, or held behind an open breaker); the finished ones are
+    -- re-armed by the lifecycle's one re-arm (_rearm), as retry_event and retry_failed do
+    WITH t AS MATERIALIZED (
+        SELECT * FROM event_bus._replay_targets(v_scope, p_event_type, p_source_module, p_tenant_id, p_from, p_to,
+                                                p_subscription_id, p_event_id)
+    ), created AS (
         INSERT INTO event_bus.module_event_deliveries AS d
             (id, event_id, subscription_id, tenant_id, status, attempts, next_attempt_at)
-        SELECT event_bus._delivery_id(r.event_id, r.subscription_id), r.event_id, r.subscription_id,
-               r.tenant_id, event_bus._due_state(r.held), 0, now()
-          FROM event_bus._replay_targets(v_scope, p_event_type, p_source_module, p_tenant_id, p_from, p_to,
-                                         p_subscription_id, p_event_id) r
-        ON CONFLICT (event_id, subscription_id) DO UPDATE
-           SET status = excluded.status,
-               next_attempt_at = now(),
-               attempt_offset = d.attempts,
-               completed_at = NULL
-         WHERE d.status = ANY (event_bus._finished_states())
-        RETURNING d.event_id, d.id, d.ordering_key)
-    SELECT count(*), array_agg(DISTINCT up.event_id), array_agg(up.id) FILTER (WHERE up.ordering_key IS NOT NULL)
-      INTO v_count, v_events, v_ordered FROM up;
+        SELECT event_bus._delivery_id(t.event_id, t.subscription_id), t.event_id, t.subscription_id,
+               t.tenant_id, event_bus._due_state(t.held), 0, now()
+          FROM t
+        ON CONFLICT (event_id, subscription_id) DO NOTHING
+        RETURNING d.event_id, d.id, d.ordering_key
+    )
+    SELECT (SELECT count(*) FROM created),
+           (SELECT array_agg(DISTINCT c.event_id) FROM created c),
+           (SELECT array_agg(c.id) FILTER (WHERE c.ordering_key IS NOT NULL) FROM created c),
+           (SELECT array_agg(d.id)
+              FROM t JOIN event_bus.module_event_deliveries d
+                ON d.event_id = t.event_id AND d.subscription_id = t.subscription_id
+             WHERE d.status = ANY (event_bus._finished_states()))
+      INTO v_count, v_events, v_ordered, v_finished;
     IF v_ordered IS NOT NULL THEN
         PERFORM event_bus._order_streams(v_ordered);
     END IF;
     IF v_count > 0 THEN
         PERFORM event_bus._refresh_event_status(v_events);
         PERFORM event_bus._wake_on_commit();
+    END IF;
+    IF v_finished IS NOT NULL THEN
+        v_count := v_count + event_bus._rearm(v_finished);
     END IF;
     RETURN v_count;
 END
