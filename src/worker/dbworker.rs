@@ -140,260 +140,386 @@ fn start_dispatcher() -> Option<Dispatcher> {
 /// The first wait before a fan-out that met a subscription row being deleted runs again.
 const LOCK_BACKOFF: Duration = Duration::from_millis(5);
 
-/// The loop. Returns the exit code: 0 = unregister (extension dropped), 1 = restart.
+/// What a step of a round says comes next.
+enum Flow {
+    /// the round's next step
+    Go,
+    /// the next round, at once
+    Again,
+    /// stop: record what finished, hand the rest back, and exit (see [`Worker::stop`])
+    Stop,
+    /// exit now with this code: 0 = unregister (extension dropped, or left for the pool), 1 = restart
+    Exit(i32),
+}
+
+/// Run a step and follow its [`Flow`] (inside the loop of [`run`]).
+macro_rules! step {
+    ($e:expr) => {
+        match $e {
+            Flow::Go => {}
+            Flow::Again => continue,
+            Flow::Stop => break,
+            Flow::Exit(code) => return code,
+        }
+    };
+}
+
+/// The loop, as its steps. Returns the exit code: 0 = unregister (extension dropped, or left the
+/// database for the pool), 1 = restart.
 fn run(dboid: pg_sys::Oid) -> i32 {
-    let mut networks = guc::ALLOWED_NETWORKS.get();
-    let mut concurrency = max_in_flight();
-    let Some(mut dispatcher) = start_dispatcher() else {
+    let Some(mut w) = Worker::start(dboid) else {
         return 1;
     };
-    let mut sched = Scheduler::new(1, Duration::from_secs(5));
-    configure(&mut sched);
-    let mut rng = Rng::seeded();
-    let mut finished: Vec<Finished> = Vec::new();
-    let mut next_due: Option<Instant> = None;
-    let mut backoff_on_error = Duration::from_millis(100);
-    let mut lock_backoff = LOCK_BACKOFF;
-    let mut first_finished_at = Instant::now();
-    let mut next_maintenance = Instant::now();
-    let mut waiting_for_update = false;
-    let mut last_claim_at = Instant::now();
-    let mut last_round_small = false;
-    // the pool: this worker serves this database until it has had nothing to do for
-    // event_bus.worker_idle_ms, or, when other databases wait for a worker, until its slice ends
-    let started = Instant::now();
-    let mut last_busy = Instant::now();
-    // busy rounds since the worker last gave freed heap memory back (see `quiet` below)
-    let mut busy_rounds_since_trim: u32 = 0;
-    let mut last_trim = Instant::now();
-    let mut last_more = false;
-    let mut yielding = false;
-    let mut yielding_since: Option<Instant> = None;
-    // started for the periodic visit: no idling with the database unless there was work
-    let mut visit_only = BackgroundWorker::get_extra() == "visit";
-    let mut claimed_since_upkeep = false;
-    let dboid_u32 = dboid.to_u32();
-
     loop {
         if shutdown_requested() {
             break;
         }
-        reload_config_if_requested();
+        w.apply_settings();
+        // 1. outcomes as they arrive; jobs that waited too long for their turn go back
+        let stale = w.collect_outcomes();
+        // 2. record them (one short transaction)
+        step!(w.record(stale));
+        // 3. fan out and claim (one short transaction), when the sender has room
+        let room = w.has_room();
+        let more = if room {
+            match w.claim() {
+                Ok(more) => more,
+                Err(flow) => {
+                    step!(flow);
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        // 4. SQL handlers, for a slice
+        if w.sched.has_sql() {
+            run_sql_slice(&mut w.sched, &mut w.finished);
+        }
+        // 5. about once a second: breaker probes and releases, retention
+        w.upkeep();
+        // 6. leave the database for the pool, or stay
+        step!(w.leave_or_stay(room, more));
+        // 7. wait for the next thing to do
+        step!(w.wait(room, more));
+    }
+    w.stop()
+}
+
+/// A database's worker between rounds: the sender, the scheduler, outcomes not recorded yet, and
+/// what the last rounds saw.
+struct Worker {
+    dboid: u32,
+    dispatcher: Dispatcher,
+    /// the settings the sender was started with (a change restarts it)
+    networks: Option<std::ffi::CString>,
+    concurrency: usize,
+    batch_size: usize,
+    sched: Scheduler,
+    rng: Rng,
+    /// outcomes not recorded yet, and when the first of them arrived
+    finished: Vec<Finished>,
+    first_finished_at: Instant,
+    /// what the claim rounds saw: the next due delivery, whether the last found more, when it ran,
+    /// whether it found little (the next waits GATHER)
+    next_due: Option<Instant>,
+    last_more: bool,
+    last_claim_at: Instant,
+    last_round_small: bool,
+    claimed_since_upkeep: bool,
+    /// the waits after an error and after a subscription row held by a DELETE
+    backoff_on_error: Duration,
+    lock_backoff: Duration,
+    next_maintenance: Instant,
+    /// the library is newer than the database's SQL: nothing is claimed until ALTER EXTENSION UPDATE
+    waiting_for_update: bool,
+    /// the pool: since when it serves this database, when it last had work, whether it came only
+    /// for the periodic visit, whether it is leaving for databases that wait (and since when)
+    started: Instant,
+    last_busy: Instant,
+    visit_only: bool,
+    yielding: bool,
+    yielding_since: Option<Instant>,
+    /// busy rounds since the worker last gave freed heap memory back, and when it did
+    busy_rounds_since_trim: u32,
+    last_trim: Instant,
+}
+
+impl Worker {
+    fn start(dboid: pg_sys::Oid) -> Option<Worker> {
+        let dispatcher = start_dispatcher()?;
+        let mut sched = Scheduler::new(1, Duration::from_secs(5));
         configure(&mut sched);
-        let networks_now = guc::ALLOWED_NETWORKS.get();
-        if (networks_now != networks || max_in_flight() != concurrency) && sched.in_flight() == 0 {
-            // a new size, or a new network policy: that drops kept-alive connections opened
-            // under the old one
+        let now = Instant::now();
+        Some(Worker {
+            dboid: dboid.to_u32(),
+            dispatcher,
+            networks: guc::ALLOWED_NETWORKS.get(),
+            concurrency: max_in_flight(),
+            batch_size: guc::BATCH_SIZE.get().max(1) as usize,
+            sched,
+            rng: Rng::seeded(),
+            finished: Vec::new(),
+            first_finished_at: now,
+            next_due: None,
+            last_more: false,
+            last_claim_at: now,
+            last_round_small: false,
+            claimed_since_upkeep: false,
+            backoff_on_error: Duration::from_millis(100),
+            lock_backoff: LOCK_BACKOFF,
+            next_maintenance: now,
+            waiting_for_update: false,
+            started: now,
+            last_busy: now,
+            // started for the periodic visit: no idling with the database unless there was work
+            visit_only: BackgroundWorker::get_extra() == "visit",
+            yielding: false,
+            yielding_since: None,
+            busy_rounds_since_trim: 0,
+            last_trim: now,
+        })
+    }
+
+    /// Settings changed by a reload: the scheduler's limits, the batch size, and a new sender for
+    /// a new size or network policy (that drops kept-alive connections opened under the old one).
+    fn apply_settings(&mut self) {
+        reload_config_if_requested();
+        configure(&mut self.sched);
+        self.batch_size = guc::BATCH_SIZE.get().max(1) as usize;
+        let networks = guc::ALLOWED_NETWORKS.get();
+        if (networks != self.networks || max_in_flight() != self.concurrency)
+            && self.sched.in_flight() == 0
+        {
             if let Some(d) = start_dispatcher() {
-                dispatcher = d;
-                networks = networks_now;
-                concurrency = max_in_flight();
+                self.dispatcher = d;
+                self.networks = networks;
+                self.concurrency = max_in_flight();
             }
         }
-        let batch_size = guc::BATCH_SIZE.get().max(1) as usize;
+    }
 
-        // 1. outcomes as they arrive; jobs that waited too long for their turn go back to the
-        //    table
-        let mut stale = sched.take_stale(Instant::now());
-        for o in dispatcher.drain() {
-            if let Some(claimed) = sched.complete(&o) {
+    /// Step 1: the sender's outcomes into `finished`; returns the jobs to hand back (waited too long
+    /// for their turn, or not sent).
+    fn collect_outcomes(&mut self) -> Vec<Claimed> {
+        let mut stale = self.sched.take_stale(Instant::now());
+        for o in self.dispatcher.drain() {
+            if let Some(claimed) = self.sched.complete(&o) {
                 if !o.sent {
                     stale.push(claimed);
                     continue;
                 }
-                if finished.is_empty() {
-                    first_finished_at = Instant::now();
+                if self.finished.is_empty() {
+                    self.first_finished_at = Instant::now();
                 }
-                finished.push(Finished {
+                self.finished.push(Finished {
                     claimed,
                     outcome: o,
                 });
             }
         }
+        stale
+    }
 
-        // 2. record: when half a batch has finished, when nothing is in flight, or when the
-        //    oldest outcome has waited RECORD_DELAY
+    /// Step 2: record outcomes when half a batch has finished, when nothing is in flight, or when
+    /// the oldest has waited RECORD_DELAY; hand stale jobs back. On an error the outcomes are kept
+    /// for the next try.
+    fn record(&mut self, stale: Vec<Claimed>) -> Flow {
         let record_now = !stale.is_empty()
-            || (!finished.is_empty()
-                && (finished.len() >= (batch_size / 2).max(1)
-                    || sched.in_flight() == 0
-                    || first_finished_at.elapsed() >= RECORD_DELAY));
-        if record_now {
-            let batch = std::mem::take(&mut finished);
-            let delays: Vec<Duration> = batch
-                .iter()
-                .map(|f| retry_delay(&f.claimed, &f.outcome, &mut rng))
-                .collect();
-            match in_transaction_try("recording outcomes", || {
-                if !batch.is_empty() {
-                    record(&batch, &delays)?;
-                }
-                if !stale.is_empty() {
-                    release(&stale)?;
-                }
-                Ok(())
-            }) {
-                Ok(()) => backoff_on_error = Duration::from_millis(100),
-                Err(e) => {
-                    // DROP EXTENSION with outcomes in flight: there is nothing left to record
-                    // them in, and a retry would fail forever, holding a worker of the pool
-                    if let Ok(false) =
-                        in_transaction("checking for the extension", session::extension_present)
-                    {
-                        log("event_bus worker: extension dropped; exiting");
-                        shmem::skip_database(dboid.to_u32());
-                        return 0;
-                    }
-                    // the outcomes are kept for the next try; stale jobs come back when their
-                    // leases end
-                    log(&format!("event_bus worker: {e}; will retry"));
-                    finished = batch;
-                    if !wait(Some(dispatcher.wake_fd()), backoff_on_error) {
-                        break;
-                    }
-                    backoff_on_error = (backoff_on_error * 2).min(Duration::from_secs(10));
-                    continue;
-                }
-            }
+            || (!self.finished.is_empty()
+                && (self.finished.len() >= (self.batch_size / 2).max(1)
+                    || self.sched.in_flight() == 0
+                    || self.first_finished_at.elapsed() >= RECORD_DELAY));
+        if !record_now {
+            return Flow::Go;
         }
-
-        // 3. fan out and claim while the sender is about to run dry (subscriptions this worker
-        //    holds enough of are left out: their deliveries stay in the table for a later claim)
-        // (and the event data it holds is under event_bus.batch_memory)
-        let memory = batch_memory();
-        let room = !yielding
-            && sched.http_backlog(batch_size) < (batch_size / 2).max(1)
-            && sched.in_flight() < concurrency + 2 * batch_size
-            && finished.len() < batch_size
-            && sched.held_bytes() < memory;
-        let mut more = false;
-        if room {
-            if last_round_small {
-                let since = last_claim_at.elapsed();
-                if since < GATHER {
-                    std::thread::sleep(GATHER - since);
-                }
+        let batch = std::mem::take(&mut self.finished);
+        let delays: Vec<Duration> = batch
+            .iter()
+            .map(|f| retry_delay(&f.claimed, &f.outcome, &mut self.rng))
+            .collect();
+        match in_transaction_try("recording outcomes", || {
+            if !batch.is_empty() {
+                record(&batch, &delays)?;
             }
-            let full = sched.full(batch_size);
-            let budget = memory - sched.held_bytes();
-            // what was signalled before this point, this round sees
-            shmem::claiming(dboid_u32, last_more);
-            let result = in_transaction_try("claiming deliveries", || {
-                if !session::extension_present() {
-                    return Ok(None);
-                }
-                if let Some(installed) = outdated_sql() {
-                    return Ok(Some(Err(installed)));
-                }
-                let settings = ClaimSettings::read();
-                settings.bytes.set(budget);
-                Ok(Some(Ok(claim_and_fan_out(
-                    batch_size as i64,
-                    &settings,
-                    &full,
-                )?)))
-            });
-            match result {
-                Ok(None) => {
+            if !stale.is_empty() {
+                release(&stale)?;
+            }
+            Ok(())
+        }) {
+            Ok(()) => {
+                self.backoff_on_error = Duration::from_millis(100);
+                Flow::Go
+            }
+            Err(e) => {
+                // DROP EXTENSION with outcomes in flight: there is nothing left to record them in,
+                // and a retry would fail forever, holding a worker of the pool
+                if let Ok(false) =
+                    in_transaction("checking for the extension", session::extension_present)
+                {
                     log("event_bus worker: extension dropped; exiting");
-                    shmem::skip_database(dboid.to_u32());
-                    return 0;
+                    shmem::skip_database(self.dboid);
+                    return Flow::Exit(0);
                 }
-                Ok(Some(Err(installed))) => {
-                    // new library, old SQL: wait for ALTER EXTENSION ... UPDATE; events keep
-                    // accumulating and are delivered after it
-                    if !waiting_for_update {
-                        log(&format!(
-                            "event_bus worker: the extension's SQL in this database is version {installed} but the \
-                             library is {}; run ALTER EXTENSION event_bus UPDATE. Deliveries wait until then.",
-                            env!("CARGO_PKG_VERSION")
-                        ));
-                        waiting_for_update = true;
-                    }
-                    // the slot in the pool is not held for it: leave when idle or when others
-                    // wait (ALTER EXTENSION ... UPDATE brings a worker back at its commit)
-                    if shmem::others_waiting() || last_busy.elapsed() >= idle_limit() {
-                        shmem::leaving(dboid_u32, 0, false);
-                        return 0;
-                    }
-                    let poll = Duration::from_millis(guc::POLL_INTERVAL_MS.get().max(10) as u64);
-                    if !wait(Some(dispatcher.wake_fd()), poll) {
-                        break;
-                    }
-                    continue;
-                }
-                Ok(Some(Ok(round))) => {
-                    waiting_for_update = false;
-                    backoff_on_error = Duration::from_millis(100);
-                    lock_backoff = LOCK_BACKOFF;
-                    more = round.more;
-                    last_more = round.more;
-                    if more || !round.jobs.is_empty() {
-                        last_busy = Instant::now();
-                        busy_rounds_since_trim = busy_rounds_since_trim.saturating_add(1);
-                        visit_only = false;
-                    }
-                    claimed_since_upkeep = true;
-                    last_claim_at = Instant::now();
-                    last_round_small = !more && round.jobs.len() < (batch_size / 20).max(1);
-                    next_due = round
-                        .due
-                        .map(|secs| Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
-                    let now = Instant::now();
-                    for job in round.jobs {
-                        if let Some((claimed, outcome)) = sched.add(job, &dispatcher, now) {
-                            finished.push(Finished { claimed, outcome });
-                        }
-                    }
-                }
-                Err(e) if e.contains("(SQLSTATE 55P03)") => {
-                    // the fan-out met a subscription row that a DELETE holds (claim.rs,
-                    // SUBSCRIPTIONS_KEPT): nothing was written; run the round again once the
-                    // DELETE is through, quietly (it takes milliseconds, unless a session keeps
-                    // its transaction open after the DELETE: then the wait grows as for errors)
-                    if !wait(Some(dispatcher.wake_fd()), lock_backoff) {
-                        break;
-                    }
-                    lock_backoff = (lock_backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-                Err(e) => {
-                    log(&format!("event_bus worker: {e}; will retry"));
-                    if !wait(Some(dispatcher.wake_fd()), backoff_on_error) {
-                        break;
-                    }
-                    backoff_on_error = (backoff_on_error * 2).min(Duration::from_secs(10));
-                    continue;
-                }
+                // the outcomes are kept for the next try; stale jobs come back when their leases end
+                log(&format!("event_bus worker: {e}; will retry"));
+                self.finished = batch;
+                self.after_error()
             }
         }
+    }
 
-        // 4. SQL handlers, for a slice
-        if sched.has_sql() {
-            run_sql_slice(&mut sched, &mut finished);
+    /// Wait out the error backoff (doubling, at most 10 s); then the next round.
+    fn after_error(&mut self) -> Flow {
+        if !wait(Some(self.dispatcher.wake_fd()), self.backoff_on_error) {
+            return Flow::Stop;
         }
+        self.backoff_on_error = (self.backoff_on_error * 2).min(Duration::from_secs(10));
+        Flow::Again
+    }
 
-        // 5. about once a second: breaker probes and releases, retention
-        if Instant::now() >= next_maintenance && !waiting_for_update {
-            next_maintenance = Instant::now() + maintenance();
-            // what the upkeep made due (a breaker probe, a released hold) is claimed before leaving
-            claimed_since_upkeep = false;
+    /// Whether to claim this round: while the sender is about to run dry, and the event data held
+    /// stays under event_bus.batch_memory (subscriptions this worker holds enough of are left out:
+    /// their deliveries stay in the table for a later claim). Never while leaving.
+    fn has_room(&self) -> bool {
+        let b = self.batch_size;
+        !self.yielding
+            && self.sched.http_backlog(b) < (b / 2).max(1)
+            && self.sched.in_flight() < self.concurrency + 2 * b
+            && self.finished.len() < b
+            && self.sched.held_bytes() < batch_memory()
+    }
+
+    /// Step 3: fan out new events and claim due deliveries, in one short transaction; the jobs go
+    /// to the scheduler. Returns whether the round found more than it took.
+    fn claim(&mut self) -> Result<bool, Flow> {
+        if self.last_round_small {
+            let since = self.last_claim_at.elapsed();
+            if since < GATHER {
+                std::thread::sleep(GATHER - since);
+            }
         }
-        sched.tidy();
+        let full = self.sched.full(self.batch_size);
+        let budget = batch_memory() - self.sched.held_bytes();
+        let batch_size = self.batch_size;
+        // what was signalled before this point, this round sees
+        shmem::claiming(self.dboid, self.last_more);
+        let result = in_transaction_try("claiming deliveries", || {
+            if !session::extension_present() {
+                return Ok(None);
+            }
+            if let Some(installed) = outdated_sql() {
+                return Ok(Some(Err(installed)));
+            }
+            let settings = ClaimSettings::read();
+            settings.bytes.set(budget);
+            Ok(Some(Ok(claim_and_fan_out(
+                batch_size as i64,
+                &settings,
+                &full,
+            )?)))
+        });
+        match result {
+            Ok(None) => {
+                log("event_bus worker: extension dropped; exiting");
+                shmem::skip_database(self.dboid);
+                Err(Flow::Exit(0))
+            }
+            Ok(Some(Err(installed))) => Err(self.wait_for_update(&installed)),
+            Ok(Some(Ok(round))) => {
+                self.waiting_for_update = false;
+                self.backoff_on_error = Duration::from_millis(100);
+                self.lock_backoff = LOCK_BACKOFF;
+                self.last_more = round.more;
+                if round.more || !round.jobs.is_empty() {
+                    self.last_busy = Instant::now();
+                    self.busy_rounds_since_trim = self.busy_rounds_since_trim.saturating_add(1);
+                    self.visit_only = false;
+                }
+                self.claimed_since_upkeep = true;
+                self.last_claim_at = Instant::now();
+                self.last_round_small = !round.more && round.jobs.len() < (batch_size / 20).max(1);
+                self.next_due = round
+                    .due
+                    .map(|secs| Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
+                let now = Instant::now();
+                for job in round.jobs {
+                    if let Some((claimed, outcome)) = self.sched.add(job, &self.dispatcher, now) {
+                        self.finished.push(Finished { claimed, outcome });
+                    }
+                }
+                Ok(round.more)
+            }
+            Err(e) if e.contains("(SQLSTATE 55P03)") => {
+                // the fan-out met a subscription row that a DELETE holds (claim.rs,
+                // SUBSCRIPTIONS_KEPT): nothing was written; run the round again once the DELETE is
+                // through, quietly (it takes milliseconds, unless a session keeps its transaction
+                // open after the DELETE: then the wait grows as for errors)
+                if !wait(Some(self.dispatcher.wake_fd()), self.lock_backoff) {
+                    return Err(Flow::Stop);
+                }
+                self.lock_backoff = (self.lock_backoff * 2).min(Duration::from_secs(1));
+                Err(Flow::Again)
+            }
+            Err(e) => {
+                log(&format!("event_bus worker: {e}; will retry"));
+                Err(self.after_error())
+            }
+        }
+    }
 
-        // 6. leave the database (the pool): when its slice is over and others wait, stop claiming
-        //    and go once what is in flight is recorded; when there is nothing to do, go after
-        //    event_bus.worker_idle_ms (at once if others wait). Due retries are handed to the
-        //    launcher, which brings a worker back for them.
+    /// New library, old SQL: say so once and wait for ALTER EXTENSION ... UPDATE (events keep
+    /// accumulating and are delivered after it). The slot in the pool is not held for it: leave when
+    /// idle or when others wait (the UPDATE brings a worker back at its commit).
+    fn wait_for_update(&mut self, installed: &str) -> Flow {
+        if !self.waiting_for_update {
+            log(&format!(
+                "event_bus worker: the extension's SQL in this database is version {installed} but the \
+                 library is {}; run ALTER EXTENSION event_bus UPDATE. Deliveries wait until then.",
+                env!("CARGO_PKG_VERSION")
+            ));
+            self.waiting_for_update = true;
+        }
+        if shmem::others_waiting() || self.last_busy.elapsed() >= idle_limit() {
+            shmem::leaving(self.dboid, 0, false);
+            return Flow::Exit(0);
+        }
+        let poll = Duration::from_millis(guc::POLL_INTERVAL_MS.get().max(10) as u64);
+        if !wait(Some(self.dispatcher.wake_fd()), poll) {
+            return Flow::Stop;
+        }
+        Flow::Again
+    }
+
+    /// Step 5: about once a second, the upkeep (breaker probes and releases, retention); what it
+    /// made due (a probe, a released hold) is claimed before the worker leaves.
+    fn upkeep(&mut self) {
+        if Instant::now() >= self.next_maintenance && !self.waiting_for_update {
+            self.next_maintenance = Instant::now() + maintenance();
+            self.claimed_since_upkeep = false;
+        }
+        self.sched.tidy();
+    }
+
+    /// Step 6: leave the database (the pool). When its slice is over and others wait, stop claiming
+    /// and go once what is in flight is recorded; when there is nothing to do, go after
+    /// event_bus.worker_idle_ms (at once if others wait). Due retries are handed to the launcher,
+    /// which brings a worker back for them.
+    fn leave_or_stay(&mut self, room: bool, more: bool) -> Flow {
         let others = shmem::others_waiting();
-        if !yielding
+        if !self.yielding
             && others
-            && started.elapsed() >= Duration::from_millis(guc::WORKER_SLICE_MS.get().max(10) as u64)
+            && self.started.elapsed()
+                >= Duration::from_millis(guc::WORKER_SLICE_MS.get().max(10) as u64)
         {
-            yielding = true;
+            self.yielding = true;
         }
-        let quiet = sched.in_flight() == 0 && finished.is_empty() && !sched.has_sql();
-        if quiet && busy_rounds_since_trim >= 20 && last_trim.elapsed() >= Duration::from_secs(5) {
+        let quiet =
+            self.sched.in_flight() == 0 && self.finished.is_empty() && !self.sched.has_sql();
+        if quiet
+            && self.busy_rounds_since_trim >= 20
+            && self.last_trim.elapsed() >= Duration::from_secs(5)
+        {
             // A backlog worked off leaves the heaps (the backend's and the sender thread's glibc
             // arenas) as large as its busiest moment, free but kept: RssAnon stayed at 38 MB after
             // 900,000 events against 12 MB after 100,000. Hand the free pages back once the work is
@@ -401,70 +527,86 @@ fn run(dboid: pg_sys::Oid) -> i32 {
             unsafe {
                 libc::malloc_trim(0);
             }
-            busy_rounds_since_trim = 0;
-            last_trim = Instant::now();
+            self.busy_rounds_since_trim = 0;
+            self.last_trim = Instant::now();
         }
         if quiet {
-            let due_now = next_due.is_some_and(|d| d <= Instant::now() + Duration::from_millis(20));
-            let idle_for = last_busy.elapsed();
-            let limit = if visit_only {
+            let due_now = self
+                .next_due
+                .is_some_and(|d| d <= Instant::now() + Duration::from_millis(20));
+            let limit = if self.visit_only {
                 Duration::ZERO
             } else {
                 idle_limit()
             };
-            let leave = yielding
-                || (claimed_since_upkeep
+            let leave = self.yielding
+                || (self.claimed_since_upkeep
                     && !due_now
                     && !(more && room)
-                    && (others || idle_for >= limit));
+                    && (others || self.last_busy.elapsed() >= limit));
             if leave {
-                let due_ms = next_due.map(|d| {
+                let due_ms = self.next_due.map(|d| {
                     shmem::now_ms() + d.saturating_duration_since(Instant::now()).as_millis() as i64
                 });
                 // work left behind: a backlog its last round saw (due retries go by due_ms)
-                shmem::leaving(dboid_u32, due_ms.unwrap_or(0), last_more);
-                return 0;
+                shmem::leaving(self.dboid, due_ms.unwrap_or(0), self.last_more);
+                return Flow::Exit(0);
             }
         }
-        if yielding
-            && yielding_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(2)
+        if self.yielding
+            && self
+                .yielding_since
+                .get_or_insert_with(Instant::now)
+                .elapsed()
+                > Duration::from_secs(2)
         {
             // a slow endpoint holds the slice: hand what is still in flight back (its leases are
             // released; a request already sent may be sent again, with the same webhook-id)
-            shmem::leaving(dboid_u32, 0, true);
-            break;
+            shmem::leaving(self.dboid, 0, true);
+            return Flow::Stop;
         }
+        Flow::Go
+    }
 
-        // 7. wait: not at all while a round found more or SQL handlers are queued; else for a
-        //    commit, an outcome, the record delay, the next due time or a job turning stale
-        if (more && room) || sched.has_sql() {
-            continue;
+    /// Step 7: not at all while a round found more or SQL handlers are queued; else for a commit,
+    /// an outcome, the record delay, the next due time or a job turning stale.
+    fn wait(&mut self, room: bool, more: bool) -> Flow {
+        if (more && room) || self.sched.has_sql() {
+            return Flow::Again;
         }
         let poll = Duration::from_millis(guc::POLL_INTERVAL_MS.get().max(10) as u64);
         let now = Instant::now();
         let mut timeout = poll;
-        if !finished.is_empty() {
-            timeout = timeout.min(RECORD_DELAY.saturating_sub(first_finished_at.elapsed()));
+        if !self.finished.is_empty() {
+            timeout = timeout.min(RECORD_DELAY.saturating_sub(self.first_finished_at.elapsed()));
         }
-        if let (Some(due), true) = (next_due, room) {
+        if let (Some(due), true) = (self.next_due, room) {
             timeout = timeout.min(due.saturating_duration_since(now));
         }
-        if let Some(stale_at) = sched.next_stale() {
+        if let Some(stale_at) = self.sched.next_stale() {
             timeout = timeout.min(stale_at.saturating_duration_since(now));
         }
-        if !wait(Some(dispatcher.wake_fd()), timeout) {
-            break;
+        if !wait(Some(self.dispatcher.wake_fd()), timeout) {
+            return Flow::Stop;
         }
+        Flow::Go
     }
 
-    shutdown(&dispatcher, &mut sched, finished);
-    // stopped (SIGTERM: pg_terminate_backend, a slow slice handed back): what it released is due
-    // now, so the database wants a worker again (a database being dropped is forgotten already)
-    shmem::leaving(dboid_u32, 0, true);
-    if yielding {
-        0
-    } else {
-        1
+    /// Stopped (SIGTERM: pg_terminate_backend, a slow slice handed back): record what finished, hand
+    /// the rest back; what it released is due now, so the database wants a worker again (a database
+    /// being dropped is forgotten already). Exit code: 0 when it left for the pool, else 1.
+    fn stop(mut self) -> i32 {
+        shutdown(
+            &self.dispatcher,
+            &mut self.sched,
+            std::mem::take(&mut self.finished),
+        );
+        shmem::leaving(self.dboid, 0, true);
+        if self.yielding {
+            0
+        } else {
+            1
+        }
     }
 }
 
