@@ -537,7 +537,7 @@ BEGIN
         (tenant_id, event_type, source_module, entity_type, entity_id, payload, metadata, status,
          dispatched_at, is_request)
     VALUES (v_tenant, p_event_type, p_source_module, p_entity_type, p_entity_id, coalesce(p_payload, '{}'::jsonb),
-            v_metadata, 'processing', now(), true)
+            v_metadata, <processing>, now(), true)
     RETURNING id INTO event_id;
 
     -- the responders kept until this transaction ends (FOR KEY SHARE): an unsubscribe either comes
@@ -562,7 +562,7 @@ BEGIN
                             cardinality(v_subs), p_event_type, v_tenant, array_to_string(v_subs, ', '));
         END IF;
         UPDATE event_bus.module_events e
-           SET status = 'failed', processed_at = now(), error_message = try_request.error
+           SET status = <failed>, processed_at = now(), error_message = try_request.error
          WHERE e.id = try_request.event_id;
         RETURN;
     END IF;
@@ -571,7 +571,7 @@ BEGIN
     v_delivery := event_bus._delivery_id(event_id, subscription_id);
     INSERT INTO event_bus.module_event_deliveries
         (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at)
-    VALUES (v_delivery, event_id, subscription_id, v_tenant, 'processing', 1, now(), now());
+    VALUES (v_delivery, event_id, subscription_id, v_tenant, <processing>, 1, now(), now());
 
     v_out := event_bus._request_call(v_delivery, p_timeout_ms);
 
@@ -590,7 +590,7 @@ BEGIN
         END IF;
     END IF;
     UPDATE event_bus.module_event_deliveries d
-       SET status = CASE WHEN ok THEN 'completed' ELSE 'failed' END,
+       SET status = CASE WHEN ok THEN <completed> ELSE <failed> END,
            completed_at = now(),
            last_http_status = try_request.http_status,
            last_error = try_request.error
@@ -598,11 +598,11 @@ BEGIN
     INSERT INTO event_bus.module_event_logs
         (event_id, subscription_id, delivery_id, tenant_id, attempt, status, http_status, response,
          error_message, duration_ms)
-    VALUES (event_id, subscription_id, v_delivery, v_tenant, 1, CASE WHEN ok THEN 'success' ELSE 'failed' END,
+    VALUES (event_id, subscription_id, v_delivery, v_tenant, 1, CASE WHEN ok THEN 'success' ELSE <failed> END,
             http_status, CASE WHEN ok THEN v_out -> 'response' ELSE nullif(v_out -> 'response', 'null') END,
             error, duration_ms);
     UPDATE event_bus.module_events e
-       SET status = CASE WHEN ok THEN 'completed' ELSE 'failed' END,
+       SET status = CASE WHEN ok THEN <completed> ELSE <failed> END,
            processed_at = now(),
            error_message = try_request.error
      WHERE e.id = try_request.event_id;

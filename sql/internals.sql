@@ -43,7 +43,7 @@ BEGIN
       FROM event_bus.module_event_deliveries d
       JOIN event_bus.module_events e ON e.id = d.event_id
       JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
-     WHERE d.id = ANY (p_ids) AND d.status = 'failed' AND e.event_type NOT LIKE 'event\_bus.%';
+     WHERE d.id = ANY (p_ids) AND d.status = <failed> AND e.event_type NOT LIKE 'event\_bus.%';
     GET DIAGNOSTICS v_failed = ROW_COUNT;
     -- a failed delivery of an ordered stream parks the stream behind it
     INSERT INTO event_bus.module_events (tenant_id, event_type, source_module, entity_type, entity_id, payload, metadata)
@@ -51,14 +51,14 @@ BEGIN
            jsonb_build_object('subscription_id', d.subscription_id, 'entity_type', e.entity_type,
                               'entity_id', e.entity_id, 'blocking_delivery_id', d.id, 'event_id', e.id,
                               'event_type', e.event_type, 'last_error', d.last_error,
-                              'waiting', (SELECT count(*) FROM event_bus.module_event_deliveries w
+                              <waiting>, (SELECT count(*) FROM event_bus.module_event_deliveries w
                                            WHERE w.subscription_id = d.subscription_id AND w.tenant_id = d.tenant_id
-                                             AND w.ordering_key = d.ordering_key AND w.status = 'waiting')),
+                                             AND w.ordering_key = d.ordering_key AND w.status = <waiting>)),
            jsonb_build_object('causation_id', e.id::text,
                               'correlation_id', coalesce(e.metadata ->> 'correlation_id', e.id::text))
       FROM event_bus.module_event_deliveries d
       JOIN event_bus.module_events e ON e.id = d.event_id
-     WHERE d.id = ANY (p_ids) AND d.status = 'failed' AND d.ordering_key IS NOT NULL
+     WHERE d.id = ANY (p_ids) AND d.status = <failed> AND d.ordering_key IS NOT NULL
        AND e.event_type NOT LIKE 'event\_bus.%';
     GET DIAGNOSTICS v_parked = ROW_COUNT;
     IF v_failed + v_parked > 0 THEN
@@ -209,11 +209,11 @@ BEGIN
     -- put back the ones whose key is held by a delivery under way (not counted as an attempt)
     IF cardinality(v_deferred) > 0 THEN
         UPDATE event_bus.module_event_deliveries d
-           SET status = 'pending',
+           SET status = <pending>,
                attempts = greatest(d.attempts - 1, 0),
                next_attempt_at = now() + interval '1 second',
                capped_subscription_id = NULL
-         WHERE d.id = ANY (v_deferred) AND d.status = 'processing';
+         WHERE d.id = ANY (v_deferred) AND d.status = <processing>;
     END IF;
 END
 $$;
@@ -247,15 +247,15 @@ DECLARE
 BEGIN
     -- a hold that raced with its breaker closing
     UPDATE event_bus.module_event_deliveries d
-       SET status = 'pending', next_attempt_at = now()
+       SET status = <pending>, next_attempt_at = now()
       FROM event_bus.module_event_subscriptions s
-     WHERE d.status = 'held' AND s.id = d.subscription_id AND s.breaker_open_until IS NULL;
+     WHERE d.status = <held> AND s.id = d.subscription_id AND s.breaker_open_until IS NULL;
     -- a stream whose head finished in a transaction that did not see its next delivery yet
     -- (the stream index's own predicate, so this is an index probe however large the history)
     IF EXISTS (SELECT 1 FROM event_bus.module_event_deliveries w
                 WHERE w.ordering_key IS NOT NULL
                   AND w.status = ANY (event_bus._stream_blocking_states())
-                  AND w.status = 'waiting') THEN
+                  AND w.status = <waiting>) THEN
         PERFORM event_bus._advance_streams(NULL);
     END IF;
     -- deliveries a fan-out added for a subscription deleted meanwhile (a fan-out transaction
@@ -291,7 +291,7 @@ BEGIN
         SELECT s.id FROM event_bus.module_event_subscriptions s
          WHERE s.breaker_open_until <= now()
            AND EXISTS (SELECT 1 FROM event_bus.module_event_deliveries h
-                        WHERE h.subscription_id = s.id AND h.status = 'held')
+                        WHERE h.subscription_id = s.id AND h.status = <held>)
            AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries d
                             WHERE d.subscription_id = s.id AND d.status = ANY (event_bus._claimable_states()))
     LOOP

@@ -46,7 +46,9 @@
 --   _lease_end(timeout, default, margin)   when a lease taken now ends
 --   _breaker_threshold(own) / _breaker_cooldown_ms()   the breaker's settings with their defaults
 --   _breaker_opens(failures, threshold) / _breaker_open_for(failing_since)   when it opens, for how long
--- They are declared in Rust, core/src/lifecycle.rs, with the states and transitions; src/lifecycle_tests.rs
+-- They are declared in Rust, core/src/lifecycle.rs, with the states and transitions; every SQL source
+-- writes a state as a marker (<pending>, or a rule's list: <unfinished>, <claimable>, ...) that build.rs
+-- expands from that declaration (sql/generated/ is what is installed); src/lifecycle_tests.rs
 -- fails when this file, the table's CHECK and partial indexes, or the two views disagree with it.
 -- The partial indexes of module_event_deliveries (sql/tables.sql) are keyed on these states. The
 -- rules are constant SQL functions: the planner folds them into the same constant lists as the
@@ -86,33 +88,33 @@
 -- (plain SQL, no settings: the planner inlines them, and folds the constant ones into the plan)
 CREATE OR REPLACE FUNCTION event_bus._unfinished_states() RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT '{pending,processing,held,waiting}'::text[] $$;
+AS $$ SELECT ARRAY[<unfinished>]::text[] $$;
 COMMENT ON FUNCTION event_bus._unfinished_states() IS
     'Internal: the delivery states that still owe an attempt (the rest are finished: completed, failed, skipped).';
 
 CREATE OR REPLACE FUNCTION event_bus._stream_blocking_states() RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT '{waiting,pending,processing,held,failed}'::text[] $$;
+AS $$ SELECT ARRAY[<stream_blocking>]::text[] $$;
 COMMENT ON FUNCTION event_bus._stream_blocking_states() IS
     'Internal: the states of an ordered delivery that hold back the later deliveries of its entity: '
     'unfinished, or dead (failed: the stream parks until it is retried or skipped).';
 
 CREATE OR REPLACE FUNCTION event_bus._claimable_states() RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT '{pending,processing}'::text[] $$;
+AS $$ SELECT ARRAY[<claimable>]::text[] $$;
 COMMENT ON FUNCTION event_bus._claimable_states() IS
     'Internal: what the claim takes once next_attempt_at has come: due (pending) or its lease run out '
     '(processing); the predicate of the due index.';
 
 CREATE OR REPLACE FUNCTION event_bus._finished_states() RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT '{completed,failed,skipped}'::text[] $$;
+AS $$ SELECT ARRAY[<finished>]::text[] $$;
 COMMENT ON FUNCTION event_bus._finished_states() IS
     'Internal: the delivery states that owe no attempt (only a retry or replay moves them again).';
 
 CREATE OR REPLACE FUNCTION event_bus._first_state(p_held boolean, p_queued boolean) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT CASE WHEN p_held THEN 'held' WHEN p_queued THEN 'pending' ELSE 'processing' END $$;
+AS $$ SELECT CASE WHEN p_held THEN <held> WHEN p_queued THEN <pending> ELSE <processing> END $$;
 COMMENT ON FUNCTION event_bus._first_state(boolean, boolean) IS
     'Internal: the state the fan-out creates a delivery in: held while its subscription''s breaker is open '
     '(p_held), pending when it is queued for a later claim (p_queued: a limited subscription, or one whose '
@@ -171,12 +173,12 @@ AS $$
      WHERE d.status = ANY (event_bus._claimable_states()) AND d.subscription_id = ANY (p_subscription_ids)
     UNION ALL
     SELECT d.id FROM event_bus.module_event_deliveries d
-     WHERE d.status = 'held' AND d.subscription_id = ANY (p_subscription_ids)
+     WHERE d.status = <held> AND d.subscription_id = ANY (p_subscription_ids)
     UNION ALL
     -- waiting: through the stream index (its predicate is _stream_blocking_states())
     SELECT d.id FROM event_bus.module_event_deliveries d
      WHERE d.ordering_key IS NOT NULL AND d.status = ANY (event_bus._stream_blocking_states())
-       AND d.status = 'waiting' AND d.subscription_id = ANY (p_subscription_ids)
+       AND d.status = <waiting> AND d.subscription_id = ANY (p_subscription_ids)
 $$;
 COMMENT ON FUNCTION event_bus._unfinished_deliveries(uuid[]) IS
     'Internal: the unfinished deliveries (_unfinished_states) of these subscriptions, read through the '
@@ -197,24 +199,24 @@ BEGIN
         SELECT ids.id AS event_id,
                a.n,
                a.fanned_out_at,
-               CASE WHEN a.n = a.n_completed THEN 'completed'
-                    WHEN a.n = a.n_completed + a.n_failed THEN 'failed'
-                    WHEN a.n_attempted > 0 OR a.n_completed + a.n_failed > 0 THEN 'processing'
-                    ELSE 'pending' END AS status,
+               CASE WHEN a.n = a.n_completed THEN <completed>
+                    WHEN a.n = a.n_completed + a.n_failed THEN <failed>
+                    WHEN a.n_attempted > 0 OR a.n_completed + a.n_failed > 0 THEN <processing>
+                    ELSE <pending> END AS status,
                greatest(a.retries, 0)::integer AS retries,
                CASE WHEN a.n_failed > 0 THEN
                    (SELECT d.last_error FROM event_bus.module_event_deliveries d
-                     WHERE d.event_id = ids.id AND d.status = 'failed'
+                     WHERE d.event_id = ids.id AND d.status = <failed>
                      ORDER BY d.completed_at DESC NULLS LAST LIMIT 1)
                END AS last_error
           FROM unnest(p_event_ids) AS ids(id)
           CROSS JOIN LATERAL (
               SELECT count(*) AS n,
-                     count(*) FILTER (WHERE d.status IN ('completed', 'skipped')) AS n_completed,
-                     count(*) FILTER (WHERE d.status = 'failed') AS n_failed,
+                     count(*) FILTER (WHERE d.status IN (<completed>, <skipped>)) AS n_completed,
+                     count(*) FILTER (WHERE d.status = <failed>) AS n_failed,
                      count(*) FILTER (WHERE d.attempts > 0) AS n_attempted,
                      coalesce(sum(d.attempts), 0)
-                       - count(*) FILTER (WHERE d.status IN ('completed', 'processing')) AS retries,
+                       - count(*) FILTER (WHERE d.status IN (<completed>, <processing>)) AS retries,
                      min(d.created_at) AS fanned_out_at
                 FROM event_bus.module_event_deliveries d
                WHERE d.event_id = ids.id) a
@@ -225,7 +227,7 @@ BEGIN
            SET status = d.status,
                retry_count = d.retries,
                error_message = d.last_error,
-               processed_at = CASE WHEN d.status IN ('completed', 'failed')
+               processed_at = CASE WHEN d.status IN (<completed>, <failed>)
                                    THEN coalesce(e.processed_at, now()) END,
                dispatched_at = coalesce(e.dispatched_at, d.fanned_out_at)
           FROM derived d
@@ -319,7 +321,7 @@ BEGIN
           FROM event_bus.module_event_deliveries d
          WHERE p_delivery_ids IS NULL
            AND d.ordering_key IS NOT NULL
-           AND d.status = ANY (event_bus._stream_blocking_states()) AND d.status = 'waiting'
+           AND d.status = ANY (event_bus._stream_blocking_states()) AND d.status = <waiting>
         UNION
         SELECT d.subscription_id, d.tenant_id, d.ordering_key
           FROM event_bus.module_event_deliveries d
@@ -327,20 +329,20 @@ BEGIN
     ), nxt AS (
         SELECT (SELECT w.id FROM event_bus.module_event_deliveries w
                  WHERE w.subscription_id = k.subscription_id AND w.tenant_id = k.tenant_id
-                   AND w.ordering_key = k.ordering_key AND w.status = 'waiting'
+                   AND w.ordering_key = k.ordering_key AND w.status = <waiting>
                  ORDER BY w.event_id LIMIT 1) AS id
           FROM k
          WHERE NOT EXISTS (
                SELECT 1 FROM event_bus.module_event_deliveries a
                 WHERE a.subscription_id = k.subscription_id AND a.tenant_id = k.tenant_id
                   AND a.ordering_key = k.ordering_key
-                  AND a.status = ANY (event_bus._stream_blocking_states()) AND a.status <> 'waiting')
+                  AND a.status = ANY (event_bus._stream_blocking_states()) AND a.status <> <waiting>)
     ), upd AS (
         UPDATE event_bus.module_event_deliveries d
            SET status = event_bus._due_state(s.breaker_open_until IS NOT NULL),
                next_attempt_at = now()
           FROM nxt, event_bus.module_event_subscriptions s
-         WHERE d.id = nxt.id AND d.status = 'waiting' AND s.id = d.subscription_id
+         WHERE d.id = nxt.id AND d.status = <waiting> AND s.id = d.subscription_id
         RETURNING 1)
     SELECT count(*)::integer INTO v_count FROM upd;
     RETURN v_count;
@@ -361,10 +363,10 @@ BEGIN
     -- re-armed deliveries of ordered streams wait behind anything earlier that is unfinished
     WITH upd AS (
         UPDATE event_bus.module_event_deliveries d
-           SET status = 'waiting'
+           SET status = <waiting>
          WHERE d.id = ANY (p_delivery_ids)
            AND d.ordering_key IS NOT NULL
-           AND d.status IN ('pending', 'held')
+           AND d.status IN (<pending>, <held>)
            AND EXISTS (
                SELECT 1 FROM event_bus.module_event_deliveries a
                 WHERE a.subscription_id = d.subscription_id AND a.tenant_id = d.tenant_id
@@ -444,16 +446,16 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     UPDATE event_bus.module_event_deliveries d
-       SET status = 'held'
-     WHERE d.subscription_id = p_subscription_id AND d.status = 'pending';
+       SET status = <held>
+     WHERE d.subscription_id = p_subscription_id AND d.status = <pending>;
     -- one probe, due when the cool-down ends
     UPDATE event_bus.module_event_deliveries d
-       SET status = 'pending',
+       SET status = <pending>,
            next_attempt_at = greatest(s.breaker_open_until, now())
       FROM event_bus.module_event_subscriptions s
      WHERE s.id = p_subscription_id
        AND d.id = (SELECT h.id FROM event_bus.module_event_deliveries h
-                    WHERE h.subscription_id = p_subscription_id AND h.status = 'held'
+                    WHERE h.subscription_id = p_subscription_id AND h.status = <held>
                     ORDER BY h.next_attempt_at, h.id
                     LIMIT 1);
 END
@@ -470,8 +472,8 @@ DECLARE
     v_count integer;
 BEGIN
     UPDATE event_bus.module_event_deliveries d
-       SET status = 'pending', next_attempt_at = now()
-     WHERE d.subscription_id = p_subscription_id AND d.status = 'held';
+       SET status = <pending>, next_attempt_at = now()
+     WHERE d.subscription_id = p_subscription_id AND d.status = <held>;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     IF v_count > 0 THEN
         PERFORM event_bus._wake_on_commit();
@@ -584,13 +586,13 @@ COMMENT ON FUNCTION event_bus._sweep_deleted_subscriptions(interval) IS
 CREATE OR REPLACE VIEW event_bus.delivery_states AS
 SELECT s.state, NOT (s.state = ANY (event_bus._unfinished_states())) AS finished, s.meaning
   FROM (VALUES
-        (1, 'pending', 'Due at next_attempt_at: queued by the fan-out, a retry waiting out its backoff, or released.'),
-        (2, 'processing', 'Leased to a worker until next_attempt_at: an attempt is under way; an expired lease makes it due again.'),
-        (3, 'held', 'Its subscription''s circuit breaker is open: waits for the breaker to close.'),
-        (4, 'waiting', 'An ordered delivery behind an earlier unfinished or dead delivery of the same entity.'),
-        (5, 'completed', 'The handler succeeded (or the idempotency key said it already had).'),
-        (6, 'failed', 'Dead: its retries ran out; an ordered stream parks behind it.'),
-        (7, 'skipped', 'Given up by an operator (skip_delivery), so its ordered stream goes on.')
+        (1, <pending>, 'Due at next_attempt_at: queued by the fan-out, a retry waiting out its backoff, or released.'),
+        (2, <processing>, 'Leased to a worker until next_attempt_at: an attempt is under way; an expired lease makes it due again.'),
+        (3, <held>, 'Its subscription''s circuit breaker is open: waits for the breaker to close.'),
+        (4, <waiting>, 'An ordered delivery behind an earlier unfinished or dead delivery of the same entity.'),
+        (5, <completed>, 'The handler succeeded (or the idempotency key said it already had).'),
+        (6, <failed>, 'Dead: its retries ran out; an ordered stream parks behind it.'),
+        (7, <skipped>, 'Given up by an operator (skip_delivery), so its ordered stream goes on.')
        ) AS s(n, state, meaning)
  ORDER BY s.n;
 COMMENT ON VIEW event_bus.delivery_states IS

@@ -31,7 +31,7 @@ BEGIN
         RAISE EXCEPTION 'event_bus: p_limit % is out of range', p_limit
             USING ERRCODE = '22023', HINT = 'Ask for 1 to 1000 events per page; page on with p_before.';
     END IF;
-    IF p_status IS NOT NULL AND p_status NOT IN ('pending', 'processing', 'completed', 'failed') THEN
+    IF p_status IS NOT NULL AND p_status NOT IN (<event_statuses>) THEN
         RAISE EXCEPTION 'event_bus: unknown event status %', p_status
             USING ERRCODE = '22023', HINT = 'Use pending, processing, completed or failed.';
     END IF;
@@ -166,7 +166,7 @@ SELECT d.id              AS delivery_id,
   FROM event_bus.module_event_deliveries d
   JOIN event_bus.module_events e ON e.id = d.event_id
   LEFT JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
- WHERE d.status = 'failed' AND NOT e.is_request;
+ WHERE d.status = <failed> AND NOT e.is_request;
 COMMENT ON VIEW event_bus.dead_letters IS
     'Dead letters: the failed deliveries (their retries used up), with the event, the handler and the last error. '
     'Re-arm with retry_event(event_id) or retry_failed(...). failed_at: when it failed (dead_at, the same, is its '
@@ -180,10 +180,10 @@ LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT count(*) FILTER (WHERE e.status = 'pending'),
-           count(*) FILTER (WHERE e.status = 'processing'),
-           count(*) FILTER (WHERE e.status = 'completed'),
-           count(*) FILTER (WHERE e.status = 'failed'),
+    SELECT count(*) FILTER (WHERE e.status = <pending>),
+           count(*) FILTER (WHERE e.status = <processing>),
+           count(*) FILTER (WHERE e.status = <completed>),
+           count(*) FILTER (WHERE e.status = <failed>),
            count(*)
       FROM event_bus.module_events e
      WHERE e.id >= event_bus.uuid_v7_lower_bound(now() - p_window)
@@ -204,10 +204,10 @@ STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT e.source_module, e.event_type,
-           count(*) FILTER (WHERE e.status = 'pending'),
-           count(*) FILTER (WHERE e.status = 'processing'),
-           count(*) FILTER (WHERE e.status = 'completed'),
-           count(*) FILTER (WHERE e.status = 'failed'),
+           count(*) FILTER (WHERE e.status = <pending>),
+           count(*) FILTER (WHERE e.status = <processing>),
+           count(*) FILTER (WHERE e.status = <completed>),
+           count(*) FILTER (WHERE e.status = <failed>),
            count(*)
       FROM event_bus.module_events e
      WHERE e.id >= event_bus.uuid_v7_lower_bound(now() - p_window)
@@ -241,7 +241,7 @@ SELECT s.id AS subscription_id,
        CASE WHEN h.attempts_1h > 0 THEN round(h.failures_1h::numeric / h.attempts_1h, 4) END AS failure_rate_1h
   FROM event_bus.module_event_subscriptions s
   CROSS JOIN LATERAL (
-      SELECT count(*) AS attempts_1h, count(*) FILTER (WHERE l.status = 'failed') AS failures_1h
+      SELECT count(*) AS attempts_1h, count(*) FILTER (WHERE l.status = <failed>) AS failures_1h
         FROM event_bus.module_event_logs l
        WHERE l.subscription_id = s.id AND l.executed_at > now() - interval '1 hour') h;
 COMMENT ON VIEW event_bus.subscription_health IS
@@ -274,13 +274,13 @@ AS $$
              WHERE d.status = ANY (event_bus._claimable_states()) AND d.next_attempt_at <= now()) d,
            (SELECT count(*) AS held
               FROM event_bus.module_event_deliveries d
-             WHERE d.status = 'held') h,
+             WHERE d.status = <held>) h,
            (SELECT count(*) AS waiting
               FROM event_bus.module_event_deliveries d
-             WHERE d.ordering_key IS NOT NULL AND d.status = 'waiting') w,
+             WHERE d.ordering_key IS NOT NULL AND d.status = <waiting>) w,
            (SELECT count(*) AS dead, count(*) FILTER (WHERE d.ordering_key IS NOT NULL) AS parked
               FROM event_bus.module_event_deliveries d
-             WHERE d.status = 'failed') f,
+             WHERE d.status = <failed>) f,
            (SELECT count(*) AS open
               FROM event_bus.module_event_subscriptions s
              WHERE s.is_active AND s.breaker_open_until IS NOT NULL) b;
@@ -409,10 +409,10 @@ BEGIN
     SELECT v_out
            || E'# HELP event_bus_deliveries Deliveries not yet finished, by status.\n'
            || E'# TYPE event_bus_deliveries gauge\n'
-           || 'event_bus_deliveries{status="pending"} ' || count(*) FILTER (WHERE d.status = 'pending') || E'\n'
-           || 'event_bus_deliveries{status="processing"} ' || count(*) FILTER (WHERE d.status = 'processing') || E'\n'
-           || 'event_bus_deliveries{status="held"} ' || count(*) FILTER (WHERE d.status = 'held') || E'\n'
-           || 'event_bus_deliveries{status="waiting"} ' || count(*) FILTER (WHERE d.status = 'waiting') || E'\n'
+           || 'event_bus_deliveries{status="pending"} ' || count(*) FILTER (WHERE d.status = <pending>) || E'\n'
+           || 'event_bus_deliveries{status="processing"} ' || count(*) FILTER (WHERE d.status = <processing>) || E'\n'
+           || 'event_bus_deliveries{status="held"} ' || count(*) FILTER (WHERE d.status = <held>) || E'\n'
+           || 'event_bus_deliveries{status="waiting"} ' || count(*) FILTER (WHERE d.status = <waiting>) || E'\n'
            || E'# HELP event_bus_deliveries_due Deliveries due now (queue depth).\n'
            || E'# TYPE event_bus_deliveries_due gauge\n'
            || 'event_bus_deliveries_due '
@@ -435,7 +435,7 @@ BEGIN
            || 'event_bus_parked_streams ' || count(*) FILTER (WHERE d.ordering_key IS NOT NULL) || E'\n'
       INTO v_out
       FROM event_bus.module_event_deliveries d
-     WHERE d.status = 'failed';
+     WHERE d.status = <failed>;
 
     SELECT v_out
            || E'# HELP event_bus_pool_workers Delivery workers running in the cluster (all databases).\n'

@@ -47,11 +47,11 @@ SELECT d.subscription_id,
        d.completed_at    AS parked_at,
        (SELECT count(*) FROM event_bus.module_event_deliveries w
          WHERE w.subscription_id = d.subscription_id AND w.tenant_id = d.tenant_id
-           AND w.ordering_key = d.ordering_key AND w.status = 'waiting') AS waiting
+           AND w.ordering_key = d.ordering_key AND w.status = <waiting>) AS waiting
   FROM event_bus.module_event_deliveries d
   JOIN event_bus.module_events e ON e.id = d.event_id
   LEFT JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
- WHERE d.ordering_key IS NOT NULL AND d.status = 'failed';
+ WHERE d.ordering_key IS NOT NULL AND d.status = <failed>;
 COMMENT ON VIEW event_bus.parked_streams IS
     'Entity streams of ordered subscriptions held back by a dead delivery: the dead delivery, its last '
     'error and how many deliveries wait behind it. Resume with retry_event(event_id) (deliver it again, '
@@ -68,10 +68,10 @@ DECLARE
 BEGIN
     PERFORM event_bus._lock_streams();
     UPDATE event_bus.module_event_deliveries d
-       SET status = 'skipped',
+       SET status = <skipped>,
            completed_at = now(),
            last_error = left(coalesce(d.last_error || ' ', '') || '(skipped by ' || event_bus._caller() || ')', 2000)
-     WHERE d.id = p_delivery_id AND d.status = 'failed'
+     WHERE d.id = p_delivery_id AND d.status = <failed>
        AND (v_scope IS NULL OR d.tenant_id = v_scope)
     RETURNING d.event_id INTO v_event;
     IF NOT FOUND THEN
@@ -113,7 +113,7 @@ BEGIN
     END IF;
     RETURN event_bus._rearm(ARRAY(
         SELECT d.id FROM event_bus.module_event_deliveries d
-         WHERE d.event_id = p_event_id AND d.status = 'failed'));
+         WHERE d.event_id = p_event_id AND d.status = <failed>));
 END
 $$;
 COMMENT ON FUNCTION event_bus.retry_event(uuid) IS
@@ -144,7 +144,7 @@ BEGIN
         SELECT d.id
           FROM event_bus.module_event_deliveries d
           JOIN event_bus.module_events e ON e.id = d.event_id
-         WHERE d.status = 'failed'
+         WHERE d.status = <failed>
            AND (v_scope IS NULL OR d.tenant_id = v_scope)
            AND (p_tenant_id IS NULL OR d.tenant_id = p_tenant_id)
            AND (p_subscription_id IS NULL OR d.subscription_id = p_subscription_id)
@@ -395,7 +395,7 @@ BEGIN
         SELECT e.id
           FROM event_bus.module_events e
          WHERE e.id < event_bus.uuid_v7_lower_bound(now() - p_older_than)
-           AND e.status = 'completed'
+           AND e.status = <completed>
            AND e.processed_at < now() - p_older_than
          ORDER BY e.id
          LIMIT p_batch_size

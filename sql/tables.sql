@@ -3,7 +3,8 @@
 -- columns stay in the order the upgrades added them). Roles, grants and row-level security:
 -- sql/roles.sql. Changes to a released version's tables go here AND in an upgrade delta,
 -- sql/upgrades/<from>--<to>.sql.
--- Private objects start with "_". Everything is schema-qualified.
+-- Private objects start with "_". Everything is schema-qualified. Delivery states are written as markers
+-- (<pending>, <failed>, ...): build.rs puts in the names the lifecycle declares (core/src/lifecycle.rs).
 ------------------------------------------------------------------------------------------------
 -- module_events: one row per emitted event, written by emit in the business transaction.
 ------------------------------------------------------------------------------------------------
@@ -16,7 +17,7 @@ CREATE TABLE event_bus.module_events (
     entity_id     text,
     payload       jsonb       NOT NULL DEFAULT '{}'::jsonb,
     metadata      jsonb       NOT NULL DEFAULT '{}'::jsonb,
-    status        text        NOT NULL DEFAULT 'pending',
+    status        text        NOT NULL DEFAULT <pending>,
     retry_count   integer     NOT NULL DEFAULT 0,
     max_retries   integer     NOT NULL DEFAULT 3,
     error_message text,
@@ -214,7 +215,7 @@ CREATE TABLE event_bus.module_event_deliveries (
     event_id        uuid        NOT NULL,
     subscription_id uuid        NOT NULL,
     tenant_id       uuid        NOT NULL,
-    status          text        NOT NULL DEFAULT 'pending',
+    status          text        NOT NULL DEFAULT <pending>,
     attempts        integer     NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     last_attempt_at timestamptz,
@@ -227,7 +228,7 @@ CREATE TABLE event_bus.module_event_deliveries (
     capped_subscription_id uuid,
     CONSTRAINT module_event_deliveries_pkey PRIMARY KEY (id),
     CONSTRAINT module_event_deliveries_status_check
-        CHECK (status IN ('pending', 'processing', 'completed', 'failed', 'held', 'waiting', 'skipped'))
+        CHECK (status IN (<pending>, <processing>, <completed>, <failed>, <held>, <waiting>, <skipped>))
 ) WITH (fillfactor = 70);
 
 CREATE UNIQUE INDEX module_event_deliveries_event_sub_idx
@@ -235,21 +236,21 @@ CREATE UNIQUE INDEX module_event_deliveries_event_sub_idx
 -- the claim: due = pending or processing whose lease (next_attempt_at) has expired.
 CREATE INDEX module_event_deliveries_due_idx
     ON event_bus.module_event_deliveries (next_attempt_at)
-    WHERE status IN ('pending', 'processing');
+    WHERE status IN (<pending>, <processing>);
 -- ordered streams: the unfinished deliveries of each (subscription, tenant, entity), in emit order
 CREATE INDEX module_event_deliveries_stream_idx
     ON event_bus.module_event_deliveries (subscription_id, tenant_id, ordering_key, event_id)
-    WHERE ordering_key IS NOT NULL AND status IN ('waiting', 'pending', 'processing', 'held', 'failed');
+    WHERE ordering_key IS NOT NULL AND status IN (<waiting>, <pending>, <processing>, <held>, <failed>);
 -- in-flight deliveries of subscriptions with max_in_flight
 CREATE INDEX module_event_deliveries_in_flight_idx
     ON event_bus.module_event_deliveries (capped_subscription_id, next_attempt_at)
-    WHERE capped_subscription_id IS NOT NULL AND status = 'processing';
+    WHERE capped_subscription_id IS NOT NULL AND status = <processing>;
 -- held deliveries of one subscription, released when its breaker closes
 CREATE INDEX module_event_deliveries_held_idx
-    ON event_bus.module_event_deliveries (subscription_id) WHERE status = 'held';
+    ON event_bus.module_event_deliveries (subscription_id) WHERE status = <held>;
 -- failed deliveries (the dead letters), newest first
 CREATE INDEX module_event_deliveries_failed_idx
-    ON event_bus.module_event_deliveries (completed_at) WHERE status = 'failed';
+    ON event_bus.module_event_deliveries (completed_at) WHERE status = <failed>;
 -- the queue head churns: vacuum it far more often than the defaults do.
 ALTER TABLE event_bus.module_event_deliveries SET (
     autovacuum_vacuum_scale_factor = 0.01,
@@ -295,7 +296,7 @@ CREATE TABLE event_bus.module_event_logs (
     duration_ms     double precision,
     executed_at     timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT module_event_logs_pkey PRIMARY KEY (id),
-    CONSTRAINT module_event_logs_status_check CHECK (status IN ('success', 'failed'))
+    CONSTRAINT module_event_logs_status_check CHECK (status IN ('success', <failed>))
 );
 CREATE INDEX module_event_logs_event_idx ON event_bus.module_event_logs (event_id);
 -- per-subscription health over recent attempts

@@ -56,14 +56,15 @@ mod tests;
 ::pgrx::pg_module_magic!(name, version);
 
 // The install script, in this order (build.rs checks that its upgrade scripts load the same files in the
-// same order). tenant.sql reads no table; everything after tables.sql may call any Rust-backed function.
+// same order). sql/generated/ is sql/ with the delivery states' markers expanded by build.rs.
+// tenant.sql reads no table; everything after tables.sql may call any Rust-backed function.
 extension_sql_file!(
-    "../sql/tenant.sql",
+    "../sql/generated/tenant.sql",
     name = "tenant",
     requires = [api::uuid_v7, api::is_valid_pattern, api::delivery_id]
 );
 extension_sql_file!(
-    "../sql/tables.sql",
+    "../sql/generated/tables.sql",
     name = "tables",
     requires = [
         "tenant",
@@ -84,35 +85,35 @@ extension_sql_file!(
         contracts::contracts_changed
     ]
 );
-extension_sql_file!("../sql/roles.sql", name = "roles", requires = ["tables"]);
-extension_sql_file!("../sql/api.sql", name = "api", requires = ["roles"]);
-extension_sql_file!("../sql/run_as.sql", name = "run_as", requires = ["api"]);
+extension_sql_file!("../sql/generated/roles.sql", name = "roles", requires = ["tables"]);
+extension_sql_file!("../sql/generated/api.sql", name = "api", requires = ["roles"]);
+extension_sql_file!("../sql/generated/run_as.sql", name = "run_as", requires = ["api"]);
 extension_sql_file!(
-    "../sql/lifecycle.sql",
+    "../sql/generated/lifecycle.sql",
     name = "lifecycle",
     requires = ["run_as"]
 );
 extension_sql_file!(
-    "../sql/contracts.sql",
+    "../sql/generated/contracts.sql",
     name = "contracts",
     requires = ["lifecycle"]
 );
 extension_sql_file!(
-    "../sql/testing.sql",
+    "../sql/generated/testing.sql",
     name = "testing",
     requires = ["contracts"]
 );
 extension_sql_file!(
-    "../sql/internals.sql",
+    "../sql/generated/internals.sql",
     name = "internals",
     requires = ["testing"]
 );
 extension_sql_file!(
-    "../sql/monitor.sql",
+    "../sql/generated/monitor.sql",
     name = "monitor",
     requires = ["internals"]
 );
-extension_sql_file!("../sql/operations.sql", name = "operations", finalize);
+extension_sql_file!("../sql/generated/operations.sql", name = "operations", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -182,7 +182,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
                  (delivery_id, event_id, subscription_id, tenant_id, attempt, status, http_status,
                   response, error_message, duration_ms)
              SELECT o.id, o.event_id, o.sub_id, o.tenant_id, o.attempt,
-                    CASE WHEN o.ok THEN 'success' ELSE 'failed' END, o.http_status, o.resp::jsonb, o.err, o.dur
+                    CASE WHEN o.ok THEN 'success' ELSE <failed> END, o.http_status, o.resp::jsonb, o.err, o.dur
                FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int[], $6::bool[], $7::int[],
                            $8::text[], $9::text[], $10::float8[])
                  AS o(id, event_id, sub_id, tenant_id, attempt, ok, http_status, resp, err, dur)"
