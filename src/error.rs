@@ -9,7 +9,7 @@ use std::borrow::Cow;
 pub enum EventBusError {
     #[error("event_bus: invalid event type {value:?}: {reason}")]
     InvalidEventType { value: String, reason: String },
-    #[error("event_bus: invalid subscription pattern {value:?}: {reason}")]
+    #[error("event_bus: invalid event-type pattern {value:?}: {reason}")]
     InvalidPattern { value: String, reason: String },
     #[error("event_bus: invalid handler URL {value:?}: {reason}")]
     InvalidUrl { value: String, reason: String },

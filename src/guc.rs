@@ -66,8 +66,19 @@ pub static TENANT_FUNCTION: GucSetting<Option<CString>> = GucSetting::<Option<CS
 pub static STRICT_EVENT_TYPES: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// Whether the bus emits its own operational events (event_bus.delivery.failed, ...).
 pub static OPERATIONAL_EVENTS: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// Delivery paused in the whole cluster (emits go on; nothing is sent until it is off again).
+pub static PAUSE: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 pub fn register() {
+    GucRegistry::define_bool_guc(
+        c"event_bus.pause",
+        c"Pause delivery in the whole cluster: workers claim nothing and leave, and none starts, until it is off.",
+        c"Emits and everything else go on; events wait and are delivered once it is off again (a reload). Attempts \
+          under way finish and are recorded. process_pending_events() still delivers by hand.",
+        &PAUSE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"event_bus.operational_events",
         c"Emit the bus's own events: event_bus.delivery.failed, event_bus.breaker.opened / closed, event_bus.stream.parked.",

@@ -324,6 +324,49 @@ fn rolled_back_emits_are_never_delivered_and_commits_wake_the_worker() {
     );
 }
 
+/// event_bus.pause stops delivery in the whole cluster and keeps every event: emits go on, nothing is
+/// sent while it is on (the worker leaves, none starts), and what waited goes out once it is off.
+#[test]
+fn pausing_delivery_keeps_events_until_it_resumes() {
+    let cluster = Cluster::start("pause", CONF);
+    let rx = Receiver::start(|_, _| Reply::ok());
+    let mut c = cluster.create_db_with_extension("pause");
+    subscribe(&mut c, "#", &rx.url("/h"), "");
+    emit(&mut c, "invoice.posted", "{}");
+    wait_for("the first event delivered", LONG, || {
+        (rx.count("/h") == 1).then_some(())
+    });
+    c.batch_execute("ALTER SYSTEM SET event_bus.pause = on")
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    // the worker's pool leaves the database once paused
+    wait_for("no worker left", LONG, || {
+        let n = scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_bus worker'",
+        );
+        (n == 0).then_some(())
+    });
+    for _ in 0..3 {
+        emit(&mut c, "invoice.posted", "{}");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(rx.count("/h"), 1, "nothing is sent while paused");
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_events WHERE status = 'pending'"
+        ),
+        3
+    );
+    c.batch_execute("ALTER SYSTEM RESET event_bus.pause")
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_for("what waited delivered after the pause", LONG, || {
+        (rx.count("/h") == 4).then_some(())
+    });
+}
+
 /// DROP EXTENSION while the worker is working off a backlog (claiming, recording, fanning out)
 /// succeeds every time and stops the worker: the worker takes the event table first, in the order
 /// DROP EXTENSION locks the tables, so the two never wait for each other (before, a round that held

@@ -5,10 +5,17 @@
   const lang = document.documentElement.lang || 'en';
   const fmt = new Intl.DateTimeFormat(lang, { dateStyle: 'medium', timeStyle: 'medium' });
 
+  const short = new Intl.DateTimeFormat(lang, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+
   function localTimes(root) {
     root.querySelectorAll('time[datetime]').forEach(function (el) {
       const d = new Date(el.getAttribute('datetime'));
       if (!isNaN(d)) { el.textContent = fmt.format(d); el.title = d.toISOString(); }
+    });
+    // the chart's time axis and bar tooltips (server-rendered in UTC)
+    root.querySelectorAll('svg.chart [data-utc]').forEach(function (el) {
+      const d = new Date(el.getAttribute('data-utc'));
+      if (!isNaN(d)) { el.textContent = short.format(d) + (el.getAttribute('data-rest') || ''); }
     });
   }
 

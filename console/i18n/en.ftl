@@ -32,6 +32,26 @@ err-not-found = Not found: it may belong to another tenant, or retention may hav
 err-bad-input = Invalid input: { $detail }
 err-db-down = The database cannot be reached. The console retries by itself; this page refreshes when it is back.
 err-db = The database refused: { $detail }
+err-not-uuid = { $what } "{ $value }" is not a UUID
+err-not-time = { $what } "{ $value }" is not a date and time
+err-too-long = the { $what } filter is { $length } characters long: at most { $max } characters
+err-status = status "{ $value }": use pending, processing, completed or failed
+err-window = window "{ $value }": use 1h, 24h or 7d
+err-limit = the limit must be a whole number
+err-from-after-to = "from" ({ $from }) is later than "to" ({ $to }): no event can match
+field-event = event
+field-subscription = subscription
+field-delivery = delivery
+field-page = page
+field-tenant = tenant
+field-source = source module
+field-type = event type
+field-entity_type = entity type
+field-entity_id = entity id
+field-correlation = correlation
+field-from = from
+field-to = to
+field-after = after
 err-page-missing = There is no such page.
 back = Back
 
@@ -59,8 +79,12 @@ parked-streams = Parked streams
 open-breakers = Open breakers
 process-pending = Process pending now
 process-pending-help = Deliver up to this many due events now, in this request, instead of waiting for the worker.
-process-pending-done = Processed { $count } events.
+process-pending-done = { $count ->
+    [one] Processed { $shown } event.
+   *[other] Processed { $shown } events.
+}
 seconds = { $n } s
+milliseconds = { $n } ms
 
 # events
 events-title = Events
@@ -85,7 +109,7 @@ no-events = No events match.
 live-tail = Live tail
 live-pause = Pause
 live-resume = Resume
-live-new = { $count } new
+live-new = { $shown } new
 
 # statuses
 status-pending = pending
@@ -126,10 +150,16 @@ executed-at = Time
 no-attempts = No attempts yet.
 retry = Retry
 retry-event-help = Deliver the failed deliveries of this event again, with a fresh retry budget.
-retried = Re-armed { $count } deliveries.
+retried = { $count ->
+    [one] Re-armed { $shown } delivery.
+   *[other] Re-armed { $shown } deliveries.
+}
 replay = Replay
 replay-help = Deliver this event to this subscription again.
-replayed = Replayed { $count } deliveries.
+replayed = { $count ->
+    [one] Replayed { $shown } delivery.
+   *[other] Replayed { $shown } deliveries.
+}
 skip = Skip
 skipped = Skipped the delivery.
 
@@ -137,8 +167,14 @@ skipped = Skipped the delivery.
 dead-title = Dead letters
 dead-at = Dead since
 retry-matching = Retry all matching
-retry-matching-preview = { $count } dead deliveries match this filter.
-retry-matching-confirm = Retry these { $count }
+retry-matching-preview = { $count ->
+    [one] { $shown } failed delivery matches this filter.
+   *[other] { $shown } failed deliveries match this filter.
+}
+retry-matching-confirm = { $count ->
+    [one] Retry this one
+   *[other] Retry these { $shown }
+}
 no-dead = No dead letters.
 
 # subscriptions
@@ -155,7 +191,10 @@ last-success = Last success
 secret = Signing secret
 target = Target
 reset-breaker = Reset breaker
-breaker-reset = Breaker reset; { $count } held deliveries released.
+breaker-reset = { $count ->
+    [one] Breaker reset; { $shown } held delivery released.
+   *[other] Breaker reset; { $shown } held deliveries released.
+}
 pause = Pause
 resume = Resume
 paused = Paused.

@@ -31,6 +31,26 @@ err-not-found = Nije pronađeno: možda pripada drugom zakupcu ili je obrisano p
 err-bad-input = Neispravan unos: { $detail }
 err-db-down = Baza podataka nije dostupna. Konzola sama pokušava ponovo; stranica se osvežava kada baza proradi.
 err-db = Baza podataka je odbila: { $detail }
+err-not-uuid = { $what } „{ $value }“ nije UUID
+err-not-time = { $what } „{ $value }“ nije datum i vreme
+err-too-long = filter { $what } ima { $length } znakova: najviše { $max }
+err-status = status „{ $value }“: koristite pending, processing, completed ili failed
+err-window = period „{ $value }“: koristite 1h, 24h ili 7d
+err-limit = ograničenje mora biti ceo broj
+err-from-after-to = „od“ ({ $from }) je posle „do“ ({ $to }): nijedan događaj ne može da odgovara
+field-event = događaj
+field-subscription = pretplata
+field-delivery = isporuka
+field-page = stranica
+field-tenant = zakupac
+field-source = izvorni modul
+field-type = tip događaja
+field-entity_type = tip entiteta
+field-entity_id = id entiteta
+field-correlation = korelacija
+field-from = od
+field-to = do
+field-after = posle
 err-page-missing = Ta stranica ne postoji.
 back = Nazad
 
@@ -57,8 +77,13 @@ parked-streams = Zaustavljeni tokovi
 open-breakers = Otvoreni prekidači
 process-pending = Obradi čekajuće sada
 process-pending-help = Isporuči najviše ovoliko dospelih događaja odmah, u ovom zahtevu, umesto da se čeka pozadinski proces.
-process-pending-done = Obrađeno događaja: { $count }.
+process-pending-done = { $count ->
+    [one] Obrađen je { $shown } događaj.
+    [few] Obrađena su { $shown } događaja.
+   *[other] Obrađeno je { $shown } događaja.
+}
 seconds = { $n } s
+milliseconds = { $n } ms
 
 events-title = Događaji
 filter = Filtriraj
@@ -82,7 +107,7 @@ no-events = Nijedan događaj ne odgovara.
 live-tail = Uživo
 live-pause = Zaustavi
 live-resume = Nastavi
-live-new = novih: { $count }
+live-new = novih: { $shown }
 
 status-pending = na čekanju
 status-processing = u obradi
@@ -121,18 +146,34 @@ executed-at = Vreme
 no-attempts = Još nema pokušaja.
 retry = Ponovi
 retry-event-help = Ponovo isporuči neuspele isporuke ovog događaja, sa novim brojem pokušaja.
-retried = Ponovo pokrenuto isporuka: { $count }.
+retried = { $count ->
+    [one] Ponovo je pokrenuta { $shown } isporuka.
+    [few] Ponovo su pokrenute { $shown } isporuke.
+   *[other] Ponovo je pokrenuto { $shown } isporuka.
+}
 replay = Ponovi slanje
 replay-help = Ponovo isporuči ovaj događaj ovoj pretplati.
-replayed = Ponovo poslato isporuka: { $count }.
+replayed = { $count ->
+    [one] Ponovo je poslata { $shown } isporuka.
+    [few] Ponovo su poslate { $shown } isporuke.
+   *[other] Ponovo je poslato { $shown } isporuka.
+}
 skip = Preskoči
 skipped = Isporuka je preskočena.
 
 dead-title = Neisporučeni
 dead-at = Neisporučeno od
 retry-matching = Ponovi sve odgovarajuće
-retry-matching-preview = Ovom filteru odgovara neisporučenih isporuka: { $count }.
-retry-matching-confirm = Ponovi ovih { $count }
+retry-matching-preview = { $count ->
+    [one] Ovom filteru odgovara { $shown } neuspela isporuka.
+    [few] Ovom filteru odgovaraju { $shown } neuspele isporuke.
+   *[other] Ovom filteru odgovara { $shown } neuspelih isporuka.
+}
+retry-matching-confirm = { $count ->
+    [one] Ponovi ovu jednu
+    [few] Ponovi ove { $shown }
+   *[other] Ponovi ovih { $shown }
+}
 no-dead = Nema neisporučenih.
 
 subs-title = Pretplate
@@ -148,7 +189,11 @@ last-success = Poslednji uspeh
 secret = Tajni ključ za potpis
 target = Odredište
 reset-breaker = Resetuj prekidač
-breaker-reset = Prekidač je resetovan; oslobođeno zadržanih isporuka: { $count }.
+breaker-reset = { $count ->
+    [one] Prekidač je resetovan; oslobođena je { $shown } zadržana isporuka.
+    [few] Prekidač je resetovan; oslobođene su { $shown } zadržane isporuke.
+   *[other] Prekidač je resetovan; oslobođeno je { $shown } zadržanih isporuka.
+}
 pause = Pauziraj
 resume = Nastavi
 paused = Pauzirano.

@@ -15,8 +15,14 @@ pub enum AppError {
     Csrf,
     /// P0002 or an unknown id
     NotFound,
-    /// the user's input: a message for the page
+    /// the user's input, as the database judged it (22xxx): its message for the page
     BadInput(String),
+    /// the user's input, as the console judged it: a message of the catalogue (`id`, with `args`; an
+    /// argument named `what` is a field, shown by its label `field-<what>`)
+    Invalid {
+        id: &'static str,
+        args: Vec<(&'static str, String)>,
+    },
     /// the database is down or unreachable
     Unavailable(String),
     /// the database refused for another reason (message and hint, already for a user)
@@ -26,6 +32,14 @@ pub enum AppError {
 }
 
 impl AppError {
+    /// Bad input the console found, in the page's language (see [`AppError::Invalid`]).
+    pub fn invalid(id: &'static str, args: &[(&'static str, &str)]) -> AppError {
+        AppError::Invalid {
+            id,
+            args: args.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+        }
+    }
+
     pub fn from_pg(e: tokio_postgres::Error) -> AppError {
         if let Some(db) = e.as_db_error() {
             let code = db.code().code().to_string();
@@ -62,7 +76,7 @@ impl AppError {
             AppError::SignIn { .. } => StatusCode::SEE_OTHER,
             AppError::NotAllowed | AppError::Forbidden(_) | AppError::Csrf => StatusCode::FORBIDDEN,
             AppError::NotFound | AppError::NoPage => StatusCode::NOT_FOUND,
-            AppError::BadInput(_) => StatusCode::BAD_REQUEST,
+            AppError::BadInput(_) | AppError::Invalid { .. } => StatusCode::BAD_REQUEST,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Db { code, .. } if code == "55000" || code == "55P03" || code == "40001" => {
                 StatusCode::CONFLICT

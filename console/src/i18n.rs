@@ -126,14 +126,29 @@ impl Lang {
         out
     }
 
-    /// A duration in seconds with one decimal, the language's decimal mark.
-    pub fn secs(self, s: f64) -> String {
-        let v = format!("{s:.1}");
-        let v = match self {
+    /// A message about `n` things: `count` selects the language's plural form (Serbian has three),
+    /// `shown` is `n` with the language's digit grouping.
+    pub fn count(self, id: &str, n: i64) -> String {
+        self.ta(id, &[("count", n.into()), ("shown", self.num(n).into())])
+    }
+
+    /// A number with one decimal and the language's decimal mark: 1.5 (en), 1,5 (sr).
+    pub fn decimal(self, v: f64) -> String {
+        let v = format!("{v:.1}");
+        match self {
             Lang::En => v,
             Lang::Sr => v.replace('.', ","),
-        };
-        self.ta("seconds", &[("n", FluentValue::from(v))])
+        }
+    }
+
+    /// A duration in milliseconds with one decimal, the language's decimal mark.
+    pub fn ms(self, v: f64) -> String {
+        self.ta("milliseconds", &[("n", FluentValue::from(self.decimal(v)))])
+    }
+
+    /// A duration in seconds with one decimal, the language's decimal mark.
+    pub fn secs(self, s: f64) -> String {
+        self.ta("seconds", &[("n", FluentValue::from(self.decimal(s)))])
     }
 }
 
@@ -183,6 +198,13 @@ mod tests {
                         ("id", "x".into()),
                         ("detail", "x".into()),
                         ("n", "1".into()),
+                        ("shown", "3".into()),
+                        ("what", "x".into()),
+                        ("value", "x".into()),
+                        ("length", "x".into()),
+                        ("max", "x".into()),
+                        ("from", "x".into()),
+                        ("to", "x".into()),
                     ],
                 );
                 assert!(lang.bundle().has_message(id), "{id} missing in {lang:?}");
@@ -193,6 +215,38 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// "Re-armed 1 deliveries." no more: each language's plural forms (Serbian's three).
+    #[test]
+    fn counts_take_the_plural_form_of_their_language() {
+        assert_eq!(Lang::En.count("retried", 1), "Re-armed 1 delivery.");
+        assert_eq!(
+            Lang::En.count("retried", 1234),
+            "Re-armed 1,234 deliveries."
+        );
+        assert_eq!(
+            Lang::Sr.count("retried", 1),
+            "Ponovo je pokrenuta 1 isporuka."
+        );
+        assert_eq!(
+            Lang::Sr.count("retried", 21),
+            "Ponovo je pokrenuta 21 isporuka."
+        );
+        assert_eq!(
+            Lang::Sr.count("retried", 3),
+            "Ponovo su pokrenute 3 isporuke."
+        );
+        assert_eq!(
+            Lang::Sr.count("retried", 12),
+            "Ponovo je pokrenuto 12 isporuka."
+        );
+        assert_eq!(
+            Lang::Sr.count("retried", 5),
+            "Ponovo je pokrenuto 5 isporuka."
+        );
+        assert_eq!(Lang::Sr.ms(1.05), "1,1 ms");
+        assert_eq!(Lang::En.ms(1.05), "1.1 ms");
     }
 
     #[test]

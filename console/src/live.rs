@@ -102,7 +102,18 @@ pub async fn events_live(ctx: Ctx) -> Response {
     }
     let after = match ctx.q("after").map(|v| Uuid::parse_str(v)).transpose() {
         Ok(a) => a,
-        Err(_) => return ctx.respond(Err(AppError::BadInput("after is not a UUID".into()))),
+        Err(_) => {
+            let v: String = ctx
+                .q("after")
+                .unwrap_or_default()
+                .chars()
+                .take(60)
+                .collect();
+            return ctx.respond(Err(AppError::invalid(
+                "err-not-uuid",
+                &[("what", "after"), ("value", &v)],
+            )));
+        }
     };
     let last_event = ctx
         .headers

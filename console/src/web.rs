@@ -269,17 +269,7 @@ impl Ctx {
             return r;
         }
         let status = e.status();
-        let message = match &e {
-            AppError::SignIn { .. } => unreachable!(),
-            AppError::NotAllowed => l.t("err-login-not-allowed"),
-            AppError::Forbidden(_) => l.t("err-forbidden"),
-            AppError::Csrf => l.t("err-csrf"),
-            AppError::NotFound => l.t("err-not-found"),
-            AppError::NoPage => l.t("err-page-missing"),
-            AppError::BadInput(d) => l.ta("err-bad-input", &[("detail", d.clone().into())]),
-            AppError::Unavailable(_) => l.t("err-db-down"),
-            AppError::Db { message, .. } => l.ta("err-db", &[("detail", message.clone().into())]),
-        };
+        let message = self.error_message(&e);
         match &e {
             AppError::Unavailable(detail) => {
                 eprintln!("event-bus-console: database unavailable: {detail}")
@@ -300,6 +290,36 @@ impl Ctx {
         };
         let page = self.frame(None, &l.t("app-title"), body);
         html_response(status, page)
+    }
+
+    /// What an error says to the user, in the request's language.
+    pub fn error_message(&self, e: &AppError) -> String {
+        let l = self.lang;
+        match e {
+            AppError::SignIn { .. } => l.t("err-login-not-allowed"),
+            AppError::NotAllowed => l.t("err-login-not-allowed"),
+            AppError::Forbidden(_) => l.t("err-forbidden"),
+            AppError::Csrf => l.t("err-csrf"),
+            AppError::NotFound => l.t("err-not-found"),
+            AppError::NoPage => l.t("err-page-missing"),
+            AppError::BadInput(d) => l.ta("err-bad-input", &[("detail", d.clone().into())]),
+            AppError::Invalid { id, args } => {
+                let args: Vec<(&str, fluent_bundle::FluentValue)> = args
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = if *k == "what" {
+                            l.t(&format!("field-{v}"))
+                        } else {
+                            v.clone()
+                        };
+                        (*k, v.into())
+                    })
+                    .collect();
+                l.ta("err-bad-input", &[("detail", l.ta(id, &args).into())])
+            }
+            AppError::Unavailable(_) => l.t("err-db-down"),
+            AppError::Db { message, .. } => l.ta("err-db", &[("detail", message.clone().into())]),
+        }
     }
 
     /// The page frame: navigation, who is signed in, language switch, sign-out.
@@ -325,7 +345,8 @@ impl Ctx {
                 body {
                     header.top {
                         a.brand href="/" { (l.t("app-title")) }
-                        @if who.is_some() {
+                        // (an error page of a signed-in user keeps the navigation)
+                        @if who.is_some() || self.identity().is_ok() {
                             nav {
                                 @for (href, key) in nav {
                                     a href=(href) aria-current=[self.current(href)] { (l.t(key)) }

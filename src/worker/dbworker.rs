@@ -384,6 +384,7 @@ impl Worker {
     fn has_room(&self) -> bool {
         let b = self.batch_size;
         !self.yielding
+            && !guc::PAUSE.get()
             && self.sched.http_backlog(b) < (b / 2).max(1)
             && self.sched.in_flight() < self.concurrency + 2 * b
             && self.finished.len() < b
@@ -529,6 +530,12 @@ impl Worker {
             }
             self.busy_rounds_since_trim = 0;
             self.last_trim = Instant::now();
+        }
+        if quiet && guc::PAUSE.get() {
+            // event_bus.pause: nothing in flight any more; leave, and say the database has work, so a
+            // worker comes back once delivery resumes
+            shmem::leaving(self.dboid, 0, true);
+            return Flow::Exit(0);
         }
         if quiet {
             let due_now = self

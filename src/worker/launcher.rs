@@ -60,7 +60,12 @@ pub extern "C-unwind" fn event_bus_launcher_main(_arg: pg_sys::Datum) {
             last_listing = Some(Instant::now());
         }
         visiting.retain(|db| workers.contains_key(db));
-        let plan = plan_starts(&workers, &visiting);
+        // event_bus.pause: no worker starts; databases keep their signalled work for when it is off
+        let plan = if guc::PAUSE.get() {
+            Vec::new()
+        } else {
+            plan_starts(&workers, &visiting)
+        };
         for (db, is_visit) in plan {
             match start_worker(db, is_visit) {
                 Some(w) => {

@@ -137,8 +137,8 @@ async fn dead_inner(ctx: &Ctx) -> Res {
                 Some(n) => form.inline.confirm method="post" action="/dead-letters/retry" {
                     (ctx.csrf_field())
                     @for (k, v) in url::form_urlencoded::parse(qs.as_bytes()) { input type="hidden" name=(k) value=(v); }
-                    span { (l.ta("retry-matching-preview", &[("count", l.num(n).into())])) " " }
-                    button.primary type="submit" { (l.ta("retry-matching-confirm", &[("count", l.num(n).into())])) }
+                    span { (l.count("retry-matching-preview", n)) " " }
+                    button.primary type="submit" { (l.count("retry-matching-confirm", n)) }
                 },
             }
         }

@@ -31,6 +31,11 @@ async fn event_inner(ctx: &Ctx, id: &str) -> Res {
     let can_write = who.level >= Level::Operator;
     let parent = ev["metadata"].get("causation_id").and_then(|c| c.as_str());
     let state = |x: &serde_json::Value| s(x, "status").and_then(DeliveryState::from_name);
+    // each subscription's handler module, to name the subscription of each attempt
+    let handlers: HashMap<&str, &str> = deliveries
+        .iter()
+        .filter_map(|x| Some((s(x, "subscription_id")?, s(x, "handler_module")?)))
+        .collect();
     let any_failed = deliveries
         .iter()
         .any(|x| state(x) == Some(DeliveryState::Failed));
@@ -87,7 +92,11 @@ async fn event_inner(ctx: &Ctx, id: &str) -> Res {
                 } }
                 tbody { @for x in deliveries {
                     tr data-delivery=(s(x, "delivery_id").unwrap_or("")) {
-                        td { (s(x, "handler_module").unwrap_or("")) }
+                        // the subscription, on the subscriptions page
+                        td { @match s(x, "subscription_id") {
+                            Some(sub) => a href={ "/subscriptions#sub-" (sub) } { (s(x, "handler_module").unwrap_or("")) },
+                            None => (s(x, "handler_module").unwrap_or("")),
+                        } }
                         td { (s(x, "handler_kind").unwrap_or("")) }
                         td { code { (s(x, "pattern").unwrap_or("")) } }
                         td { (badge(l, s(x, "status").unwrap_or(""))) }
@@ -122,16 +131,23 @@ async fn event_inner(ctx: &Ctx, id: &str) -> Res {
             @if logs.is_empty() { p.muted { (l.t("no-attempts")) } } @else {
                 table.logs {
                     thead { tr {
-                        th { (l.t("executed-at")) } th { (l.t("attempt")) } th { (l.t("status")) } th { (l.t("http-status")) }
+                        th { (l.t("executed-at")) } th { (l.t("handler")) } th { (l.t("attempt")) } th { (l.t("status")) } th { (l.t("http-status")) }
                         th { (l.t("duration")) } th { (l.t("error")) } th { (l.t("response")) }
                     } }
                     tbody { @for g in logs {
                         tr {
                             td { (time(s(g, "executed_at"))) }
+                            // which subscription the attempt went to (the attempt log names it by id)
+                            td { @match s(g, "subscription_id") {
+                                Some(sub) => a href={ "/subscriptions#sub-" (sub) } {
+                                    (handlers.get(sub).copied().unwrap_or(sub))
+                                },
+                                None => span.muted { (l.t("none")) },
+                            } }
                             td.num { (g["attempt"].as_i64().unwrap_or(0)) }
                             td { (badge(l, if s(g, "status") == Some("success") { DeliveryState::Completed } else { DeliveryState::Failed }.name())) }
                             td.num { (g["http_status"].as_i64().map(|n| n.to_string()).unwrap_or_default()) }
-                            td.num { (g["duration_ms"].as_f64().map(|n| format!("{n:.1} ms")).unwrap_or_default()) }
+                            td.num { (g["duration_ms"].as_f64().map(|n| l.ms(n)).unwrap_or_default()) }
                             td.err { (truncate(s(g, "error_message").unwrap_or(""), 500)) }
                             td { @if !g["response"].is_null() { details { summary { "JSON" } pre.json { (pretty(&g["response"])) } } } }
                         }

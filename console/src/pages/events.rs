@@ -22,22 +22,36 @@ impl EventFilter {
         let status = ctx.q("status").map(str::to_string);
         if let Some(s) = &status {
             if EventStatus::from_name(s).is_none() {
-                return Err(AppError::BadInput(format!(
-                    "status {:?}: use pending, processing, completed or failed",
-                    truncate(s, 30)
-                )));
+                return Err(AppError::invalid(
+                    "err-status",
+                    &[("value", &truncate(s, 30))],
+                ));
             }
         }
         let text = |k, what| filter_text(ctx.q(k), what);
+        let from = time_param(ctx.q("from"), "from")?;
+        let to = time_param(ctx.q("to"), "to")?;
+        if let (Some(f), Some(t)) = (from, to) {
+            if f > t {
+                // nothing can match: say so rather than show an empty list
+                return Err(AppError::invalid(
+                    "err-from-after-to",
+                    &[
+                        ("from", &ts(Some(f)).unwrap_or_default()),
+                        ("to", &ts(Some(t)).unwrap_or_default()),
+                    ],
+                ));
+            }
+        }
         Ok(EventFilter {
             tenant: opt_uuid(ctx, "tenant", "tenant")?,
             source: text("source", "source")?,
             event_type: text("type", "type")?,
             status,
-            from: time_param(ctx.q("from"), "from")?,
-            to: time_param(ctx.q("to"), "to")?,
-            entity_type: text("entity_type", "entity type")?,
-            entity_id: text("entity_id", "entity id")?,
+            from,
+            to,
+            entity_type: text("entity_type", "entity_type")?,
+            entity_id: text("entity_id", "entity_id")?,
             correlation: text("correlation", "correlation")?,
             before: opt_uuid(ctx, "before", "page")?,
         })
@@ -145,39 +159,119 @@ pub async fn events(ctx: Ctx) -> Response {
     ctx.respond(r)
 }
 
-async fn events_inner(ctx: &Ctx) -> Res {
-    let l = ctx.lang;
-    let f = EventFilter::parse(ctx)?;
-    let (rows, who) = as_role(ctx, async |tx, _| list_events(tx, &f, PAGE_SIZE).await).await?;
-    let admin = who.level == Level::Admin;
-    let qs = f.query();
-    let sel = |s: &str| f.status.as_deref() == Some(s);
-    let local = |t: &Option<DateTime<Utc>>| t.map(|t| t.format("%Y-%m-%dT%H:%M").to_string());
-    let body = html! {
-        h1 { (l.t("events-title")) }
+/// The filter form's values: as parsed, or (a bad filter) as the user typed them.
+struct FormValues {
+    source: Option<String>,
+    event_type: Option<String>,
+    status: Option<String>,
+    tenant: Option<String>,
+    from: Option<String>,
+    from_utc: Option<String>,
+    to: Option<String>,
+    to_utc: Option<String>,
+    entity_type: Option<String>,
+    entity_id: Option<String>,
+    correlation: Option<String>,
+}
+
+impl FormValues {
+    fn of(f: &EventFilter) -> FormValues {
+        let local = |t: &Option<DateTime<Utc>>| t.map(|t| t.format("%Y-%m-%dT%H:%M").to_string());
+        FormValues {
+            source: f.source.clone(),
+            event_type: f.event_type.clone(),
+            status: f.status.clone(),
+            tenant: f.tenant.map(|t| t.to_string()),
+            from: local(&f.from),
+            from_utc: f.from.map(|t| t.to_rfc3339()),
+            to: local(&f.to),
+            to_utc: f.to.map(|t| t.to_rfc3339()),
+            entity_type: f.entity_type.clone(),
+            entity_id: f.entity_id.clone(),
+            correlation: f.correlation.clone(),
+        }
+    }
+
+    fn typed(ctx: &Ctx) -> FormValues {
+        let q = |k: &str| ctx.q(k).map(str::to_string);
+        FormValues {
+            source: q("source"),
+            event_type: q("type"),
+            status: q("status"),
+            tenant: q("tenant"),
+            from: q("from"),
+            from_utc: None,
+            to: q("to"),
+            to_utc: None,
+            entity_type: q("entity_type"),
+            entity_id: q("entity_id"),
+            correlation: q("correlation"),
+        }
+    }
+}
+
+fn filter_form(l: Lang, admin: bool, v: &FormValues) -> Markup {
+    let sel = |s: &str| v.status.as_deref() == Some(s);
+    html! {
         form.filters method="get" action="/events" data-local-times {
-            label { (l.t("source-module")) input name="source" value=[f.source.as_deref()]; }
-            label title=(l.t("event-type-help")) { (l.t("event-type")) input name="type" value=[f.event_type.as_deref()] placeholder="invoice.*"; }
+            label { (l.t("source-module")) input name="source" value=[v.source.as_deref()]; }
+            label title=(l.t("event-type-help")) { (l.t("event-type")) input name="type" value=[v.event_type.as_deref()] placeholder="invoice.*"; }
             label { (l.t("status"))
                 select name="status" {
                     option value="" { (l.t("any")) }
                     @for s in EventStatus::ALL.map(EventStatus::name) { option value=(s) selected[sel(s)] { (l.t(&format!("status-{s}"))) } }
                 }
             }
-            @if admin { label { (l.t("tenant")) input name="tenant" value=[f.tenant.map(|t| t.to_string())] size="36"; } }
-            label { (l.t("from")) input type="datetime-local" name="from" value=[local(&f.from)] data-utc=[f.from.map(|t| t.to_rfc3339())]; }
-            label { (l.t("to")) input type="datetime-local" name="to" value=[local(&f.to)] data-utc=[f.to.map(|t| t.to_rfc3339())]; }
-            label { (l.t("entity-type")) input name="entity_type" value=[f.entity_type.as_deref()]; }
-            label { (l.t("entity-id")) input name="entity_id" value=[f.entity_id.as_deref()]; }
-            label { (l.t("correlation-id")) input name="correlation" value=[f.correlation.as_deref()]; }
+            @if admin { label { (l.t("tenant")) input name="tenant" value=[v.tenant.as_deref()] size="36"; } }
+            label { (l.t("from")) input type="datetime-local" name="from" value=[v.from.as_deref()] data-utc=[v.from_utc.as_deref()]; }
+            label { (l.t("to")) input type="datetime-local" name="to" value=[v.to.as_deref()] data-utc=[v.to_utc.as_deref()]; }
+            label { (l.t("entity-type")) input name="entity_type" value=[v.entity_type.as_deref()]; }
+            label { (l.t("entity-id")) input name="entity_id" value=[v.entity_id.as_deref()]; }
+            label { (l.t("correlation-id")) input name="correlation" value=[v.correlation.as_deref()]; }
             button type="submit" { (l.t("filter")) }
             a href="/events" { (l.t("filter-clear")) }
         }
+    }
+}
+
+/// A filter the console or the database refused: the page, with its form as the user filled it in
+/// and what was wrong (400), not a bare error page.
+async fn bad_filter(ctx: &Ctx, e: AppError) -> Res {
+    if !matches!(e, AppError::BadInput(_) | AppError::Invalid { .. }) {
+        return Err(e);
+    }
+    let l = ctx.lang;
+    let ((), who) = as_role(ctx, async |_, _| Ok(())).await?;
+    let body = html! {
+        h1 { (l.t("events-title")) }
+        (filter_form(l, who.level == Level::Admin, &FormValues::typed(ctx)))
+        div.banner.error role="alert" { (ctx.error_message(&e)) }
+    };
+    let mut r = ctx.page(&who, &l.t("events-title"), body);
+    *r.status_mut() = e.status();
+    Ok(r)
+}
+
+async fn events_inner(ctx: &Ctx) -> Res {
+    let l = ctx.lang;
+    let f = match EventFilter::parse(ctx) {
+        Ok(f) => f,
+        Err(e) => return bad_filter(ctx, e).await,
+    };
+    let (rows, who) = match as_role(ctx, async |tx, _| list_events(tx, &f, PAGE_SIZE).await).await {
+        Ok(r) => r,
+        Err(e) => return bad_filter(ctx, e).await,
+    };
+    let admin = who.level == Level::Admin;
+    let qs = f.query();
+    let body = html! {
+        h1 { (l.t("events-title")) }
+        (filter_form(l, admin, &FormValues::of(&f)))
         @if f.before.is_none() {
             div.live data-live={ "/events/live?" (qs) } data-label-pause=(l.t("live-pause")) data-label-resume=(l.t("live-resume")) {
                 span.dot {} (l.t("live-tail")) " "
                 button type="button" data-live-toggle { (l.t("live-pause")) }
-                " " span data-live-count data-template=(l.ta("live-new", &[("count", "#".into())])) {}
+                " " span data-live-count data-template=(l.ta("live-new", &[("shown", "#".into())])) {}
             }
         }
         @if rows.is_empty() {

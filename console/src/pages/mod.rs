@@ -38,8 +38,12 @@ type Res = Result<Response, AppError>;
 use event_bus_core::lifecycle::{DeliveryState, EventStatus};
 
 fn uuid_param(v: &str, what: &str) -> Result<Uuid, AppError> {
-    Uuid::parse_str(v.trim())
-        .map_err(|_| AppError::BadInput(format!("{what} {:?} is not a UUID", truncate(v, 60))))
+    Uuid::parse_str(v.trim()).map_err(|_| {
+        AppError::invalid(
+            "err-not-uuid",
+            &[("what", what), ("value", &truncate(v, 60))],
+        )
+    })
 }
 
 fn opt_uuid(ctx: &Ctx, k: &str, what: &str) -> Result<Option<Uuid>, AppError> {
@@ -53,10 +57,14 @@ const MAX_FILTER_CHARS: usize = 1000;
 
 fn filter_text(v: Option<&str>, what: &str) -> Result<Option<String>, AppError> {
     match v {
-        Some(s) if s.chars().count() > MAX_FILTER_CHARS => Err(AppError::BadInput(format!(
-            "the {what} filter is {} characters long: at most {MAX_FILTER_CHARS} characters",
-            s.chars().count()
-        ))),
+        Some(s) if s.chars().count() > MAX_FILTER_CHARS => Err(AppError::invalid(
+            "err-too-long",
+            &[
+                ("what", what),
+                ("length", &s.chars().count().to_string()),
+                ("max", &MAX_FILTER_CHARS.to_string()),
+            ],
+        )),
         other => Ok(other.map(str::to_string)),
     }
 }
@@ -90,10 +98,10 @@ fn time_param(v: Option<&str>, what: &str) -> Result<Option<DateTime<Utc>>, AppE
             d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc(),
         ));
     }
-    Err(AppError::BadInput(format!(
-        "{what} {:?} is not a date and time",
-        truncate(v, 60)
-    )))
+    Err(AppError::invalid(
+        "err-not-time",
+        &[("what", what), ("value", &truncate(v, 60))],
+    ))
 }
 
 pub const PAGE_SIZE: i32 = 50;
@@ -202,26 +210,15 @@ async fn read_form(body: String, ctx: &Ctx) -> Result<HashMap<String, String>, A
 
 fn flash(ctx: &Ctx) -> Markup {
     let l = ctx.lang;
-    let msg = match (ctx.q("done"), ctx.q("n")) {
-        (Some("retried"), Some(n)) => Some(l.ta(
-            "retried",
-            &[("count", n.parse::<i64>().unwrap_or(0).into())],
-        )),
-        (Some("replayed"), Some(n)) => Some(l.ta(
-            "replayed",
-            &[("count", n.parse::<i64>().unwrap_or(0).into())],
-        )),
-        (Some("reset"), Some(n)) => Some(l.ta(
-            "breaker-reset",
-            &[("count", n.parse::<i64>().unwrap_or(0).into())],
-        )),
-        (Some("processed"), Some(n)) => Some(l.ta(
-            "process-pending-done",
-            &[("count", n.parse::<i64>().unwrap_or(0).into())],
-        )),
-        (Some("skipped"), _) => Some(l.t("skipped")),
-        (Some("paused"), _) => Some(l.t("paused")),
-        (Some("resumed"), _) => Some(l.t("resumed")),
+    let n = || ctx.q("n").and_then(|n| n.parse::<i64>().ok()).unwrap_or(0);
+    let msg = match ctx.q("done") {
+        Some("retried") => Some(l.count("retried", n())),
+        Some("replayed") => Some(l.count("replayed", n())),
+        Some("reset") => Some(l.count("breaker-reset", n())),
+        Some("processed") => Some(l.count("process-pending-done", n())),
+        Some("skipped") => Some(l.t("skipped")),
+        Some("paused") => Some(l.t("paused")),
+        Some("resumed") => Some(l.t("resumed")),
         _ => None,
     };
     html! { @if let Some(m) = msg { div.banner.ok role="status" { (m) } } }

@@ -177,10 +177,10 @@ async fn overview_inner(ctx: &Ctx) -> Res {
     let l = ctx.lang;
     let key = ctx.q("window").unwrap_or("24h");
     let Some(&(key, interval, _)) = WINDOWS.iter().find(|w| w.0 == key) else {
-        return Err(AppError::BadInput(format!(
-            "window {:?}: use 1h, 24h or 7d",
-            truncate(key, 20)
-        )));
+        return Err(AppError::invalid(
+            "err-window",
+            &[("value", &truncate(key, 20))],
+        ));
     };
     let ((window, q), who) = as_role(ctx, async |tx, who| {
         let cache_key = (who.role.clone(), who.tenant, key.to_string());
@@ -294,23 +294,39 @@ fn chart(l: Lang, series: &[(DateTime<Utc>, i64, i64)]) -> Markup {
     if max == 0 {
         return html! { p.muted { (l.t("chart-empty")) } };
     }
-    let (w, h, pad) = (720.0_f64, 180.0_f64, 24.0_f64);
+    // room below the bars for the time axis, then the legend
+    let (w, h, pad, axis) = (720.0_f64, 196.0_f64, 24.0_f64, 16.0_f64);
+    let base = h - pad - axis;
     let n = series.len().max(1) as f64;
     let bw = (w - pad) / n;
-    let scale = (h - pad) / max as f64;
+    let scale = (base - 14.0) / max as f64;
+    let utc = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // the first, middle and last buckets' start times on the axis (app.js shows them in local time)
+    let ticks: Vec<usize> = if series.len() > 2 {
+        vec![0, series.len() / 2, series.len() - 1]
+    } else {
+        (0..series.len()).collect()
+    };
     html! {
         svg.chart viewBox={ "0 0 " (w) " " (h) } role="img" aria-label=(l.t("chart-title")) {
             text x="0" y="12" class="label" { (l.num(max)) }
-            line x1=(pad) y1=(h - pad) x2=(w) y2=(h - pad) class="axis" {}
+            line x1=(pad) y1=(base) x2=(w) y2=(base) class="axis" {}
             @for (i, (t, s, f)) in series.iter().enumerate() {
                 @let x = pad + i as f64 * bw;
                 @let hs = *s as f64 * scale;
                 @let hf = *f as f64 * scale;
+                @let rest = format!(": {} {}, {} {}", l.num(*s), l.t("chart-succeeded"), l.num(*f), l.t("chart-failed"));
                 g {
-                    title { (t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)) ": " (l.num(*s)) " " (l.t("chart-succeeded")) ", " (l.num(*f)) " " (l.t("chart-failed")) }
-                    rect class="ok" x=(x + 1.0) y=(h - pad - hs) width=((bw - 2.0).max(1.0)) height=(hs) {}
-                    rect class="bad" x=(x + 1.0) y=(h - pad - hs - hf) width=((bw - 2.0).max(1.0)) height=(hf) {}
+                    title data-utc=(utc(t)) data-rest=(rest) { (utc(t)) (rest) }
+                    rect class="ok" x=(x + 1.0) y=(base - hs) width=((bw - 2.0).max(1.0)) height=(hs) {}
+                    rect class="bad" x=(x + 1.0) y=(base - hs - hf) width=((bw - 2.0).max(1.0)) height=(hf) {}
                 }
+            }
+            @for i in &ticks {
+                @let (t, _, _) = &series[*i];
+                @let anchor = if *i == 0 { "start" } else if *i + 1 == series.len() { "end" } else { "middle" };
+                @let x = if *i + 1 == series.len() { w } else { pad + *i as f64 * bw };
+                text.tick x=(x) y=(base + 12.0) text-anchor=(anchor) data-utc=(utc(t)) { (utc(t)) }
             }
             g.legend {
                 rect class="ok" x=(pad) y=(h - 12.0) width="10" height="10" {}
@@ -328,7 +344,7 @@ pub async fn process_pending(ctx: Ctx, body: String) -> Response {
         let limit: i32 = form
             .get("limit")
             .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| AppError::BadInput("limit must be a whole number".into()))?;
+            .ok_or_else(|| AppError::invalid("err-limit", &[]))?;
         let row = write(
             &ctx,
             "SELECT event_bus.process_pending_events($1) AS n",

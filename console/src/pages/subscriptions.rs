@@ -104,7 +104,7 @@ async fn subs_inner(ctx: &Ctx) -> Res {
                     @if can_write { th {} }
                 } }
                 tbody { @for r in &rows {
-                    tr data-subscription=(r.id) {
+                    tr id={ "sub-" (r.id) } data-subscription=(r.id) {
                         td { (r.handler) }
                         td { a href={ "/dead-letters?subscription=" (r.id) } { code { (r.pattern) } } }
                         td { (r.kind) }
