@@ -168,7 +168,7 @@ demo_test() {
     local psql=(psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d demo)
     local dead_before
     dead_before="$("${psql[@]}" -c "SELECT count(*) FROM event_bus.dead_letters")" || return 1
-    echo "    the demo ended with $dead_before dead letters (the dead endpoint's); a minute later:"
+    echo "    the demo ended with failed deliveries (dead letters): $dead_before, the dead endpoint's; a minute later:"
     sleep 60
     "${psql[@]}" -c "UPDATE invoices SET status = 'posted' WHERE number = 'INV-002'" || return 1
     "${psql[@]}" -c "SELECT event_bus.emit_module_event('11111111-1111-1111-1111-111111111111', 'pos.transaction_completed',
