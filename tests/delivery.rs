@@ -350,6 +350,8 @@ fn pausing_delivery_keeps_events_until_it_resumes() {
     for _ in 0..3 {
         emit(&mut c, "invoice.posted", "{}");
     }
+    // (a check that nothing happens needs a wait: three seconds is many rounds of an unpaused worker,
+    // which delivers these in milliseconds)
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(rx.count("/h"), 1, "nothing is sent while paused");
     assert_eq!(

@@ -1,21 +1,22 @@
-//! The per-database delivery worker: its entry point and its loop.
+//! The per-database delivery worker: its entry point and its loop, one [`Worker`] method per step.
 //!
-//! Loop: collect outcomes as they arrive and record them (one short transaction) → send what the
-//! scheduler lets go → when there is room, fan out new events and claim due deliveries with a
-//! lease (one short transaction) → run SQL handlers for a short slice → wait on the latch (set by
-//! emits at commit), the outcome pipe, the next due time or a waiting job's staleness — never
-//! while a round found more work. No HTTP happens inside a transaction; a killed worker loses
-//! nothing because its leases expire and the deliveries are claimed again.
+//! A round: collect outcomes as they arrive → record them (one short transaction) → when there is
+//! room, fan out new events and claim due deliveries with a lease (one short transaction; the sender
+//! starts them) → run SQL handlers for a short slice → the upkeep → leave the database for the pool,
+//! or stay → wait on the latch (set by emits at commit), the outcome pipe, the next due time or a
+//! waiting job's staleness — never while a round found more work. The slice, the upkeep and the
+//! shutdown are in `tasks.rs`. No HTTP happens inside a transaction; a killed worker loses nothing
+//! because its leases expire and the deliveries are claimed again.
 
-use super::deliver::{Dispatcher, Outcome};
+use super::deliver::Dispatcher;
 use super::job::{batch_memory, ClaimSettings, Claimed};
-use super::schedule::{Scheduler, SqlJob};
+use super::schedule::Scheduler;
 use super::statements::claim::claim_and_fan_out;
 use super::statements::record::{record, release, retry_delay, Finished, Rng};
 use super::statements::session;
+use super::tasks::{maintenance, run_sql_slice, shutdown};
 use super::{
-    in_transaction, in_transaction_try, log, reload_config_if_requested, shutdown_requested,
-    sqlhandler, wait,
+    in_transaction, in_transaction_try, log, reload_config_if_requested, shutdown_requested, wait,
 };
 use crate::{guc, shmem};
 use event_bus_core::lifecycle::lease;
@@ -30,9 +31,6 @@ const RECORD_DELAY: Duration = Duration::from_millis(5);
 /// costs each round's fixed work (statements, a commit) once per millisecond, not per event. An
 /// idle worker claims at once.
 const GATHER: Duration = Duration::from_millis(1);
-/// How long SQL handlers run before the loop looks after everything else again (a handler that
-/// runs longer is not interrupted, but no further one starts).
-const SQL_SLICE: Duration = Duration::from_millis(20);
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn event_bus_worker_main(arg: pg_sys::Datum) {
@@ -614,115 +612,5 @@ impl Worker {
         } else {
             1
         }
-    }
-}
-
-/// Run queued SQL handlers, subscriptions taking turns, in one transaction, until SQL_SLICE has
-/// passed (at least one runs). Each handler is its own subtransaction; outcomes go to `finished`,
-/// calls that did not get to run back to the scheduler.
-fn run_sql_slice(sched: &mut Scheduler, finished: &mut Vec<Finished>) {
-    // calls whose events are read in one query (run_batch stops at the deadline within one)
-    const CHUNK: usize = 512;
-    let deadline = Instant::now() + SQL_SLICE;
-    let mut ran: Vec<SqlJob> = Vec::new();
-    let mut outcomes: Vec<Outcome> = Vec::new();
-    let mut left: Vec<SqlJob> = Vec::new();
-    let result = in_transaction("running SQL handlers", || {
-        while ran.is_empty() || Instant::now() < deadline {
-            let chunk = sched.take_sql(CHUNK, batch_memory());
-            if chunk.is_empty() {
-                break;
-            }
-            // counted as run before they run: an error that aborts the transaction fails them
-            let start = ran.len();
-            ran.extend(chunk);
-            let calls: Vec<(Claimed, sqlhandler::Call)> = ran[start..]
-                .iter()
-                .map(|w| (w.claimed.clone(), w.work.clone()))
-                .collect();
-            let done = sqlhandler::run_batch(&calls, Some(deadline));
-            let n = done.len().min(calls.len());
-            outcomes.extend(done);
-            left.extend(ran.split_off(start + n));
-            if !left.is_empty() {
-                break;
-            }
-        }
-    });
-    sched.requeue_sql(left);
-    for (i, w) in ran.into_iter().enumerate() {
-        let outcome = match (&result, outcomes.get(i)) {
-            (Ok(()), Some(o)) => o.clone(),
-            (Err(e), _) => Outcome::failure(0, e.clone(), Duration::ZERO),
-            (Ok(()), None) => {
-                Outcome::failure(0, "the SQL handler did not run".into(), Duration::ZERO)
-            }
-        };
-        if result.is_ok() {
-            sched.sql_ran(&w.claimed.subscription_id, outcome.duration);
-        }
-        finished.push(Finished {
-            claimed: w.claimed,
-            outcome,
-        });
-    }
-}
-
-/// Upkeep between batches: breaker probes and releases, and retention in batches of
-/// MAINTENANCE_BATCH (each its own transaction, at most 10 per round). Returns the time until
-/// the next round: a second, or a minute after an error (a bad event_bus.retention, say).
-fn maintenance() -> Duration {
-    const MAINTENANCE_BATCH: i64 = 1000;
-    for _ in 0..10 {
-        match in_transaction_try("maintenance", || session::maintenance(MAINTENANCE_BATCH)) {
-            Ok(n) if n >= MAINTENANCE_BATCH => continue,
-            Ok(_) => return Duration::from_secs(1),
-            Err(e) => {
-                log(&format!("event_bus worker: {e}; next try in a minute"));
-                return Duration::from_secs(60);
-            }
-        }
-    }
-    Duration::ZERO
-}
-
-/// On SIGTERM: give requests in flight a moment, record what finished, hand the rest back so the
-/// next worker retries them at once instead of waiting for their leases.
-fn shutdown(dispatcher: &Dispatcher, sched: &mut Scheduler, mut finished: Vec<Finished>) {
-    let deadline = Instant::now() + Duration::from_millis(1000);
-    let mut unfinished = Vec::new();
-    while sched.in_flight() > 0 && Instant::now() < deadline {
-        if let Some(o) = dispatcher.recv_timeout(Duration::from_millis(50)) {
-            if let Some(claimed) = sched.complete(&o) {
-                if o.sent {
-                    finished.push(Finished {
-                        claimed,
-                        outcome: o,
-                    });
-                } else {
-                    unfinished.push(claimed);
-                }
-            }
-        }
-    }
-    let mut rng = Rng::seeded();
-    let delays: Vec<Duration> = finished
-        .iter()
-        .map(|f| retry_delay(&f.claimed, &f.outcome, &mut rng))
-        .collect();
-    unfinished.extend(sched.unfinished());
-    let r = in_transaction_try("recording outcomes at shutdown", || {
-        if !finished.is_empty() {
-            record(&finished, &delays)?;
-        }
-        if !unfinished.is_empty() {
-            release(&unfinished)?;
-        }
-        Ok(())
-    });
-    if let Err(e) = r {
-        log(&format!(
-            "event_bus worker: {e}; leases will expire instead"
-        ));
     }
 }

@@ -187,7 +187,7 @@ async fn attempt(clients: &Clients, mut req: Request) -> Outcome {
         return super::broker::publish(&clients.brokers, req).await;
     }
     // The benchmark's null-sink build (cargo feature bench-null-sink, which no package or
-    // install enables): every HTTP attempt succeeds at once without I/O, with nginx's answer, so
+    // install enables): every HTTP attempt succeeds at once without I/O, with a web server's answer, so
     // bench/run.sh shows the Postgres-only ceiling of the same code and the HTTP side's share.
     if cfg!(feature = "bench-null-sink") {
         return Outcome {

@@ -23,6 +23,7 @@ pub mod launcher;
 pub mod schedule;
 pub mod sqlhandler;
 pub mod statements;
+mod tasks;
 
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
