@@ -309,6 +309,28 @@ BEGIN
           FROM moved GROUP BY 1, 2;
     END IF;
     DELETE FROM event_bus._attempt_minutes m WHERE m.minute < now() - interval '32 days';
+    -- event counts: fold the rows of each hour that got new ones (before the last hour) into one
+    -- row per tenant, module and type; an hour whose events are all gone (retention) leaves none
+    IF EXISTS (SELECT 1 FROM event_bus._event_hours h
+                WHERE NOT h.folded AND h.hour < now() - interval '2 hours') THEN
+        WITH hours AS (
+            SELECT DISTINCT h.hour FROM event_bus._event_hours h
+             WHERE NOT h.folded AND h.hour < now() - interval '2 hours'
+        ), moved AS (
+            DELETE FROM event_bus._event_hours h
+             USING hours
+             WHERE h.hour = hours.hour
+            RETURNING h.tenant_id, h.hour, h.source_module, h.event_type, h.pending, h.processing,
+                      h.completed, h.failed)
+        INSERT INTO event_bus._event_hours
+            (tenant_id, hour, source_module, event_type, pending, processing, completed, failed, folded)
+        SELECT f.*, true
+          FROM (SELECT moved.tenant_id, moved.hour, moved.source_module, moved.event_type,
+                       sum(moved.pending) AS pending, sum(moved.processing) AS processing,
+                       sum(moved.completed) AS completed, sum(moved.failed) AS failed
+                  FROM moved GROUP BY 1, 2, 3, 4) f
+         WHERE (f.pending, f.processing, f.completed, f.failed) <> (0, 0, 0, 0);
+    END IF;
     IF v_retention IS NULL OR v_retention IN ('0', 'off', '-1') THEN
         RETURN 0;
     END IF;
@@ -343,6 +365,115 @@ CREATE OR REPLACE TRIGGER module_event_logs_count_attempts
     AFTER INSERT ON event_bus.module_event_logs
     REFERENCING NEW TABLE AS new_logs
     FOR EACH STATEMENT EXECUTE FUNCTION event_bus._count_attempts();
+
+------------------------------------------------------------------------------------------------
+-- Fanned-out events per tenant, hour, module, type and status (event_bus._event_hours, read by
+-- event_stats)
+------------------------------------------------------------------------------------------------
+-- An event is counted from the statement that fans it out (dispatched_at set) under the status it
+-- has, and moved between statuses by every later UPDATE; a DELETE takes it out. The rows a statement
+-- changed are counted -1 as they were and +1 as they are, netted per tenant, hour, module and type:
+-- one row per group whose counts moved (a batch of 500 records of one type: one row).
+CREATE OR REPLACE FUNCTION event_bus._event_hour(p_at timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT date_bin(interval '1 hour', p_at, timestamptz '2000-01-01 00:00:00+00');
+$$;
+COMMENT ON FUNCTION event_bus._event_hour(timestamptz) IS
+    'Internal: the whole UTC hour a time falls in (the bucket of event_bus._event_hours), in any time zone.';
+
+CREATE OR REPLACE FUNCTION event_bus._count_event_changes() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        DELETE FROM event_bus._event_hours;
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        INSERT INTO event_bus._event_hours
+            (tenant_id, hour, source_module, event_type, pending, processing, completed, failed)
+        SELECT f.*
+          FROM (SELECT c.tenant_id, c.hour, c.source_module, c.event_type,
+                       coalesce(sum(c.n) FILTER (WHERE c.status = <pending>), 0) AS pending,
+                       coalesce(sum(c.n) FILTER (WHERE c.status = <processing>), 0) AS processing,
+                       coalesce(sum(c.n) FILTER (WHERE c.status = <completed>), 0) AS completed,
+                       coalesce(sum(c.n) FILTER (WHERE c.status = <failed>), 0) AS failed
+                  FROM (SELECT o.tenant_id, event_bus._event_hour(o.created_at) AS hour, o.source_module,
+                               o.event_type, o.status, -1 AS n
+                          FROM old_events o
+                         WHERE o.dispatched_at IS NOT NULL
+                        UNION ALL
+                        SELECT w.tenant_id, event_bus._event_hour(w.created_at), w.source_module,
+                               w.event_type, w.status, 1
+                          FROM new_events w
+                         WHERE w.dispatched_at IS NOT NULL) c
+                 GROUP BY 1, 2, 3, 4) f
+         WHERE (f.pending, f.processing, f.completed, f.failed) <> (0, 0, 0, 0);
+    ELSE
+        INSERT INTO event_bus._event_hours
+            (tenant_id, hour, source_module, event_type, pending, processing, completed, failed)
+        SELECT o.tenant_id, event_bus._event_hour(o.created_at), o.source_module, o.event_type,
+               -count(*) FILTER (WHERE o.status = <pending>),
+               -count(*) FILTER (WHERE o.status = <processing>),
+               -count(*) FILTER (WHERE o.status = <completed>),
+               -count(*) FILTER (WHERE o.status = <failed>)
+          FROM old_events o
+         WHERE o.dispatched_at IS NOT NULL
+         GROUP BY 1, 2, 3, 4;
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION event_bus._count_event_changes() IS
+    'Internal: the statement triggers that count fanned-out events into _event_hours as UPDATEs and DELETEs '
+    'change them (a TRUNCATE empties it).';
+REVOKE ALL ON FUNCTION event_bus._count_event_changes() FROM PUBLIC;
+CREATE OR REPLACE TRIGGER module_events_count_updates
+    AFTER UPDATE ON event_bus.module_events
+    REFERENCING OLD TABLE AS old_events NEW TABLE AS new_events
+    FOR EACH STATEMENT EXECUTE FUNCTION event_bus._count_event_changes();
+CREATE OR REPLACE TRIGGER module_events_count_deletes
+    AFTER DELETE ON event_bus.module_events
+    REFERENCING OLD TABLE AS old_events
+    FOR EACH STATEMENT EXECUTE FUNCTION event_bus._count_event_changes();
+CREATE OR REPLACE TRIGGER module_events_count_truncate
+    AFTER TRUNCATE ON event_bus.module_events
+    FOR EACH STATEMENT EXECUTE FUNCTION event_bus._count_event_changes();
+
+CREATE OR REPLACE FUNCTION event_bus._recount_event_hours() RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rows bigint;
+BEGIN
+    -- the table is written by every worker's UPDATEs: no count may slip in between
+    LOCK TABLE event_bus.module_events IN SHARE MODE;
+    DELETE FROM event_bus._event_hours;
+    INSERT INTO event_bus._event_hours
+        (tenant_id, hour, source_module, event_type, pending, processing, completed, failed, folded)
+    SELECT e.tenant_id, event_bus._event_hour(e.created_at), e.source_module, e.event_type,
+           count(*) FILTER (WHERE e.status = <pending>),
+           count(*) FILTER (WHERE e.status = <processing>),
+           count(*) FILTER (WHERE e.status = <completed>),
+           count(*) FILTER (WHERE e.status = <failed>),
+           true
+      FROM event_bus.module_events e
+     WHERE e.dispatched_at IS NOT NULL
+     GROUP BY 1, 2, 3, 4;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    RETURN v_rows;
+END
+$$;
+COMMENT ON FUNCTION event_bus._recount_event_hours() IS
+    'Internal: count _event_hours again from module_events (the 0.11.0 upgrade; after rows were written '
+    'around the triggers, e.g. loaded with dispatched_at set). Locks module_events against writes while it counts.';
+REVOKE ALL ON FUNCTION event_bus._recount_event_hours() FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------------
 -- Privileges

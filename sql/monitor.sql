@@ -59,10 +59,12 @@ BEGIN
         CASE WHEN p_entity_id IS NOT NULL THEN 'e.entity_id = $10' END,
         CASE WHEN p_correlation_id IS NOT NULL
              THEN 'e.metadata ? ''correlation_id'' AND e.metadata ->> ''correlation_id'' = $11' END);
-    IF v_exact IS NOT NULL THEN
-        -- by type: the fanned-out events through (tenant_id, event_type, id) — a tenant's reader
-        -- gets its tenant from row-level security — and the few not yet fanned out through their
-        -- own index, two ordered scans merged
+    IF v_exact IS NOT NULL OR p_entity_id IS NOT NULL OR p_status IN (<pending>, <processing>, <failed>) THEN
+        -- by type, entity or a status other than completed: the fanned-out events through the index
+        -- for it ((tenant_id, event_type, id) — a tenant's reader gets its tenant from row-level
+        -- security —, the entity index, the status index), and the few not yet fanned out through
+        -- their own index, two ordered scans merged. (Completed events are nearly all of them: the
+        -- primary key finds a page of them at once.)
         v_sql := 'SELECT x.* FROM ('
               || '(SELECT e.* FROM event_bus.module_events e WHERE e.dispatched_at IS NOT NULL AND ' || v_where
               || ' ORDER BY e.id DESC LIMIT $8) UNION ALL '
@@ -172,6 +174,88 @@ COMMENT ON VIEW event_bus.dead_letters IS
     'Re-arm with retry_event(event_id) or retry_failed(...). failed_at: when it failed (dead_at, the same, is its '
     'name before 0.11.0, kept until 0.12.0).';
 
+-- Counting the events of a window: the whole hours inside it from _event_hours (kept by triggers),
+-- the hour it starts in from the rows while that hour holds few events (else its counts scaled to
+-- the part inside the window), and the events not yet fanned out from the rows (the undispatched
+-- index: a handful). A day of ten million events is a few thousand rows read, not ten million.
+CREATE OR REPLACE FUNCTION event_bus._event_counts(p_window interval, p_tenant_id uuid)
+RETURNS TABLE (source_module text, event_type text, pending bigint, processing bigint, completed bigint,
+               failed bigint)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- an edge hour with more events than this is estimated, not counted
+    c_exact_limit constant bigint := 20000;
+    v_start timestamptz;
+    v_edge  timestamptz;
+    v_edge_total bigint;
+    v_share double precision;
+BEGIN
+    IF p_window IS NULL OR p_window <= interval '0' THEN
+        RAISE EXCEPTION 'event_bus: window % is out of range', coalesce(p_window::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'Give a positive window, e.g. ''24 hours''.';
+    END IF;
+    v_start := now() - p_window;
+    v_edge := event_bus._event_hour(v_start);
+    SELECT coalesce(sum(h.pending + h.processing + h.completed + h.failed), 0)
+      INTO v_edge_total
+      FROM event_bus._event_hours h
+     WHERE h.hour = v_edge AND (p_tenant_id IS NULL OR h.tenant_id = p_tenant_id);
+    v_share := CASE WHEN v_edge_total <= c_exact_limit THEN NULL
+                    ELSE extract(epoch FROM v_edge + interval '1 hour' - v_start) / 3600.0 END;
+    RETURN QUERY
+    SELECT c.source_module, c.event_type, sum(c.pending)::bigint, sum(c.processing)::bigint,
+           sum(c.completed)::bigint, sum(c.failed)::bigint
+      FROM (
+            -- the whole hours after the edge, and the edge scaled when it is too big to count
+            SELECT h.source_module, h.event_type,
+                   CASE WHEN h.hour > v_edge THEN h.pending ELSE round(h.pending * v_share) END AS pending,
+                   CASE WHEN h.hour > v_edge THEN h.processing ELSE round(h.processing * v_share) END AS processing,
+                   CASE WHEN h.hour > v_edge THEN h.completed ELSE round(h.completed * v_share) END AS completed,
+                   CASE WHEN h.hour > v_edge THEN h.failed ELSE round(h.failed * v_share) END AS failed
+              FROM event_bus._event_hours h
+             WHERE (h.hour > v_edge OR (h.hour = v_edge AND v_share IS NOT NULL))
+               AND (p_tenant_id IS NULL OR h.tenant_id = p_tenant_id)
+            UNION ALL
+            -- the edge hour's fanned-out events inside the window, counted, when they are few; and
+            -- the events of the window not fanned out yet
+            SELECT e.source_module, e.event_type,
+                   count(*) FILTER (WHERE e.status = <pending>),
+                   count(*) FILTER (WHERE e.status = <processing>),
+                   count(*) FILTER (WHERE e.status = <completed>),
+                   count(*) FILTER (WHERE e.status = <failed>)
+              FROM event_bus.module_events e
+             WHERE e.id >= event_bus.uuid_v7_lower_bound(v_start)
+               -- (an id is taken at insert, after created_at, its transaction's start: five minutes'
+               -- slack for the ids of a long transaction)
+               AND e.id < event_bus.uuid_v7_lower_bound(v_edge + interval '65 minutes')
+               AND e.created_at >= v_start AND e.created_at < v_edge + interval '1 hour'
+               AND e.dispatched_at IS NOT NULL
+               AND v_share IS NULL
+               AND (p_tenant_id IS NULL OR e.tenant_id = p_tenant_id)
+             GROUP BY 1, 2
+            UNION ALL
+            SELECT e.source_module, e.event_type,
+                   count(*) FILTER (WHERE e.status = <pending>),
+                   count(*) FILTER (WHERE e.status = <processing>),
+                   count(*) FILTER (WHERE e.status = <completed>),
+                   count(*) FILTER (WHERE e.status = <failed>)
+              FROM event_bus.module_events e
+             WHERE e.dispatched_at IS NULL
+               AND e.created_at >= v_start
+               AND (p_tenant_id IS NULL OR e.tenant_id = p_tenant_id)
+             GROUP BY 1, 2
+           ) c
+     GROUP BY 1, 2
+    HAVING sum(c.pending + c.processing + c.completed + c.failed) <> 0;
+END
+$$;
+COMMENT ON FUNCTION event_bus._event_counts(interval, uuid) IS
+    'Internal: events emitted within the window per source module and type, by status, from _event_hours '
+    'and the rows not yet counted there (what event_stats and event_stats_by_type read).';
+
 CREATE OR REPLACE FUNCTION event_bus.event_stats(
     p_window    interval DEFAULT '24 hours',
     p_tenant_id uuid     DEFAULT NULL
@@ -180,19 +264,18 @@ LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT count(*) FILTER (WHERE e.status = <pending>),
-           count(*) FILTER (WHERE e.status = <processing>),
-           count(*) FILTER (WHERE e.status = <completed>),
-           count(*) FILTER (WHERE e.status = <failed>),
-           count(*)
-      FROM event_bus.module_events e
-     WHERE e.id >= event_bus.uuid_v7_lower_bound(now() - p_window)
-       AND e.created_at >= now() - p_window
-       AND (p_tenant_id IS NULL OR e.tenant_id = p_tenant_id);
+    SELECT coalesce(sum(c.pending), 0)::bigint,
+           coalesce(sum(c.processing), 0)::bigint,
+           coalesce(sum(c.completed), 0)::bigint,
+           coalesce(sum(c.failed), 0)::bigint,
+           coalesce(sum(c.pending + c.processing + c.completed + c.failed), 0)::bigint
+      FROM event_bus._event_counts(p_window, p_tenant_id) c;
 $$;
 COMMENT ON FUNCTION event_bus.event_stats(interval, uuid) IS
     'Events emitted within the window (default 24 hours) by status: pending, processing, processed '
-    '(completed), failed, total. Optionally for one tenant; readers see their own tenant.';
+    '(completed), failed, total. Optionally for one tenant; readers see their own tenant. Read from '
+    'maintained hourly counts: when the hour the window starts in holds more than 20,000 events, its '
+    'part of the window is estimated (its counts times the share of the hour inside the window).';
 
 CREATE OR REPLACE FUNCTION event_bus.event_stats_by_type(
     p_window    interval DEFAULT '24 hours',
@@ -203,18 +286,10 @@ LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT e.source_module, e.event_type,
-           count(*) FILTER (WHERE e.status = <pending>),
-           count(*) FILTER (WHERE e.status = <processing>),
-           count(*) FILTER (WHERE e.status = <completed>),
-           count(*) FILTER (WHERE e.status = <failed>),
-           count(*)
-      FROM event_bus.module_events e
-     WHERE e.id >= event_bus.uuid_v7_lower_bound(now() - p_window)
-       AND e.created_at >= now() - p_window
-       AND (p_tenant_id IS NULL OR e.tenant_id = p_tenant_id)
-     GROUP BY e.source_module, e.event_type
-     ORDER BY e.source_module, e.event_type;
+    SELECT c.source_module, c.event_type, c.pending, c.processing, c.completed, c.failed,
+           c.pending + c.processing + c.completed + c.failed
+      FROM event_bus._event_counts(p_window, p_tenant_id) c
+     ORDER BY c.source_module, c.event_type;
 $$;
 COMMENT ON FUNCTION event_bus.event_stats_by_type(interval, uuid) IS
     'event_stats per source module and event type.';
@@ -262,7 +337,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     -- each count reads only unfinished or dead rows, each through its own partial index: never
     -- the history (one scan over several statuses would read the whole table)
-    SELECT u.n, u.age, d.due, d.age, h.held, w.waiting, f.dead, f.parked, b.open
+    SELECT u.n, u.age, d.due, d.age, h.held, w.waiting, f.dead, p.parked, b.open
       FROM (SELECT count(*) AS n,
                    coalesce(extract(epoch FROM now() - min(e.created_at))::double precision, 0) AS age
               FROM event_bus.module_events e
@@ -278,9 +353,14 @@ AS $$
            (SELECT count(*) AS waiting
               FROM event_bus.module_event_deliveries d
              WHERE d.ordering_key IS NOT NULL AND d.status = <waiting>) w,
-           (SELECT count(*) AS dead, count(*) FILTER (WHERE d.ordering_key IS NOT NULL) AS parked
+           (SELECT count(*) AS dead
               FROM event_bus.module_event_deliveries d
              WHERE d.status = <failed>) f,
+           -- (through the stream index: the failed index alone counts without reading the rows)
+           (SELECT count(*) AS parked
+              FROM event_bus.module_event_deliveries d
+             WHERE d.ordering_key IS NOT NULL AND d.status = ANY (event_bus._stream_blocking_states())
+               AND d.status = <failed>) p,
            (SELECT count(*) AS open
               FROM event_bus.module_event_subscriptions s
              WHERE s.is_active AND s.breaker_open_until IS NOT NULL) b;
@@ -514,10 +594,11 @@ COMMENT ON FUNCTION event_bus.worker_pool() IS
 ------------------------------------------------------------------------------------------------
 REVOKE ALL ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer, text, text, text),
     event_bus.event_detail(uuid), event_bus.event_stats(interval, uuid),
-    event_bus.event_stats_by_type(interval, uuid) FROM PUBLIC;
+    event_bus.event_stats_by_type(interval, uuid), event_bus._event_counts(interval, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_bus.list_events(uuid, text, text, text, timestamptz, timestamptz, uuid, integer, text, text, text),
     event_bus.event_detail(uuid), event_bus.event_stats(interval, uuid),
-    event_bus.event_stats_by_type(interval, uuid) TO event_bus_reader, event_bus_admin;
+    event_bus.event_stats_by_type(interval, uuid), event_bus._event_counts(interval, uuid)
+    TO event_bus_reader, event_bus_admin;
 GRANT SELECT ON event_bus.dead_letters, event_bus.subscription_health TO event_bus_reader, event_bus_admin;
 REVOKE ALL ON FUNCTION event_bus.queue_summary(), event_bus.delivery_timeline(interval, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_bus.queue_summary(), event_bus.delivery_timeline(interval, integer)

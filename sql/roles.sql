@@ -41,7 +41,7 @@ GRANT USAGE ON SCHEMA event_bus TO PUBLIC;
 REVOKE ALL ON event_bus.module_events, event_bus.module_event_subscriptions,
     event_bus.module_event_deliveries, event_bus.module_event_logs, event_bus.event_type_schemas,
     event_bus._counters, event_bus._mock_calls, event_bus._deleted_subscriptions,
-    event_bus._idempotency_keys, event_bus._attempt_minutes FROM PUBLIC;
+    event_bus._idempotency_keys, event_bus._attempt_minutes, event_bus._event_hours FROM PUBLIC;
 
 -- (in the order the releases granted them: an ACL lists its grantees in that order, and a fresh
 -- install's must read as an upgraded one's)
@@ -60,6 +60,7 @@ GRANT SELECT (id, event_type, handler_module, handler_kind, handler_function, te
 -- process_pending_events (granted to admins) runs the worker's pipeline in the caller's session
 GRANT SELECT, INSERT, UPDATE, DELETE ON event_bus._idempotency_keys TO event_bus_admin;
 GRANT SELECT ON event_bus._attempt_minutes TO event_bus_reader, event_bus_admin;
+GRANT SELECT ON event_bus._event_hours TO event_bus_reader, event_bus_admin;
 GRANT SELECT ON event_bus.event_type_schemas TO event_bus_reader, event_bus_admin;
 GRANT ALL ON event_bus.event_type_schemas TO event_bus_admin;
 
@@ -72,6 +73,7 @@ ALTER TABLE event_bus.module_event_deliveries ENABLE ROW LEVEL SECURITY;
 ALTER TABLE event_bus.module_event_logs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE event_bus.module_event_subscriptions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE event_bus._attempt_minutes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE event_bus._event_hours ENABLE ROW LEVEL SECURITY;
 
 DROP POLICY IF EXISTS admin_all ON event_bus.module_events;
 CREATE POLICY admin_all ON event_bus.module_events TO event_bus_admin USING (true) WITH CHECK (true);
@@ -83,6 +85,8 @@ DROP POLICY IF EXISTS admin_all ON event_bus.module_event_subscriptions;
 CREATE POLICY admin_all ON event_bus.module_event_subscriptions TO event_bus_admin USING (true) WITH CHECK (true);
 DROP POLICY IF EXISTS admin_all ON event_bus._attempt_minutes;
 CREATE POLICY admin_all ON event_bus._attempt_minutes TO event_bus_admin USING (true) WITH CHECK (true);
+DROP POLICY IF EXISTS admin_all ON event_bus._event_hours;
+CREATE POLICY admin_all ON event_bus._event_hours TO event_bus_admin USING (true) WITH CHECK (true);
 
 DROP POLICY IF EXISTS tenant_read ON event_bus.module_events;
 CREATE POLICY tenant_read ON event_bus.module_events FOR SELECT TO event_bus_reader
@@ -98,4 +102,7 @@ CREATE POLICY tenant_read ON event_bus.module_event_subscriptions FOR SELECT TO 
     USING (tenant_id IS NULL OR tenant_id = (SELECT event_bus.current_tenant()));
 DROP POLICY IF EXISTS tenant_read ON event_bus._attempt_minutes;
 CREATE POLICY tenant_read ON event_bus._attempt_minutes FOR SELECT TO event_bus_reader
+    USING (tenant_id = (SELECT event_bus.current_tenant()));
+DROP POLICY IF EXISTS tenant_read ON event_bus._event_hours;
+CREATE POLICY tenant_read ON event_bus._event_hours FOR SELECT TO event_bus_reader
     USING (tenant_id = (SELECT event_bus.current_tenant()));

@@ -55,6 +55,21 @@ CREATE INDEX module_events_tenant_type_idx
     ON event_bus.module_events (tenant_id, event_type, id)
     WHERE dispatched_at IS NOT NULL;
 
+-- Events by status (list_events with a status, the console's filter): the fanned-out events that
+-- did not simply complete. The common event (delivered at its first attempt) never enters it: the
+-- record that completes it is the UPDATE that sets dispatched_at. An event's other status changes
+-- are no longer HOT updates (status is in this predicate): a retried or held event writes its
+-- index entries again.
+CREATE INDEX module_events_status_idx
+    ON event_bus.module_events (status, id)
+    WHERE dispatched_at IS NOT NULL AND status IN (<pending>, <processing>, <failed>);
+-- Events by entity (list_events with an entity id): fanned-out events that name one, as the type
+-- index. A hash index: an entity id may be longer than a btree entry can hold (a hash index keeps
+-- four bytes of any), and an entity's events are few enough to be ordered after the index.
+CREATE INDEX module_events_entity_idx
+    ON event_bus.module_events USING hash (entity_id)
+    WHERE entity_id IS NOT NULL AND dispatched_at IS NOT NULL;
+
 COMMENT ON TABLE event_bus.module_events IS
     'Events emitted by modules, one row each, written in the emitting transaction by emit_module_event(). '
     'status is derived from the event''s deliveries: pending (not yet attempted), processing (attempted, '
@@ -427,3 +442,26 @@ CREATE INDEX _attempt_minutes_unfolded_idx ON event_bus._attempt_minutes (minute
 COMMENT ON TABLE event_bus._attempt_minutes IS
     'Internal: delivery attempts that succeeded / failed per tenant and minute (of executed_at), written by '
     'a statement trigger on module_event_logs; read by delivery_timeline(). Kept 32 days.';
+
+-- Fanned-out events per tenant, hour (of created_at), source module, type and status, for event_stats
+-- (the console's overview): a day of ten million events reads a few thousand rows. Written by
+-- statement triggers on module_events (every UPDATE that fans an event out or changes its status adds
+-- +1/-1 rows, a DELETE -1 rows): insert-only, so no row is contended by two writers; the worker's
+-- upkeep folds an hour's rows into one. Sums are exact whatever the folding did. Events not yet fanned
+-- out are not in it: event_stats counts them from the rows (few, by the undispatched index).
+CREATE TABLE event_bus._event_hours (
+    tenant_id     uuid        NOT NULL,
+    hour          timestamptz NOT NULL,
+    source_module text        NOT NULL,
+    event_type    text        NOT NULL,
+    pending       bigint      NOT NULL DEFAULT 0,
+    processing    bigint      NOT NULL DEFAULT 0,
+    completed     bigint      NOT NULL DEFAULT 0,
+    failed        bigint      NOT NULL DEFAULT 0,
+    folded        boolean     NOT NULL DEFAULT false
+);
+CREATE INDEX _event_hours_hour_idx ON event_bus._event_hours (hour);
+CREATE INDEX _event_hours_unfolded_idx ON event_bus._event_hours (hour) WHERE NOT folded;
+COMMENT ON TABLE event_bus._event_hours IS
+    'Internal: fanned-out events per tenant, hour of created_at (whole UTC hours), source module and type, '
+    'by status, as sums of +1/-1 rows written by statement triggers on module_events; read by event_stats().';

@@ -49,6 +49,8 @@ mod request_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod security_tests;
 #[cfg(any(test, feature = "pg_test"))]
+mod stats_tests;
+#[cfg(any(test, feature = "pg_test"))]
 mod testing_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -85,9 +87,21 @@ extension_sql_file!(
         contracts::contracts_changed
     ]
 );
-extension_sql_file!("../sql/generated/roles.sql", name = "roles", requires = ["tables"]);
-extension_sql_file!("../sql/generated/api.sql", name = "api", requires = ["roles"]);
-extension_sql_file!("../sql/generated/run_as.sql", name = "run_as", requires = ["api"]);
+extension_sql_file!(
+    "../sql/generated/roles.sql",
+    name = "roles",
+    requires = ["tables"]
+);
+extension_sql_file!(
+    "../sql/generated/api.sql",
+    name = "api",
+    requires = ["roles"]
+);
+extension_sql_file!(
+    "../sql/generated/run_as.sql",
+    name = "run_as",
+    requires = ["api"]
+);
 extension_sql_file!(
     "../sql/generated/lifecycle.sql",
     name = "lifecycle",
@@ -113,7 +127,11 @@ extension_sql_file!(
     name = "monitor",
     requires = ["internals"]
 );
-extension_sql_file!("../sql/generated/operations.sql", name = "operations", finalize);
+extension_sql_file!(
+    "../sql/generated/operations.sql",
+    name = "operations",
+    finalize
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -151,6 +151,32 @@ fn happy_path_delivers_once_per_matching_subscription_with_cloudevents_body_and_
     // nothing more arrives later
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(rx.all().len(), 3);
+
+    // the overview's counts, kept per hour by the worker's statements, say what the rows say; a
+    // TRUNCATE of the events empties them
+    assert_eq!(
+        scalar_text(
+            &mut c,
+            "SELECT concat_ws(',', pending, processing, processed, failed, total) FROM event_bus.event_stats()"
+        ),
+        scalar_text(
+            &mut c,
+            "SELECT concat_ws(',', count(*) FILTER (WHERE status = 'pending'),
+                    count(*) FILTER (WHERE status = 'processing'), count(*) FILTER (WHERE status = 'completed'),
+                    count(*) FILTER (WHERE status = 'failed'), count(*))
+               FROM event_bus.module_events"
+        )
+    );
+    assert!(scalar_i64(&mut c, "SELECT count(*) FROM event_bus._event_hours") > 0);
+    c.batch_execute("TRUNCATE event_bus.module_events").unwrap();
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT count(*) FROM event_bus._event_hours"),
+        0
+    );
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT total FROM event_bus.event_stats()"),
+        0
+    );
 }
 
 #[test]

@@ -111,7 +111,10 @@ fn the_settings_reference_lists_every_setting_with_its_context() {
         .filter_map(|l| {
             let cells: Vec<&str> = l.split('|').map(str::trim).collect();
             // | `name` | default | context | meaning |
-            let name = cells.get(1)?.strip_prefix("`event_bus.")?.strip_suffix('`')?;
+            let name = cells
+                .get(1)?
+                .strip_prefix("`event_bus.")?
+                .strip_suffix('`')?;
             Some((format!("event_bus.{name}"), cells.get(3)?.to_string()))
         })
         .collect();

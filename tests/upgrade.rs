@@ -259,7 +259,10 @@ fn upgrade_from(old: &str) {
         )
         .unwrap()
         .get(0);
-    assert_eq!(ops, "event_bus.delivery.failed", "subscriptions follow the event's new name");
+    assert_eq!(
+        ops, "event_bus.delivery.failed",
+        "subscriptions follow the event's new name"
+    );
     let kept: String = c
         .query_one(
             "SELECT concat_ws('|',

@@ -7,7 +7,9 @@ use event_bus_core::{matcher, netpolicy, validate};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let _ = matcher::validate_event_type(text);
     if validate::validate_url(text).is_ok() {
         let u = url::Url::parse(text).expect("accepted URLs parse");

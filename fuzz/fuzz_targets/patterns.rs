@@ -16,7 +16,9 @@ fn reference(p: &[&str], t: &[&str]) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let (pattern, event_type) = text.split_once('\n').unwrap_or((text, text));
     let pattern_ok = matcher::validate_pattern(pattern).is_ok();
     let type_ok = matcher::validate_event_type(event_type).is_ok();

@@ -110,3 +110,43 @@ BEGIN
     END IF;
 END
 $$;
+
+------------------------------------------------------------------------------------------------
+-- The console at ten million events (event_stats, list_events by status and entity): indexes for
+-- the status and entity filters, and fanned-out events counted per hour (event_bus._event_hours,
+-- kept by statement triggers from sql/internals.sql, counted here once from the rows).
+------------------------------------------------------------------------------------------------
+CREATE INDEX module_events_status_idx
+    ON event_bus.module_events (status, id)
+    WHERE dispatched_at IS NOT NULL AND status IN (<pending>, <processing>, <failed>);
+CREATE INDEX module_events_entity_idx
+    ON event_bus.module_events USING hash (entity_id)
+    WHERE entity_id IS NOT NULL AND dispatched_at IS NOT NULL;
+CREATE TABLE event_bus._event_hours (
+    tenant_id     uuid        NOT NULL,
+    hour          timestamptz NOT NULL,
+    source_module text        NOT NULL,
+    event_type    text        NOT NULL,
+    pending       bigint      NOT NULL DEFAULT 0,
+    processing    bigint      NOT NULL DEFAULT 0,
+    completed     bigint      NOT NULL DEFAULT 0,
+    failed        bigint      NOT NULL DEFAULT 0,
+    folded        boolean     NOT NULL DEFAULT false
+);
+CREATE INDEX _event_hours_hour_idx ON event_bus._event_hours (hour);
+CREATE INDEX _event_hours_unfolded_idx ON event_bus._event_hours (hour) WHERE NOT folded;
+COMMENT ON TABLE event_bus._event_hours IS
+    'Internal: fanned-out events per tenant, hour of created_at (whole UTC hours), source module and type, '
+    'by status, as sums of +1/-1 rows written by statement triggers on module_events; read by event_stats().';
+INSERT INTO event_bus._event_hours
+    (tenant_id, hour, source_module, event_type, pending, processing, completed, failed, folded)
+SELECT e.tenant_id, date_bin(interval '1 hour', e.created_at, timestamptz '2000-01-01 00:00:00+00'),
+       e.source_module, e.event_type,
+       count(*) FILTER (WHERE e.status = <pending>),
+       count(*) FILTER (WHERE e.status = <processing>),
+       count(*) FILTER (WHERE e.status = <completed>),
+       count(*) FILTER (WHERE e.status = <failed>),
+       true
+  FROM event_bus.module_events e
+ WHERE e.dispatched_at IS NOT NULL
+ GROUP BY 1, 2, 3, 4;

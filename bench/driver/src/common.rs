@@ -70,10 +70,19 @@ impl Poller {
                                      WHERE d.status IN (<claimable>) AND d.subscription_id = $1::text::uuid)",
             ))
             .unwrap();
-        Poller { c, drained, drained_but_failing, sub_drained }
+        Poller {
+            c,
+            drained,
+            drained_but_failing,
+            sub_drained,
+        }
     }
 
-    pub(crate) fn ask(&mut self, which: &postgres::Statement, params: &[&(dyn postgres::types::ToSql + Sync)]) -> bool {
+    pub(crate) fn ask(
+        &mut self,
+        which: &postgres::Statement,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> bool {
         self.c.query_one(which, params).unwrap().get(0)
     }
 

@@ -84,7 +84,14 @@ pub(crate) fn cookie_of(head: &str, name: &str) -> Option<String> {
         .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_string))
 }
 
-pub(crate) fn console(conn: &str, base: &str, role: &str, password: &str, tenant: &str, samples: usize) {
+pub(crate) fn console(
+    conn: &str,
+    base: &str,
+    role: &str,
+    password: &str,
+    tenant: &str,
+    samples: usize,
+) {
     let mut http = Http::open(base);
     let (_, head, body) = http.request("GET", "/login", "", "");
     let login = cookie_of(&head, "ebc_login").expect("a sign-in token cookie");
@@ -99,7 +106,7 @@ pub(crate) fn console(conn: &str, base: &str, role: &str, password: &str, tenant
     let mut c = connect(conn);
     let tenant = (tenant != "-").then_some(tenant);
     // each page, and the statements it runs (as the console runs them: the same SQL, as the role)
-    let pages: [(&str, &str, Vec<&str>); 4] = [
+    let pages: [(&str, &str, Vec<&str>); 10] = [
         (
             "overview (24 h)",
             "/?window=24h",
@@ -119,6 +126,40 @@ pub(crate) fn console(conn: &str, base: &str, role: &str, password: &str, tenant
             "events, module + type",
             "/events?source=sales&type=order.created",
             vec!["SELECT * FROM event_bus.list_events(p_source_module => 'sales', p_event_type => 'order.created', p_limit => 50)"],
+        ),
+        (
+            "overview (7 d)",
+            "/?window=7d",
+            vec![
+                "SELECT pending, processing, processed, failed, total FROM event_bus.event_stats('7 days')",
+                "SELECT * FROM event_bus.queue_summary()",
+                "SELECT * FROM event_bus.delivery_timeline('7 days', 24)",
+            ],
+        ),
+        (
+            "events, type + status failed",
+            "/events?type=order.created&status=failed",
+            vec!["SELECT * FROM event_bus.list_events(p_event_type => 'order.created', p_status => 'failed', p_limit => 50)"],
+        ),
+        (
+            "events, status pending",
+            "/events?status=pending",
+            vec!["SELECT * FROM event_bus.list_events(p_status => 'pending', p_limit => 50)"],
+        ),
+        (
+            "events, status processing (none)",
+            "/events?status=processing",
+            vec!["SELECT * FROM event_bus.list_events(p_status => 'processing', p_limit => 50)"],
+        ),
+        (
+            "events, entity id",
+            "/events?entity_id=E-4243",
+            vec!["SELECT * FROM event_bus.list_events(p_entity_id => 'E-4243', p_limit => 50)"],
+        ),
+        (
+            "dead letters",
+            "/dead-letters",
+            vec!["SELECT delivery_id FROM event_bus.dead_letters ORDER BY delivery_id DESC LIMIT 50"],
         ),
     ];
     for (label, path, sqls) in pages.iter() {

@@ -48,9 +48,9 @@ mod throughput;
 
 use brokers::*;
 // statements name delivery states from the lifecycle's declaration (<completed>, <claimable>)
-use event_bus_core::lifecycle::sql;
 use common::*;
 use console::*;
+use event_bus_core::lifecycle::sql;
 use latency::*;
 use pool::*;
 use request::*;

@@ -199,7 +199,9 @@ pub(crate) fn sustained(conn: &str, url: &str, clients: usize, seconds: u64) {
     // done and nothing left to fan out; then the count confirms it
     let mut poller = Poller::new(conn);
     loop {
-        if poller.sub_drained(&sink) && c.query_one(backlog_query, &[]).unwrap().get::<_, i64>(0) == 0 {
+        if poller.sub_drained(&sink)
+            && c.query_one(backlog_query, &[]).unwrap().get::<_, i64>(0) == 0
+        {
             break;
         }
         if Instant::now() > drain_deadline {

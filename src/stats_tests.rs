@@ -1,0 +1,237 @@
+//! The Event Monitor's counts and filters at any size: event_stats from the hourly counts that
+//! statement triggers keep (event_bus._event_hours), checked against the rows after every kind of
+//! change; list_events by status and entity through their indexes, whatever the entity id's length.
+//! Each test is one rolled-back transaction, driven by process_pending_events.
+
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod tests {
+    use crate::tests::tests::{count, sqlstate_of, TENANT};
+    use pgrx::prelude::*;
+
+    const TENANT_B: &str = "22222222-2222-2222-2222-222222222222";
+
+    fn text(sql: &str) -> String {
+        Spi::get_one::<String>(sql).unwrap().unwrap_or_default()
+    }
+
+    fn process() {
+        Spi::run("SELECT event_bus.process_pending_events(1000)").unwrap();
+    }
+
+    /// A SQL handler that fails for payloads with "fail": true and succeeds otherwise (and no
+    /// operational events: the counts are the test's events alone).
+    fn setup() {
+        Spi::run(
+            "SET LOCAL event_bus.operational_events = off;
+             CREATE ROLE eb_stats_handler NOLOGIN;
+             CREATE SCHEMA st;
+             GRANT USAGE ON SCHEMA st TO eb_stats_handler;
+             CREATE FUNCTION st.handle(event event_bus.module_events) RETURNS jsonb LANGUAGE plpgsql AS $f$
+             BEGIN
+                 IF (event.payload->>'fail')::boolean THEN
+                     RAISE EXCEPTION 'refused' USING ERRCODE = '22012';
+                 END IF;
+                 RETURN '{}';
+             END $f$;
+             SELECT event_bus.subscribe('#', 'stats', p_handler_function => 'st.handle',
+                                        p_run_as => 'eb_stats_handler', p_max_retries => 0);",
+        )
+        .unwrap();
+    }
+
+    fn emit(tenant: &str, event_type: &str, module: &str, entity: &str, fail: bool) -> String {
+        text(&format!(
+            "SELECT event_bus.emit_module_event('{tenant}', '{event_type}', '{module}', 'doc', '{entity}',
+                                                jsonb_build_object('fail', {fail}))::text"
+        ))
+    }
+
+    /// event_stats_by_type for the window, and the same counted from the rows, as two strings.
+    fn stats_and_rows(window: &str) -> (String, String) {
+        let stats = text(&format!(
+            "SELECT coalesce(string_agg(concat_ws(':', source_module, event_type, pending, processing, processed,
+                                                 failed, total), ',' ORDER BY source_module, event_type), '')
+               FROM event_bus.event_stats_by_type('{window}')"
+        ));
+        let rows = text(&format!(
+            "SELECT coalesce(string_agg(concat_ws(':', source_module, event_type, p, q, c, f, t), ','
+                                        ORDER BY source_module, event_type), '')
+               FROM (SELECT e.source_module, e.event_type,
+                            count(*) FILTER (WHERE e.status = 'pending') AS p,
+                            count(*) FILTER (WHERE e.status = 'processing') AS q,
+                            count(*) FILTER (WHERE e.status = 'completed') AS c,
+                            count(*) FILTER (WHERE e.status = 'failed') AS f, count(*) AS t
+                       FROM event_bus.module_events e
+                      WHERE e.created_at >= now() - interval '{window}'
+                      GROUP BY 1, 2) x"
+        ));
+        (stats, rows)
+    }
+
+    fn assert_stats_match_rows(when: &str) {
+        for window in ["24 hours", "7 days", "90 minutes"] {
+            let (stats, rows) = stats_and_rows(window);
+            assert_eq!(stats, rows, "{when}, window {window}");
+        }
+        let total = count("SELECT total FROM event_bus.event_stats('24 hours')");
+        let rows =
+            count("SELECT count(*) FROM event_bus.module_events WHERE created_at >= now() - interval '24 hours'");
+        assert_eq!(total, rows, "{when}: event_stats total");
+    }
+
+    #[pg_test]
+    fn event_stats_follow_every_change_of_the_events() {
+        setup();
+        // not fanned out yet: counted from the rows
+        for i in 0..6 {
+            emit(TENANT, "order.created", "sales", &format!("O-{i}"), i == 5);
+        }
+        for i in 0..3 {
+            emit(
+                TENANT_B,
+                "invoice.posted",
+                "accounting",
+                &format!("I-{i}"),
+                i == 0,
+            );
+        }
+        assert_stats_match_rows("emitted");
+        assert_eq!(
+            text("SELECT concat_ws(',', pending, processing, processed, failed, total) FROM event_bus.event_stats()"),
+            "9,0,0,0,9"
+        );
+        // delivered: completed and failed, counted by the triggers
+        process();
+        assert_stats_match_rows("delivered");
+        assert_eq!(
+            text("SELECT concat_ws(',', pending, processing, processed, failed, total) FROM event_bus.event_stats()"),
+            "0,0,7,2,9"
+        );
+        assert!(count("SELECT count(*) FROM event_bus._event_hours") > 0);
+        // a tenant's share
+        assert_eq!(
+            text(&format!(
+                "SELECT concat_ws(',', processed, failed, total) FROM event_bus.event_stats(p_tenant_id => '{TENANT_B}')"
+            )),
+            "2,1,3"
+        );
+        // re-armed and delivered again (the handler now succeeds)
+        Spi::run("UPDATE event_bus.module_events SET payload = '{\"fail\": false}'").unwrap();
+        assert_eq!(count("SELECT event_bus.retry_failed()"), 2);
+        assert_stats_match_rows("re-armed");
+        process();
+        assert_stats_match_rows("delivered again");
+        // events of other hours (the edge of each window counted from the rows), and older than a week
+        // (an id is taken when the event is emitted: moved with it)
+        Spi::run(
+            "UPDATE event_bus.module_events e
+                SET created_at = now() - v.age, id = event_bus.uuid_v7_lower_bound(now() - v.age)
+               FROM (SELECT id, (ARRAY[interval '23 hours 50 minutes', interval '24 hours 10 minutes',
+                                       interval '80 minutes', interval '100 minutes', interval '8 days'])[n] AS age
+                       FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM event_bus.module_events) r
+                      WHERE n <= 5) v
+              WHERE e.id = v.id",
+        )
+        .unwrap();
+        assert_stats_match_rows("moved to other hours");
+        // the worker's upkeep folds every hour before the last two into one row per group
+        Spi::run("SELECT event_bus._maintenance(100)").unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus._event_hours WHERE NOT folded AND hour < now() - interval '2 hours'"),
+            0
+        );
+        assert_stats_match_rows("folded");
+        // deleted (retention deletes finished events)
+        Spi::run(
+            "DELETE FROM event_bus.module_events WHERE created_at < now() - interval '1 hour'",
+        )
+        .unwrap();
+        assert_stats_match_rows("deleted");
+        // counted again from the rows: the same
+        let before = stats_and_rows("7 days").0;
+        Spi::run("SELECT event_bus._recount_event_hours()").unwrap();
+        assert_eq!(stats_and_rows("7 days").0, before);
+        // (a TRUNCATE empties them: tests/delivery.rs, where no other test waits for its lock)
+        // a window that is not one
+        assert_eq!(
+            sqlstate_of("SELECT * FROM event_bus.event_stats('-1 hour')").as_deref(),
+            Some("22023")
+        );
+        assert_eq!(
+            sqlstate_of("SELECT * FROM event_bus.event_stats(NULL)").as_deref(),
+            Some("22023")
+        );
+    }
+
+    /// A reader's event_stats counts its own tenant only: the hourly counts are behind the same
+    /// row-level security as the events.
+    #[pg_test]
+    fn a_reader_counts_only_its_own_tenant() {
+        setup();
+        emit(TENANT, "order.created", "sales", "O-1", false);
+        emit(TENANT_B, "order.created", "sales", "O-2", false);
+        emit(TENANT_B, "order.created", "sales", "O-3", true);
+        process();
+        Spi::run(&format!(
+            "CREATE ROLE eb_stats_reader NOLOGIN IN ROLE event_bus_reader;
+             SET LOCAL app.tenant_id = '{TENANT_B}'; SET LOCAL ROLE eb_stats_reader"
+        ))
+        .unwrap();
+        assert_eq!(
+            text("SELECT concat_ws(',', processed, failed, total) FROM event_bus.event_stats('7 days')"),
+            "1,1,2"
+        );
+        assert_eq!(count("SELECT count(*) FROM event_bus._event_hours WHERE tenant_id <> (SELECT event_bus.current_tenant())"), 0);
+    }
+
+    /// list_events by status and by entity: what the rows say, fanned out or not, for an entity id
+    /// longer than a btree entry can hold.
+    #[pg_test]
+    fn list_events_by_status_and_entity_finds_what_the_rows_hold() {
+        setup();
+        let long = "L".repeat(3000);
+        emit(TENANT, "order.created", "sales", "O-1", false);
+        emit(TENANT, "order.created", "sales", &long, true);
+        emit(TENANT, "order.created", "sales", "O-2", false);
+        process();
+        // not fanned out yet
+        let late = emit(TENANT, "order.created", "sales", &long, false);
+        for status in ["pending", "processing", "completed", "failed"] {
+            assert_eq!(
+                text(&format!(
+                    "SELECT coalesce(string_agg(id::text, ',' ORDER BY id DESC), '')
+                       FROM event_bus.list_events(p_status => '{status}')"
+                )),
+                text(&format!(
+                    "SELECT coalesce(string_agg(id::text, ',' ORDER BY id DESC), '')
+                       FROM event_bus.module_events WHERE status = '{status}'"
+                )),
+                "status {status}"
+            );
+        }
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM event_bus.list_events(p_entity_id => '{long}')"
+            )),
+            2
+        );
+        assert_eq!(
+            text(&format!(
+                "SELECT id::text FROM event_bus.list_events(p_entity_id => '{long}', p_status => 'pending')"
+            )),
+            late
+        );
+        assert_eq!(
+            text(&format!(
+                "SELECT status FROM event_bus.list_events(p_entity_id => '{long}', p_status => 'failed')"
+            )),
+            "failed"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.list_events(p_entity_id => 'O-2')"),
+            1
+        );
+    }
+}
