@@ -284,6 +284,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // a failed test keeps what the server said: its deadlock reports in full (who waited for
+        // whom, running what), else the log's tail
+        if std::thread::panicking() {
+            self.print_log_excerpt();
+        }
         if self.keep {
             eprintln!(
                 "keeping cluster at {} (port {})",
@@ -294,6 +299,30 @@ impl Drop for Cluster {
         }
         self.pg_ctl_stop("immediate");
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Cluster {
+    fn print_log_excerpt(&self) {
+        let Ok(log) = std::fs::read_to_string(self.log_path()) else {
+            return;
+        };
+        let lines: Vec<&str> = log.lines().collect();
+        let mut shown = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            if l.contains("deadlock detected") {
+                shown.extend(lines[i..(i + 16).min(lines.len())].iter().copied());
+                shown.push("...");
+            }
+        }
+        if shown.is_empty() {
+            shown.extend(lines[lines.len().saturating_sub(40)..].iter().copied());
+        }
+        eprintln!(
+            "--- {} (the test failed) ---\n{}\n---",
+            self.log_path().display(),
+            shown.join("\n")
+        );
     }
 }
 
