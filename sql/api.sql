@@ -186,7 +186,7 @@ LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'check_broker_url_wrapper';
 COMMENT ON FUNCTION event_bus._check_broker_url(text) IS
     'Internal: the subscription kind of a broker URL (amqp for amqp:// and amqps://, nats for nats:// and '
-    'tls://), or 22023 saying what is wrong (its password masked).';
+    'tls://, kafka for kafka:// and kafkas://), or 22023 saying what is wrong (its password masked).';
 
 CREATE OR REPLACE FUNCTION event_bus._mask_url(p_url text) RETURNS text
 LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
@@ -202,6 +202,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_networks text := nullif(btrim(current_setting('event_bus.allowed_networks', true)), '');
+    v_hosts    text;
     v_host     text;
     v_ip       inet;
     v_allowed  boolean;
@@ -209,26 +210,30 @@ BEGIN
     IF v_networks IS NULL THEN
         RETURN;
     END IF;
-    -- (past any user:password@ of a broker URL)
-    v_host := btrim(substring(p_url FROM '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^]]*\]|[^:/?#]*)'), '[]');
-    BEGIN
-        v_ip := v_host::inet;
-    EXCEPTION WHEN invalid_text_representation THEN
-        RETURN;
-    END;
-    BEGIN
-        SELECT bool_or(v_ip <<= btrim(n)::inet) INTO v_allowed
-          FROM unnest(string_to_array(v_networks, ',')) AS n
-         WHERE btrim(n) <> '';
-    EXCEPTION WHEN invalid_text_representation THEN
-        RAISE EXCEPTION 'event_bus: event_bus.allowed_networks is invalid: %', v_networks
-            USING ERRCODE = '22023', HINT = 'List CIDR blocks separated by commas, e.g. ''10.0.0.0/8, 203.0.113.7''.';
-    END;
-    IF NOT coalesce(v_allowed, false) THEN
-        RAISE EXCEPTION 'event_bus: handler URL address % is outside event_bus.allowed_networks', v_ip
-            USING ERRCODE = '22023',
-                  HINT = 'Deliveries may only go to ' || v_networks || '; use an allowed address or ask an administrator.';
-    END IF;
+    -- the host list (past any user:password@ of a broker URL; a Kafka URL may name several hosts,
+    -- separated by commas)
+    v_hosts := substring(p_url FROM '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#]*)');
+    FOREACH v_host IN ARRAY string_to_array(coalesce(v_hosts, ''), ',') LOOP
+        v_host := btrim(substring(v_host FROM '^(\[[^]]*\]|[^:]*)'), '[]');
+        BEGIN
+            v_ip := v_host::inet;
+        EXCEPTION WHEN invalid_text_representation THEN
+            CONTINUE;
+        END;
+        BEGIN
+            SELECT bool_or(v_ip <<= btrim(n)::inet) INTO v_allowed
+              FROM unnest(string_to_array(v_networks, ',')) AS n
+             WHERE btrim(n) <> '';
+        EXCEPTION WHEN invalid_text_representation THEN
+            RAISE EXCEPTION 'event_bus: event_bus.allowed_networks is invalid: %', v_networks
+                USING ERRCODE = '22023', HINT = 'List CIDR blocks separated by commas, e.g. ''10.0.0.0/8, 203.0.113.7''.';
+        END;
+        IF NOT coalesce(v_allowed, false) THEN
+            RAISE EXCEPTION 'event_bus: handler URL address % is outside event_bus.allowed_networks', v_ip
+                USING ERRCODE = '22023',
+                      HINT = 'Deliveries may only go to ' || v_networks || '; use an allowed address or ask an administrator.';
+        END IF;
+    END LOOP;
 END
 $$;
 COMMENT ON FUNCTION event_bus._check_destination(text) IS
@@ -295,14 +300,14 @@ BEGIN
                   HINT = 'Pass either p_handler_url (an http(s) URL) or p_handler_function (an Edge Function '
                          'name or a SQL function taking event_bus.module_events), not both or neither.';
     END IF;
-    IF v_kind IS NOT NULL AND v_kind NOT IN ('http', 'edge_function', 'sql', 'amqp', 'nats') THEN
+    IF v_kind IS NOT NULL AND v_kind NOT IN ('http', 'edge_function', 'sql', 'amqp', 'nats', 'kafka') THEN
         RAISE EXCEPTION 'event_bus: unknown handler kind %', v_kind
             USING ERRCODE = '22023', HINT = 'Use ''http'', ''edge_function'' or ''sql'' (or a broker URL), or leave it NULL.';
     END IF;
 
-    IF p_handler_url IS NOT NULL AND p_handler_url ~* '^(amqps?|nats|tls)://' THEN
-        -- a message broker: RabbitMQ (amqp, amqps) or NATS JetStream (nats, tls)
-        IF v_kind IS NOT NULL AND v_kind NOT IN ('amqp', 'nats') THEN
+    IF p_handler_url IS NOT NULL AND p_handler_url ~* '^(amqps?|nats|tls|kafkas?)://' THEN
+        -- a message broker: RabbitMQ (amqp, amqps), NATS JetStream (nats, tls) or Kafka (kafka, kafkas)
+        IF v_kind IS NOT NULL AND v_kind NOT IN ('amqp', 'nats', 'kafka') THEN
             RAISE EXCEPTION 'event_bus: handler kind % does not take a broker URL', v_kind
                 USING ERRCODE = '22023', HINT = 'Leave p_handler_kind NULL: the URL''s scheme gives the kind.';
         END IF;
@@ -436,7 +441,8 @@ $$;
 COMMENT ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision, boolean, text, interval) IS
     'Subscribe a handler to an event-type pattern (* = one segment, # = zero or more). Exactly one target: '
     'p_handler_url (http/https, or a broker: amqp[s]://user:password@host/vhost?exchange=NAME for RabbitMQ, '
-    'nats://host:4222?subject=PREFIX or tls:// for NATS JetStream), or p_handler_function: an Edge Function name (resolved against '
+    'nats://host:4222?subject=PREFIX or tls:// for NATS JetStream, kafka[s]://[user:password@]host:9092[,host2:9092]/TOPIC '
+    'for Kafka), or p_handler_function: an Edge Function name (resolved against '
     'event_bus.edge_function_base_url) or a SQL function schema.name(event_bus.module_events). Optional: '
     'signing secret (Standard Webhooks), extra headers, timeout, retry limit, backoff, tenant filter; '
     'p_ordered: each entity''s events one at a time in emit order (a dead one parks its stream); '
@@ -539,6 +545,9 @@ BEGIN
     VALUES (v_tenant, p_event_type, p_source_module, p_entity_type, p_entity_id, coalesce(p_payload, '{}'::jsonb),
             v_metadata, <processing>, now(), true)
     RETURNING id INTO event_id;
+    -- fanned out at insert, so no UPDATE counts it: counted here for event_stats (_event_hours)
+    INSERT INTO event_bus._event_hours (tenant_id, hour, source_module, event_type, processing)
+    VALUES (v_tenant, event_bus._event_hour(now()), p_source_module, p_event_type, 1);
 
     -- the responders kept until this transaction ends (FOR KEY SHARE): an unsubscribe either comes
     -- first (then it is not among them) or waits and removes this request's delivery (lock order:

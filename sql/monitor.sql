@@ -23,9 +23,10 @@ STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_exact text;
-    v_where text;
-    v_sql   text;
+    v_exact      text;
+    v_where      text;
+    v_sql        text;
+    v_dispatched boolean := true;
 BEGIN
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'event_bus: p_limit % is out of range', p_limit
@@ -59,6 +60,16 @@ BEGIN
         CASE WHEN p_entity_id IS NOT NULL THEN 'e.entity_id = $10' END,
         CASE WHEN p_correlation_id IS NOT NULL
              THEN 'e.metadata ? ''correlation_id'' AND e.metadata ->> ''correlation_id'' = $11' END);
+    -- a type and a module that no fanned-out event has together (the module of another type, a typo):
+    -- the hourly counts say so at once, where the type's index would be read to its end to find that
+    -- none of its events has the module. (Events not yet fanned out are looked for all the same.)
+    IF v_exact IS NOT NULL AND p_source_module IS NOT NULL THEN
+        v_dispatched := EXISTS (
+            SELECT 1 FROM event_bus._event_hours h
+             WHERE h.event_type = v_exact AND h.source_module = p_source_module
+               AND (p_tenant_id IS NULL OR h.tenant_id = p_tenant_id)
+               AND h.pending + h.processing + h.completed + h.failed > 0);
+    END IF;
     IF v_exact IS NOT NULL OR p_entity_id IS NOT NULL OR p_status IN (<pending>, <processing>, <failed>) THEN
         -- by type, entity or a status other than completed: the fanned-out events through the index
         -- for it ((tenant_id, event_type, id) — a tenant's reader gets its tenant from row-level
@@ -66,7 +77,8 @@ BEGIN
         -- their own index, two ordered scans merged. (Completed events are nearly all of them: the
         -- primary key finds a page of them at once.)
         v_sql := 'SELECT x.* FROM ('
-              || '(SELECT e.* FROM event_bus.module_events e WHERE e.dispatched_at IS NOT NULL AND ' || v_where
+              || '(SELECT e.* FROM event_bus.module_events e WHERE '
+              || CASE WHEN v_dispatched THEN 'e.dispatched_at IS NOT NULL' ELSE 'false' END || ' AND ' || v_where
               || ' ORDER BY e.id DESC LIMIT $8) UNION ALL '
               || '(SELECT e.* FROM event_bus.module_events e WHERE e.dispatched_at IS NULL AND ' || v_where
               || ' ORDER BY e.id DESC LIMIT $8)) x ORDER BY x.id DESC LIMIT $8';

@@ -142,10 +142,10 @@ CREATE TABLE event_bus.module_event_subscriptions (
     run_as_set_by        name,
     CONSTRAINT module_event_subscriptions_pkey PRIMARY KEY (id),
     CONSTRAINT module_event_subscriptions_pattern_check CHECK (event_bus._is_valid_pattern(event_type)),
-    -- broker targets (RabbitMQ, NATS JetStream): the kind comes from the URL's scheme; the URL (with its
+    -- broker targets (RabbitMQ, NATS JetStream, Kafka): the kind comes from the URL's scheme; the URL (with its
     -- credentials) stays in handler_url, which only admins read
     CONSTRAINT module_event_subscriptions_kind_check CHECK (
-        (handler_kind IN ('http', 'amqp', 'nats') AND handler_url IS NOT NULL AND handler_function IS NULL)
+        (handler_kind IN ('http', 'amqp', 'nats', 'kafka') AND handler_url IS NOT NULL AND handler_function IS NULL)
         OR (handler_kind = 'edge_function' AND handler_url IS NULL AND handler_function IS NOT NULL)
         OR (handler_kind = 'sql' AND handler_url IS NULL AND handler_function IS NOT NULL)),
     CONSTRAINT module_event_subscriptions_headers_object CHECK (jsonb_typeof(headers) = 'object'),
@@ -462,6 +462,8 @@ CREATE TABLE event_bus._event_hours (
 );
 CREATE INDEX _event_hours_hour_idx ON event_bus._event_hours (hour);
 CREATE INDEX _event_hours_unfolded_idx ON event_bus._event_hours (hour) WHERE NOT folded;
+-- does any fanned-out event have this type and module (list_events with both)?
+CREATE INDEX _event_hours_type_idx ON event_bus._event_hours (event_type, source_module, tenant_id);
 COMMENT ON TABLE event_bus._event_hours IS
     'Internal: fanned-out events per tenant, hour of created_at (whole UTC hours), source module and type, '
     'by status, as sums of +1/-1 rows written by statement triggers on module_events; read by event_stats().';

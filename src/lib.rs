@@ -29,7 +29,7 @@ pub mod contracts;
 pub mod emit;
 pub mod error;
 pub mod guc;
-pub use event_bus_core::{matcher, netpolicy, validate};
+pub use event_bus_core::{kafka, matcher, netpolicy, validate};
 pub mod plans;
 pub mod request;
 pub mod shmem;

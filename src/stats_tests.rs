@@ -123,6 +123,17 @@ mod tests {
         assert_stats_match_rows("re-armed");
         process();
         assert_stats_match_rows("delivered again");
+        // a request's record is fanned out when it is written, so no UPDATE counts it: counted as
+        // it is written (here no responder answers, so it fails at once)
+        Spi::run(&format!(
+            "SELECT event_bus.try_request('stock.check', '{{}}', 100, '{TENANT}'::uuid)"
+        ))
+        .unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_events WHERE is_request AND status = 'failed'"),
+            1
+        );
+        assert_stats_match_rows("a request answered by no one");
         // events of other hours (the edge of each window counted from the rows), and older than a week
         // (an id is taken when the event is emitted: moved with it)
         Spi::run(
@@ -232,6 +243,34 @@ mod tests {
         assert_eq!(
             count("SELECT count(*) FROM event_bus.list_events(p_entity_id => 'O-2')"),
             1
+        );
+        // a type with a module: the fanned-out ones and the one not yet fanned out; with a module no
+        // event of the type has, none (the hourly counts say so before any index is read)
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.list_events(p_source_module => 'sales', p_event_type => 'order.created')"),
+            4
+        );
+        emit(TENANT, "order.created", "pos", "P-1", false);
+        assert_eq!(
+            text("SELECT source_module FROM event_bus.list_events(p_source_module => 'pos', p_event_type => 'order.created')"),
+            "pos",
+            "not fanned out yet, found all the same"
+        );
+        process();
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.list_events(p_source_module => 'pos', p_event_type => 'order.created')"),
+            1
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.list_events(p_source_module => 'billing', p_event_type => 'order.created')"),
+            0
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM event_bus.list_events(p_tenant_id => '{TENANT_B}', p_source_module => 'sales',
+                                                            p_event_type => 'order.created')"
+            )),
+            0
         );
     }
 }

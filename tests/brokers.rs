@@ -1,12 +1,13 @@
 //! Broker targets against real servers on loopback ports of their own: RabbitMQ (publisher
-//! confirms, mandatory publishes) and NATS JetStream (PubAck, duplicate window). Every event
+//! confirms, mandatory publishes), NATS JetStream (PubAck, duplicate window) and Kafka (Tansu,
+//! acks=all, read back by kafka-python). Every event
 //! arrives, in the CloudEvents binding of each protocol; outages, unroutable messages, missing
 //! streams and wrong credentials are failed attempts that are retried or logged, never a crash,
 //! never a password in a message.
 
 use event_bus_testkit as common;
 
-use common::brokers::{Nats, Rabbit};
+use common::brokers::{Kafka, Nats, Rabbit};
 use common::{count, wait_for, Cluster};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -409,6 +410,10 @@ fn bad_broker_urls_are_refused_at_subscribe_without_the_password() {
         "nats://u:hunter2secret@127.0.0.1:4222",
         "nats://u:hunter2secret@127.0.0.1:4222?subject=a.>",
         "tls://u:hunter2secret@127.0.0.1:4222?subject=a&x=1",
+        "kafka://u:hunter2secret@127.0.0.1:9092",
+        "kafka://u:hunter2secret@127.0.0.1:9092/a?acks=0",
+        "kafkas://u:hunter2secret@127.0.0.1,/a",
+        "kafka://u:hunter2secret@127.0.0.1/a b",
     ] {
         let e = c
             .query_one("SELECT event_bus.subscribe('a.#', 'm', $1)", &[&url])
@@ -441,6 +446,16 @@ fn bad_broker_urls_are_refused_at_subscribe_without_the_password() {
         )
         .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "22023");
+    // every host of a Kafka broker list
+    let e = c
+        .query_one(
+            "SELECT event_bus.subscribe('a.#', 'm', 'kafka://10.0.0.1:9092,127.0.0.1:9092/t')",
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "22023");
+    let message = e.as_db_error().unwrap().message();
+    assert!(message.contains("127.0.0.1"), "{message}");
     assert_eq!(
         count(
             &mut c,
@@ -503,4 +518,261 @@ fn bad_broker_urls_are_refused_at_subscribe_without_the_password() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(e.contains("localhost is"), "{e}");
+}
+
+/// Kafka: 10,000 events to an ordered subscription, read back by kafka-python: each once by
+/// message id, keyed by entity, each entity in one partition and in emit order, in the
+/// CloudEvents Kafka binding; a missing topic is a clear attempt error; the broker away for 10 s
+/// opens the breaker, and everything emitted meanwhile arrives once it is back.
+///
+/// Tansu keeps messages in memory only, so a restart loses what it had: the outage starts
+/// between batches (everything acknowledged before it has been read back), and what is emitted
+/// during it is checked on the restarted broker.
+#[test]
+fn kafka_acknowledges_every_event_keyed_by_entity_in_order_through_an_outage() {
+    let mut kafka = Kafka::start();
+    kafka.create_topic("erp.events", 3);
+    let mut settings = conf();
+    settings.push("event_bus.breaker_cooldown_ms = 1000");
+    let cluster = Cluster::start("kafka", &settings);
+    let mut c = cluster.create_db_with_extension("kafka_db");
+    let sub = subscribe(
+        &mut c,
+        "invoice.#",
+        "ledger",
+        &format!("{}?linger_ms=2&client_id=erp-test", kafka.url("erp.events")),
+        ", p_ordered => true",
+    );
+    let missing = subscribe(
+        &mut c,
+        "invoice.#",
+        "archive",
+        &kafka.url("no.such.topic"),
+        ", p_max_retries => 1",
+    );
+    let kind: String = c
+        .query_one(
+            "SELECT handler_kind FROM event_bus.module_event_subscriptions WHERE id = $1::text::uuid",
+            &[&sub],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(kind, "kafka");
+
+    emit_many(&mut c, "invoice.posted", 10_000, 1000);
+    wait_for(
+        "10,000 acknowledged deliveries",
+        Duration::from_secs(300),
+        || (completed(&mut c, &sub) == 10_000).then_some(()),
+    );
+    let delivery_ids: HashSet<String> = c
+        .query(
+            "SELECT id::text FROM event_bus.module_event_deliveries WHERE subscription_id = $1::text::uuid",
+            &[&sub],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let messages = kafka.consume("erp.events", 10_000, Duration::from_secs(180));
+    assert_eq!(messages.len(), 10_000, "one message per event");
+    let ids: HashSet<String> = messages
+        .iter()
+        .map(|m| m.headers["webhook-id"].clone())
+        .collect();
+    assert_eq!(ids, delivery_ids, "every delivery once, by message id");
+    // the CloudEvents Kafka binding, binary mode
+    let m = &messages[0];
+    assert_cloudevent(&m.headers, "ce_", &m.value);
+    assert_eq!(m.headers["content-type"], "application/json");
+    assert_eq!(m.headers["ce_type"], "invoice.posted");
+    assert_eq!(m.headers["ce_deliveryid"], m.headers["webhook-id"]);
+    // keyed by entity: one partition per entity, and in it the entity's events in emit order
+    let mut by_key: HashMap<String, (i32, i64, i64)> = HashMap::new(); // key -> partition, offset, n
+    let mut sorted = messages.clone();
+    sorted.sort_by_key(|m| (m.partition, m.offset));
+    let mut partitions = HashSet::new();
+    for m in &sorted {
+        let key = m.key.clone().expect("a key");
+        let data: serde_json::Value = serde_json::from_str(&m.value).unwrap();
+        assert_eq!(key, format!("invoice/{}", data["entity"].as_str().unwrap()));
+        let n = data["n"].as_i64().unwrap();
+        if let Some((p, _, last)) = by_key.get(&key) {
+            assert_eq!(*p, m.partition, "{key} in two partitions");
+            assert!(n > *last, "{key}: event {n} after {last}");
+        }
+        by_key.insert(key, (m.partition, m.offset, n));
+        partitions.insert(m.partition);
+    }
+    assert_eq!(by_key.len(), 1000);
+    assert_eq!(
+        partitions.len(),
+        3,
+        "entities spread over the topic's partitions"
+    );
+
+    // the missing topic: failed attempts that say what to do
+    let e: String = c
+        .query_one(
+            "SELECT max(error_message) FROM event_bus.module_event_logs WHERE subscription_id = $1::text::uuid",
+            &[&missing],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        e.contains("no.such.topic") && e.contains("does not exist"),
+        "{e}"
+    );
+    c.batch_execute(&format!(
+        "DELETE FROM event_bus.module_event_subscriptions WHERE id = '{missing}';
+         UPDATE event_bus.module_event_subscriptions SET breaker_threshold = 5 WHERE id = '{sub}'"
+    ))
+    .unwrap();
+
+    // the broker away for 10 s: failed attempts, the breaker opens; then everything arrives
+    kafka.stop();
+    emit_many(&mut c, "invoice.sent", 2000, 100);
+    wait_for("the breaker open", Duration::from_secs(60), || {
+        (count(
+            &mut c,
+            &format!(
+                "SELECT count(*) FROM event_bus.module_event_subscriptions
+                  WHERE id = '{sub}' AND breaker_open_until IS NOT NULL"
+            ),
+        ) == 1)
+            .then_some(())
+    });
+    let metrics: String = c
+        .query_one("SELECT event_bus.metrics()", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        metrics.contains("event_bus_subscriptions{breaker=\"open\"} 1"),
+        "{metrics}"
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    kafka.start_again();
+    kafka.create_topic("erp.events", 3);
+    wait_for("all 12,000 delivered", Duration::from_secs(300), || {
+        (completed(&mut c, &sub) == 12_000).then_some(())
+    });
+    let after: HashSet<String> = c
+        .query(
+            "SELECT d.id::text FROM event_bus.module_event_deliveries d JOIN event_bus.module_events e ON e.id = d.event_id
+              WHERE d.subscription_id = $1::text::uuid AND e.event_type = 'invoice.sent'",
+            &[&sub],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let messages = kafka.consume("erp.events", 2000, Duration::from_secs(180));
+    let ids: HashSet<String> = messages
+        .iter()
+        .map(|m| m.headers["webhook-id"].clone())
+        .collect();
+    assert_eq!(ids, after, "every delivery of the outage, by message id");
+    for m in &messages {
+        let data: serde_json::Value = serde_json::from_str(&m.value).unwrap();
+        assert!(data["n"].is_i64());
+    }
+    let failed = count(
+        &mut c,
+        &format!(
+            "SELECT count(*) FROM event_bus.module_event_logs WHERE subscription_id = '{sub}' AND status = 'failed'"
+        ),
+    );
+    assert!(failed > 0, "the outage's attempts are in the log");
+    wait_for("the breaker closed", Duration::from_secs(60), || {
+        let m: String = c
+            .query_one("SELECT event_bus.metrics()", &[])
+            .unwrap()
+            .get(0);
+        m.contains("event_bus_subscriptions{breaker=\"open\"} 0")
+            .then_some(())
+    });
+}
+
+/// Wrong credentials (a broker that requires SASL and knows no such user): failed attempts that say
+/// so, without the password, while the worker goes on delivering to another cluster.
+#[test]
+fn kafka_wrong_credentials_are_failed_attempts_without_the_password() {
+    let kafka = Kafka::start_with_authentication();
+    let cluster = Cluster::start("kafka_auth", &conf());
+    let mut c = cluster.create_db_with_extension("kafka_auth_db");
+    let url = format!(
+        "kafka://erp:hunter2secret@127.0.0.1:{}/erp.events?sasl=scram-sha-256",
+        kafka.port
+    );
+    let sub = subscribe(&mut c, "invoice.#", "ledger", &url, ", p_max_retries => 2");
+    // (every attempt fails: without its breaker, each delivery runs through its retries here)
+    c.batch_execute(&format!(
+        "UPDATE event_bus.module_event_subscriptions SET breaker_threshold = 0 WHERE id = '{sub}'"
+    ))
+    .unwrap();
+    // another cluster that needs no credentials: the same worker serves it meanwhile
+    let open = Kafka::start();
+    open.create_topic("audit", 1);
+    let other = subscribe(&mut c, "invoice.#", "audit", &open.url("audit"), "");
+    emit_many(&mut c, "invoice.posted", 20, 5);
+    wait_for("the failed attempts", Duration::from_secs(120), || {
+        (count(
+            &mut c,
+            &format!(
+                "SELECT count(*) FROM event_bus.module_event_deliveries WHERE subscription_id = '{sub}' AND status = 'failed'"
+            ),
+        ) == 20)
+            .then_some(())
+    });
+    let errors: Vec<String> = c
+        .query(
+            "SELECT DISTINCT error_message FROM event_bus.module_event_logs WHERE subscription_id = $1::text::uuid",
+            &[&sub],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!errors.is_empty());
+    for e in &errors {
+        assert!(!e.contains("hunter2secret"), "{e}");
+    }
+    // the client's own error (attempts that came meanwhile share it, or time out waiting)
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("cannot connect to Kafka at 127.0.0.1:")),
+        "{errors:?}"
+    );
+    eprintln!("wrong credentials: {errors:?}");
+    wait_for(
+        "the other subscription served",
+        Duration::from_secs(60),
+        || (completed(&mut c, &other) == 20).then_some(()),
+    );
+    let other_errors: Vec<String> = c
+        .query(
+            "SELECT coalesce(error_message, '') FROM event_bus.module_event_logs
+              WHERE subscription_id = $1::text::uuid AND status = 'failed'",
+            &[&other],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let messages = open.consume("audit", 20, Duration::from_secs(60));
+    let ids: HashSet<&str> = messages
+        .iter()
+        .map(|m| m.headers["webhook-id"].as_str())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        20,
+        "every delivery, by message id; failed attempts: {other_errors:?}"
+    );
+    assert_eq!(
+        messages.len(),
+        20,
+        "no resends; failed attempts: {other_errors:?}"
+    );
 }

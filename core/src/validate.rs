@@ -139,6 +139,8 @@ pub enum Broker {
         password: Option<String>,
         subject_prefix: String,
     },
+    /// Kafka: `kafka[s]://[user:password@]host:port[,host:port]/TOPIC?...` ([`crate::kafka`]).
+    Kafka(crate::kafka::KafkaTarget),
 }
 
 impl Broker {
@@ -147,16 +149,24 @@ impl Broker {
         match self {
             Broker::Amqp { .. } => "amqp",
             Broker::Nats { .. } => "nats",
+            Broker::Kafka(_) => "kafka",
         }
     }
 }
 
-/// Is this URL's scheme one of a broker (amqp, amqps, nats, tls)?
+/// Is this URL's scheme one of a broker (amqp, amqps, nats, tls, kafka, kafkas)?
 pub fn is_broker_url(url: &str) -> bool {
-    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
-    ["amqp://", "amqps://", "nats://", "tls://"]
-        .iter()
-        .any(|s| lower.starts_with(s))
+    let lower = url.get(..9).unwrap_or(url).to_ascii_lowercase();
+    [
+        "amqp://",
+        "amqps://",
+        "nats://",
+        "tls://",
+        "kafka://",
+        "kafkas://",
+    ]
+    .iter()
+    .any(|s| lower.starts_with(s))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -169,6 +179,10 @@ fn percent_decode(s: &str) -> String {
 /// Parse and check a broker URL: scheme, host, credentials, the one query parameter its kind
 /// takes (AMQP `exchange`, NATS `subject`), nothing else. Errors never repeat the password.
 pub fn parse_broker_url(url: &str) -> Result<Broker, String> {
+    if crate::kafka::split_authority(url).is_some() {
+        // (its own parser: a list of brokers is no URL authority)
+        return crate::kafka::parse(url).map(Broker::Kafka);
+    }
     let parsed = url::Url::parse(url).map_err(|e| format!("it does not parse ({e})"))?;
     let scheme = parsed.scheme().to_string();
     let host = match parsed.host_str() {
@@ -256,7 +270,7 @@ pub fn parse_broker_url(url: &str) -> Result<Broker, String> {
             })
         }
         other => Err(format!(
-            "scheme {other:?} is not a broker (amqp, amqps, nats, tls)"
+            "scheme {other:?} is not a broker (amqp, amqps, nats, tls, kafka, kafkas)"
         )),
     }
 }
@@ -264,6 +278,17 @@ pub fn parse_broker_url(url: &str) -> Result<Broker, String> {
 /// The URL with its password replaced by `***`: for an error shown to the one who typed the URL
 /// (subscribe's 22023), never for what others read (that is [`mask_url`]).
 pub fn hide_password(url: &str) -> String {
+    if let Some((scheme, userinfo, hosts)) = crate::kafka::split_authority(url) {
+        let rest = &url[scheme.len() + 3..];
+        let tail = &rest[rest.find(['/', '?', '#']).unwrap_or(rest.len())..];
+        return match userinfo {
+            Some(u) => {
+                let user = u.split_once(':').map_or(u, |(user, _)| user);
+                format!("{scheme}://{user}:***@{hosts}{tail}")
+            }
+            None => url.to_string(),
+        };
+    }
     match url::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
@@ -279,6 +304,20 @@ pub fn hide_password(url: &str) -> String {
 /// port), never its user, password, path or query — webhook URLs often carry their secret in the
 /// path (`/services/T0/B0/XXXX`) or the query (`?token=...`).
 pub fn mask_url(url: &str) -> String {
+    if let Some((scheme, _, hosts)) = crate::kafka::split_authority(url) {
+        // (a list of brokers: each host and port)
+        return match crate::kafka::parse(url) {
+            Ok(t) => format!("{}://{}", scheme.to_ascii_lowercase(), t.brokers.join(",")),
+            Err(_)
+                if hosts
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:,[]".contains(c)) =>
+            {
+                format!("{}://{hosts}", scheme.to_ascii_lowercase())
+            }
+            Err(_) => "(unparseable URL)".into(),
+        };
+    }
     match url::Url::parse(url) {
         Ok(u) => match u.host_str() {
             Some(host) => match u.port() {
@@ -357,6 +396,19 @@ pub fn scrub_urls(text: &str) -> String {
 /// /services/T0/B0/XXXX"), of a broker its password or token (its exchange or subject stays).
 pub fn redact_target(text: &str, target: &str) -> String {
     let mut out = scrub_urls(text);
+    if crate::kafka::split_authority(target).is_some() {
+        // a Kafka target's secret is its password; its brokers and topic are not
+        let mut secrets = vec![target.to_string()];
+        if let Some((raw, decoded)) = crate::kafka::password(target) {
+            secrets.push(raw);
+            secrets.push(decoded);
+        }
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        for s in secrets.iter().filter(|s| !s.is_empty()) {
+            out = out.replace(s.as_str(), "***");
+        }
+        return out;
+    }
     let Ok(u) = url::Url::parse(target) else {
         return out;
     };
@@ -471,6 +523,20 @@ mod broker_tests {
             "https://hooks.example:8443"
         );
         assert!(is_broker_url("AMQPS://h?exchange=x") && !is_broker_url("https://h"));
+        assert!(is_broker_url("kafkas://h/t") && is_broker_url("KAFKA://h/t"));
+        let kafka = "kafka://app:s%40cret@b1:9092,b2:9093/erp.events?sasl=scram-sha-256";
+        assert_eq!(parse_broker_url(kafka).unwrap().kind(), "kafka");
+        assert_eq!(mask_url(kafka), "kafka://b1:9092,b2:9093");
+        assert_eq!(
+            hide_password(kafka),
+            "kafka://app:***@b1:9092,b2:9093/erp.events?sasl=scram-sha-256"
+        );
+        let e = redact_target(
+            "auth failed for app with s@cret (s%40cret) at kafka://app:s%40cret@b1:9092",
+            kafka,
+        );
+        assert!(!e.contains("cret"), "{e}");
+        assert!(e.contains("b1:9092"), "{e}");
     }
 }
 

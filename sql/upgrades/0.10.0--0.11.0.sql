@@ -135,6 +135,8 @@ CREATE TABLE event_bus._event_hours (
 );
 CREATE INDEX _event_hours_hour_idx ON event_bus._event_hours (hour);
 CREATE INDEX _event_hours_unfolded_idx ON event_bus._event_hours (hour) WHERE NOT folded;
+-- does any fanned-out event have this type and module (list_events with both)?
+CREATE INDEX _event_hours_type_idx ON event_bus._event_hours (event_type, source_module, tenant_id);
 COMMENT ON TABLE event_bus._event_hours IS
     'Internal: fanned-out events per tenant, hour of created_at (whole UTC hours), source module and type, '
     'by status, as sums of +1/-1 rows written by statement triggers on module_events; read by event_stats().';
@@ -150,3 +152,13 @@ SELECT e.tenant_id, date_bin(interval '1 hour', e.created_at, timestamptz '2000-
   FROM event_bus.module_events e
  WHERE e.dispatched_at IS NOT NULL
  GROUP BY 1, 2, 3, 4;
+
+------------------------------------------------------------------------------------------------
+-- Kafka targets (kafka://, kafkas://): a subscription kind of their own, like amqp and nats.
+------------------------------------------------------------------------------------------------
+ALTER TABLE event_bus.module_event_subscriptions
+    DROP CONSTRAINT module_event_subscriptions_kind_check,
+    ADD CONSTRAINT module_event_subscriptions_kind_check CHECK (
+        (handler_kind IN ('http', 'amqp', 'nats', 'kafka') AND handler_url IS NOT NULL AND handler_function IS NULL)
+        OR (handler_kind = 'edge_function' AND handler_url IS NULL AND handler_function IS NOT NULL)
+        OR (handler_kind = 'sql' AND handler_url IS NULL AND handler_function IS NOT NULL));

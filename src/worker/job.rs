@@ -459,7 +459,7 @@ pub fn row_to_job(
                     url.ok_or_else(|| "subscription has no handler_url".to_string())
                 };
                 let target = target.and_then(|u| {
-                    if kind == "amqp" || kind == "nats" {
+                    if kind == "amqp" || kind == "nats" || kind == "kafka" {
                         // a row written past subscribe(): its password never goes into the error
                         crate::validate::parse_broker_url(&u)
                             .map(|_| u.clone())

