@@ -69,12 +69,7 @@ fn topic_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"._-".contains(&b)
 }
 
-fn decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
-}
+use crate::validate::percent_decode as decode;
 
 fn short(s: &str) -> String {
     s.chars().take(100).collect()

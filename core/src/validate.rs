@@ -169,7 +169,7 @@ pub fn is_broker_url(url: &str) -> bool {
     .any(|s| lower.starts_with(s))
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
         .next()
         .map(|(_, v)| v.into_owned())
