@@ -13,23 +13,34 @@ DEMO_DIR="${EVENT_BUS_DEMO_DIR:-/tmp/event_bus-demo}"
 # every process a kept demo leaves running, one "pid name" per line; the cluster is stopped by pg_ctl
 KEPT="$DEMO_DIR/kept-processes"
 stop_kept() {
+    # the cluster first: its worker holds connections to the brokers, and Tansu waits for its
+    # clients to leave before it exits
+    if [ -f "$DEMO_DIR/data/postmaster.pid" ]; then
+        runuser -u postgres -- "$(/usr/bin/pg_config --bindir)/pg_ctl" -D "$DEMO_DIR/data" -m fast stop >/dev/null 2>&1 \
+            && echo "    stopped the cluster in $DEMO_DIR/data" || true
+    fi
     if [ -f "$KEPT" ]; then
         local pids=()
         while read -r pid name; do
             kill "$pid" 2>/dev/null && echo "    stopped $name ($pid)" && pids+=("$pid") || true
         done < "$KEPT"
         rm -f "$KEPT"
-        # gone before this returns (a new demo reuses nothing of theirs)
-        for _ in $(seq 50); do
-            local alive=0
-            for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-            [ "$alive" = 0 ] && break
+        # gone before this returns (a new demo reuses nothing of theirs); what ignores SIGTERM
+        # for 10 s gets SIGKILL
+        local alive=()
+        for _ in $(seq 100); do
+            alive=()
+            for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+            [ "${#alive[@]}" = 0 ] && break
             sleep 0.1
         done
-    fi
-    if [ -f "$DEMO_DIR/data/postmaster.pid" ]; then
-        runuser -u postgres -- "$(/usr/bin/pg_config --bindir)/pg_ctl" -D "$DEMO_DIR/data" -m fast stop >/dev/null 2>&1 \
-            && echo "    stopped the cluster in $DEMO_DIR/data" || true
+        for pid in "${alive[@]}"; do kill -9 "$pid" 2>/dev/null && echo "    killed $pid (no exit 10 s after SIGTERM)" || true; done
+        for _ in $(seq 50); do
+            local still=0
+            for pid in "${alive[@]}"; do kill -0 "$pid" 2>/dev/null && still=1; done
+            [ "$still" = 0 ] && break
+            sleep 0.1
+        done
     fi
 }
 if [ "${1:-}" = stop ]; then

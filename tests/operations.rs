@@ -65,6 +65,21 @@ fn the_breaker_pauses_a_failing_endpoint_probes_it_and_resumes_when_it_answers()
         let state: String = c.query_one(health.as_str(), &[]).unwrap().get(0);
         (state == "open").then_some(())
     });
+    // deliveries claimed before it opened may still be sent; count from when none is left in flight
+    wait_for(
+        "the attempts in flight at the opening to be recorded",
+        Duration::from_secs(30),
+        || {
+            let in_flight: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'processing'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            (in_flight == 0).then_some(())
+        },
+    );
     // while open: deliveries are held and the endpoint rests, but for one probe per cool-down
     let at_open = rx.count("/points");
     std::thread::sleep(Duration::from_millis(2500));
