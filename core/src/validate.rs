@@ -169,6 +169,13 @@ pub fn is_broker_url(url: &str) -> bool {
     .any(|s| lower.starts_with(s))
 }
 
+/// Is this a Kafka URL (kafka, kafkas)? Its messages travel in batches, one produce request per
+/// partition carrying many of them.
+pub fn is_kafka_url(url: &str) -> bool {
+    let lower = url.get(..9).unwrap_or(url).to_ascii_lowercase();
+    lower.starts_with("kafka://") || lower.starts_with("kafkas://")
+}
+
 pub(crate) fn percent_decode(s: &str) -> String {
     url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
         .next()

@@ -18,6 +18,22 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 
+/// What one request weighs in the shares (`per_group` and the sender's `max_in_flight` count
+/// requests). A Kafka message weighs one unit, a sixteenth of a request: a partition's messages
+/// travel together in one produce request, so a Kafka subscription keeps sixteen times as many
+/// messages in flight as an HTTP one keeps requests, in the same share (a broker that stops
+/// answering still holds only its own share).
+pub const REQUEST_UNITS: u32 = 16;
+
+/// What an attempt to this target weighs in the shares.
+pub fn units_of(url: &str) -> u32 {
+    if crate::validate::is_kafka_url(url) {
+        1
+    } else {
+        REQUEST_UNITS
+    }
+}
+
 /// One HTTP attempt.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -36,6 +52,8 @@ pub struct Request {
     /// Its share: the group (the subscription) and how many of the group may be in flight.
     pub group: String,
     pub per_group: usize,
+    /// What it weighs in the shares, in units of which a request is [`REQUEST_UNITS`].
+    pub units: u32,
     /// How long it may wait for its turn before it comes back unsent.
     pub wait_limit: Duration,
 }
@@ -396,7 +414,7 @@ impl Groups {
             self.map
                 .retain(|_, (n, s)| Arc::strong_count(s) > 1 || s.available_permits() < *n);
         }
-        let size = size.max(1);
+        let size = size.max(1) * REQUEST_UNITS as usize;
         let entry = self
             .map
             .entry(name.to_string())
@@ -438,7 +456,9 @@ impl Dispatcher {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let all = Arc::new(Semaphore::new(max_in_flight.max(1)));
+        let all = Arc::new(Semaphore::new(
+            max_in_flight.max(1) * REQUEST_UNITS as usize,
+        ));
 
         // block all signals while spawning so the thread inherits a full mask
         let mut full_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -482,9 +502,10 @@ impl Dispatcher {
                         let wake = Arc::clone(&wake_write);
                         tokio::spawn(async move {
                             let token = req.token;
+                            let units = req.units;
                             let turn = tokio::time::timeout(req.wait_limit, async move {
-                                let mine = group.acquire_owned().await;
-                                let any = all.acquire_owned().await;
+                                let mine = group.acquire_many_owned(units).await;
+                                let any = all.acquire_many_owned(units).await;
                                 (mine, any)
                             })
                             .await;

@@ -503,6 +503,7 @@ pub fn row_to_job(
                     (Ok(url), Ok(secret_key), Ok(headers)) => Job::Http(
                         claimed.clone(),
                         Request {
+                            units: super::deliver::units_of(&url),
                             token: 0,
                             webhook_id: id_text(&claimed.delivery_id),
                             url,
