@@ -42,7 +42,7 @@ cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000 100000}"
 RUNS="${RUNS:-3}"
 LAT_EVENTS="${LAT_EVENTS:-300}"
-SECTIONS="${SECTIONS:-delivery nullsink floor latency fanout ordered isolation sustained sql request brokers kafka pool memory rss recover emit contract batch console growth wal}"
+SECTIONS="${SECTIONS:-delivery nullsink floor latency fanout filters ordered isolation sustained sql request brokers kafka pool memory rss recover emit contract batch console growth wal}"
 EMIT_SECONDS="${EMIT_SECONDS:-5}"
 GROWTH_EVENTS="${GROWTH_EVENTS:-5000000}"
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }

@@ -240,12 +240,111 @@ COMMENT ON FUNCTION event_bus._check_destination(text) IS
     'Internal: raises 22023 when an IP-literal handler URL is outside event_bus.allowed_networks.';
 
 ------------------------------------------------------------------------------------------------
+-- Content filters: a SQL/JSON path predicate over the event, evaluated by PostgreSQL's own
+-- jsonb_path_match in the fan-out (set-based), in replay and in a request's choice of responder
+------------------------------------------------------------------------------------------------
+-- (a plain SQL function, inlined into the statements that call it: no SET clause, everything qualified)
+CREATE OR REPLACE FUNCTION event_bus._filter_passes(
+    p_filter jsonpath, p_tenant_id uuid, p_event_type text, p_source_module text, p_entity_type text,
+    p_entity_id text, p_payload jsonb, p_metadata jsonb
+) RETURNS boolean
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT CASE WHEN p_filter IS NULL THEN true
+                ELSE pg_catalog.jsonb_path_match(
+                         pg_catalog.jsonb_build_object(
+                             'payload', p_payload, 'metadata', p_metadata, 'event_type', p_event_type,
+                             'source_module', p_source_module, 'entity_type', p_entity_type,
+                             'entity_id', p_entity_id, 'tenant_id', p_tenant_id),
+                         p_filter, '{}'::jsonb, true) END
+$$;
+COMMENT ON FUNCTION event_bus._filter_passes(jsonpath, uuid, text, text, text, text, jsonb, jsonb) IS
+    'Internal: does the event pass the subscription''s filter? true (or no filter), false, or NULL: unknown '
+    '(an error in lax evaluation: a type mismatch, a strict path that is missing), which is no match.';
+
+CREATE OR REPLACE FUNCTION event_bus._check_filter(p_filter text) RETURNS jsonpath
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_path jsonpath;
+    -- every field a filter may read, as an event with an empty payload has them
+    v_sample constant jsonb := jsonb_build_object(
+        'payload', '{}'::jsonb, 'metadata', '{}'::jsonb, 'event_type', 'sample.event',
+        'source_module', 'sample', 'entity_type', 'sample', 'entity_id', 'S-1',
+        'tenant_id', '00000000-0000-0000-0000-000000000000');
+BEGIN
+    IF p_filter IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF length(p_filter) > 4000 THEN
+        RAISE EXCEPTION 'event_bus: the filter is % characters long, more than 4000', length(p_filter)
+            USING ERRCODE = '22023', HINT = 'Keep a filter to a predicate of a few fields; route on the rest in the handler.';
+    END IF;
+    BEGIN
+        v_path := p_filter::jsonpath;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE EXCEPTION 'event_bus: the filter % is not a SQL/JSON path: %', left(p_filter, 200), SQLERRM
+            USING ERRCODE = '22023',
+                  HINT = 'Write a predicate over the event, e.g. $.payload.total > 10000 && $.payload.currency != "RSD".';
+    END;
+    BEGIN
+        PERFORM jsonb_path_match(v_sample, v_path);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE EXCEPTION 'event_bus: the filter % is not a predicate over the event: %', left(p_filter, 200), SQLERRM
+            USING ERRCODE = '22023',
+                  HINT = 'A filter answers true or false: compare ($.payload.total > 10000), test (exists($.metadata.manual), '
+                         '$.entity_id starts with "WH-1"), combine with &&, || and !. $.payload.flag alone is a value: '
+                         'write $.payload.flag == true. Variables ($name) are not available.';
+    END;
+    RETURN v_path;
+END
+$$;
+COMMENT ON FUNCTION event_bus._check_filter(text) IS
+    'Internal: a filter as a jsonpath, or 22023 when it does not parse, is not a boolean predicate, or errors '
+    'on an event with an empty payload.';
+
+CREATE OR REPLACE FUNCTION event_bus.matches_filter(p_filter text, p_event_id uuid) RETURNS boolean
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_path jsonpath := event_bus._check_filter(p_filter);
+    v_result boolean;
+BEGIN
+    IF p_filter IS NULL THEN
+        RAISE EXCEPTION 'event_bus: the filter must not be null'
+            USING ERRCODE = '22004', HINT = 'Pass a predicate such as $.payload.total > 10000.';
+    END IF;
+    SELECT event_bus._filter_passes(v_path, e.tenant_id, e.event_type, e.source_module, e.entity_type,
+                                    e.entity_id, e.payload, e.metadata)
+      INTO v_result
+      FROM event_bus.module_events e
+     WHERE e.id = p_event_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'event_bus: event % does not exist', p_event_id
+            USING ERRCODE = 'P0002', HINT = 'Pass the id of an event you can see (list_events).';
+    END IF;
+    RETURN v_result;
+END
+$$;
+COMMENT ON FUNCTION event_bus.matches_filter(text, uuid) IS
+    'Test a filter against a stored event (one the caller may read): true, false, or NULL when it is unknown '
+    'on the event (an error: a subscription with this filter would count it in filter_errors and make no '
+    'delivery). 22023 for a filter subscribe would refuse.';
+
+------------------------------------------------------------------------------------------------
 -- API: Public — subscribe / unsubscribe
 ------------------------------------------------------------------------------------------------
 -- 0.2.0 added ordered / max_in_flight / max_per_second: the 0.1.0 signature goes
 DROP FUNCTION IF EXISTS event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer);
 -- 0.5.0 added replies / idempotency_key / idempotency_window: the 0.2.0 signature goes
 DROP FUNCTION IF EXISTS event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision);
+-- 0.11.0 added filter: the 0.5.0 signature goes
+DROP FUNCTION IF EXISTS event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision, boolean, text, interval);
 CREATE OR REPLACE FUNCTION event_bus.subscribe(
     p_event_type       text,
     p_handler_module   text,
@@ -266,7 +365,8 @@ CREATE OR REPLACE FUNCTION event_bus.subscribe(
     p_max_per_second   double precision DEFAULT NULL,
     p_replies          boolean DEFAULT false,
     p_idempotency_key  text    DEFAULT NULL,
-    p_idempotency_window interval DEFAULT NULL
+    p_idempotency_window interval DEFAULT NULL,
+    p_filter           text    DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -277,6 +377,7 @@ DECLARE
     v_function text;
     v_proc regprocedure;
     v_id uuid;
+    v_filter jsonpath := event_bus._check_filter(p_filter);
 BEGIN
     IF p_event_type IS NULL THEN
         RAISE EXCEPTION 'event_bus: event_type pattern must not be null'
@@ -426,19 +527,20 @@ BEGIN
     INSERT INTO event_bus.module_event_subscriptions
         (event_type, handler_module, handler_kind, handler_url, handler_function, tenant_id, headers,
          secret, timeout_ms, max_retries, backoff_base_ms, backoff_max_ms, run_as, description,
-         ordered, max_in_flight, max_per_second, replies, idempotency_key, idempotency_window)
+         ordered, max_in_flight, max_per_second, replies, idempotency_key, idempotency_window, filter)
     VALUES
         (v_event_type, p_handler_module, v_kind, p_handler_url, v_function, p_tenant_id,
          coalesce(p_headers, '{}'::jsonb), p_secret, p_timeout_ms, p_max_retries, p_backoff_base_ms,
          p_backoff_max_ms, p_run_as, p_description, coalesce(p_ordered, false), p_max_in_flight, p_max_per_second,
          coalesce(p_replies, false), p_idempotency_key,
-         CASE WHEN p_idempotency_key IS NOT NULL THEN coalesce(p_idempotency_window, interval '7 days') END)
+         CASE WHEN p_idempotency_key IS NOT NULL THEN coalesce(p_idempotency_window, interval '7 days') END,
+         v_filter)
     RETURNING id INTO v_id;
     RETURN v_id;
 END
 $$;
 
-COMMENT ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision, boolean, text, interval) IS
+COMMENT ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision, boolean, text, interval, text) IS
     'Subscribe a handler to an event-type pattern (* = one segment, # = zero or more). Exactly one target: '
     'p_handler_url (http/https, or a broker: amqp[s]://user:password@host/vhost?exchange=NAME for RabbitMQ, '
     'nats://host:4222?subject=PREFIX or tls:// for NATS JetStream, kafka[s]://[user:password@]host:9092[,host2:9092]/TOPIC '
@@ -450,6 +552,9 @@ COMMENT ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, int
     'p_replies: answers event_bus.request calls for the types it matches. p_idempotency_key (entity_id, '
     'payload.<path> or metadata.<path>) with p_idempotency_window (default 7 days): a delivery whose key this '
     'subscription already handled successfully within the window completes without calling the handler. '
+    'p_filter: a SQL/JSON path predicate over {payload, metadata, event_type, source_module, entity_type, '
+    'entity_id, tenant_id}, e.g. $.payload.total > 10000 && $.payload.currency != "RSD": only events it is '
+    'true for get a delivery (see set_subscription_filter, matches_filter). '
     'Applies to events emitted after it commits; replay backfills older ones. Returns the subscription id.';
 
 CREATE OR REPLACE FUNCTION event_bus.unsubscribe(p_subscription_id uuid) RETURNS boolean
@@ -470,6 +575,39 @@ $$;
 COMMENT ON FUNCTION event_bus.unsubscribe(uuid) IS
     'Delete a subscription and its unfinished deliveries (finished ones and the attempt log stay). '
     'Raises P0002 if it does not exist. To pause instead, UPDATE ... SET is_active = false.';
+
+CREATE OR REPLACE FUNCTION event_bus.set_subscription_filter(p_subscription_id uuid, p_filter text)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_filter jsonpath := event_bus._check_filter(p_filter);
+    v_was    jsonpath;
+BEGIN
+    SELECT s.filter INTO v_was
+      FROM event_bus.module_event_subscriptions s
+     WHERE s.id = p_subscription_id
+       FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'event_bus: subscription % does not exist', p_subscription_id
+            USING ERRCODE = 'P0002', HINT = 'See SELECT * FROM event_bus.subscription_health.';
+    END IF;
+    IF v_was::text IS NOT DISTINCT FROM v_filter::text THEN
+        RETURN false;
+    END IF;
+    UPDATE event_bus.module_event_subscriptions
+       SET filter = v_filter, updated_at = now()
+     WHERE id = p_subscription_id;
+    -- the errors counted were the old filter's
+    DELETE FROM event_bus._filter_errors f WHERE f.subscription_id = p_subscription_id;
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION event_bus.set_subscription_filter(uuid, text) IS
+    'Set (or with NULL remove) a subscription''s content filter, checked as subscribe''s p_filter is (22023). '
+    'Applies to events fanned out after it commits; replay applies the filter current when it runs. Resets '
+    'the subscription''s filter_errors. Returns whether the filter changed.';
 
 ------------------------------------------------------------------------------------------------
 -- API: Public — request-reply
@@ -558,6 +696,8 @@ BEGIN
              WHERE s.is_active AND s.replies
                AND (s.tenant_id IS NULL OR s.tenant_id = v_tenant)
                AND event_bus.matches(s.event_type, p_event_type)
+               AND event_bus._filter_passes(s.filter, v_tenant, p_event_type, p_source_module, p_entity_type,
+                                            p_entity_id, coalesce(p_payload, '{}'::jsonb), v_metadata)
              ORDER BY s.id
                FOR KEY SHARE) s;
     IF v_subs IS NULL OR cardinality(v_subs) <> 1 THEN
@@ -680,8 +820,11 @@ COMMENT ON FUNCTION event_bus.uuid_v7_lower_bound(timestamptz) IS
     'Smallest UUIDv7 of that millisecond: id >= uuid_v7_lower_bound(ts) selects events from ts on by primary key.';
 
 -- emit is for everyone (it is the point); management is for the table owner / admin.
-REVOKE ALL ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision, boolean, text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision, boolean, text, interval, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus.unsubscribe(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_bus.set_subscription_filter(uuid, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_bus.matches_filter(text, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_bus.matches_filter(text, uuid) TO event_bus_reader, event_bus_admin;
 REVOKE ALL ON FUNCTION event_bus._emit_prepare(uuid, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_bus._request_call(uuid, integer) FROM PUBLIC;
 

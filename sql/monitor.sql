@@ -325,7 +325,10 @@ SELECT s.id AS subscription_id,
        s.last_error,
        h.attempts_1h,
        h.failures_1h,
-       CASE WHEN h.attempts_1h > 0 THEN round(h.failures_1h::numeric / h.attempts_1h, 4) END AS failure_rate_1h
+       CASE WHEN h.attempts_1h > 0 THEN round(h.failures_1h::numeric / h.attempts_1h, 4) END AS failure_rate_1h,
+       s.filter,
+       (SELECT coalesce(sum(f.errors), 0) FROM event_bus._filter_errors f WHERE f.subscription_id = s.id)::bigint
+           AS filter_errors
   FROM event_bus.module_event_subscriptions s
   CROSS JOIN LATERAL (
       SELECT count(*) AS attempts_1h, count(*) FILTER (WHERE l.status = <failed>) AS failures_1h
@@ -333,8 +336,9 @@ SELECT s.id AS subscription_id,
        WHERE l.subscription_id = s.id AND l.executed_at > now() - interval '1 hour') h;
 COMMENT ON VIEW event_bus.subscription_health IS
     'Per subscription: circuit breaker state (closed, open = paused, half_open = probing), consecutive '
-    'failures, last success / failure / error, and attempts, failures and failure rate over the last hour. '
-    'reset_breaker(id) closes an open breaker.';
+    'failures, last success / failure / error, attempts, failures and failure rate over the last hour, and '
+    'its content filter with the events it came out unknown on since it was set (filter_errors; a reader '
+    'counts its own tenant''s). reset_breaker(id) closes an open breaker.';
 
 ------------------------------------------------------------------------------------------------
 -- API: Public — what an overview page shows (the Event Monitor's, or your own)
@@ -553,13 +557,26 @@ BEGIN
       INTO v_out
       FROM event_bus.module_event_subscriptions s
      WHERE s.is_active;
+
+    -- one series per subscription with a filter (since the filter was last set)
+    SELECT v_out
+           || E'# HELP event_bus_filter_errors_total Events a subscription''s content filter came out unknown on (no delivery made), since the filter was set.\n'
+           || E'# TYPE event_bus_filter_errors_total counter\n'
+           || coalesce(string_agg('event_bus_filter_errors_total{subscription_id="' || s.id || '"} '
+                                  || coalesce(f.errors, 0) || E'\n', '' ORDER BY s.id), '')
+      INTO v_out
+      FROM event_bus.module_event_subscriptions s
+      LEFT JOIN (SELECT x.subscription_id, sum(x.errors) AS errors
+                   FROM event_bus._filter_errors x GROUP BY x.subscription_id) f ON f.subscription_id = s.id
+     WHERE s.filter IS NOT NULL;
     RETURN v_out;
 END
 $$;
 COMMENT ON FUNCTION event_bus.metrics() IS
     'Prometheus text exposition: counters (events dispatched, attempts by result, dead deliveries, events '
     'purged) and gauges (undispatched events and the oldest''s age, deliveries by status, queue depth and '
-    'oldest due age, dead letters, subscriptions by breaker state) and the cluster''s worker pool (workers, '
+    'oldest due age, dead letters, subscriptions by breaker state), filter errors per filtered subscription, '
+    'and the cluster''s worker pool (workers, '
     'databases waiting, times full, failed starts). Serve it from any exporter that runs '
     'SELECT event_bus.metrics().';
 

@@ -182,6 +182,9 @@ AS $$
        AND (s.tenant_id IS NULL OR s.tenant_id = e.tenant_id)
        AND (p_subscription_id IS NULL OR s.id = p_subscription_id)
        AND event_bus.matches(s.event_type, e.event_type)
+       -- the subscription's filter as it is now (true only: unknown is no match)
+       AND event_bus._filter_passes(s.filter, e.tenant_id, e.event_type, e.source_module, e.entity_type,
+                                    e.entity_id, e.payload, e.metadata)
      WHERE (e.dispatched_at IS NOT NULL
             -- fanned out, first outcome not recorded yet (see _refresh_event_status)
             OR EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0))
@@ -295,7 +298,8 @@ $$;
 COMMENT ON FUNCTION event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean, uuid) IS
     'Deliver past events again: every event matching the filters (type pattern, source module, tenant, '
     'created_at range, or one event: p_event_id) to every active matching subscription, or only p_subscription_id (which backfills a '
-    'subscription created after the events). Finished deliveries are re-armed with a fresh retry budget and '
+    'subscription created after the events); a subscription with a content filter gets the events its '
+    'filter as it is now is true for. Finished deliveries are re-armed with a fresh retry budget and '
     'the same webhook-id; missing ones are created; ones under way are left alone. p_dry_run => true '
     'returns the count without changing anything. Returns the number of deliveries (re)armed.';
 
@@ -438,8 +442,8 @@ GRANT EXECUTE ON FUNCTION event_bus.retry_event(uuid),
 -- managing: admins
 REVOKE ALL ON FUNCTION event_bus.reset_breaker(uuid), event_bus.purge_completed(interval, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_bus.reset_breaker(uuid), event_bus.purge_completed(interval, integer),
-    event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision, boolean, text, interval),
-    event_bus.unsubscribe(uuid), event_bus.process_pending_events(integer),
+    event_bus.subscribe(text, text, text, text, text, jsonb, integer, integer, uuid, text, name, text, integer, integer, boolean, integer, double precision, boolean, text, interval, text),
+    event_bus.unsubscribe(uuid), event_bus.set_subscription_filter(uuid, text), event_bus.process_pending_events(integer),
     event_bus._rearm(uuid[]), event_bus._hold(uuid), event_bus._release(uuid),
     event_bus._refresh_event_status(uuid[]),
     event_bus._record_subscription_outcomes(uuid[], integer[], integer[], integer[], text[], integer),

@@ -41,7 +41,8 @@ GRANT USAGE ON SCHEMA event_bus TO PUBLIC;
 REVOKE ALL ON event_bus.module_events, event_bus.module_event_subscriptions,
     event_bus.module_event_deliveries, event_bus.module_event_logs, event_bus.event_type_schemas,
     event_bus._counters, event_bus._mock_calls, event_bus._deleted_subscriptions,
-    event_bus._idempotency_keys, event_bus._attempt_minutes, event_bus._event_hours FROM PUBLIC;
+    event_bus._idempotency_keys, event_bus._attempt_minutes, event_bus._event_hours, event_bus._filter_errors
+    FROM PUBLIC;
 
 -- (in the order the releases granted them: an ACL lists its grantees in that order, and a fresh
 -- install's must read as an upgraded one's)
@@ -55,12 +56,15 @@ GRANT SELECT (id, event_type, handler_module, handler_kind, handler_function, te
               max_retries, description, is_active, created_at, updated_at, breaker_threshold,
               consecutive_failures, breaker_opened_at, breaker_open_until, last_success_at,
               last_failure_at, last_error, ordered, max_in_flight, max_per_second,
-              replies, idempotency_key, idempotency_window)
+              replies, idempotency_key, idempotency_window, filter)
     ON event_bus.module_event_subscriptions TO event_bus_reader;
 -- process_pending_events (granted to admins) runs the worker's pipeline in the caller's session
 GRANT SELECT, INSERT, UPDATE, DELETE ON event_bus._idempotency_keys TO event_bus_admin;
 GRANT SELECT ON event_bus._attempt_minutes TO event_bus_reader, event_bus_admin;
 GRANT SELECT ON event_bus._event_hours TO event_bus_reader, event_bus_admin;
+-- (the fan-out adds filter errors, also in an admin's process_pending_events)
+GRANT SELECT ON event_bus._filter_errors TO event_bus_reader;
+GRANT SELECT, INSERT, DELETE ON event_bus._filter_errors TO event_bus_admin;
 GRANT SELECT ON event_bus.event_type_schemas TO event_bus_reader, event_bus_admin;
 GRANT ALL ON event_bus.event_type_schemas TO event_bus_admin;
 
@@ -74,6 +78,7 @@ ALTER TABLE event_bus.module_event_logs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE event_bus.module_event_subscriptions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE event_bus._attempt_minutes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE event_bus._event_hours ENABLE ROW LEVEL SECURITY;
+ALTER TABLE event_bus._filter_errors ENABLE ROW LEVEL SECURITY;
 
 DROP POLICY IF EXISTS admin_all ON event_bus.module_events;
 CREATE POLICY admin_all ON event_bus.module_events TO event_bus_admin USING (true) WITH CHECK (true);
@@ -87,6 +92,8 @@ DROP POLICY IF EXISTS admin_all ON event_bus._attempt_minutes;
 CREATE POLICY admin_all ON event_bus._attempt_minutes TO event_bus_admin USING (true) WITH CHECK (true);
 DROP POLICY IF EXISTS admin_all ON event_bus._event_hours;
 CREATE POLICY admin_all ON event_bus._event_hours TO event_bus_admin USING (true) WITH CHECK (true);
+DROP POLICY IF EXISTS admin_all ON event_bus._filter_errors;
+CREATE POLICY admin_all ON event_bus._filter_errors TO event_bus_admin USING (true) WITH CHECK (true);
 
 DROP POLICY IF EXISTS tenant_read ON event_bus.module_events;
 CREATE POLICY tenant_read ON event_bus.module_events FOR SELECT TO event_bus_reader
@@ -105,4 +112,7 @@ CREATE POLICY tenant_read ON event_bus._attempt_minutes FOR SELECT TO event_bus_
     USING (tenant_id = (SELECT event_bus.current_tenant()));
 DROP POLICY IF EXISTS tenant_read ON event_bus._event_hours;
 CREATE POLICY tenant_read ON event_bus._event_hours FOR SELECT TO event_bus_reader
+    USING (tenant_id = (SELECT event_bus.current_tenant()));
+DROP POLICY IF EXISTS tenant_read ON event_bus._filter_errors;
+CREATE POLICY tenant_read ON event_bus._filter_errors FOR SELECT TO event_bus_reader
     USING (tenant_id = (SELECT event_bus.current_tenant()));

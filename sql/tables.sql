@@ -140,6 +140,8 @@ CREATE TABLE event_bus.module_event_subscriptions (
     idempotency_window   interval,
     -- who named a SQL handler's role (sql/run_as.sql)
     run_as_set_by        name,
+    -- content filter: a SQL/JSON path predicate over the event (event_bus.subscribe's p_filter)
+    filter               jsonpath,
     CONSTRAINT module_event_subscriptions_pkey PRIMARY KEY (id),
     CONSTRAINT module_event_subscriptions_pattern_check CHECK (event_bus._is_valid_pattern(event_type)),
     -- broker targets (RabbitMQ, NATS JetStream, Kafka): the kind comes from the URL's scheme; the URL (with its
@@ -220,6 +222,12 @@ COMMENT ON COLUMN event_bus.module_event_subscriptions.run_as_set_by IS
     'The role that last named this SQL handler''s function or run_as role (set by a trigger, never by hand). '
     'The worker runs the handler only while this role may still become the handler''s role. NULL for '
     'subscriptions made before 0.11.0: see event_bus.unverified_run_as.';
+COMMENT ON COLUMN event_bus.module_event_subscriptions.filter IS
+    'Content filter: a SQL/JSON path predicate over the event document {payload, metadata, event_type, '
+    'source_module, entity_type, entity_id, tenant_id}, e.g. $.payload.total > 10000. An event the type '
+    'pattern matches gets a delivery only when it is true; false, or unknown (an error, counted in '
+    'subscription_health.filter_errors), gets none. NULL = no filter. Set with subscribe(p_filter => ...) or '
+    'set_subscription_filter().';
 
 ------------------------------------------------------------------------------------------------
 -- module_event_deliveries: independent delivery state per (event, subscription).
@@ -467,3 +475,21 @@ CREATE INDEX _event_hours_type_idx ON event_bus._event_hours (event_type, source
 COMMENT ON TABLE event_bus._event_hours IS
     'Internal: fanned-out events per tenant, hour of created_at (whole UTC hours), source module and type, '
     'by status, as sums of +1/-1 rows written by statement triggers on module_events; read by event_stats().';
+
+-- Filter errors: an event whose subscription's filter came out unknown on it (a type mismatch, a
+-- strict path that is missing, an error) is no match, and counted here per subscription and
+-- tenant. Insert-only (the fan-out adds a row per statement and subscription: no row is contended);
+-- the worker's upkeep folds each subscription's and tenant's rows into one.
+CREATE TABLE event_bus._filter_errors (
+    subscription_id uuid        NOT NULL,
+    tenant_id       uuid        NOT NULL,
+    errors          bigint      NOT NULL,
+    last_at         timestamptz NOT NULL DEFAULT now(),
+    folded          boolean     NOT NULL DEFAULT false,
+    CONSTRAINT _filter_errors_subscription_fkey FOREIGN KEY (subscription_id)
+        REFERENCES event_bus.module_event_subscriptions (id) ON DELETE CASCADE
+);
+CREATE INDEX _filter_errors_subscription_idx ON event_bus._filter_errors (subscription_id, tenant_id);
+COMMENT ON TABLE event_bus._filter_errors IS
+    'Internal: events whose subscription''s filter came out unknown (no delivery made), per subscription and '
+    'tenant; summed by subscription_health.filter_errors and metrics(). Reset when the filter changes.';

@@ -39,6 +39,8 @@ pub mod worker;
 #[cfg(any(test, feature = "pg_test"))]
 mod contract_tests;
 #[cfg(any(test, feature = "pg_test"))]
+mod filter_tests;
+#[cfg(any(test, feature = "pg_test"))]
 mod input_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod lifecycle_tests;

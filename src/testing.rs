@@ -60,6 +60,8 @@ fn run_handlers(
                  ON s.is_active AND s.handler_kind = 'sql'
                 AND event_bus.matches(s.event_type, e.event_type)
                 AND (s.tenant_id IS NULL OR s.tenant_id = e.tenant_id)
+                AND event_bus._filter_passes(s.filter, e.tenant_id, e.event_type, e.source_module,
+                                             e.entity_type, e.entity_id, e.payload, e.metadata)
               WHERE $1::uuid IS NULL OR e.id = $1::uuid
               ORDER BY e.id, s.id",
             None,

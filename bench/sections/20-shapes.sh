@@ -10,6 +10,15 @@ if want fanout; then
     ROWS+=("| HTTP deliveries/s, 10,000 events x 10 subscriptions | $ten | 1 subscription $one | $(ratio "$ten" "$one") | >= 0.8 |")
 fi
 
+# --- content filters: 10 subscriptions each selecting half the events, beside 10 unfiltered ones
+# receiving as many deliveries (twice the events, each filter evaluated on every event in the fan-out)
+if want filters; then
+    FLT_N="${FILTER_EVENTS:-10000}"
+    plain="$(throughput_median "10 unfiltered subscriptions, $FLT_N events" "$SINK" "$FLT_N" 10)"
+    filtered="$(throughput_median "10 filtered subscriptions (half each), $((FLT_N * 2)) events" "$SINK" "$((FLT_N * 2))" 10 filtered)"
+    ROWS+=("| HTTP deliveries/s, $((FLT_N * 2)) events x 10 subscriptions with a filter selecting half | $filtered | 10 unfiltered, $FLT_N events (as many deliveries) $plain | $(ratio "$filtered" "$plain") | >= 0.8 |")
+fi
+
 # --- ordered subscriptions: the same events to an ordered subscription and to an unordered one --
 if want ordered; then
     ORD_N="${ORDERED_EVENTS:-20000}"

@@ -88,6 +88,7 @@ milliseconds = { $n } ms
 
 # events
 events-title = Events
+save = Save
 filter = Filter
 filter-clear = Clear
 source-module = Source module
@@ -200,6 +201,14 @@ resume = Resume
 paused = Paused.
 resumed = Resumed.
 no-subs = No subscriptions.
+filter = Filter
+filter-placeholder = e.g. $.payload.total > 10000
+filter-saved = Filter saved.
+filter-errors = { $count ->
+    [one] { $shown } event the filter could not be evaluated on
+   *[other] { $shown } events the filter could not be evaluated on
+}
+filter-errors-title = Such events get no delivery (an error counts as no match). Test the filter with event_bus.matches_filter(filter, event_id).
 
 # parked
 parked-title = Parked streams

@@ -187,6 +187,7 @@ fn router(app: Arc<web::App>) -> Router {
         .route("/dead-letters/retry", post(pages::retry_dead))
         .route("/subscriptions", get(pages::subscriptions))
         .route("/subscriptions/{id}/reset", post(pages::reset_breaker))
+        .route("/subscriptions/{id}/filter", post(pages::set_filter))
         .route("/subscriptions/{id}/{action}", post(pages::set_active))
         .route("/parked", get(pages::parked))
         .route("/assets/{name}", get(web::asset))

@@ -800,6 +800,47 @@ async fn the_console_in_a_real_browser() {
         )
     });
     assert_eq!(paused, 0);
+    // a content filter: set by an admin on the page, refused with the database's reason when it is
+    // not a predicate (the one set stays)
+    let filter_input = "table.subs tr:first-child form.filter input[name='filter']";
+    let set_filter = |f: &'static str| {
+        let b = b.clone();
+        async move {
+            let input = b
+                .wait()
+                .at_most(Duration::from_secs(10))
+                .for_element(Locator::Css(filter_input))
+                .await
+                .unwrap();
+            input.clear().await.unwrap();
+            input.send_keys(f).await.unwrap();
+            click(&b, "table.subs tr:first-child form.filter button").await;
+        }
+    };
+    set_filter("$.payload.total > 10000").await;
+    expect_text(&b, "Filter saved.").await;
+    let mut filters = || {
+        blocking(|| {
+            cluster::count(
+                &mut c,
+                "SELECT count(*) FROM event_bus.module_event_subscriptions WHERE filter::text = '($.\"payload\".\"total\" > 10000)'",
+            )
+        })
+    };
+    assert_eq!(filters(), 1);
+    set_filter("$.payload.total").await;
+    expect_text(&b, "is not a predicate").await;
+    assert_eq!(filters(), 1);
+    b.goto(&format!("{base}/subscriptions")).await.unwrap();
+    set_filter("").await;
+    expect_text(&b, "Filter saved.").await;
+    assert_eq!(
+        blocking(|| cluster::count(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_event_subscriptions WHERE filter IS NOT NULL"
+        )),
+        0
+    );
     // the parked stream: its blocking delivery and the one waiting behind it; skipping lets it go on
     b.goto(&format!("{base}/parked")).await.unwrap();
     assert_eq!(

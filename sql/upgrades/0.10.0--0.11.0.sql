@@ -162,3 +162,29 @@ ALTER TABLE event_bus.module_event_subscriptions
         (handler_kind IN ('http', 'amqp', 'nats', 'kafka') AND handler_url IS NOT NULL AND handler_function IS NULL)
         OR (handler_kind = 'edge_function' AND handler_url IS NULL AND handler_function IS NOT NULL)
         OR (handler_kind = 'sql' AND handler_url IS NULL AND handler_function IS NOT NULL));
+
+------------------------------------------------------------------------------------------------
+-- Content filters: a subscription may name a SQL/JSON path predicate over the event
+-- (subscribe(p_filter => ...), set_subscription_filter); events it comes out unknown on are
+-- counted per subscription and tenant.
+------------------------------------------------------------------------------------------------
+ALTER TABLE event_bus.module_event_subscriptions ADD COLUMN filter jsonpath;
+COMMENT ON COLUMN event_bus.module_event_subscriptions.filter IS
+    'Content filter: a SQL/JSON path predicate over the event document {payload, metadata, event_type, '
+    'source_module, entity_type, entity_id, tenant_id}, e.g. $.payload.total > 10000. An event the type '
+    'pattern matches gets a delivery only when it is true; false, or unknown (an error, counted in '
+    'subscription_health.filter_errors), gets none. NULL = no filter. Set with subscribe(p_filter => ...) or '
+    'set_subscription_filter().';
+CREATE TABLE event_bus._filter_errors (
+    subscription_id uuid        NOT NULL,
+    tenant_id       uuid        NOT NULL,
+    errors          bigint      NOT NULL,
+    last_at         timestamptz NOT NULL DEFAULT now(),
+    folded          boolean     NOT NULL DEFAULT false,
+    CONSTRAINT _filter_errors_subscription_fkey FOREIGN KEY (subscription_id)
+        REFERENCES event_bus.module_event_subscriptions (id) ON DELETE CASCADE
+);
+CREATE INDEX _filter_errors_subscription_idx ON event_bus._filter_errors (subscription_id, tenant_id);
+COMMENT ON TABLE event_bus._filter_errors IS
+    'Internal: events whose subscription''s filter came out unknown (no delivery made), per subscription and '
+    'tenant; summed by subscription_health.filter_errors and metrics(). Reset when the filter changes.';

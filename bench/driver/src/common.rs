@@ -108,6 +108,8 @@ pub(crate) struct Options {
     pub(crate) keep: bool,
     /// ordered subscriptions
     pub(crate) ordered: bool,
+    /// each subscription with a content filter selecting half the events (payload.n even)
+    pub(crate) filtered: bool,
     /// spread the events over this many entities (None: one entity per event)
     pub(crate) entities: Option<i64>,
     /// a neighbour subscription to this URL, failing every delivery once

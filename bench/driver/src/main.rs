@@ -1,7 +1,8 @@
 //! event_bus benchmark driver.
 //!
-//! `throughput <connstr> <url> <events> <fanout> [keep] [ordered] [entities=N]`: subscribe `fanout`
-//! subscriptions to `url` (ordered ones with `ordered`), emit `events` events in one committed
+//! `throughput <connstr> <url> <events> <fanout> [keep] [ordered] [entities=N] [filtered]`: subscribe
+//! `fanout` subscriptions to `url` (ordered ones with `ordered`; with `filtered` each with a content
+//! filter that selects the even half of the events), emit `events` events in one committed
 //! statement (over N entities, round robin, with `entities=N`; else one entity each), time from
 //! commit until every delivery finished. Prints `deliveries_per_s=<x> seconds=<y>`.
 //!
@@ -75,6 +76,7 @@ fn main() {
                 Options {
                     keep: opts.iter().any(|o| o == "keep"),
                     ordered: opts.iter().any(|o| o == "ordered"),
+                    filtered: opts.iter().any(|o| o == "filtered"),
                     entities,
                     failing: opts
                         .iter()
@@ -121,7 +123,7 @@ fn main() {
             args[5].parse().unwrap(),
         ),
         _ => {
-            eprintln!("usage: broker_setup <amqp, nats or kafka URL> | broker_baseline <URL> <messages> | pool <conn> <databases> <events per database> <idle samples> | request <conn> <sink url> <calls> | throughput <conn> <url|sql:schema.fn> <events> <fanout> [keep] [ordered] [entities=N] [failing=URL] | latency <conn> <events> <rate> [hang=N] | unmatched <conn> <events>");
+            eprintln!("usage: broker_setup <amqp, nats or kafka URL> | broker_baseline <URL> <messages> | pool <conn> <databases> <events per database> <idle samples> | request <conn> <sink url> <calls> | throughput <conn> <url|sql:schema.fn> <events> <fanout> [keep] [ordered] [entities=N] [filtered] [failing=URL] | latency <conn> <events> <rate> [hang=N] | unmatched <conn> <events>");
             std::process::exit(2);
         }
     }

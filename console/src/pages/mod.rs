@@ -31,7 +31,7 @@ pub use health::{healthz, metrics};
 pub use overview::{overview, process_pending, StatsCache};
 pub use parked::parked;
 pub use signin::{login, login_form, logout};
-pub use subscriptions::{reset_breaker, set_active, subscriptions};
+pub use subscriptions::{reset_breaker, set_active, set_filter, subscriptions};
 
 type Res = Result<Response, AppError>;
 
@@ -219,6 +219,7 @@ fn flash(ctx: &Ctx) -> Markup {
         Some("skipped") => Some(l.t("skipped")),
         Some("paused") => Some(l.t("paused")),
         Some("resumed") => Some(l.t("resumed")),
+        Some("filter") => Some(l.t("filter-saved")),
         _ => None,
     };
     html! { @if let Some(m) = msg { div.banner.ok role="status" { (m) } } }

@@ -1,4 +1,5 @@
-//! Subscriptions with their health; reset a breaker, pause or resume.
+//! Subscriptions with their health and content filters; reset a breaker, pause or resume, set a
+//! filter (admins).
 
 use super::*;
 
@@ -21,6 +22,8 @@ struct Health {
     failures_1h: i64,
     last_error: Option<String>,
     last_success: Option<DateTime<Utc>>,
+    filter: Option<String>,
+    filter_errors: i64,
 }
 
 impl FromRow for Health {
@@ -38,6 +41,8 @@ impl FromRow for Health {
             failures_1h: col(r, "failures_1h")?,
             last_error: col(r, "last_error")?,
             last_success: col(r, "last_success_at")?,
+            filter: col(r, "filter")?,
+            filter_errors: col(r, "filter_errors")?,
         })
     }
 }
@@ -66,7 +71,7 @@ async fn subs_inner(ctx: &Ctx) -> Res {
             tx,
             "SELECT h.subscription_id, h.event_type, h.handler_module, h.handler_kind, h.tenant_id, h.is_active,
                     h.breaker_state, h.consecutive_failures, h.attempts_1h, h.failures_1h, h.last_error,
-                    h.last_success_at
+                    h.last_success_at, h.filter::text AS filter, h.filter_errors
                FROM event_bus.subscription_health h
               ORDER BY h.handler_module, h.event_type, h.subscription_id",
             &[],
@@ -100,6 +105,7 @@ async fn subs_inner(ctx: &Ctx) -> Res {
                     th { (l.t("handler")) } th { (l.t("pattern")) } th { (l.t("kind")) } th { (l.t("active")) }
                     th { (l.t("breaker")) } th { (l.t("consecutive-failures")) } th { (l.t("attempts-1h")) }
                     th { (l.t("failures-1h")) } th { (l.t("last-error")) } th { (l.t("last-success")) }
+                    th { (l.t("filter")) }
                     @if admin { th { (l.t("target")) } th { (l.t("tenant")) } }
                     @if can_write { th {} }
                 } }
@@ -115,6 +121,21 @@ async fn subs_inner(ctx: &Ctx) -> Res {
                         td.num { (l.num(r.failures_1h)) }
                         td.err { (truncate(r.last_error.as_deref().unwrap_or_default(), 200)) }
                         td { (time(ts(r.last_success).as_deref())) }
+                        td.filter {
+                            @if admin {
+                                form.filter method="post" action={ "/subscriptions/" (r.id) "/filter" } {
+                                    (ctx.csrf_field())
+                                    input type="text" name="filter" value=(r.filter.as_deref().unwrap_or_default())
+                                        placeholder=(l.t("filter-placeholder")) aria-label=(l.t("filter"));
+                                    button type="submit" { (l.t("save")) }
+                                }
+                            } @else if let Some(f) = &r.filter {
+                                code.small { (f) }
+                            }
+                            @if r.filter_errors > 0 {
+                                br; span.warn title=(l.t("filter-errors-title")) { (l.count("filter-errors", r.filter_errors)) }
+                            }
+                        }
                         @if admin {
                             td {
                                 @if let Some(t) = targets.get(&r.id) {
@@ -177,6 +198,29 @@ pub async fn set_active(
             "/subscriptions?done={}",
             if active { "resumed" } else { "paused" }
         )))
+    }
+    .await;
+    ctx.respond(r)
+}
+
+/// Set or (empty) remove a subscription's content filter: admins (event_bus.set_subscription_filter
+/// refuses anyone else, and a filter that does not parse or is not a predicate with 22023).
+pub async fn set_filter(ctx: Ctx, Path(id): Path<String>, body: String) -> Response {
+    let r = async {
+        let form = read_form(body, &ctx).await?;
+        let id = uuid_param(&id, "subscription")?;
+        let filter = form
+            .get("filter")
+            .map(|f| f.trim())
+            .filter(|f| !f.is_empty())
+            .map(str::to_string);
+        write(
+            &ctx,
+            "SELECT event_bus.set_subscription_filter($1, $2)",
+            &[&id, &filter],
+        )
+        .await?;
+        Ok(see_other("/subscriptions?done=filter"))
     }
     .await;
     ctx.respond(r)

@@ -8,7 +8,8 @@ use crate::worker::{Step, StepError};
 use pgrx::prelude::*;
 
 /// The end of both fan-out statements, after `ins` (the deliveries inserted from `ev`, the events
-/// taken, and `m`, the subscriptions each matched): count the events and with event_bus.notify
+/// taken, and `m`, the subscriptions each matched, of `c`, those their type pattern matched; an event
+/// whose filters passed none is unmatched): count the events and with event_bus.notify
 /// ($7) send LISTEN module_event its notifications, at this commit; and write the event row only
 /// where it must be written now:
 /// - an event that matched nothing is completed (dispatched, processed);
@@ -41,12 +42,22 @@ const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
              UPDATE event_bus._counters c
                 SET value = c.value + (SELECT count(*) FROM ev)
               WHERE c.name = 'events_dispatched' AND EXISTS (SELECT 1 FROM ev)
+         ), filter_errors AS (
+             INSERT INTO event_bus._filter_errors (subscription_id, tenant_id, errors)
+             SELECT c.sub_id, c.tenant_id, count(*) FROM c WHERE c.passes IS NULL GROUP BY 1, 2
          ), notified AS (
              SELECT pg_catalog.pg_notify('module_event',
                         json_build_object('id', ev.id, 'event_type', ev.event_type, 'tenant_id', ev.tenant_id)::text)
                FROM ev
               WHERE $7
          )";
+
+/// Whether an event passes its subscription's content filter (`c.passes`): true without one; NULL
+/// when the filter came out unknown on it (lax mode: an error is no match), which the tail counts
+/// in `_filter_errors`. Evaluated here, set-based, by PostgreSQL's jsonb_path_match.
+const PASSES: &str =
+    "event_bus._filter_passes(s.filter, ev.tenant_id, ev.event_type, ev.source_module, \
+                      ev.entity_type, ev.entity_id, ev.payload, ev.metadata) AS passes";
 
 /// The end of the fan-out's join of events to subscriptions: each matched subscription row is
 /// kept (FOR KEY SHARE) until the round commits, so a DELETE of it (unsubscribe) either comes first
@@ -65,15 +76,18 @@ const SUBSCRIPTIONS_KEPT: &str = "FOR KEY SHARE OF s NOWAIT";
 fn fan_out(limit: i64, settings: &ClaimSettings, full: &[Id], pass: Pass) -> Step<FanOut> {
     let sql = || {
         format!(
-        "WITH ev AS ({events}), m AS (
+        "WITH ev AS ({events}), c AS (
              SELECT ev.id AS event_id, ev.tenant_id, s.id AS sub_id, s.timeout_ms,
-                    event_bus._first_state(s.breaker_open_until IS NOT NULL, s.id = ANY ($6::uuid[])) AS status
+                    event_bus._first_state(s.breaker_open_until IS NOT NULL, s.id = ANY ($6::uuid[])) AS status,
+                    {PASSES}
                FROM ev
                JOIN event_bus.module_event_subscriptions s
                  ON s.is_active
                 AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
                 AND event_bus.matches(s.event_type, ev.event_type)
                 {SUBSCRIPTIONS_KEPT}
+         ), m AS (
+             SELECT * FROM c WHERE c.passes
          ), ins AS (
              INSERT INTO event_bus.module_event_deliveries
                  (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at)
@@ -143,9 +157,12 @@ pub(super) const INTAKE: &str = "e.dispatched_at IS NULL
 
 /// The events a fan-out considers, locked ($1 of them at most), with their `bytes`.
 fn locked_events(pass: Pass, special: bool) -> String {
+    // (source_module, payload and metadata: what content filters read)
     const COLUMNS: &str = "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, \
+                           e.source_module, e.payload, e.metadata, \
                            event_bus._event_bytes(e.payload, e.metadata) AS bytes";
-    const OUTER: &str = "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, e.bytes";
+    const OUTER: &str = "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, \
+                         e.source_module, e.payload, e.metadata, e.bytes";
     match pass {
         Pass::Head if !special => format!(
             "SELECT {COLUMNS}
@@ -458,19 +475,22 @@ fn idempotency_gate(jobs: Vec<Job>) -> Step<Vec<Job>> {
 fn fan_out_special(limit: i64, settings: &ClaimSettings, full: &[Id], pass: Pass) -> Step<FanOut> {
     let sql = || {
         format!(
-        "WITH ev AS ({events}), m AS (
+        "WITH ev AS ({events}), c AS (
              SELECT ev.id AS event_id, ev.tenant_id, s.id AS sub_id, s.timeout_ms,
                     s.breaker_open_until IS NOT NULL AS breaker_open,
                     (s.max_in_flight IS NOT NULL OR s.max_per_second IS NOT NULL
                      OR s.id = ANY ($6::uuid[])) AS limited,
                     CASE WHEN s.ordered AND ev.entity_id IS NOT NULL
-                         THEN jsonb_build_array(ev.entity_type, ev.entity_id)::text END AS okey
+                         THEN jsonb_build_array(ev.entity_type, ev.entity_id)::text END AS okey,
+                    {PASSES}
                FROM ev
                JOIN event_bus.module_event_subscriptions s
                  ON s.is_active
                 AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
                 AND event_bus.matches(s.event_type, ev.event_type)
                 {SUBSCRIPTIONS_KEPT}
+         ), m AS (
+             SELECT * FROM c WHERE c.passes
          ), r AS (
              SELECT m.*,
                     m.okey IS NOT NULL
