@@ -243,7 +243,34 @@ COMMENT ON FUNCTION event_bus._check_destination(text) IS
 -- Content filters: a SQL/JSON path predicate over the event, evaluated by PostgreSQL's own
 -- jsonb_path_match in the fan-out (set-based), in replay and in a request's choice of responder
 ------------------------------------------------------------------------------------------------
--- (a plain SQL function, inlined into the statements that call it: no SET clause, everything qualified)
+-- (plain SQL functions, inlined into the statements that call them: no SET clause, everything qualified)
+CREATE OR REPLACE FUNCTION event_bus._event_document(
+    p_tenant_id uuid, p_event_type text, p_source_module text, p_entity_type text, p_entity_id text,
+    p_payload jsonb, p_metadata jsonb
+) RETURNS jsonb
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT pg_catalog.jsonb_build_object(
+               'payload', p_payload, 'metadata', p_metadata, 'event_type', p_event_type,
+               'source_module', p_source_module, 'entity_type', p_entity_type, 'entity_id', p_entity_id,
+               'tenant_id', p_tenant_id)
+$$;
+COMMENT ON FUNCTION event_bus._event_document(uuid, text, text, text, text, jsonb, jsonb) IS
+    'Internal: the document a content filter reads: {payload, metadata, event_type, source_module, '
+    'entity_type, entity_id, tenant_id}.';
+
+CREATE OR REPLACE FUNCTION event_bus._filter_match(p_filter jsonpath, p_document jsonb) RETURNS boolean
+LANGUAGE sql
+IMMUTABLE
+AS $$
+    SELECT CASE WHEN p_filter IS NULL THEN true
+                ELSE pg_catalog.jsonb_path_match(p_document, p_filter, '{}'::jsonb, true) END
+$$;
+COMMENT ON FUNCTION event_bus._filter_match(jsonpath, jsonb) IS
+    'Internal: does the event document pass the filter? true (or no filter), false, or NULL: unknown (an '
+    'error in lax evaluation: a type mismatch, a strict path that is missing), which is no match.';
+
 CREATE OR REPLACE FUNCTION event_bus._filter_passes(
     p_filter jsonpath, p_tenant_id uuid, p_event_type text, p_source_module text, p_entity_type text,
     p_entity_id text, p_payload jsonb, p_metadata jsonb
@@ -252,16 +279,13 @@ LANGUAGE sql
 STABLE
 AS $$
     SELECT CASE WHEN p_filter IS NULL THEN true
-                ELSE pg_catalog.jsonb_path_match(
-                         pg_catalog.jsonb_build_object(
-                             'payload', p_payload, 'metadata', p_metadata, 'event_type', p_event_type,
-                             'source_module', p_source_module, 'entity_type', p_entity_type,
-                             'entity_id', p_entity_id, 'tenant_id', p_tenant_id),
-                         p_filter, '{}'::jsonb, true) END
+                ELSE event_bus._filter_match(
+                         p_filter,
+                         event_bus._event_document(p_tenant_id, p_event_type, p_source_module, p_entity_type,
+                                                   p_entity_id, p_payload, p_metadata)) END
 $$;
 COMMENT ON FUNCTION event_bus._filter_passes(jsonpath, uuid, text, text, text, text, jsonb, jsonb) IS
-    'Internal: does the event pass the subscription''s filter? true (or no filter), false, or NULL: unknown '
-    '(an error in lax evaluation: a type mismatch, a strict path that is missing), which is no match.';
+    'Internal: _filter_match of the event''s document (built only when there is a filter).';
 
 CREATE OR REPLACE FUNCTION event_bus._check_filter(p_filter text) RETURNS jsonpath
 LANGUAGE plpgsql

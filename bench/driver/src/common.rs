@@ -108,8 +108,9 @@ pub(crate) struct Options {
     pub(crate) keep: bool,
     /// ordered subscriptions
     pub(crate) ordered: bool,
-    /// each subscription with a content filter selecting half the events (payload.n even)
-    pub(crate) filtered: bool,
+    /// each subscription with a content filter selecting half the events: Some(false) the same half
+    /// (payload.n even), Some(true) a half that alternates between subscriptions
+    pub(crate) filtered: Option<bool>,
     /// spread the events over this many entities (None: one entity per event)
     pub(crate) entities: Option<i64>,
     /// a neighbour subscription to this URL, failing every delivery once

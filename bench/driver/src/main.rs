@@ -1,8 +1,9 @@
 //! event_bus benchmark driver.
 //!
-//! `throughput <connstr> <url> <events> <fanout> [keep] [ordered] [entities=N] [filtered]`: subscribe
-//! `fanout` subscriptions to `url` (ordered ones with `ordered`; with `filtered` each with a content
-//! filter that selects the even half of the events), emit `events` events in one committed
+//! `throughput <connstr> <url> <events> <fanout> [keep] [ordered] [entities=N] [filtered[=spread]]`:
+//! subscribe `fanout` subscriptions to `url` (ordered ones with `ordered`; with `filtered` each with a
+//! content filter that selects the even half of the events, with `filtered=spread` a different half
+//! for odd and even subscriptions), emit `events` events in one committed
 //! statement (over N entities, round robin, with `entities=N`; else one entity each), time from
 //! commit until every delivery finished. Prints `deliveries_per_s=<x> seconds=<y>`.
 //!
@@ -76,7 +77,11 @@ fn main() {
                 Options {
                     keep: opts.iter().any(|o| o == "keep"),
                     ordered: opts.iter().any(|o| o == "ordered"),
-                    filtered: opts.iter().any(|o| o == "filtered"),
+                    filtered: opts.iter().find_map(|o| match o.as_str() {
+                        "filtered" => Some(false),
+                        "filtered=spread" => Some(true),
+                        _ => None,
+                    }),
                     entities,
                     failing: opts
                         .iter()
@@ -123,7 +128,7 @@ fn main() {
             args[5].parse().unwrap(),
         ),
         _ => {
-            eprintln!("usage: broker_setup <amqp, nats or kafka URL> | broker_baseline <URL> <messages> | pool <conn> <databases> <events per database> <idle samples> | request <conn> <sink url> <calls> | throughput <conn> <url|sql:schema.fn> <events> <fanout> [keep] [ordered] [entities=N] [filtered] [failing=URL] | latency <conn> <events> <rate> [hang=N] | unmatched <conn> <events>");
+            eprintln!("usage: broker_setup <amqp, nats or kafka URL> | broker_baseline <URL> <messages> | pool <conn> <databases> <events per database> <idle samples> | request <conn> <sink url> <calls> | throughput <conn> <url|sql:schema.fn> <events> <fanout> [keep] [ordered] [entities=N] [filtered[=spread]] [failing=URL] | latency <conn> <events> <rate> [hang=N] | unmatched <conn> <events>");
             std::process::exit(2);
         }
     }

@@ -14,9 +14,17 @@ pub(crate) fn throughput(conn: &str, target: &str, events: i64, fanout: i64, opt
     } else {
         reset(&mut c);
     }
-    // (payload.n counts the events from 1: the even half)
-    let filter: Option<&str> = opts.filtered.then_some("$.payload.n % 2 == 0");
+    // (payload.n counts the events from 1) the same half for every subscription: the even events,
+    // the odd ones match none; or spread: subscription i takes the events with n + i even, so every
+    // event goes to half of the subscriptions
     for i in 0..fanout {
+        let filter: Option<String> = opts.filtered.map(|spread| {
+            if spread {
+                format!("($.payload.n + {i}) % 2 == 0")
+            } else {
+                "$.payload.n % 2 == 0".to_string()
+            }
+        });
         match target.strip_prefix("sql:") {
             Some(function) => c
                 .execute(
@@ -33,7 +41,7 @@ pub(crate) fn throughput(conn: &str, target: &str, events: i64, fanout: i64, opt
                 .unwrap(),
         };
     }
-    let expected = if opts.filtered {
+    let expected = if opts.filtered.is_some() {
         events / 2 * fanout
     } else {
         events * fanout

@@ -55,9 +55,9 @@ const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
 /// Whether an event passes its subscription's content filter (`c.passes`): true without one; NULL
 /// when the filter came out unknown on it (lax mode: an error is no match), which the tail counts
 /// in `_filter_errors`. Evaluated here, set-based, by PostgreSQL's jsonb_path_match.
-const PASSES: &str =
-    "event_bus._filter_passes(s.filter, ev.tenant_id, ev.event_type, ev.source_module, \
-                      ev.entity_type, ev.entity_id, ev.payload, ev.metadata) AS passes";
+/// The event's document is built once per event in `ev` (`doc`), only while some subscription has
+/// a filter.
+const PASSES: &str = "event_bus._filter_match(s.filter, ev.doc) AS passes";
 
 /// The end of the fan-out's join of events to subscriptions: each matched subscription row is
 /// kept (FOR KEY SHARE) until the round commits, so a DELETE of it (unsubscribe) either comes first
@@ -157,12 +157,15 @@ pub(super) const INTAKE: &str = "e.dispatched_at IS NULL
 
 /// The events a fan-out considers, locked ($1 of them at most), with their `bytes`.
 fn locked_events(pass: Pass, special: bool) -> String {
-    // (source_module, payload and metadata: what content filters read)
+    // (doc: what content filters read, built once per event while any subscription has a filter)
     const COLUMNS: &str = "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, \
-                           e.source_module, e.payload, e.metadata, \
+                           CASE WHEN (SELECT EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions f \
+                                                     WHERE f.filter IS NOT NULL)) \
+                                THEN event_bus._event_document(e.tenant_id, e.event_type, e.source_module, \
+                                         e.entity_type, e.entity_id, e.payload, e.metadata) END AS doc, \
                            event_bus._event_bytes(e.payload, e.metadata) AS bytes";
-    const OUTER: &str = "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, \
-                         e.source_module, e.payload, e.metadata, e.bytes";
+    const OUTER: &str =
+        "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, e.doc, e.bytes";
     match pass {
         Pass::Head if !special => format!(
             "SELECT {COLUMNS}
