@@ -88,7 +88,6 @@ milliseconds = { $n } ms
 
 # events
 events-title = Events
-save = Save
 filter = Filter
 filter-clear = Clear
 source-module = Source module
@@ -201,7 +200,8 @@ resume = Resume
 paused = Paused.
 resumed = Resumed.
 no-subs = No subscriptions.
-filter = Filter
+save = Save
+sub-filter = Content filter
 filter-placeholder = e.g. $.payload.total > 10000
 filter-saved = Filter saved.
 filter-errors = { $count ->

@@ -200,15 +200,15 @@ paused = Pauzirano.
 resumed = Nastavljeno.
 no-subs = Nema pretplata.
 save = Sačuvaj
-filter = Filter
+sub-filter = Filtar sadržaja
 filter-placeholder = npr. $.payload.total > 10000
-filter-saved = Filter je sačuvan.
+filter-saved = Filtar je sačuvan.
 filter-errors = { $count ->
-    [one] { $shown } događaj na kome filter nije mogao da se izračuna
-    [few] { $shown } događaja na kojima filter nije mogao da se izračuna
-   *[other] { $shown } događaja na kojima filter nije mogao da se izračuna
+    [one] { $shown } događaj na kome filtar nije mogao da se izračuna
+    [few] { $shown } događaja na kojima filtar nije mogao da se izračuna
+   *[other] { $shown } događaja na kojima filtar nije mogao da se izračuna
 }
-filter-errors-title = Takvi događaji ne dobijaju isporuku (greška se računa kao nepoklapanje). Filter proverite sa event_bus.matches_filter(filter, event_id).
+filter-errors-title = Takvi događaji ne dobijaju isporuku (greška se računa kao nepoklapanje). Filtar proverite sa event_bus.matches_filter(filter, event_id).
 
 parked-title = Zaustavljeni tokovi
 entity = Entitet

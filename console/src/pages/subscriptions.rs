@@ -105,7 +105,7 @@ async fn subs_inner(ctx: &Ctx) -> Res {
                     th { (l.t("handler")) } th { (l.t("pattern")) } th { (l.t("kind")) } th { (l.t("active")) }
                     th { (l.t("breaker")) } th { (l.t("consecutive-failures")) } th { (l.t("attempts-1h")) }
                     th { (l.t("failures-1h")) } th { (l.t("last-error")) } th { (l.t("last-success")) }
-                    th { (l.t("filter")) }
+                    th { (l.t("sub-filter")) }
                     @if admin { th { (l.t("target")) } th { (l.t("tenant")) } }
                     @if can_write { th {} }
                 } }
@@ -126,7 +126,7 @@ async fn subs_inner(ctx: &Ctx) -> Res {
                                 form.filter method="post" action={ "/subscriptions/" (r.id) "/filter" } {
                                     (ctx.csrf_field())
                                     input type="text" name="filter" value=(r.filter.as_deref().unwrap_or_default())
-                                        placeholder=(l.t("filter-placeholder")) aria-label=(l.t("filter"));
+                                        placeholder=(l.t("filter-placeholder")) aria-label=(l.t("sub-filter"));
                                     button type="submit" { (l.t("save")) }
                                 }
                             } @else if let Some(f) = &r.filter {
