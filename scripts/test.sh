@@ -20,7 +20,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 # the integration tests (tests/*.rs) of the quick tier; the slow ones are tiers of their own
-QUICK_TESTS="delivery faults filters idempotency notify operations ordering request security unsubscribe docs"
+QUICK_TESTS="delivery dump faults filters idempotency notify operations ordering request security unsubscribe docs"
 SLOW_TIERS="crash brokers isolation pool failover upgrade"
 
 TIERS=()

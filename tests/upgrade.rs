@@ -72,7 +72,13 @@ fn schema_fingerprint(c: &mut postgres::Client) -> Vec<String> {
                                  SELECT oid FROM pg_catalog.pg_proc WHERE pronamespace = 'event_bus'::regnamespace)
              UNION ALL
              SELECT 'grant ' || c.relname || ' ' || coalesce(c.relacl::text, '') || ' rls=' || c.relrowsecurity
-               FROM pg_catalog.pg_class c WHERE c.relnamespace = 'event_bus'::regnamespace AND c.relkind IN ('r', 'v')",
+               FROM pg_catalog.pg_class c WHERE c.relnamespace = 'event_bus'::regnamespace AND c.relkind IN ('r', 'v')
+             UNION ALL
+             -- the tables pg_dump dumps with the extension (pg_extension_config_dump), with their filters
+             SELECT 'dumped ' || t.tab::regclass || ' ' || coalesce(t.cond, '')
+               FROM pg_catalog.pg_extension x,
+                    unnest(x.extconfig, x.extcondition) AS t(tab, cond)
+              WHERE x.extname = 'event_bus'",
             &[],
         )
         .unwrap()
