@@ -464,12 +464,31 @@ impl Kafka {
     }
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
+        self.create_topic_with(name, partitions, false)
+    }
+
+    /// `create_topic`, where a client may have made the topic first: a restarted broker (memory
+    /// storage: empty) is reached by the worker's retries the moment it listens, and Tansu creates a
+    /// topic a client asks for.
+    pub fn create_topic_if_missing(&self, name: &str, partitions: u32) {
+        self.create_topic_with(name, partitions, true)
+    }
+
+    fn create_topic_with(&self, name: &str, partitions: u32, may_exist: bool) {
         let out = Command::new(tansu())
             .args(["topic", "create", name, "--broker"])
             .arg(format!("tcp://127.0.0.1:{}", self.port))
             .args(["--partitions", &partitions.to_string()])
             .output()
             .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if may_exist && said.contains("already exists") {
+            return;
+        }
         assert!(
             out.status.success(),
             "tansu topic create {name}: {}{}",
