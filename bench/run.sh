@@ -32,6 +32,9 @@
 #   rss       the worker's RSS after 100,000 and after 1,000,000 deliveries (one process)
 #   recover   a 5 s outage of an endpoint (connections refused) while 100 events are emitted: seconds from
 #             its return to the first and to the last delivery
+#   against   (not in the default list: it builds another commit) HTTP deliveries/s of this tree beside AGAINST
+#             (a commit, default 16774c9 = 0.10.0), each installed
+#             in turn into a cluster of the same configuration, alternating round by round (issue 34's yardstick)
 #   growth    delivery and SQL-handler rates again with GROWTH_EVENTS (5,000,000) completed events,
 #             deliveries and logs in the tables; table sizes before and after retention
 # Exits non-zero if a run errors, not when a target is missed.
@@ -71,8 +74,9 @@ cleanup() {
     [ -f "$WORK/nats.pid" ] && kill "$(cat "$WORK/nats.pid")" 2>/dev/null || true
     [ -f "$WORK/console.pid" ] && kill "$(cat "$WORK/console.pid")" 2>/dev/null || true
     as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true
-    # never leave the null-sink build installed (a run that failed inside that section)
-    if [ -n "${NULL_SINK_INSTALLED:-}" ]; then
+    as_pg "$BINDIR/pg_ctl" -D "$WORK/against-data" -m fast stop >/dev/null 2>&1 || true
+    # never leave another build installed (a run that failed inside the nullsink or against section)
+    if [ -n "${OTHER_BUILD_INSTALLED:-}" ]; then
         cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null 2>&1 || true
     fi
 }

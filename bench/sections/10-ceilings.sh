@@ -11,13 +11,13 @@ if want nullsink; then
     NULL_N="${NULL_EVENTS:-100000}"
     http="${MED[http_$NULL_N]:-$(throughput_median "HTTP to nginx, $NULL_N events" "$SINK" "$NULL_N" 1)}"
     as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null
-    NULL_SINK_INSTALLED=1
+    OTHER_BUILD_INSTALLED=1
     cargo pgrx install --release --pg-config /usr/bin/pg_config --features bench-null-sink >/dev/null
     as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w start >/dev/null
     null="$(throughput_median "null sink, $NULL_N events" "$SINK" "$NULL_N" 1)"
     as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null
     cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
-    NULL_SINK_INSTALLED=
+    OTHER_BUILD_INSTALLED=
     as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w start >/dev/null
     ROWS+=("| deliveries/s, null sink (same build, HTTP attempts answered at once without I/O), $NULL_N events | $null | HTTP to nginx $http | $(ratio "$http" "$null") (HTTP/null) | >= 25000 (HTTP) |")
 fi
