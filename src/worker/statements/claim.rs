@@ -56,8 +56,9 @@ const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
 /// when the filter came out unknown on it (lax mode: an error is no match), which the tail counts
 /// in `_filter_errors`. Evaluated here, set-based, by PostgreSQL's jsonb_path_match.
 /// The event's document is built once per event in `ev` (`doc`), only while some subscription has
-/// a filter.
-const PASSES: &str = "event_bus._filter_match(s.filter, ev.doc) AS passes";
+/// a filter in the statement's snapshot; without one no filter applies (a filter set since then
+/// applies to the events fanned out after its commit).
+const PASSES: &str = "(ev.doc IS NULL OR event_bus._filter_match(s.filter, ev.doc)) AS passes";
 
 /// The end of the fan-out's join of events to subscriptions: each matched subscription row is
 /// kept (FOR KEY SHARE) until the round commits, so a DELETE of it (unsubscribe) either comes first
