@@ -243,7 +243,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_retention text := nullif(btrim(current_setting('event_bus.retention', true)), '');
-    v_subs uuid[];
     r record;
 BEGIN
     -- a hold that raced with its breaker closing
@@ -332,17 +331,13 @@ BEGIN
                   FROM moved GROUP BY 1, 2, 3, 4) f
          WHERE (f.pending, f.processing, f.completed, f.failed) <> (0, 0, 0, 0);
     END IF;
-    -- filter errors: each subscription's and tenant's rows into one (rows come one per fan-out). The
-    -- subscriptions first (FOR KEY SHARE, as the fan-out takes them: a DELETE of one waits, or came
-    -- first and took its rows), then their rows: the order an unsubscribe's cascade takes them in.
+    -- filter errors: each subscription's and tenant's rows into one (rows come one per fan-out), and
+    -- the rows of subscriptions that are gone. No subscription row is locked (the upkeep has taken
+    -- delivery and event rows by now: lock order, sql/lifecycle.sql); a row folded for a subscription
+    -- deleted meanwhile goes at the next upkeep.
     IF EXISTS (SELECT 1 FROM event_bus._filter_errors f WHERE NOT f.folded) THEN
-        v_subs := ARRAY(SELECT s.id FROM event_bus.module_event_subscriptions s
-                         WHERE s.id IN (SELECT f.subscription_id FROM event_bus._filter_errors f WHERE NOT f.folded)
-                         ORDER BY s.id
-                           FOR KEY SHARE);
         WITH keys AS (
-            SELECT DISTINCT f.subscription_id, f.tenant_id FROM event_bus._filter_errors f
-             WHERE NOT f.folded AND f.subscription_id = ANY (v_subs)
+            SELECT DISTINCT f.subscription_id, f.tenant_id FROM event_bus._filter_errors f WHERE NOT f.folded
         ), moved AS (
             DELETE FROM event_bus._filter_errors f
              USING keys
@@ -350,8 +345,12 @@ BEGIN
             RETURNING f.subscription_id, f.tenant_id, f.errors, f.last_at)
         INSERT INTO event_bus._filter_errors (subscription_id, tenant_id, errors, last_at, folded)
         SELECT moved.subscription_id, moved.tenant_id, sum(moved.errors), max(moved.last_at), true
-          FROM moved GROUP BY 1, 2;
+          FROM moved
+         WHERE EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions s WHERE s.id = moved.subscription_id)
+         GROUP BY 1, 2;
     END IF;
+    DELETE FROM event_bus._filter_errors f
+     WHERE NOT EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions s WHERE s.id = f.subscription_id);
     IF v_retention IS NULL OR v_retention IN ('0', 'off', '-1') THEN
         RETURN 0;
     END IF;

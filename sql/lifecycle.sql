@@ -72,7 +72,8 @@
 --   6. events that have deliveries (their status, _refresh_event_status) — never an event of step 3
 --   7. bookkeeping rows (_counters, _deleted_subscriptions, _idempotency_keys, _attempt_minutes,
 --      _event_hours: insert-only, written by statement triggers; _filter_errors: insert-only, folded by
---      the upkeep and cleared by set_subscription_filter after their subscription's row)
+--      the upkeep without subscription locks, cleared by set_subscription_filter after its subscription's
+--      row)
 -- The fan-out holds its new events (3) when it reaches the subscriptions (4), and a DELETE's
 -- trigger goes on to update events (6) that a concurrent fan-out may hold when its snapshot missed
 -- their deliveries: so the fan-out never waits at 4 (NOWAIT; the round runs again, 55P03).

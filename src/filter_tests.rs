@@ -208,6 +208,16 @@ mod tests {
             count("SELECT count(*) FROM event_bus._filter_errors WHERE NOT folded"),
             0
         );
+        // a subscription that is gone leaves no count behind (the next upkeep drops it)
+        Spi::run(&format!("SELECT event_bus.unsubscribe('{strict}')")).unwrap();
+        Spi::run("SELECT event_bus._maintenance(100)").unwrap();
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM event_bus._filter_errors WHERE subscription_id = '{strict}'"
+            )),
+            0
+        );
+        assert_eq!(filter_errors("numeric"), 1);
     }
 
     #[pg_test]

@@ -180,9 +180,9 @@ CREATE TABLE event_bus._filter_errors (
     tenant_id       uuid        NOT NULL,
     errors          bigint      NOT NULL,
     last_at         timestamptz NOT NULL DEFAULT now(),
-    folded          boolean     NOT NULL DEFAULT false,
-    CONSTRAINT _filter_errors_subscription_fkey FOREIGN KEY (subscription_id)
-        REFERENCES event_bus.module_event_subscriptions (id) ON DELETE CASCADE
+    folded          boolean     NOT NULL DEFAULT false
+    -- (no foreign key: the upkeep folds these rows without taking subscription rows, and drops those
+    -- of subscriptions that are gone)
 );
 CREATE INDEX _filter_errors_subscription_idx ON event_bus._filter_errors (subscription_id, tenant_id);
 COMMENT ON TABLE event_bus._filter_errors IS
