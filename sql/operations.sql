@@ -120,6 +120,29 @@ COMMENT ON FUNCTION event_bus.retry_event(uuid) IS
     'Re-arm the failed (dead) deliveries of one event: due now, with a fresh retry budget. Deliveries '
     'that succeeded are not sent again. Returns how many were re-armed (0 if none had failed).';
 
+CREATE OR REPLACE FUNCTION event_bus.retry_delivery(p_delivery_id uuid) RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_scope uuid := event_bus._write_scope();
+BEGIN
+    PERFORM 1 FROM event_bus.module_event_deliveries d
+     WHERE d.id = p_delivery_id AND (v_scope IS NULL OR d.tenant_id = v_scope);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'event_bus: delivery % not found', p_delivery_id
+            USING ERRCODE = 'P0002', HINT = 'It may belong to another tenant, or retention may have deleted it.';
+    END IF;
+    RETURN event_bus._rearm(ARRAY(
+        SELECT d.id FROM event_bus.module_event_deliveries d
+         WHERE d.id = p_delivery_id AND d.status = <failed>));
+END
+$$;
+COMMENT ON FUNCTION event_bus.retry_delivery(uuid) IS
+    'Re-arm one failed (dead) delivery: due now, with a fresh retry budget; the event''s other deliveries '
+    'are left as they are. Returns 1, or 0 if it had not failed. P0002 if not found (or another tenant''s).';
+
 CREATE OR REPLACE FUNCTION event_bus.retry_failed(
     p_tenant_id       uuid        DEFAULT NULL,
     p_source_module   text        DEFAULT NULL,
@@ -430,11 +453,11 @@ REVOKE ALL ON FUNCTION event_bus._write_scope(),
     event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid, uuid) FROM PUBLIC;
 GRANT SELECT ON event_bus.parked_streams TO event_bus_reader, event_bus_admin;
 -- repairing: operators (their tenant), admins
-REVOKE ALL ON FUNCTION event_bus.retry_event(uuid),
+REVOKE ALL ON FUNCTION event_bus.retry_event(uuid), event_bus.retry_delivery(uuid),
     event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz, boolean),
     event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean, uuid),
     event_bus.skip_delivery(uuid), event_bus.set_subscription_active(uuid, boolean) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION event_bus.retry_event(uuid),
+GRANT EXECUTE ON FUNCTION event_bus.retry_event(uuid), event_bus.retry_delivery(uuid),
     event_bus.retry_failed(uuid, text, text, uuid, timestamptz, timestamptz, boolean),
     event_bus.replay_events(text, text, uuid, timestamptz, timestamptz, uuid, boolean, uuid),
     event_bus.skip_delivery(uuid), event_bus.set_subscription_active(uuid, boolean)

@@ -82,6 +82,68 @@ mod tests {
     }
 
     #[pg_test]
+    fn retry_delivery_rearms_one_dead_delivery_and_leaves_the_events_others() {
+        setup_handlers();
+        subscribe(
+            "invoice.posted",
+            "audit",
+            "inv.fragile",
+            ", p_max_retries => 0",
+        );
+        subscribe(
+            "invoice.posted",
+            "archive",
+            "inv.fragile",
+            ", p_max_retries => 0",
+        );
+        let ev = emit(
+            TENANT,
+            "invoice.posted",
+            "accounting",
+            r#"{"sku": "A", "qty": 1}"#,
+        );
+        assert_eq!(process(100), 2);
+        assert_eq!(count("SELECT count(*) FROM event_bus.dead_letters"), 2);
+        let audit = text(
+            "SELECT d.delivery_id::text FROM event_bus.dead_letters d WHERE d.handler_module = 'audit'",
+        );
+        Spi::run("UPDATE inv.flags SET fail = false").unwrap();
+        assert_eq!(
+            Spi::get_one::<i32>(&format!("SELECT event_bus.retry_delivery('{audit}')")).unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            text("SELECT string_agg(handler_module, ',') FROM event_bus.dead_letters"),
+            "archive",
+            "the event's other dead delivery stays dead"
+        );
+        assert_eq!(process(100), 1);
+        assert_eq!(
+            text(&format!(
+                "SELECT d.status || '/' || d.attempts FROM event_bus.module_event_deliveries d WHERE d.id = '{audit}'"
+            )),
+            "completed/2"
+        );
+        assert_eq!(
+            text(&format!(
+                "SELECT status FROM event_bus.module_events WHERE id = '{ev}'"
+            )),
+            "failed",
+            "one of its deliveries is still dead"
+        );
+        // not dead any more: nothing to re-arm; unknown: P0002
+        assert_eq!(
+            Spi::get_one::<i32>(&format!("SELECT event_bus.retry_delivery('{audit}')")).unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            sqlstate_of("SELECT event_bus.retry_delivery('00000000-0000-0000-0000-000000000001')")
+                .as_deref(),
+            Some("P0002")
+        );
+    }
+
+    #[pg_test]
     fn a_failing_sql_handler_rolls_back_alone_is_retried_then_dead_and_retry_rearms_only_it() {
         setup_handlers();
         subscribe("invoice.posted", "inventory", "inv.deduct", "");
