@@ -1,4 +1,4 @@
-//! Who is asking: sessions in signed cookies, bearer JWTs (HS256), CSRF tokens and the sign-in
+//! Who is asking: sessions in signed cookies, bearer JWTs (HS256, RS256, ES256), CSRF tokens and the sign-in
 //! rate limit. The console keeps no user table: a session names a PostgreSQL role, and the database
 //! decides what that role may see and do.
 
@@ -65,6 +65,14 @@ impl Signer {
         m.finalize().into_bytes().to_vec()
     }
 
+    /// The CSRF token of a JWT cookie session: bound to the token, unguessable without the key.
+    pub fn csrf_for_token(&self, token: &str) -> String {
+        let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        m.update(b"event-bus-console jwt csrf\0");
+        m.update(token.as_bytes());
+        B64.encode(&m.finalize().into_bytes()[..18])
+    }
+
     pub fn seal(&self, s: &Session) -> String {
         let body = serde_json::to_vec(s).expect("a session serializes");
         format!("{}.{}", B64.encode(&body), B64.encode(self.mac(&body)))
@@ -102,57 +110,115 @@ pub struct JwtIdentity {
 #[derive(Debug, PartialEq)]
 pub enum JwtError {
     Malformed,
+    /// `alg` is none, or one this console does not accept
     Algorithm,
     Signature,
+    /// no key of the JWKS has the token's `kid` (or, without one, no single key fits)
+    UnknownKey,
     Expired,
     NotYetValid,
+    /// `aud` does not name the audience the console was given
+    Audience,
+    /// `iss` is not the issuer the console was given
+    Issuer,
     NoRole,
 }
 
-/// Check an HS256 JWT as PostgREST does: signature, `exp` / `nbf` (with 30 s of leeway), and a
-/// `role` claim naming the role to act as.
+/// What bearer tokens the console accepts: HS256 with a shared secret, RS256 / ES256 with a key of a
+/// JWKS, or both; and the `aud` / `iss` they must carry, when given.
+#[derive(Default)]
+pub struct JwtConfig {
+    pub secret: Option<Vec<u8>>,
+    pub keys: Option<std::sync::Arc<crate::jwks::KeySet>>,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
+
+/// Seconds of clock difference forgiven for `exp` and `nbf`.
+const LEEWAY: u64 = 30;
+
+impl JwtConfig {
+    /// Check a JWT as PostgREST does: the signature (HS256 with the secret; RS256 / ES256 with the JWKS
+    /// key its `kid` names), `exp` / `nbf` (with 30 s of leeway), `aud` and `iss` when configured, and a
+    /// `role` claim naming the role to act as. `alg: none` and any other algorithm are refused.
+    pub fn verify(&self, token: &str, now: u64) -> Result<JwtIdentity, JwtError> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(JwtError::Malformed);
+        };
+        let header: serde_json::Value =
+            serde_json::from_slice(&B64.decode(h).map_err(|_| JwtError::Malformed)?)
+                .map_err(|_| JwtError::Malformed)?;
+        let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or("");
+        let sig = B64.decode(s).map_err(|_| JwtError::Malformed)?;
+        let signed = format!("{h}.{p}");
+        match alg {
+            "HS256" => {
+                let secret = self.secret.as_deref().ok_or(JwtError::Algorithm)?;
+                let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+                m.update(signed.as_bytes());
+                m.verify_slice(&sig).map_err(|_| JwtError::Signature)?;
+            }
+            "RS256" | "ES256" => {
+                let keys = self.keys.as_ref().ok_or(JwtError::Algorithm)?;
+                let kid = header.get("kid").and_then(|k| k.as_str());
+                let key = keys.find(kid, alg).ok_or(JwtError::UnknownKey)?;
+                if !crate::jwks::verify(&key, alg, signed.as_bytes(), &sig) {
+                    return Err(JwtError::Signature);
+                }
+            }
+            _ => return Err(JwtError::Algorithm),
+        }
+        let claims: serde_json::Value =
+            serde_json::from_slice(&B64.decode(p).map_err(|_| JwtError::Malformed)?)
+                .map_err(|_| JwtError::Malformed)?;
+        if let Some(exp) = claims.get("exp") {
+            let exp = exp.as_f64().ok_or(JwtError::Malformed)?;
+            if (now as f64) > exp + LEEWAY as f64 {
+                return Err(JwtError::Expired);
+            }
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            let nbf = nbf.as_f64().ok_or(JwtError::Malformed)?;
+            if (now as f64) + (LEEWAY as f64) < nbf {
+                return Err(JwtError::NotYetValid);
+            }
+        }
+        if let Some(want) = &self.audience {
+            let ok = match claims.get("aud") {
+                Some(serde_json::Value::String(a)) => a == want,
+                Some(serde_json::Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(want)),
+                _ => false,
+            };
+            if !ok {
+                return Err(JwtError::Audience);
+            }
+        }
+        if let Some(want) = &self.issuer {
+            if claims.get("iss").and_then(|i| i.as_str()) != Some(want.as_str()) {
+                return Err(JwtError::Issuer);
+            }
+        }
+        let role = claims
+            .get("role")
+            .and_then(|r| r.as_str())
+            .filter(|r| !r.is_empty())
+            .ok_or(JwtError::NoRole)?
+            .to_string();
+        Ok(JwtIdentity { role, claims })
+    }
+}
+
+/// [`JwtConfig::verify`] with an HS256 secret alone.
+#[cfg(test)]
 pub fn verify_jwt(token: &str, secret: &[u8], now: u64) -> Result<JwtIdentity, JwtError> {
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(JwtError::Malformed);
-    };
-    let header: serde_json::Value =
-        serde_json::from_slice(&B64.decode(h).map_err(|_| JwtError::Malformed)?)
-            .map_err(|_| JwtError::Malformed)?;
-    if header.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
-        return Err(JwtError::Algorithm);
+    JwtConfig {
+        secret: Some(secret.to_vec()),
+        ..Default::default()
     }
-    let sig = B64.decode(s).map_err(|_| JwtError::Malformed)?;
-    let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    m.update(h.as_bytes());
-    m.update(b".");
-    m.update(p.as_bytes());
-    m.verify_slice(&sig).map_err(|_| JwtError::Signature)?;
-    let claims: serde_json::Value =
-        serde_json::from_slice(&B64.decode(p).map_err(|_| JwtError::Malformed)?)
-            .map_err(|_| JwtError::Malformed)?;
-    const LEEWAY: u64 = 30;
-    if let Some(exp) = claims.get("exp") {
-        let exp = exp.as_f64().ok_or(JwtError::Malformed)?;
-        if (now as f64) > exp + LEEWAY as f64 {
-            return Err(JwtError::Expired);
-        }
-    }
-    if let Some(nbf) = claims.get("nbf") {
-        let nbf = nbf.as_f64().ok_or(JwtError::Malformed)?;
-        if (now as f64) + (LEEWAY as f64) < nbf {
-            return Err(JwtError::NotYetValid);
-        }
-    }
-    let role = claims
-        .get("role")
-        .and_then(|r| r.as_str())
-        .filter(|r| !r.is_empty())
-        .ok_or(JwtError::NoRole)?
-        .to_string();
-    Ok(JwtIdentity { role, claims })
+    .verify(token, now)
 }
 
 /// Sign claims as an HS256 JWT (for the tests).

@@ -3,6 +3,30 @@
 
 use axum::http::StatusCode;
 
+/// What the database said: its SQLSTATE, message (without the `event_bus: ` prefix) and hint.
+#[derive(Debug, Clone)]
+pub struct PgDetail {
+    pub code: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl PgDetail {
+    /// The message and the hint in one sentence, as the pages show them.
+    pub fn text(&self) -> String {
+        match &self.hint {
+            Some(h) => format!("{}. {h}", self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for PgDetail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text())
+    }
+}
+
 #[derive(Debug)]
 pub enum AppError {
     /// no (valid) session: go to the sign-in page
@@ -10,13 +34,13 @@ pub enum AppError {
     /// the role may not use the console (not an event_bus role, or the console cannot act as it)
     NotAllowed,
     /// the database refused for want of privilege (42501), with its message (logged, not shown)
-    Forbidden(String),
+    Forbidden(PgDetail),
     /// the CSRF token of a POST did not match
     Csrf,
     /// P0002 or an unknown id
     NotFound,
     /// the user's input, as the database judged it (22xxx): its message for the page
-    BadInput(String),
+    BadInput(PgDetail),
     /// the user's input, as the console judged it: a message of the catalogue (`id`, with `args`; an
     /// argument named `what` is a field, shown by its label `field-<what>`)
     Invalid {
@@ -26,7 +50,7 @@ pub enum AppError {
     /// the database is down or unreachable
     Unavailable(String),
     /// the database refused for another reason (message and hint, already for a user)
-    Db { code: String, message: String },
+    Db(PgDetail),
     /// the page does not exist
     NoPage,
 }
@@ -42,23 +66,22 @@ impl AppError {
 
     pub fn from_pg(e: tokio_postgres::Error) -> AppError {
         if let Some(db) = e.as_db_error() {
-            let code = db.code().code().to_string();
-            let mut message = db.message().to_string();
-            if let Some(h) = db.hint() {
-                message.push_str(". ");
-                message.push_str(h);
-            }
-            let message = message.trim_start_matches("event_bus: ").to_string();
-            return match code.as_str() {
-                "42501" => AppError::Forbidden(message),
+            let d = PgDetail {
+                code: db.code().code().to_string(),
+                message: db.message().trim_start_matches("event_bus: ").to_string(),
+                hint: db.hint().map(str::to_string),
+            };
+            return match d.code.as_str() {
+                "42501" => AppError::Forbidden(d),
                 "P0002" => AppError::NotFound,
-                // data exceptions: the input was wrong
-                c if c.starts_with("22") => AppError::BadInput(message),
+                // data exceptions, a payload its event type's contract refuses (23514) or over the
+                // size limit (54000): the input was wrong
+                c if c.starts_with("22") || c == "23514" || c == "54000" => AppError::BadInput(d),
                 // the server is going away, or it cannot take connections now
                 c if c.starts_with("57P") || c.starts_with("08") || c == "53300" => {
-                    AppError::Unavailable(message)
+                    AppError::Unavailable(d.text())
                 }
-                _ => AppError::Db { code, message },
+                _ => AppError::Db(d),
             };
         }
         AppError::Unavailable(e.to_string())
@@ -78,10 +101,10 @@ impl AppError {
             AppError::NotFound | AppError::NoPage => StatusCode::NOT_FOUND,
             AppError::BadInput(_) | AppError::Invalid { .. } => StatusCode::BAD_REQUEST,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Db { code, .. } if code == "55000" || code == "55P03" || code == "40001" => {
+            AppError::Db(d) if d.code == "55000" || d.code == "55P03" || d.code == "40001" => {
                 StatusCode::CONFLICT
             }
-            AppError::Db { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::Db(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 }

@@ -205,6 +205,8 @@ mod tests {
                         ("max", "x".into()),
                         ("from", "x".into()),
                         ("to", "x".into()),
+                        ("first", "x".into()),
+                        ("second", "x".into()),
                     ],
                 );
                 assert!(lang.bundle().has_message(id), "{id} missing in {lang:?}");

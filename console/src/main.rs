@@ -1,10 +1,12 @@
 //! event-bus-console: the Event Monitor for event_bus, a web console served over HTTP that talks to
 //! the database through the extension's SQL API, signed in as the operator's own PostgreSQL role.
 
+mod api;
 mod auth;
 mod db;
 mod error;
 mod i18n;
+mod jwks;
 mod live;
 mod pages;
 mod web;
@@ -54,6 +56,25 @@ struct Args {
     /// the `role` claim is the role to act as, the claims go to request.jwt.claims.
     #[arg(long, env = "EVENT_BUS_CONSOLE_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// Accept RS256 and ES256 JWTs signed by a key of this JSON Web Key Set: a file, or an https://
+    /// URL (e.g. https://<project>.supabase.co/auth/v1/.well-known/jwks.json). Read at start (the
+    /// console does not start without it), again every --jwks-refresh-seconds, and when a token names
+    /// a key id the set lacks (at most every 10 s). The key is chosen by the token's `kid`.
+    #[arg(long, env = "EVENT_BUS_CONSOLE_JWKS")]
+    jwks: Option<String>,
+    /// Seconds between reads of the JWKS.
+    #[arg(
+        long,
+        env = "EVENT_BUS_CONSOLE_JWKS_REFRESH_SECONDS",
+        default_value_t = 300
+    )]
+    jwks_refresh_seconds: u64,
+    /// Accept only JWTs whose `aud` is (or lists) this audience (Supabase: authenticated).
+    #[arg(long, env = "EVENT_BUS_CONSOLE_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Accept only JWTs whose `iss` is this issuer (Supabase: https://<project>.supabase.co/auth/v1).
+    #[arg(long, env = "EVENT_BUS_CONSOLE_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
     /// Serve GET /metrics (event_bus.metrics()) to requests bearing this token.
     #[arg(long, env = "EVENT_BUS_CONSOLE_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
@@ -127,6 +148,20 @@ fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async move {
+        let keys = match &args.jwks {
+            Some(src) => {
+                let set = jwks::KeySet::load(jwks::Source::parse(src)).await?;
+                set.spawn_refresher(Duration::from_secs(args.jwks_refresh_seconds.max(10)));
+                Some(set)
+            }
+            None => None,
+        };
+        let jwt = (args.jwt_secret.is_some() || keys.is_some()).then(|| auth::JwtConfig {
+            secret: args.jwt_secret.clone().map(String::into_bytes),
+            keys,
+            audience: args.jwt_audience.clone(),
+            issuer: args.jwt_issuer.clone(),
+        });
         let live = live::Live::new();
         live.spawn_listener(db.config.clone(), db.tls.clone());
         let app = Arc::new(web::App {
@@ -135,7 +170,7 @@ fn run(args: Args) -> Result<(), String> {
                 key,
                 Duration::from_secs(args.session_idle_minutes.max(1) * 60),
             ),
-            jwt_secret: args.jwt_secret.map(String::into_bytes),
+            jwt,
             metrics_token: args.metrics_token,
             metrics_role: args.metrics_role,
             limiter: auth::LoginLimiter::new(
@@ -170,7 +205,23 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 fn router(app: Arc<web::App>) -> Router {
+    let (api, _) = api::router();
+    let doc = Arc::new(api::openapi_json());
     Router::new()
+        .merge(api)
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        (*doc).clone(),
+                    )
+                }
+            }),
+        )
+        .route("/api/{*rest}", axum::routing::any(api::no_route))
         .route("/", get(pages::overview))
         .route("/healthz", get(pages::healthz))
         .route("/metrics", get(pages::metrics))

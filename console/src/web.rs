@@ -18,7 +18,8 @@ use std::sync::Arc;
 pub struct App {
     pub db: Db,
     pub signer: auth::Signer,
-    pub jwt_secret: Option<Vec<u8>>,
+    /// the bearer tokens accepted (none: sessions only)
+    pub jwt: Option<auth::JwtConfig>,
     pub metrics_token: Option<String>,
     pub metrics_role: Option<String>,
     pub limiter: auth::LoginLimiter,
@@ -98,7 +99,7 @@ impl FromRequestParts<Arc<App>> for Ctx {
             }
         }
         let (mut jwt, mut jwt_error) = (None, false);
-        if let Some(secret) = &app.jwt_secret {
+        if let Some(cfg) = &app.jwt {
             let bearer = parts
                 .headers
                 .get(header::AUTHORIZATION)
@@ -106,13 +107,21 @@ impl FromRequestParts<Arc<App>> for Ctx {
                 .and_then(|h| h.strip_prefix("Bearer ").map(str::trim).map(str::to_string));
             let from_header = bearer.is_some();
             if let Some(token) = bearer.or_else(|| jar.get(auth::JWT_COOKIE).cloned()) {
-                match auth::verify_jwt(&token, secret, now) {
+                let mut checked = cfg.verify(&token, now);
+                if checked == Err(auth::JwtError::UnknownKey) {
+                    // a key rotated in since the set was read: read it again (rate-limited), once
+                    if let Some(keys) = &cfg.keys {
+                        keys.read_for_unknown_kid().await;
+                        checked = cfg.verify(&token, now);
+                    }
+                }
+                match checked {
                     // a bearer header is not sent by a browser on its own: no CSRF token needed
                     Ok(id) => {
                         let csrf = if from_header {
                             String::new()
                         } else {
-                            jwt_csrf(secret, &token)
+                            app.signer.csrf_for_token(&token)
                         };
                         jwt = Some((id, csrf));
                     }
@@ -139,16 +148,6 @@ impl FromRequestParts<Arc<App>> for Ctx {
             headers: parts.headers.clone(),
         })
     }
-}
-
-/// The CSRF token of a JWT cookie session: bound to the token, unguessable without the secret.
-fn jwt_csrf(secret: &[u8], token: &str) -> String {
-    use hmac::{Hmac, Mac};
-    let mut m = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
-    m.update(b"event-bus-console csrf\0");
-    m.update(token.as_bytes());
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&m.finalize().into_bytes()[..18])
 }
 
 impl Ctx {
@@ -277,9 +276,9 @@ impl Ctx {
             AppError::Forbidden(detail) => {
                 eprintln!("event-bus-console: {} refused: {detail}", self.path)
             }
-            AppError::Db { code, message } => eprintln!(
-                "event-bus-console: {}: SQLSTATE {code}: {message}",
-                self.path
+            AppError::Db(d) => eprintln!(
+                "event-bus-console: {}: SQLSTATE {}: {}",
+                self.path, d.code, d.message
             ),
             _ => {}
         }
@@ -302,23 +301,13 @@ impl Ctx {
             AppError::Csrf => l.t("err-csrf"),
             AppError::NotFound => l.t("err-not-found"),
             AppError::NoPage => l.t("err-page-missing"),
-            AppError::BadInput(d) => l.ta("err-bad-input", &[("detail", d.clone().into())]),
-            AppError::Invalid { id, args } => {
-                let args: Vec<(&str, fluent_bundle::FluentValue)> = args
-                    .iter()
-                    .map(|(k, v)| {
-                        let v = if *k == "what" {
-                            l.t(&format!("field-{v}"))
-                        } else {
-                            v.clone()
-                        };
-                        (*k, v.into())
-                    })
-                    .collect();
-                l.ta("err-bad-input", &[("detail", l.ta(id, &args).into())])
-            }
+            AppError::BadInput(d) => l.ta("err-bad-input", &[("detail", d.text().into())]),
+            AppError::Invalid { id, args } => l.ta(
+                "err-bad-input",
+                &[("detail", invalid_text(l, id, args).into())],
+            ),
             AppError::Unavailable(_) => l.t("err-db-down"),
-            AppError::Db { message, .. } => l.ta("err-db", &[("detail", message.clone().into())]),
+            AppError::Db(d) => l.ta("err-db", &[("detail", d.text().into())]),
         }
     }
 
@@ -524,4 +513,20 @@ pub async fn security_headers(
         HeaderValue::from_static("same-origin"),
     );
     r
+}
+
+/// The text of [`AppError::Invalid`]: its catalogue message, a field (`what`) named by its label.
+pub fn invalid_text(l: Lang, id: &str, args: &[(&'static str, String)]) -> String {
+    let args: Vec<(&str, fluent_bundle::FluentValue)> = args
+        .iter()
+        .map(|(k, v)| {
+            let v = if *k == "what" {
+                l.t(&format!("field-{v}"))
+            } else {
+                v.clone()
+            };
+            (*k, v.into())
+        })
+        .collect();
+    l.ta(id, &args)
 }

@@ -11,101 +11,19 @@ use event_bus_testkit::receiver;
 use event_bus_testkit::{free_port, wait_for, Cluster};
 use fantoccini::{Client, ClientBuilder, Locator};
 use receiver::{Receiver, Reply};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const TENANT_A: &str = "0190b4a4-0000-7000-8000-00000000000a";
-const TENANT_B: &str = "0190b4a4-0000-7000-8000-00000000000b";
+mod common;
+use common::{
+    raw_http, sign_jwt, start_console, start_console_url, wait_http_ok, Killed, TENANT_A, TENANT_B,
+};
 const SCRIPT_PAYLOAD: &str =
     r#"<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">"#;
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_http_ok(port: u16, path: &str) {
-    wait_for(
-        &format!("GET {path} on {port}"),
-        Duration::from_secs(30),
-        || {
-            let (status, _, _) = raw_http(port, "GET", path, &[], "").ok()?;
-            (status == 200).then_some(())
-        },
-    );
-}
-
-/// A bare HTTP/1.1 request (a forged form post is not something a browser should make for us).
-fn raw_http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &str,
-) -> std::io::Result<(u16, String, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes())?;
-    // read the head, then Content-Length bytes (some servers keep the connection open anyway)
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "no response head",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let length = head
-        .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        })
-        .and_then(|(_, v)| v.trim().parse::<usize>().ok());
-    let mut body = buf[head_end + 4..].to_vec();
-    match length {
-        Some(len) => {
-            while body.len() < len {
-                let n = s.read(&mut chunk)?;
-                if n == 0 {
-                    break;
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-        }
-        None => {
-            s.read_to_end(&mut body)?;
-        }
-    }
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, head, String::from_utf8_lossy(&body).to_string()))
-}
 
 fn screenshots_dir() -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -916,41 +834,6 @@ async fn submit_login(b: &Client, user: &str, password: &str) -> String {
         .await
         .unwrap();
     text(b).await
-}
-
-fn sign_jwt(claims: &serde_json::Value, secret: &[u8]) -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-    use base64::Engine;
-    use hmac::Mac;
-    let h = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let p = B64.encode(serde_json::to_vec(claims).unwrap());
-    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
-    m.update(format!("{h}.{p}").as_bytes());
-    format!("{h}.{p}.{}", B64.encode(m.finalize().into_bytes()))
-}
-
-fn start_console(cluster: &Cluster, db: &str, envs: &[(&str, &str)]) -> (Killed, u16) {
-    start_console_url(
-        &format!(
-            "postgres://console_auth:auth-pw@127.0.0.1:{}/{db}",
-            cluster.port
-        ),
-        envs,
-    )
-}
-
-fn start_console_url(url: &str, envs: &[(&str, &str)]) -> (Killed, u16) {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-bus-console"));
-    cmd.env("EVENT_BUS_CONSOLE_DATABASE_URL", url)
-        .env("EVENT_BUS_CONSOLE_LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let child = Killed(cmd.spawn().expect("the console starts"));
-    wait_http_ok(port, "/healthz");
-    (child, port)
 }
 
 /// Supabase's way: a signed JWT whose `role` claim is the role and whose claims a tenant function

@@ -37,7 +37,7 @@ type Res = Result<Response, AppError>;
 
 use event_bus_core::lifecycle::{DeliveryState, EventStatus};
 
-fn uuid_param(v: &str, what: &str) -> Result<Uuid, AppError> {
+pub(crate) fn uuid_param(v: &str, what: &str) -> Result<Uuid, AppError> {
     Uuid::parse_str(v.trim()).map_err(|_| {
         AppError::invalid(
             "err-not-uuid",
@@ -53,9 +53,9 @@ fn opt_uuid(ctx: &Ctx, k: &str, what: &str) -> Result<Option<Uuid>, AppError> {
 /// A free-text filter (source, type, entity, correlation) as the user typed it: never shortened,
 /// which would give wrong answers; refused (400) only beyond a bound far above any value the
 /// extension stores, so no request makes the database compare megabytes.
-const MAX_FILTER_CHARS: usize = 1000;
+pub(crate) const MAX_FILTER_CHARS: usize = 1000;
 
-fn filter_text(v: Option<&str>, what: &str) -> Result<Option<String>, AppError> {
+pub(crate) fn filter_text(v: Option<&str>, what: &str) -> Result<Option<String>, AppError> {
     match v {
         Some(s) if s.chars().count() > MAX_FILTER_CHARS => Err(AppError::invalid(
             "err-too-long",
@@ -69,7 +69,7 @@ fn filter_text(v: Option<&str>, what: &str) -> Result<Option<String>, AppError> 
     }
 }
 
-fn truncate(s: &str, n: usize) -> String {
+pub(crate) fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
     } else {
@@ -127,12 +127,12 @@ fn safe_next(next: Option<&str>) -> String {
 
 /// A transaction acting as the signed-in role (crate::db::act_as: SET ROLE, the tenant, a statement
 /// timeout), as the pages' reads and writes receive it.
-type Tx<'c> = deadpool_postgres::Transaction<'c>;
+pub(crate) type Tx<'c> = deadpool_postgres::Transaction<'c>;
 
 /// One request's database work, written once for every page: a pooled client, a transaction acting as
 /// the signed-in role, the page's statements (`work`), the commit. Returns what `work` returned and who the
 /// role is (its level decides which buttons the page shows).
-async fn as_role<T>(
+pub(crate) async fn as_role<T>(
     ctx: &Ctx,
     work: impl AsyncFnOnce(&Tx<'_>, &crate::db::Who) -> Result<T, AppError>,
 ) -> Result<(T, crate::db::Who), AppError> {
@@ -140,7 +140,7 @@ async fn as_role<T>(
 }
 
 /// [`as_role`] for work outside a request (the overview's background count), given the identity.
-async fn as_identity<T>(
+pub(crate) async fn as_identity<T>(
     app: &crate::web::App,
     id: &crate::db::Identity,
     work: impl AsyncFnOnce(&Tx<'_>, &crate::db::Who) -> Result<T, AppError>,
@@ -167,12 +167,12 @@ async fn write(
 }
 
 /// A page's row type, read from a query's row by column name.
-trait FromRow: Sized {
+pub(crate) trait FromRow: Sized {
     fn from_row(r: &tokio_postgres::Row) -> Result<Self, AppError>;
 }
 
 /// One column by name (a wrong name or type is an error, not a panic).
-fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+pub(crate) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
     r: &'a tokio_postgres::Row,
     name: &str,
 ) -> Result<T, AppError> {
@@ -180,7 +180,7 @@ fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
 }
 
 /// Run a query and read its rows as `T`.
-async fn query_as<T: FromRow>(
+pub(crate) async fn query_as<T: FromRow>(
     tx: &Tx<'_>,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -194,7 +194,7 @@ async fn query_as<T: FromRow>(
 }
 
 /// Run a query that returns one row and read it as `T`.
-async fn query_one_as<T: FromRow>(
+pub(crate) async fn query_one_as<T: FromRow>(
     tx: &Tx<'_>,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
