@@ -4,7 +4,8 @@
 #   scripts/test.sh            the quick tier (what a newcomer runs; at most 10 minutes once built):
 #                              the pure logic's tests (cargo test -p event_bus_core, no Postgres), then
 #                              on PostgreSQL 15 the unit tests and every #[pg_test], the integration tests
-#                              that are not long-running, the console's tests (browser included), and the
+#                              that are not long-running, the console's tests (its JSON API, the browser,
+#                              the TypeScript client and React hooks with their example), and the
 #                              docs built with their links checked and their runnable examples run
 #   scripts/test.sh --all      everything (what .ci/run calls): the whole suite on PG_VERSIONS (default
 #                              "15 17"), the SQL-level tests and one delivery test on the others of 16 and 18
@@ -30,7 +31,7 @@ for arg in "$@"; do
         --all) ALL=1 ;;
         quick | crash | brokers | isolation | pool | failover | upgrade | console | docs | pgtap | pg_upgrade | demo | package)
             TIERS+=("$arg") ;;
-        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown tier $arg (see scripts/test.sh --help)" >&2; exit 2 ;;
     esac
 done
@@ -139,9 +140,18 @@ docs_build() {
 core_tests() { # the pure logic, without Postgres
     cargo test -p event_bus_core
 }
+typescript_build() {
+    # the TypeScript packages (types generated from the committed OpenAPI document, tsc, npm pack) and the
+    # React example, from their lock files; console/tests/typescript.rs runs their tests and opens the
+    # example against a real console
+    (cd clients/typescript && npm ci --no-audit --no-fund && npm run build && npm run pack) &&
+        (cd examples/react-monitor && npm ci --no-audit --no-fund && npm run build)
+}
 console_tests() {
     make_room
-    # the console's browser test creates the extension in a cluster of PostgreSQL 15
+    typescript_build || return 1
+    # the console's tests (the JSON API, the browser, the TypeScript packages) create the extension in a
+    # cluster of PostgreSQL 15
     PATH="$(pg_bin 15):$PATH" cargo test -p event-bus-console
 }
 pgtap_test() {
@@ -222,7 +232,7 @@ if [ "$ALL" = 1 ]; then
         [ "$v" = 15 ] && installed15=1
     done
     if [[ " $PG_VERSIONS " == *" 15 "* ]]; then
-        part "the console (browser tests on PostgreSQL 15)" console_tests
+        part "the console (API, browser and TypeScript tests on PostgreSQL 15)" console_tests
     fi
     part "the docs: mdbook build, links" docs_build
     for v in $PG_SMOKE_VERSIONS; do
@@ -249,14 +259,14 @@ else
                 installed15=1
                 # shellcheck disable=SC2086 # a list of test names
                 part "PostgreSQL 15: the quick integration tests" integration15 $QUICK_TESTS
-                part "the console (browser tests on PostgreSQL 15)" console_tests
+                part "the console (API, browser and TypeScript tests on PostgreSQL 15)" console_tests
                 part "the docs: mdbook build, links" docs_build
                 ;;
             crash | brokers | isolation | pool | failover | upgrade)
                 install15
                 part "PostgreSQL 15: $tier" integration15 "$tier"
                 ;;
-            console) install15; part "the console (browser tests on PostgreSQL 15)" console_tests ;;
+            console) install15; part "the console (API, browser and TypeScript tests on PostgreSQL 15)" console_tests ;;
             docs)
                 install15
                 part "the docs: mdbook build, links" docs_build

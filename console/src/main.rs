@@ -75,6 +75,10 @@ struct Args {
     /// Accept only JWTs whose `iss` is this issuer (Supabase: https://<project>.supabase.co/auth/v1).
     #[arg(long, env = "EVENT_BUS_CONSOLE_JWT_ISSUER")]
     jwt_issuer: Option<String>,
+    /// Origins (scheme://host[:port], comma-separated) whose pages may call the JSON API with a bearer
+    /// token from the browser (CORS). Cookies are never accepted cross-origin.
+    #[arg(long, env = "EVENT_BUS_CONSOLE_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
     /// Serve GET /metrics (event_bus.metrics()) to requests bearing this token.
     #[arg(long, env = "EVENT_BUS_CONSOLE_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
@@ -171,6 +175,12 @@ fn run(args: Args) -> Result<(), String> {
                 Duration::from_secs(args.session_idle_minutes.max(1) * 60),
             ),
             jwt,
+            cors_origins: args
+                .cors_origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
             metrics_token: args.metrics_token,
             metrics_role: args.metrics_role,
             limiter: auth::LoginLimiter::new(
@@ -244,6 +254,7 @@ fn router(app: Arc<web::App>) -> Router {
         .route("/assets/{name}", get(web::asset))
         .fallback(pages::not_found)
         .layer(axum::middleware::from_fn(web::security_headers))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), api::cors))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(app)
 }

@@ -20,6 +20,8 @@ pub struct App {
     pub signer: auth::Signer,
     /// the bearer tokens accepted (none: sessions only)
     pub jwt: Option<auth::JwtConfig>,
+    /// origins whose pages may call /api/ with a bearer token (CORS)
+    pub cors_origins: Vec<String>,
     pub metrics_token: Option<String>,
     pub metrics_role: Option<String>,
     pub limiter: auth::LoginLimiter,

@@ -9,7 +9,7 @@
 use event_bus_testkit as cluster;
 use event_bus_testkit::receiver;
 use event_bus_testkit::{free_port, wait_for, Cluster};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use receiver::{Receiver, Reply};
 
 use std::path::PathBuf;
@@ -351,33 +351,7 @@ async fn the_console_in_a_real_browser() {
             .expect("the console starts"),
     );
     blocking(|| wait_http_ok(port, "/healthz"));
-    let driver_port = free_port();
-    let _driver = Killed(
-        Command::new("/usr/bin/chromedriver")
-            .arg(format!("--port={driver_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver (apt-get install chromium-driver)"),
-    );
-    blocking(|| wait_http_ok(driver_port, "/status"));
-    let profile =
-        std::env::temp_dir().join(format!("event_bus-console-chrome-{}", std::process::id()));
-    let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
-        "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", "--window-size=1400,1000", "--lang=en-US",
-                     format!("--user-data-dir={}", profile.display())]
-        }
-    }))
-    .unwrap();
-    let b = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{driver_port}"))
-        .await
-        .expect("a WebDriver session");
+    let (_driver, b, profile) = common::start_browser().await;
 
     // --- signing in: a wrong password and a role outside event_bus are turned away
     b.goto(&format!("{base}/events")).await.unwrap();

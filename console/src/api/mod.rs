@@ -41,6 +41,7 @@ its claims go to `request.jwt.claims`), or with the console's session cookie, wh
 carry the session's CSRF token (GET /api/v1/session) in the `X-CSRF-Token` header.",
         license(name = "MIT")
     ),
+    components(schemas(types::StatusFilter)),
     modifiers(&Security),
     security(("bearer" = []), ("session" = [])),
     tags(
@@ -225,6 +226,52 @@ pub fn unreadable(what: &str, reason: impl std::fmt::Display) -> AppError {
     })
 }
 
+/// Cross-origin calls of the API from the origins given with --cors-origins (an application's front end
+/// on another host): bearer tokens only — no credentials are allowed cross-origin, so a session cookie
+/// never rides on another site's request. Preflights are answered here; other origins get no CORS
+/// headers (the browser refuses to give them the response).
+pub async fn cors(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::http::{header, HeaderValue, Method};
+    let api = req.uri().path().starts_with("/api/");
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .filter(|o| api && app.cors_origins.iter().any(|a| a == o))
+        .map(str::to_string);
+    let Some(origin) = origin else {
+        return next.run(req).await;
+    };
+    let allow = HeaderValue::from_str(&origin).expect("an origin header's value is a header value");
+    let mut r = if req.method() == Method::OPTIONS {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type, accept, last-event-id"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        r
+    } else {
+        next.run(req).await
+    };
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+    h.append(header::VARY, HeaderValue::from_static("origin"));
+    r
+}
+
 /// Paths under /api/ that no route serves: JSON 404, not the HTML page.
 pub async fn no_route(ctx: Ctx) -> Response {
     failure(&ctx, AppError::NoPage)
@@ -280,6 +327,13 @@ mod tests {
         assert_eq!(
             names("EventStatus"),
             EventStatus::ALL.map(|s| s.name().to_string()).to_vec()
+        );
+        let mut filters = EventStatus::ALL.map(|s| s.name().to_string()).to_vec();
+        filters.insert(3, "processed".into());
+        assert_eq!(
+            names("StatusFilter"),
+            filters,
+            "every status and 001's processed"
         );
         assert_eq!(
             names("DeliveryStatus"),

@@ -27,6 +27,17 @@ pub enum EventStatus {
     Failed,
 }
 
+/// An events filter's status: an event's status, or design document 001's `processed` (= completed).
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusFilter {
+    Pending,
+    Processing,
+    Completed,
+    Processed,
+    Failed,
+}
+
 /// A delivery's state (event_bus_core::lifecycle::DeliveryState).
 #[derive(Serialize, Deserialize, ToSchema, Clone, Copy, Debug, PartialEq)]
 #[serde(rename_all = "snake_case")]
@@ -85,6 +96,7 @@ pub struct EventPage {
 #[serde(deny_unknown_fields)]
 pub struct EventQuery {
     /// pending, processing, completed (or 001's `processed`), failed
+    #[param(value_type = Option<StatusFilter>)]
     pub status: Option<String>,
     /// An event type or pattern (`invoice.*`, `#.failed`).
     pub event_type: Option<String>,

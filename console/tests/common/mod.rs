@@ -128,3 +128,41 @@ pub fn start_console_url(url: &str, envs: &[(&str, &str)]) -> (Killed, u16) {
     wait_http_ok(port, "/healthz");
     (child, port)
 }
+
+/// Debian's headless Chromium over WebDriver (chromedriver on a loopback port): the driver process (kill it
+/// after the session), the session, and the throwaway profile directory to remove.
+pub async fn start_browser() -> (Killed, fantoccini::Client, std::path::PathBuf) {
+    let driver_port = free_port();
+    let driver = Killed(
+        Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={driver_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (apt-get install chromium-driver)"),
+    );
+    tokio::task::spawn_blocking(move || wait_http_ok(driver_port, "/status"))
+        .await
+        .unwrap();
+    let profile = std::env::temp_dir().join(format!(
+        "event_bus-console-chrome-{}-{driver_port}",
+        std::process::id()
+    ));
+    let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=1400,1000", "--lang=en-US",
+                     format!("--user-data-dir={}", profile.display())]
+        }
+    }))
+    .unwrap();
+    let b =
+        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{driver_port}"))
+            .await
+            .expect("a WebDriver session");
+    (driver, b, profile)
+}
