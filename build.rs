@@ -23,6 +23,7 @@ use std::path::Path;
 /// below). Each must be re-runnable.
 const RERUNNABLE_AFTER_TABLES: &[&str] = &[
     "roles",
+    "filters",
     "api",
     "run_as",
     "lifecycle",

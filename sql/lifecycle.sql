@@ -19,7 +19,7 @@
 --
 --   from                        to                          by                        where
 --   --------------------------  --------------------------  ------------------------  ---------------------------
---   (new)                       processing (leased at once) the worker's fan-out      src/worker/statements/claim.rs fan_out,
+--   (new)                       processing (leased at once) the worker's fan-out      src/worker/statements/fan_out.rs fan_out,
 --                               | pending | held | waiting                              fan_out_special; _first_state
 --   pending, expired processing processing                  the worker's claim        src/worker/statements/claim.rs claim
 --   processing                  completed | pending | failed the worker's record      src/worker/statements/record.rs record

@@ -4,7 +4,8 @@
 //! - `sql/`, in install order (each file's head says what it holds; `build.rs` writes the upgrade scripts
 //!   from the same files and `sql/upgrades/`):
 //!   `tenant.sql` current_tenant() and who the caller is · `tables.sql` every table, index and comment ·
-//!   `roles.sql` roles, table grants, row-level security · `api.sql` emit, publish, subscribe ·
+//!   `roles.sql` roles, table grants, row-level security · `filters.sql` content filters ·
+//!   `api.sql` emit, publish, subscribe, request ·
 //!   `run_as.sql` the rule for a SQL handler's role · `lifecycle.sql` the delivery lifecycle ·
 //!   `contracts.sql` payload contracts · `testing.sql` test helpers · `internals.sql` the worker's
 //!   operational events, idempotency gate, upkeep · `monitor.sql` what monitors read ·
@@ -95,9 +96,14 @@ extension_sql_file!(
     requires = ["tables"]
 );
 extension_sql_file!(
+    "../sql/generated/filters.sql",
+    name = "filters",
+    requires = ["roles"]
+);
+extension_sql_file!(
     "../sql/generated/api.sql",
     name = "api",
-    requires = ["roles"]
+    requires = ["filters"]
 );
 extension_sql_file!(
     "../sql/generated/run_as.sql",

@@ -450,7 +450,7 @@ impl Worker {
                 Ok(round.more)
             }
             Err(e) if e.contains("(SQLSTATE 55P03)") => {
-                // the fan-out met a subscription row that a DELETE holds (claim.rs,
+                // the fan-out met a subscription row that a DELETE holds (fan_out.rs,
                 // SUBSCRIPTIONS_KEPT): nothing was written; run the round again once the DELETE is
                 // through, quietly (it takes milliseconds, unless a session keeps its transaction
                 // open after the DELETE: then the wait grows as for errors)

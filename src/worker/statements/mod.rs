@@ -1,8 +1,8 @@
 //! Every statement the worker runs, behind functions that take and return Rust values: the loop
 //! ([`super::dbworker`]) and `process_pending_events` ([`super::inline`]) hold no SQL text.
 //!
-//! - [`claim`]: the fan-out of new events into deliveries and the claim of due ones with a lease,
-//!   returning jobs (decoded by [`super::job`]);
+//! - [`claim`]: a claim round — due deliveries claimed with a lease, then new events fanned out by
+//!   [`fan_out`] into deliveries leased at birth — returning jobs (decoded by [`super::job`]);
 //! - [`probe`]: the round's two questions (anything due? anything new?), planned once;
 //! - [`record`]: recording outcomes (the delivery, its attempt log, the subscription's health and
 //!   breaker) and handing unfinished claims back;
@@ -12,6 +12,7 @@
 //! `sql/lifecycle.sql`; these statements call its functions.
 
 pub mod claim;
+pub mod fan_out;
 pub mod probe;
 pub mod record;
 pub mod session;

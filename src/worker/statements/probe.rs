@@ -2,7 +2,7 @@
 //! event new? The claim and the fan-out are planned per call (see `claim::claim_and_fan_out`),
 //! which is most of a small round's cost; these are planned once and kept, and cost microseconds.
 
-use super::claim::INTAKE;
+use super::fan_out::INTAKE;
 use crate::plans::exec;
 use crate::worker::{Step, StepError};
 use pgrx::prelude::*;

@@ -1,0 +1,356 @@
+//! The fan-out: new events into deliveries, one per matching active subscription (type pattern and
+//! content filter), created already leased to this worker for their first attempt. The plain
+//! statement, and the one for ordered and limited subscriptions (under the stream lock). Each runs
+//! inside the caller's transaction, as part of a claim round (`super::claim`).
+
+use crate::plans::exec;
+use crate::worker::job::{row_to_job, ClaimSettings, Id, Job, JobColumns, JOB_COLUMNS};
+use crate::worker::{Step, StepError};
+use pgrx::prelude::*;
+
+/// The end of both fan-out statements, after `ins` (the deliveries inserted from `ev`, the events
+/// taken, and `m`, the subscriptions each matched, of `c`, those their type pattern matched; an event
+/// whose filters passed none is unmatched): count the events and with event_bus.notify
+/// ($7) send LISTEN module_event its notifications, at this commit; and write the event row only
+/// where it must be written now:
+/// - an event that matched nothing is completed (dispatched, processed);
+/// - an event with a delivery that is not leased (held by an open breaker, queued for a full or
+///   limited subscription, waiting in its ordered stream) is marked dispatched;
+/// - an event whose deliveries were all created leased (the common case) is not written here:
+///   its deliveries say that it was fanned out (the intake skips events that have any), and the
+///   record of their first outcome writes dispatched_at together with the status
+///   (`_refresh_event_status`): one row version per event instead of two.
+///
+/// An event another fan-out took meanwhile (its deliveries already there: nothing inserted) is
+/// left alone.
+const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
+             RETURNING *
+         ), marks AS (
+             SELECT ev.id,
+                    NOT EXISTS (SELECT 1 FROM m WHERE m.event_id = ev.id) AS unmatched
+               FROM ev
+              WHERE NOT EXISTS (SELECT 1 FROM m WHERE m.event_id = ev.id)
+                 OR EXISTS (SELECT 1 FROM ins WHERE ins.event_id = ev.id AND ins.status <> <processing>)
+         ), upd AS (
+             UPDATE event_bus.module_events e
+                SET dispatched_at = now(),
+                    status = CASE WHEN k.unmatched THEN <completed> ELSE e.status END,
+                    processed_at = CASE WHEN k.unmatched THEN now() ELSE e.processed_at END
+               FROM marks k
+              WHERE e.id = k.id
+             RETURNING 1
+         ), counted AS (
+             UPDATE event_bus._counters c
+                SET value = c.value + (SELECT count(*) FROM ev)
+              WHERE c.name = 'events_dispatched' AND EXISTS (SELECT 1 FROM ev)
+         ), filter_errors AS (
+             INSERT INTO event_bus._filter_errors (subscription_id, tenant_id, errors)
+             SELECT c.sub_id, c.tenant_id, count(*) FROM c WHERE c.passes IS NULL GROUP BY 1, 2
+         ), notified AS (
+             SELECT pg_catalog.pg_notify('module_event',
+                        json_build_object('id', ev.id, 'event_type', ev.event_type, 'tenant_id', ev.tenant_id)::text)
+               FROM ev
+              WHERE $7
+         )";
+
+/// Whether an event passes its subscription's content filter (`c.passes`): true without one; NULL
+/// when the filter came out unknown on it (lax mode: an error is no match), which the tail counts
+/// in `_filter_errors`. Evaluated here, set-based, by PostgreSQL's jsonb_path_match.
+/// The event's document is built once per event in `ev` (`doc`), only while some subscription has
+/// a filter in the statement's snapshot; without one no filter applies (a filter set since then
+/// applies to the events fanned out after its commit).
+const PASSES: &str = "(ev.doc IS NULL OR event_bus._filter_match(s.filter, ev.doc)) AS passes";
+
+/// The end of the fan-out's join of events to subscriptions: each matched subscription row is
+/// kept (FOR KEY SHARE) until the round commits, so a DELETE of it (unsubscribe) either comes first
+/// and the row drops out of the join, or waits for this commit and its trigger then removes the
+/// deliveries made here — never a delivery left behind for a subscription that is gone. NOWAIT:
+/// the fan-out already holds its events, and a DELETE's trigger updates events (their status)
+/// after its row, so waiting here could close a cycle; the round fails instead (55P03) and the
+/// worker runs it again a moment later (lock order: sql/lifecycle.sql).
+const SUBSCRIPTIONS_KEPT: &str = "FOR KEY SHARE OF s NOWAIT";
+
+/// Fan new events out: one delivery per matching active subscription, created already leased to
+/// this worker (first attempt), so a new event costs no separate claim — except for the
+/// subscriptions in `full` (this worker already holds their share: their deliveries are created
+/// due, for a later claim) and open breakers (held). Events that match nothing are completed at
+/// once, in the same statement. Returns the jobs and how many events were taken.
+pub(super) fn fan_out(
+    limit: i64,
+    settings: &ClaimSettings,
+    full: &[Id],
+    pass: Pass,
+) -> Step<FanOut> {
+    let sql = || {
+        format!(
+        "WITH ev AS ({events}), c AS (
+             SELECT ev.id AS event_id, ev.tenant_id, s.id AS sub_id, s.timeout_ms,
+                    event_bus._first_state(s.breaker_open_until IS NOT NULL, s.id = ANY ($6::uuid[])) AS status,
+                    {PASSES}
+               FROM ev
+               JOIN event_bus.module_event_subscriptions s
+                 ON s.is_active
+                AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
+                AND event_bus.matches(s.event_type, ev.event_type)
+                {SUBSCRIPTIONS_KEPT}
+         ), m AS (
+             SELECT * FROM c WHERE c.passes
+         ), ins AS (
+             INSERT INTO event_bus.module_event_deliveries
+                 (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at)
+             SELECT event_bus._delivery_id(m.event_id, m.sub_id), m.event_id, m.sub_id, m.tenant_id, m.status,
+                    CASE WHEN m.status = <processing> THEN 1 ELSE 0 END,
+                    CASE WHEN m.status = <processing> THEN now() END,
+                    CASE WHEN m.status = <processing>
+                         THEN event_bus._lease_end(m.timeout_ms, $2, $3)
+                         ELSE now() END
+               FROM m
+              ORDER BY m.event_id, m.sub_id
+             {FAN_OUT_TAIL}
+         {jobs}",
+        jobs = jobs_of_ins(),
+        events = events_to_take(pass, false)
+    )
+    };
+    let name = match pass {
+        Pass::Head => "fan_out_head",
+        Pass::Tail => "fan_out_tail",
+    };
+    run_fan_out(name, sql, limit, settings, full)
+}
+
+/// Which undispatched events a fan-out takes.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Pass {
+    /// The oldest, in emit order.
+    Head,
+    /// The newest that no ordered subscription wants, while a backlog is worked off from the
+    /// head: so a burst never holds up what comes after it. (Events for ordered subscriptions
+    /// wait for the head, which keeps their order.)
+    Tail,
+}
+
+/// The rows of `locked` (which has a `bytes` column) in `order` up to the one that reaches $8 bytes
+/// (the first one always), each with `considered`: how many `locked` had. Rows past the budget stay
+/// locked until the round's commit and are left for the next round.
+pub(super) fn within_bytes(locked: &str, order: &str) -> String {
+    format!(
+        "SELECT b.*
+           FROM (SELECT t.*,
+                        sum(t.bytes) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING) - t.bytes AS before,
+                        count(*) OVER () AS considered
+                   FROM ({locked}) t) b
+          WHERE b.before < $8"
+    )
+}
+
+/// The `ev` CTE of a fan-out: the events it takes, locked ($1 of them at most, and no more
+/// than $8 bytes of event data: event_bus.batch_memory).
+fn events_to_take(pass: Pass, special: bool) -> String {
+    let locked = locked_events(pass, special);
+    match pass {
+        Pass::Head => within_bytes(&locked, "t.id"),
+        Pass::Tail => within_bytes(&locked, "t.id DESC"),
+    }
+}
+
+/// The events not fanned out yet: not marked dispatched, and without deliveries (those the last
+/// fan-outs created leased, whose events are marked when their first outcome is recorded).
+/// Read through the partial index of undispatched events, which holds only those and the events
+/// in flight for the first time. (`OFFSET 0` keeps the test a probe of the deliveries' event index
+/// per event: pulled up into an anti-join, the planner may hash every delivery in the table.)
+pub(super) const INTAKE: &str = "e.dispatched_at IS NULL
+                AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0)";
+
+/// The events a fan-out considers, locked ($1 of them at most), with their `bytes`.
+fn locked_events(pass: Pass, special: bool) -> String {
+    // (doc: what content filters read, built once per event while any subscription has a filter)
+    const COLUMNS: &str = "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, \
+                           CASE WHEN (SELECT EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions f \
+                                                     WHERE f.filter IS NOT NULL)) \
+                                THEN event_bus._event_document(e.tenant_id, e.event_type, e.source_module, \
+                                         e.entity_type, e.entity_id, e.payload, e.metadata) END AS doc, \
+                           event_bus._event_bytes(e.payload, e.metadata) AS bytes";
+    const OUTER: &str =
+        "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, e.doc, e.bytes";
+    match pass {
+        Pass::Head if !special => format!(
+            "SELECT {COLUMNS}
+               FROM event_bus.module_events e
+              WHERE {INTAKE}
+              ORDER BY e.id
+              LIMIT $1
+                FOR UPDATE SKIP LOCKED"
+        ),
+        // With ordered subscriptions an older event must never be skipped: a plain round that
+        // began before a subscription became ordered may hold it locked (and roll back, see
+        // claim_round), and the next event of its stream would go first. Fan-outs in this mode
+        // are serialised by the stream lock anyway, so waiting costs no concurrency.
+        Pass::Head => format!(
+            "SELECT {COLUMNS}
+               FROM event_bus.module_events e
+              WHERE {INTAKE}
+              ORDER BY e.id
+              LIMIT $1
+                FOR UPDATE"
+        ),
+        // no ordered subscription (plain mode): the newest $1
+        Pass::Tail if !special => format!(
+            "SELECT {COLUMNS}
+               FROM event_bus.module_events e
+              WHERE {INTAKE}
+              ORDER BY e.id DESC
+              LIMIT $1
+                FOR UPDATE SKIP LOCKED"
+        ),
+        // among the newest few times $1 (a bound on the work: a tail that only ordered
+        // subscriptions want is not scanned to its end)
+        Pass::Tail => format!(
+            "SELECT {OUTER}
+               FROM (SELECT {COLUMNS}
+                       FROM event_bus.module_events e
+                      WHERE {INTAKE}
+                      ORDER BY e.id DESC
+                      LIMIT $1 * 4
+                        FOR UPDATE SKIP LOCKED) e
+              WHERE NOT EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions o
+                                 WHERE o.is_active AND o.ordered
+                                   AND (o.tenant_id IS NULL OR o.tenant_id = e.tenant_id)
+                                   AND event_bus.matches(o.event_type, e.event_type))
+              ORDER BY e.id DESC
+              LIMIT $1"
+        ),
+    }
+}
+
+/// The end of both fan-out statements: the jobs (deliveries created leased), in one row each,
+/// how many events were `taken` and how many were `considered` before the byte budget — on a row
+/// of its own, NULL jobs, when none was created, so a round that matched nothing still says it
+/// took events.
+fn jobs_of_ins() -> String {
+    format!(
+        "SELECT j.*, (SELECT count(*) FROM ev)::bigint AS taken, (SELECT count(*) FROM notified) AS notified,
+                (SELECT max(ev.considered) FROM ev)::bigint AS considered
+           FROM (SELECT 1) one
+           LEFT JOIN LATERAL (
+               SELECT {JOB_COLUMNS}
+                 FROM ins d
+                 JOIN event_bus.module_events e ON e.id = d.event_id
+                 JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+                WHERE d.status = <processing>
+                ORDER BY d.event_id, d.subscription_id) j ON true"
+    )
+}
+
+/// What a fan-out did: the jobs it created, how many events it took, and whether the byte budget
+/// stopped it before events it had locked (then more are waiting).
+pub(super) struct FanOut {
+    pub(super) jobs: Vec<Job>,
+    pub(super) taken: i64,
+    pub(super) cut: bool,
+}
+
+/// Run a fan-out statement (kept parsed as `name`, planned per call: see `claim_and_fan_out`)
+/// and decode its rows.
+fn run_fan_out(
+    name: &'static str,
+    sql: impl FnOnce() -> String,
+    limit: i64,
+    settings: &ClaimSettings,
+    full: &[Id],
+) -> Step<FanOut> {
+    Spi::connect_mut(|client| {
+        let table = exec(
+            client,
+            name,
+            sql,
+            &ClaimSettings::ARG_TYPES,
+            &settings.args(limit, full),
+        )?;
+        let mut jobs = Vec::with_capacity(table.len());
+        let mut taken = 0;
+        let mut considered = 0;
+        let cols = JobColumns::of(&table)?;
+        let (taken_at, considered_at) = (
+            table.column_ordinal("taken")?,
+            table.column_ordinal("considered")?,
+        );
+        for row in table {
+            taken = row.get::<i64>(taken_at)?.unwrap_or(0);
+            considered = row.get::<i64>(considered_at)?.unwrap_or(0);
+            if cols.has_job(&row)? {
+                jobs.push(row_to_job(&row, &cols, settings)?);
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(FanOut {
+            jobs,
+            taken,
+            cut: taken < considered,
+        })
+    })
+    .map_err(|e| StepError::failed("the fan-out", e))
+}
+
+/// The fan-out for ordered and limited subscriptions: a delivery with an earlier unfinished one
+/// in its entity stream waits; deliveries of limited subscriptions are queued for the claim,
+/// which applies the limits.
+pub(super) fn fan_out_special(
+    limit: i64,
+    settings: &ClaimSettings,
+    full: &[Id],
+    pass: Pass,
+) -> Step<FanOut> {
+    let sql = || {
+        format!(
+        "WITH ev AS ({events}), c AS (
+             SELECT ev.id AS event_id, ev.tenant_id, s.id AS sub_id, s.timeout_ms,
+                    s.breaker_open_until IS NOT NULL AS breaker_open,
+                    (s.max_in_flight IS NOT NULL OR s.max_per_second IS NOT NULL
+                     OR s.id = ANY ($6::uuid[])) AS limited,
+                    CASE WHEN s.ordered AND ev.entity_id IS NOT NULL
+                         THEN jsonb_build_array(ev.entity_type, ev.entity_id)::text END AS okey,
+                    {PASSES}
+               FROM ev
+               JOIN event_bus.module_event_subscriptions s
+                 ON s.is_active
+                AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
+                AND event_bus.matches(s.event_type, ev.event_type)
+                {SUBSCRIPTIONS_KEPT}
+         ), m AS (
+             SELECT * FROM c WHERE c.passes
+         ), r AS (
+             SELECT m.*,
+                    m.okey IS NOT NULL
+                    AND (row_number() OVER (PARTITION BY m.sub_id, m.tenant_id, m.okey ORDER BY m.event_id) > 1
+                         OR EXISTS (SELECT 1 FROM event_bus.module_event_deliveries a
+                                     WHERE a.subscription_id = m.sub_id AND a.tenant_id = m.tenant_id
+                                       AND a.ordering_key = m.okey
+                                       AND a.status = ANY (event_bus._stream_blocking_states())))
+                      AS waits
+               FROM m
+         ), ins AS (
+             INSERT INTO event_bus.module_event_deliveries
+                 (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at,
+                  ordering_key)
+             SELECT event_bus._delivery_id(r.event_id, r.sub_id), r.event_id, r.sub_id, r.tenant_id,
+                    CASE WHEN r.waits THEN <waiting> ELSE event_bus._first_state(r.breaker_open, r.limited) END,
+                    CASE WHEN r.waits OR r.breaker_open OR r.limited THEN 0 ELSE 1 END,
+                    CASE WHEN r.waits OR r.breaker_open OR r.limited THEN NULL ELSE now() END,
+                    CASE WHEN r.waits OR r.breaker_open OR r.limited THEN now()
+                         ELSE event_bus._lease_end(r.timeout_ms, $2, $3) END,
+                    r.okey
+               FROM r
+              ORDER BY r.event_id, r.sub_id
+             {FAN_OUT_TAIL}
+         {jobs}",
+        jobs = jobs_of_ins(),
+        events = events_to_take(pass, true)
+    )
+    };
+    // deliveries queued for the claim (limited or full subscriptions) are not jobs yet
+    let name = match pass {
+        Pass::Head => "fan_out_head_special",
+        Pass::Tail => "fan_out_tail_special",
+    };
+    run_fan_out(name, sql, limit, settings, full)
+}
