@@ -216,6 +216,9 @@ fn run(args: Args) -> Result<(), String> {
 
 fn router(app: Arc<web::App>) -> Router {
     let (api, _) = api::router();
+    // a published event may carry a payload up to event_bus.max_payload_bytes (1 MiB by default)
+    // and its metadata: the API's bodies may be larger than the pages' forms
+    let api = api.layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES));
     let doc = Arc::new(api::openapi_json());
     Router::new()
         .merge(api)

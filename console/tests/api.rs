@@ -648,6 +648,19 @@ fn the_json_api_as_each_role() {
         ("payment".into(), "P-1".into())
     );
     assert_eq!(row.get::<_, Value>(5), json!({"amount": 10}));
+    // a large payload (the pages' 64 KiB form limit does not apply to the API)
+    let big = "x".repeat(300_000);
+    let (status, v) = api.call(
+        &olga,
+        "POST",
+        "/api/v1/events",
+        &[],
+        "",
+        Some(
+            json!({"event_type": "doc.stored", "aggregate_type": "doc", "payload": {"text": big}}),
+        ),
+    );
+    assert_eq!(status, 201, "{v}");
     // bad bodies: 400, nothing written
     let count = cluster::count(&mut c, "SELECT count(*) FROM event_bus.module_events");
     for (body, code) in [
@@ -747,6 +760,32 @@ fn the_json_api_as_each_role() {
         (409, Some("55000")),
         "not dead any more: {v}"
     );
+    // retry every dead delivery of one event; another tenant's event is 404
+    let dead_event: String = c
+        .query_one(
+            "SELECT event_id::text FROM event_bus.dead_letters WHERE tenant_id = $1::text::uuid AND delivery_id::text <> $2 LIMIT 1",
+            &[&TENANT_A, &other_dead],
+        )
+        .unwrap()
+        .get(0);
+    let (status, v) = api.call(
+        &olga,
+        "POST",
+        "/api/v1/events/{id}/retry",
+        &[&dead_event],
+        "",
+        None,
+    );
+    assert_eq!((status, v["retried"].as_i64()), (200, Some(1)), "{v}");
+    let (status, _) = api.call(
+        &olga,
+        "POST",
+        "/api/v1/events/{id}/retry",
+        &[&b[0]],
+        "",
+        None,
+    );
+    assert_eq!(status, 404, "another tenant's event");
     let b_dead: String = c
         .query_one("SELECT delivery_id::text FROM event_bus.dead_letters WHERE tenant_id = $1::text::uuid LIMIT 1", &[&TENANT_B])
         .unwrap()
@@ -897,6 +936,22 @@ fn the_json_api_as_each_role() {
     assert_eq!(status, 400, "{text}");
     let (status, _, _) = raw_http(port, "GET", "/api/v1/events/stream", &[], "").unwrap();
     assert_eq!(status, 401);
+
+    // --- the database away: 503 as JSON, and back by itself when the database is
+    drop(stream);
+    drop(again);
+    drop(c);
+    cluster.pg_ctl_stop("fast");
+    let (status, v) = api.call(&alice, "GET", "/api/v1/events", &[], "", None);
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (503, Some("unavailable")),
+        "{v}"
+    );
+    cluster.pg_ctl_start();
+    wait_for("the API answers again", Duration::from_secs(60), || {
+        (api.call(&alice, "GET", "/api/v1/stats", &[], "", None).0 == 200).then_some(())
+    });
 }
 
 /// A JWKS served on loopback: the current document, and how many times it was fetched.

@@ -26,6 +26,10 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+/// The largest request body the API reads (a payload of event_bus.max_payload_bytes' default, 1 MiB, with
+/// its metadata and JSON escaping); larger ones get 400 before anything is written.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
 /// The header a cookie session's state changes carry its CSRF token in (GET /api/v1/session gives it).
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
