@@ -178,24 +178,9 @@ fn emit(c: &mut postgres::Client, tenant: &str, ty: &str, entity: &str, payload:
     .get(0)
 }
 
-/// Every id of list_events for a reader of tenant A, as SQL gives it (what the API must agree with).
+/// Every id of list_events for a role of tenant A, as SQL gives it (what the API must agree with).
 fn sql_ids(c: &mut postgres::Client, role: &str, args: &str) -> Vec<String> {
-    let mut tx = c.transaction().unwrap();
-    tx.batch_execute(&format!(
-        "SET LOCAL ROLE {role}; SET LOCAL app.tenant_id = '{TENANT_A}'"
-    ))
-    .unwrap();
-    let ids = tx
-        .query(
-            &format!("SELECT id::text FROM event_bus.list_events({args})"),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    tx.rollback().unwrap();
-    ids
+    common::list_events_as(c, role, TENANT_A, args)
 }
 
 fn ids_of(v: &Value) -> Vec<String> {
@@ -265,24 +250,11 @@ impl Stream {
 
 #[test]
 fn the_json_api_as_each_role() {
-    let cluster = Cluster::start("console-api", &["event_bus.breaker_threshold = 0"]);
-    let hba = cluster.data().join("pg_hba.conf");
-    std::fs::write(&hba, "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n").unwrap();
-    let mut c = cluster.create_db_with_extension("apiapp");
-    c.batch_execute(&format!(
-        "SELECT pg_reload_conf();
-         CREATE ROLE console_auth LOGIN NOINHERIT PASSWORD 'auth-pw';
-         CREATE ROLE alice NOLOGIN IN ROLE event_bus_reader;
-         ALTER ROLE alice SET app.tenant_id = '{TENANT_A}';
-         CREATE ROLE bob NOLOGIN IN ROLE event_bus_reader;
-         ALTER ROLE bob SET app.tenant_id = '{TENANT_B}';
-         CREATE ROLE olga LOGIN PASSWORD 'olga-pw' IN ROLE event_bus_operator;
-         ALTER ROLE olga SET app.tenant_id = '{TENANT_A}';
-         CREATE ROLE adam NOLOGIN IN ROLE event_bus_admin;
-         CREATE ROLE nobody NOLOGIN;
-         GRANT alice, bob, olga, adam, nobody TO console_auth;"
-    ))
-    .unwrap();
+    let (cluster, mut c) = common::app_cluster(
+        "console-api",
+        "apiapp",
+        &["event_bus.breaker_threshold = 0"],
+    );
     // a receiver that always fails: every delivery of 'order.#' goes dead on its first attempt
     let rx = Receiver::start(|_, _| Reply::status(500));
     let url = format!("http://127.0.0.1:{}/hook", rx.port);

@@ -113,26 +113,7 @@ async fn shown_ids(b: &Client) -> Vec<String> {
 
 /// What list_events returns to a role with the same filters (run as that role, its tenant set).
 fn list_as(c: &mut postgres::Client, role: &str, tenant: &str, args: &str) -> Vec<String> {
-    tokio::task::block_in_place(|| list_as_blocking(c, role, tenant, args))
-}
-
-fn list_as_blocking(c: &mut postgres::Client, role: &str, tenant: &str, args: &str) -> Vec<String> {
-    let mut tx = c.transaction().unwrap();
-    tx.batch_execute(&format!(
-        "SET LOCAL ROLE {role}; SET LOCAL app.tenant_id = '{tenant}'"
-    ))
-    .unwrap();
-    let ids = tx
-        .query(
-            &format!("SELECT id::text FROM event_bus.list_events({args})"),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    tx.rollback().unwrap();
-    ids
+    tokio::task::block_in_place(|| common::list_events_as(c, role, tenant, args))
 }
 
 fn emit(c: &mut postgres::Client, tenant: &str, ty: &str, payload: &str) -> String {

@@ -10,7 +10,7 @@ mod common;
 use common::{sign_jwt, start_console, TENANT_A, TENANT_B};
 use event_bus_testkit as cluster;
 use event_bus_testkit::receiver::{Receiver, Reply};
-use event_bus_testkit::{wait_for, Cluster};
+use event_bus_testkit::wait_for;
 use fantoccini::Locator;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
@@ -118,26 +118,8 @@ fn the_typescript_packages_and_the_example_against_a_real_console() {
             d.display()
         );
     }
-    let (cluster, mut c) = {
-        let cluster = Cluster::start("console-ts", &["event_bus.breaker_threshold = 0"]);
-        let hba = cluster.data().join("pg_hba.conf");
-        std::fs::write(&hba, "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n").unwrap();
-        let mut c = cluster.create_db_with_extension("tsapp");
-        c.batch_execute(&format!(
-            "SELECT pg_reload_conf();
-             CREATE ROLE console_auth LOGIN NOINHERIT PASSWORD 'auth-pw';
-             CREATE ROLE alice NOLOGIN IN ROLE event_bus_reader;
-             ALTER ROLE alice SET app.tenant_id = '{TENANT_A}';
-             CREATE ROLE bob NOLOGIN IN ROLE event_bus_reader;
-             ALTER ROLE bob SET app.tenant_id = '{TENANT_B}';
-             CREATE ROLE olga NOLOGIN IN ROLE event_bus_operator;
-             ALTER ROLE olga SET app.tenant_id = '{TENANT_A}';
-             CREATE ROLE adam NOLOGIN IN ROLE event_bus_admin;
-             GRANT alice, bob, olga, adam TO console_auth;"
-        ))
-        .unwrap();
-        (cluster, c)
-    };
+    let (cluster, mut c) =
+        common::app_cluster("console-ts", "tsapp", &["event_bus.breaker_threshold = 0"]);
     // every order's delivery goes dead on its first attempt: failed events and dead letters to show
     let rx = Receiver::start(|_, _| Reply::status(503));
     let url = format!("http://127.0.0.1:{}/hook", rx.port);

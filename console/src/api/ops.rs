@@ -120,18 +120,15 @@ pub async fn list_dead_letters(
             }
             query_as::<DeadLetter>(
                 tx,
-                "SELECT delivery_id, event_id, subscription_id, tenant_id, event_type, source_module, entity_type,
-                        entity_id, handler_module, handler_kind, attempts, last_http_status, last_error,
-                        last_attempt_at, failed_at, emitted_at
-                   FROM event_bus.dead_letters
-                  WHERE ($1::uuid IS NULL OR tenant_id = $1)
-                    AND ($2::text IS NULL OR source_module = $2)
-                    AND ($3::text IS NULL OR event_bus.matches($3, event_type))
-                    AND ($4::uuid IS NULL OR subscription_id = $4)
-                    AND ($5::uuid IS NULL OR delivery_id < $5)
-                  ORDER BY delivery_id DESC
-                  LIMIT $6",
-                &[&q.tenant_id, &source, &event_type, &q.subscription_id, &q.cursor, &(limit as i64 + 1)],
+                crate::pages::DEAD_LETTERS_SQL,
+                &[
+                    &q.tenant_id,
+                    &source,
+                    &event_type,
+                    &q.subscription_id,
+                    &q.cursor,
+                    &(limit as i64 + 1),
+                ],
             )
             .await
         })

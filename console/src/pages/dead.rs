@@ -71,6 +71,22 @@ impl FromRow for Dead {
     }
 }
 
+/// Dead letters, newest first, by tenant ($1), source module ($2), event-type pattern ($3),
+/// subscription ($4), older than a delivery id ($5, the page's cursor), at most $6: the page's and
+/// the JSON API's one query.
+pub const DEAD_LETTERS_SQL: &str =
+    "SELECT delivery_id, event_id, subscription_id, tenant_id, event_type, source_module, entity_type,
+            entity_id, handler_module, handler_kind, attempts, last_http_status, last_error,
+            last_attempt_at, failed_at, emitted_at
+       FROM event_bus.dead_letters
+      WHERE ($1::uuid IS NULL OR tenant_id = $1)
+        AND ($2::text IS NULL OR source_module = $2)
+        AND ($3::text IS NULL OR event_bus.matches($3, event_type))
+        AND ($4::uuid IS NULL OR subscription_id = $4)
+        AND ($5::uuid IS NULL OR delivery_id < $5)
+      ORDER BY delivery_id DESC
+      LIMIT $6";
+
 pub async fn dead_letters(ctx: Ctx) -> Response {
     let r = dead_inner(&ctx).await;
     ctx.respond(r)
@@ -83,16 +99,7 @@ async fn dead_inner(ctx: &Ctx) -> Res {
     let ((rows, preview), who) = as_role(ctx, async |tx, who| {
         let rows: Vec<Dead> = query_as(
             tx,
-            "SELECT delivery_id, event_id, tenant_id, event_type, source_module, handler_module, handler_kind,
-                    attempts, last_http_status, last_error, failed_at
-               FROM event_bus.dead_letters
-              WHERE ($1::uuid IS NULL OR tenant_id = $1)
-                AND ($2::text IS NULL OR source_module = $2)
-                AND ($3::text IS NULL OR event_bus.matches($3, event_type))
-                AND ($4::uuid IS NULL OR subscription_id = $4)
-                AND ($5::uuid IS NULL OR delivery_id < $5)
-              ORDER BY delivery_id DESC
-              LIMIT $6",
+            DEAD_LETTERS_SQL,
             &[&f.tenant, &f.source, &f.event_type, &f.subscription, &before, &(PAGE_SIZE as i64)],
         )
         .await?;

@@ -24,7 +24,7 @@ mod parked;
 mod signin;
 mod subscriptions;
 
-pub use dead::{dead_letters, retry_dead};
+pub use dead::{dead_letters, retry_dead, DEAD_LETTERS_SQL};
 pub use event::{event, replay_event, retry_event, skip_delivery};
 pub use events::{event_rows, events, live_rows, EventFilter};
 pub use health::{healthz, metrics};

@@ -166,3 +166,57 @@ pub async fn start_browser() -> (Killed, fantoccini::Client, std::path::PathBuf)
             .expect("a WebDriver session");
     (driver, b, profile)
 }
+
+/// The ids list_events gives a role bound to a tenant, in SQL (what the console must agree with).
+pub fn list_events_as(
+    c: &mut postgres::Client,
+    role: &str,
+    tenant: &str,
+    args: &str,
+) -> Vec<String> {
+    let mut tx = c.transaction().unwrap();
+    tx.batch_execute(&format!(
+        "SET LOCAL ROLE {role}; SET LOCAL app.tenant_id = '{tenant}'"
+    ))
+    .unwrap();
+    let ids = tx
+        .query(
+            &format!("SELECT id::text FROM event_bus.list_events({args})"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.rollback().unwrap();
+    ids
+}
+
+/// A cluster as a deployment has it for the console's tests: password sign-in over TCP, the
+/// console's own role `console_auth` (password `auth-pw`), and the roles that sign in through it —
+/// `alice` (reader, tenant A), `bob` (reader, tenant B), `olga` (operator, tenant A, password
+/// `olga-pw`), `adam` (admin), `nobody` (no event_bus role). The database `db` has the extension.
+pub fn app_cluster(name: &str, db: &str, conf: &[&str]) -> (Cluster, postgres::Client) {
+    let cluster = Cluster::start(name, conf);
+    std::fs::write(
+        cluster.data().join("pg_hba.conf"),
+        "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    let mut c = cluster.create_db_with_extension(db);
+    c.batch_execute(&format!(
+        "SELECT pg_reload_conf();
+         CREATE ROLE console_auth LOGIN NOINHERIT PASSWORD 'auth-pw';
+         CREATE ROLE alice NOLOGIN IN ROLE event_bus_reader;
+         ALTER ROLE alice SET app.tenant_id = '{TENANT_A}';
+         CREATE ROLE bob NOLOGIN IN ROLE event_bus_reader;
+         ALTER ROLE bob SET app.tenant_id = '{TENANT_B}';
+         CREATE ROLE olga LOGIN PASSWORD 'olga-pw' IN ROLE event_bus_operator;
+         ALTER ROLE olga SET app.tenant_id = '{TENANT_A}';
+         CREATE ROLE adam NOLOGIN IN ROLE event_bus_admin;
+         CREATE ROLE nobody NOLOGIN;
+         GRANT alice, bob, olga, adam, nobody TO console_auth;"
+    ))
+    .unwrap();
+    (cluster, c)
+}
