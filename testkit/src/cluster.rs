@@ -72,8 +72,26 @@ pub struct Cluster {
 
 impl Cluster {
     /// initdb + start, with `extra_conf` lines appended to postgresql.conf.
+    ///
+    /// The port is one the OS had free a moment before; another process (a test running beside
+    /// this one, a client's ephemeral port) may take it before PostgreSQL binds it. Then the
+    /// cluster starts again on another port (up to five times).
     pub fn start(name: &str, extra_conf: &[&str]) -> Cluster {
-        let c = Cluster::init_with(&pg_bindir(), name, extra_conf);
+        let mut c = Cluster::init_with(&pg_bindir(), name, extra_conf);
+        for _ in 0..5 {
+            match c.try_pg_ctl_start() {
+                Ok(()) => return c,
+                Err(e) if e.contains("Address already in use") => {
+                    c.port = free_port();
+                    let conf_path = c.data().join("postgresql.conf");
+                    let mut conf = std::fs::read_to_string(&conf_path).unwrap();
+                    // the last setting of a name wins
+                    conf.push_str(&format!("\nport = {}\n", c.port));
+                    std::fs::write(&conf_path, conf).unwrap();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
         c.pg_ctl_start();
         c
     }
@@ -226,6 +244,12 @@ impl Cluster {
     }
 
     pub fn pg_ctl_start(&self) {
+        if let Err(e) = self.try_pg_ctl_start() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_pg_ctl_start(&self) -> Result<(), String> {
         let out = pg_cmd_in(&self.bindir, "pg_ctl")
             .args(["-w", "-t", "60", "-D"])
             .arg(self.data())
@@ -234,12 +258,14 @@ impl Cluster {
             .arg("start")
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
             "pg_ctl start: {}\n{}",
             String::from_utf8_lossy(&out.stderr),
             self.log()
-        );
+        ))
     }
 
     /// Stop: "fast" or "immediate" (a crash: no shutdown checkpoint, recovery on start).
