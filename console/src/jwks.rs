@@ -176,6 +176,11 @@ impl KeySet {
     /// Read the set again; on failure the keys in use stay.
     pub async fn read(&self) -> Result<usize, String> {
         *self.last_read.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.replace().await
+    }
+
+    /// Fetch and parse the set, and put it in place of the one in use.
+    async fn replace(&self) -> Result<usize, String> {
         let text = self.fetch().await?;
         let keys = parse(&text).map_err(|e| format!("the JWKS: {e}"))?;
         let n = keys.len();
@@ -189,14 +194,17 @@ impl KeySet {
 
     /// Read again because a token named an unknown key, unless that was done moments ago.
     pub async fn read_for_unknown_kid(&self) {
-        let due = self
-            .last_read
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
-            >= UNKNOWN_KID_INTERVAL;
+        // checked and claimed under one lock: a burst of such tokens makes one fetch, not one each
+        let due = {
+            let mut last = self.last_read.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.elapsed() >= UNKNOWN_KID_INTERVAL;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
         if due {
-            if let Err(e) = self.read().await {
+            if let Err(e) = self.replace().await {
                 eprintln!("event-bus-console: {e}");
             }
         }
