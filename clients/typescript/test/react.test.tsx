@@ -123,13 +123,20 @@ describe("@event-bus/react in jsdom against a real console", () => {
     expect(result.current.data!.map((s) => s.handler_module)).toContain("fulfilment");
   });
 
-  it("useEventStream sees an event committed after it mounted", async () => {
-    const { result } = renderHook(() => useEventStream({ event_type: "live.#" }), { wrapper: wrapper(env.reader) });
+  it("useEventStream sees an event committed after it mounted, and the list refetches with it", async () => {
+    const { result } = renderHook(
+      () => ({ stream: useEventStream({ event_type: "live.#" }), list: useEvents({ event_type: "live.#" }) }),
+      { wrapper: wrapper(env.reader) },
+    );
+    await waitFor(() => expect(result.current.list.isSuccess).toBe(true), WAIT);
     await new Promise((r) => setTimeout(r, 1500));
+    // published by another client (another tab, a trigger): only the stream can tell this one
     const pub = renderHook(() => usePublishEvent(), { wrapper: wrapper(env.operator) });
     act(() => pub.result.current.mutate({ event_type: "live.happened", aggregate_type: "live", payload: { n: 1 } }));
     await waitFor(() => expect(pub.result.current.isSuccess).toBe(true), WAIT);
-    await waitFor(() => expect(result.current.events[0]?.id).toBe(pub.result.current.data!.id), WAIT);
-    expect(result.current.error).toBeNull();
+    const id = pub.result.current.data!.id;
+    await waitFor(() => expect(result.current.stream.events[0]?.id).toBe(id), WAIT);
+    expect(result.current.stream.error).toBeNull();
+    await waitFor(() => expect(result.current.list.data![0]?.id).toBe(id), WAIT);
   });
 });

@@ -234,12 +234,13 @@ export interface EventStreamState {
 }
 
 /**
- * New events as they are committed, over the API's server-sent events. Each one also invalidates the
- * lists and counts it changes, so useEvents / useEventStats refetch. `onEvent` sees each event.
+ * New events as they are committed, over the API's server-sent events. They also invalidate the lists
+ * and counts they change (at most once per `invalidateMs`, 500), so useEvents / useEventStats refetch.
+ * `onEvent` sees each event.
  */
 export function useEventStream(
   filters: StreamFilters = {},
-  options: { enabled?: boolean; keep?: number; onEvent?: (e: Event) => void } = {},
+  options: { enabled?: boolean; keep?: number; onEvent?: (e: Event) => void; invalidateMs?: number } = {},
 ): EventStreamState {
   const client = useEventBusClient();
   const qc = useQueryClient();
@@ -249,21 +250,36 @@ export function useEventStream(
   const key = JSON.stringify(filters);
   const enabled = options.enabled ?? true;
   const keep = options.keep ?? 100;
+  const invalidateMs = options.invalidateMs ?? 500;
   useEffect(() => {
     if (!enabled) return;
     const abort = new AbortController();
+    // a busy bus sends many events a second: the lists and counts are refetched at most once per
+    // `invalidateMs`, not once per event
+    let pending: ReturnType<typeof setTimeout> | undefined;
+    const invalidateSoon = () => {
+      if (pending === undefined) {
+        pending = setTimeout(() => {
+          pending = undefined;
+          void invalidateEvents(qc);
+        }, invalidateMs);
+      }
+    };
     (async () => {
       try {
         for await (const e of client.streamEvents(JSON.parse(key) as StreamFilters, { signal: abort.signal })) {
           setState((s) => ({ events: [e, ...s.events].slice(0, keep), error: null }));
           onEvent.current?.(e);
-          void invalidateEvents(qc);
+          invalidateSoon();
         }
       } catch (err) {
         if (!abort.signal.aborted) setState((s) => ({ ...s, error: err as Error }));
       }
     })();
-    return () => abort.abort();
-  }, [client, qc, key, enabled, keep]);
+    return () => {
+      abort.abort();
+      if (pending !== undefined) clearTimeout(pending);
+    };
+  }, [client, qc, key, enabled, keep, invalidateMs]);
   return state;
 }
