@@ -93,6 +93,29 @@ describe("@event-bus/client against a real console", () => {
     expect(refused.status).toBe(403);
   });
 
+  it("streams on through a 503 and throws a 400", async () => {
+    // the console answers 503 once (its database restarting), then is there again
+    let calls = 0;
+    const flaky: typeof fetch = async (input, init) => {
+      calls += 1;
+      if (calls === 1) return new Response(JSON.stringify({ code: "unavailable", message: "x", hint: null }), { status: 503 });
+      return fetch(input, init);
+    };
+    const abort = new AbortController();
+    const reader = (await import("@event-bus/client")).createClient({ baseUrl: env.url, token: env.reader, fetch: flaky });
+    const it = reader.streamEvents({ event_type: "flaky.#" }, { signal: abort.signal, retryMs: 100 })[Symbol.asyncIterator]();
+    const next = it.next();
+    await new Promise((r) => setTimeout(r, 1500));
+    const { id } = await as(env.operator).publishEvent({ event_type: "flaky.tested", aggregate_type: "flaky" });
+    const got = await Promise.race([next, new Promise((_, no) => setTimeout(() => no(new Error("no event in 30 s")), 30_000))]);
+    expect((got as IteratorResult<{ id: string }>).value.id).toBe(id);
+    expect(calls).toBeGreaterThanOrEqual(2);
+    abort.abort();
+    const bad = as(env.reader).streamEvents({ event_type: "a..b" })[Symbol.asyncIterator]();
+    const err = await bad.next().catch((x) => x);
+    expect([err.status, err.code]).toEqual([400, "22023"]);
+  });
+
   it("takes a fresh token from the provider on every call", async () => {
     let calls = 0;
     const c = (await import("@event-bus/client")).createClient({

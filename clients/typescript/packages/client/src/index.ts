@@ -109,8 +109,9 @@ export interface EventBusClient {
   /**
    * New events as they are committed (server-sent events read with fetch, so the bearer token is
    * sent): `for await (const e of client.streamEvents({ event_type: "invoice.#" }, { signal }))`.
-   * Reconnects after a dropped connection, resuming after the last event it gave (`Last-Event-ID`);
-   * ends when `signal` aborts. An error answer (bad filter, signed out) is thrown as EventBusError.
+   * Reconnects after a dropped connection or a 5xx answer, resuming after the last event it gave
+   * (`Last-Event-ID`); ends when `signal` aborts. A 4xx answer (bad filter, signed out) is thrown as
+   * EventBusError.
    */
   streamEvents(filters?: StreamFilters, options?: StreamOptions): AsyncIterable<Event>;
 }
@@ -204,6 +205,12 @@ export function createClient(options: ClientOptions): EventBusClient {
         });
       } catch (e) {
         if (signal?.aborted) return;
+        await sleep(opts.retryMs ?? 1000, signal);
+        continue;
+      }
+      if (r.status >= 500) {
+        // the console or its database is away for a moment: try again, as after a dropped connection
+        await r.body?.cancel().catch(() => {});
         await sleep(opts.retryMs ?? 1000, signal);
         continue;
       }
