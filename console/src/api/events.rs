@@ -48,6 +48,11 @@ fn given(v: Option<String>) -> Option<String> {
     v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
+/// A free-text parameter as the pages take theirs: empty is none, beyond the bound 400.
+pub fn text_param(v: &Option<String>, what: &str) -> Result<Option<String>, AppError> {
+    filter_text(given(v.clone()).as_deref(), what)
+}
+
 impl Filter {
     pub fn of(q: &EventQuery) -> Result<Filter, AppError> {
         let status = given(q.status.clone()).map(|s| {
@@ -65,7 +70,7 @@ impl Filter {
                 ));
             }
         }
-        let text = |v: &Option<String>, what| filter_text(given(v.clone()).as_deref(), what);
+        let text = text_param;
         if let (Some(f), Some(t)) = (q.from, q.to) {
             if f > t {
                 return Err(AppError::invalid(

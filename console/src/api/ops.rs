@@ -1,28 +1,24 @@
 //! Operations: dead letters and retries, processing by hand, the queue, subscriptions, the session.
 
-use super::events::limit_of;
+use super::events::{limit_of, text_param};
 use super::types::*;
 use super::{check_csrf, reply, unreadable};
 use crate::error::AppError;
-use crate::pages::{as_role, col, filter_text, query_as, uuid_param, FromRow};
+use crate::pages::{as_role, col, query_as, uuid_param, FromRow};
 use crate::web::Ctx;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query};
 use axum::response::Response;
 use axum::Json;
 
-/// One write of the SQL API as the signed-in role, after the CSRF check; its one row.
+/// One write of the SQL API as the signed-in role (the pages' `write`), after the API's CSRF check.
 async fn write(
     ctx: &Ctx,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<tokio_postgres::Row, AppError> {
     check_csrf(ctx)?;
-    let (row, _) = as_role(ctx, async |tx, _| {
-        tx.query_one(sql, params).await.map_err(AppError::from_pg)
-    })
-    .await?;
-    Ok(row)
+    crate::pages::write(ctx, sql, params).await
 }
 
 /// Re-arm the failed deliveries of one event (event_bus.retry_event). Operators and admins.
@@ -92,11 +88,6 @@ impl FromRow for DeadLetter {
     }
 }
 
-fn text(v: &Option<String>, what: &str) -> Result<Option<String>, AppError> {
-    let v = v.as_deref().map(str::trim).filter(|s| !s.is_empty());
-    filter_text(v, what)
-}
-
 /// Dead letters, newest first, by source module, event type (pattern), subscription and tenant.
 #[utoipa::path(get, path = "/api/v1/dead-letters", tag = "operations", operation_id = "listDeadLetters",
     params(DeadLetterQuery),
@@ -109,8 +100,8 @@ pub async fn list_dead_letters(
     let r = async {
         let Query(q) = q.map_err(|e| unreadable("query string", e.body_text()))?;
         let limit = limit_of(q.limit)?;
-        let source = text(&q.source_module, "source")?;
-        let event_type = text(&q.event_type, "type")?;
+        let source = text_param(&q.source_module, "source")?;
+        let event_type = text_param(&q.event_type, "type")?;
         let (mut items, _) = as_role(&ctx, async |tx, _| {
             if let Some(t) = &event_type {
                 // a bad pattern is 22023 with the reason, not an empty list
@@ -157,8 +148,8 @@ pub async fn retry_dead_letters(
 ) -> Response {
     let r = async {
         let Json(m) = body.map_err(|e| unreadable("body", e.body_text()))?;
-        let source = text(&m.source_module, "source")?;
-        let event_type = text(&m.event_type, "type")?;
+        let source = text_param(&m.source_module, "source")?;
+        let event_type = text_param(&m.event_type, "type")?;
         let row = write(
             &ctx,
             "SELECT event_bus.retry_failed(p_tenant_id => $1, p_source_module => $2, p_event_type => $3,

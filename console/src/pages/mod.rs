@@ -154,7 +154,7 @@ pub(crate) async fn as_identity<T>(
 }
 
 /// Run one write (a function of the SQL API) as the signed-in role; its one row.
-async fn write(
+pub(crate) async fn write(
     ctx: &Ctx,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
