@@ -261,6 +261,14 @@ BEGIN
     -- deliveries a fan-out added for a subscription deleted meanwhile (a fan-out transaction
     -- lasts milliseconds; half a minute is a wide margin)
     PERFORM event_bus._sweep_deleted_subscriptions(interval '30 seconds');
+    -- event leases that ended: their events were recorded (the record drops the leases of the
+    -- deliveries it records; an event held, queued or matching nothing keeps its lease until it
+    -- ends), or their worker died and a fan-out takes the event again (an ended lease counts as none)
+    DELETE FROM event_bus._event_leases l
+     WHERE l.event_id = ANY (ARRAY(
+           SELECT k.event_id FROM event_bus._event_leases k
+            WHERE k.lease_end < now() - interval '1 minute'
+            LIMIT p_batch_size * 10));
     -- the status of events an unsubscribe took deliveries from, derived once more now that any
     -- record that ran beside the DELETE is over
     PERFORM event_bus._refresh_after_deletes(interval '2 seconds');

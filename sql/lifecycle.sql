@@ -55,13 +55,18 @@
 -- indexes' predicates, so a statement that names a rule still proves the index usable. The due index
 -- (pending, processing) and the held index cover parts of a rule: statements for them name the states.
 -- An event's own status is derived from its deliveries (_refresh_event_status).
+-- A plain first attempt (the event's deliveries all processing at the fan-out: no breaker open, no
+-- limit, no order, no idempotency key) is processing without a row: its event's lease
+-- (_event_leases, until lease_end) holds it, and the record writes the row once, in the state the
+-- outcome moves it to (or processing, leased, for an attempt of the same event still in flight).
 --
 -- The lock order. Every path that touches subscriptions and deliveries together takes its locks in
 -- this order, so no two of them wait for each other (deadlock detected, 40P01):
 --   1. the table module_events, ACCESS SHARE (every worker transaction first: DROP EXTENSION takes
 --      everything in the other order; src/worker/statements/session.rs lock_in_drop_order)
 --   2. the stream lock (_lock_streams), where ordered streams or limits are decided
---   3. new events, those without deliveries (the fan-out's intake, FOR UPDATE [SKIP LOCKED])
+--   3. new events, those without deliveries (the fan-out's intake, FOR UPDATE [SKIP LOCKED]), then
+--      their leases (_event_leases: inserted by the fan-out; the record drops its own after step 6)
 --   4. subscription rows, in id order: FOR UPDATE by a DELETE (unsubscribe) and by reset_breaker (so
 --      a fan-out that read the breaker open has committed its held deliveries before they are
 --      released); FOR NO KEY UPDATE by

@@ -343,6 +343,35 @@ COMMENT ON VIEW event_bus.subscription_health IS
 ------------------------------------------------------------------------------------------------
 -- API: Public — what an overview page shows (the Event Monitor's, or your own)
 ------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_bus._leased(p_event_id uuid) RETURNS boolean
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM event_bus._event_leases l WHERE l.event_id = p_event_id AND l.lease_end >= now())
+$$;
+COMMENT ON FUNCTION event_bus._leased(uuid) IS
+    'Internal: whether an event is fanned out with its first attempts in flight (an event lease that runs), '
+    'for counts of events not fanned out yet that a reader may call (the leases of every tenant are not theirs '
+    'to read).';
+REVOKE ALL ON FUNCTION event_bus._leased(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_bus._leased(uuid) TO event_bus_reader, event_bus_admin;
+
+CREATE OR REPLACE FUNCTION event_bus._first_attempts_in_flight() RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(sum(cardinality(l.subscription_ids)), 0)::bigint
+      FROM event_bus._event_leases l
+     WHERE l.lease_end >= now()
+       AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries d WHERE d.event_id = l.event_id)
+$$;
+COMMENT ON FUNCTION event_bus._first_attempts_in_flight() IS
+    'Internal: first attempts in flight without a delivery row yet (processing, under an event lease: '
+    'event_bus._event_leases), counted with the processing deliveries by metrics().';
+REVOKE ALL ON FUNCTION event_bus._first_attempts_in_flight() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_bus._first_attempts_in_flight() TO event_bus_admin;
+
 CREATE OR REPLACE FUNCTION event_bus.queue_summary()
 RETURNS TABLE (undispatched bigint, oldest_undispatched_seconds double precision, due bigint,
                oldest_due_seconds double precision, held bigint, waiting bigint, dead_letters bigint,
@@ -358,7 +387,8 @@ AS $$
                    coalesce(extract(epoch FROM now() - min(e.created_at))::double precision, 0) AS age
               FROM event_bus.module_events e
              WHERE e.dispatched_at IS NULL
-               AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0)) u,
+               AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0)
+               AND NOT event_bus._leased(e.id)) u,
            (SELECT count(*) AS due,
                    coalesce(extract(epoch FROM now() - min(d.next_attempt_at))::double precision, 0) AS age
               FROM event_bus.module_event_deliveries d
@@ -500,13 +530,16 @@ BEGIN
       INTO v_out
       FROM event_bus.module_events e
      WHERE e.dispatched_at IS NULL
-       AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0);
+       AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0)
+       AND NOT EXISTS (SELECT 1 FROM event_bus._event_leases l
+                        WHERE l.event_id = e.id AND l.lease_end >= now() OFFSET 0);
 
     SELECT v_out
            || E'# HELP event_bus_deliveries Deliveries not yet finished, by status.\n'
            || E'# TYPE event_bus_deliveries gauge\n'
            || 'event_bus_deliveries{status="pending"} ' || count(*) FILTER (WHERE d.status = <pending>) || E'\n'
-           || 'event_bus_deliveries{status="processing"} ' || count(*) FILTER (WHERE d.status = <processing>) || E'\n'
+           || 'event_bus_deliveries{status="processing"} '
+           || count(*) FILTER (WHERE d.status = <processing>) + event_bus._first_attempts_in_flight() || E'\n'
            || 'event_bus_deliveries{status="held"} ' || count(*) FILTER (WHERE d.status = <held>) || E'\n'
            || 'event_bus_deliveries{status="waiting"} ' || count(*) FILTER (WHERE d.status = <waiting>) || E'\n'
            || E'# HELP event_bus_deliveries_due Deliveries due now (queue depth).\n'

@@ -41,7 +41,8 @@ GRANT USAGE ON SCHEMA event_bus TO PUBLIC;
 REVOKE ALL ON event_bus.module_events, event_bus.module_event_subscriptions,
     event_bus.module_event_deliveries, event_bus.module_event_logs, event_bus.event_type_schemas,
     event_bus._counters, event_bus._mock_calls, event_bus._deleted_subscriptions,
-    event_bus._idempotency_keys, event_bus._attempt_minutes, event_bus._event_hours, event_bus._filter_errors
+    event_bus._idempotency_keys, event_bus._attempt_minutes, event_bus._event_hours, event_bus._filter_errors,
+    event_bus._event_leases
     FROM PUBLIC;
 
 -- (in the order the releases granted them: an ACL lists its grantees in that order, and a fresh
@@ -65,6 +66,8 @@ GRANT SELECT ON event_bus._event_hours TO event_bus_reader, event_bus_admin;
 -- (the fan-out adds filter errors, also in an admin's process_pending_events)
 GRANT SELECT ON event_bus._filter_errors TO event_bus_reader;
 GRANT SELECT, INSERT, DELETE ON event_bus._filter_errors TO event_bus_admin;
+-- (the fan-out and the record in an admin's process_pending_events)
+GRANT SELECT, INSERT, UPDATE, DELETE ON event_bus._event_leases TO event_bus_admin;
 GRANT SELECT ON event_bus.event_type_schemas TO event_bus_reader, event_bus_admin;
 GRANT ALL ON event_bus.event_type_schemas TO event_bus_admin;
 

@@ -94,7 +94,8 @@ COMMENT ON COLUMN event_bus.module_events.created_at IS 'Emit time (the emitting
 COMMENT ON COLUMN event_bus.module_events.dispatched_at IS
     'When the worker fanned the event out to its matching subscriptions. NULL until then, and for an event '
     'whose deliveries were all sent at once, until the first outcome is recorded (milliseconds later, or when '
-    'the attempt times out): such an event already has its deliveries (see module_event_deliveries).';
+    'the attempt times out): such an event is leased (its first attempts in flight have no delivery rows until '
+    'their outcomes are recorded) or already has its deliveries (see module_event_deliveries).';
 COMMENT ON COLUMN event_bus.module_events.is_request IS
     'True for the record of an event_bus.request call: answered synchronously by one subscription in the '
     'caller''s session, never fanned out, retried or replayed by the worker.';
@@ -494,11 +495,34 @@ COMMENT ON TABLE event_bus._filter_errors IS
     'Internal: events whose subscription''s filter came out unknown (no delivery made), per subscription and '
     'tenant; summed by subscription_health.filter_errors and metrics(). Reset when the filter changes.';
 
+-- Event leases: the fan-out leases every event it takes here. An event whose deliveries are all plain
+-- first attempts (no breaker open, no limit, not ordered, no idempotency key: the common case) gets no
+-- delivery rows at its fan-out: its lease says it is in flight, and the record writes each delivery's
+-- row once, with its outcome (a completed delivery is one INSERT, not an INSERT and an UPDATE). The
+-- event is not marked dispatched until then, so it stays in the intake: the lease keeps other workers
+-- and process_pending_events off it until lease_end, after which it is fanned out again (its worker
+-- died or is stuck past every timeout; the deliveries keep their ids, so a receiver sees the same
+-- webhook-id). UNLOGGED: it writes no WAL, and crash recovery empties it — as if every lease had
+-- expired, which is what a crash means for them. Not on standbys and not in dumps, for the same reason.
+CREATE UNLOGGED TABLE event_bus._event_leases (
+    event_id         uuid        NOT NULL,
+    holder           uuid        NOT NULL,
+    lease_end        timestamptz NOT NULL,
+    taken_at         timestamptz NOT NULL DEFAULT now(),
+    subscription_ids uuid[]      NOT NULL,
+    CONSTRAINT _event_leases_pkey PRIMARY KEY (event_id)
+);
+COMMENT ON TABLE event_bus._event_leases IS
+    'Internal: events a worker (holder: a process) has fanned out and whose first attempts are in flight, '
+    'until lease_end; subscription_ids: the subscriptions those attempts go to, without delivery rows '
+    'until their outcomes are recorded. Unlogged: emptied by crash recovery (the events are fanned out again).';
+
 ------------------------------------------------------------------------------------------------
 -- Backups with pg_dump: an extension's tables are left out of a dump unless named here, and a
 -- restore (CREATE EXTENSION, then these tables' rows) would bring back an empty bus. Named: the
 -- state of the bus. Not named: _counters (created with their rows by CREATE EXTENSION: metrics()'s
--- counters start again from 0 after a restore), _attempt_minutes (its trigger counts the attempt log
+-- counters start again from 0 after a restore), _event_leases (unlogged; leases die with the server that
+-- took them), _attempt_minutes (its trigger counts the attempt log
 -- again as the log is restored), _mock_calls (test helpers' calls). Physical backups and pg_upgrade
 -- keep everything as it is.
 ------------------------------------------------------------------------------------------------

@@ -888,3 +888,125 @@ fn due_deliveries_whose_event_was_deleted_by_hand_never_block_the_claim() {
             .then_some(())
     });
 }
+
+/// Whether each of `table`'s live rows is an UPDATEd version (HEAP_UPDATED in its tuple header),
+/// read with pageinspect: (updated versions, rows).
+fn updated_versions(c: &mut postgres::Client, table: &str, filter: &str) -> (i64, i64) {
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE (p.t_infomask & 8192) <> 0), count(*)
+                   FROM {table} d,
+                        LATERAL heap_page_items(get_raw_page('{table}', (d.ctid::text::point)[0]::int)) p
+                  WHERE p.lp = (d.ctid::text::point)[1]::int AND {filter}"
+            ),
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// A delivery whose first attempt succeeds is written once, with its outcome: one INSERT, no row
+/// written at the fan-out and updated after (its row is no UPDATEd version). When one first attempt
+/// of an event is recorded while another is still in flight, the one in flight gets its row then,
+/// leased (processing, attempt 1): from there a crash loses it no more than any leased delivery.
+/// No event lease is left behind.
+#[test]
+fn a_first_attempt_is_written_once_with_its_outcome() {
+    let cluster = Cluster::start("written-once", CONF);
+    let rx = Receiver::start(|r, _| {
+        if r.path == "/slow" {
+            Reply::ok().delayed(Duration::from_secs(8))
+        } else {
+            Reply::ok()
+        }
+    });
+    let mut c = cluster.create_db_with_extension("written_once");
+    c.batch_execute("CREATE EXTENSION pageinspect").unwrap();
+    subscribe(&mut c, "one.*", &rx.url("/fast"), "");
+    for i in 0..20 {
+        emit(&mut c, "one.x", &format!("{{\"n\": {i}}}"));
+    }
+    wait_for("the 20 events completed", LONG, || {
+        (scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_events WHERE event_type = 'one.x' AND status = 'completed'",
+        ) == 20)
+            .then_some(())
+    });
+    assert_eq!(
+        updated_versions(&mut c, "event_bus.module_event_deliveries", "true"),
+        (0, 20),
+        "each delivery is one INSERT"
+    );
+    assert_eq!(
+        scalar_text(
+            &mut c,
+            "SELECT string_agg(DISTINCT concat_ws('|', status, attempts, last_http_status, completed_at IS NOT NULL), ',')
+               FROM event_bus.module_event_deliveries"
+        ),
+        "completed|1|200|t"
+    );
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_event_logs WHERE status = 'success'"
+        ),
+        20
+    );
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT count(*) FROM event_bus._event_leases"),
+        0
+    );
+
+    // an event to a fast and a slow subscription: the fast one's outcome comes first
+    subscribe(&mut c, "two.*", &rx.url("/fast"), "");
+    let slow = subscribe(&mut c, "two.*", &rx.url("/slow"), ", p_timeout_ms => 60000");
+    let ev = emit(&mut c, "two.x", "{}");
+    wait_for("the fast delivery recorded", LONG, || {
+        (scalar_i64(
+            &mut c,
+            &format!(
+                "SELECT count(*) FROM event_bus.module_event_deliveries
+                  WHERE event_id = '{ev}' AND status = 'completed'"
+            ),
+        ) == 1)
+            .then_some(())
+    });
+    wait_for("the slow attempt under way", LONG, || {
+        (rx.count("/slow") == 1).then_some(())
+    });
+    assert_eq!(
+        scalar_text(
+            &mut c,
+            &format!(
+                "SELECT concat_ws('|', d.status, d.attempts, d.next_attempt_at > now() + interval '30 seconds', e.status)
+                   FROM event_bus.module_event_deliveries d JOIN event_bus.module_events e ON e.id = d.event_id
+                  WHERE d.subscription_id = '{slow}'"
+            )
+        ),
+        "processing|1|t|processing",
+        "the attempt in flight has its row, leased for its timeout"
+    );
+    wait_for("the event completed", LONG, || {
+        (scalar_text(
+            &mut c,
+            &format!("SELECT status FROM event_bus.module_events WHERE id = '{ev}'"),
+        ) == "completed")
+            .then_some(())
+    });
+    assert_eq!(
+        updated_versions(
+            &mut c,
+            "event_bus.module_event_deliveries",
+            &format!("d.event_id = '{ev}'")
+        ),
+        (1, 2),
+        "only the delivery that was in flight at the other's record is updated"
+    );
+    assert_eq!((rx.count("/fast"), rx.count("/slow")), (21, 1));
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT count(*) FROM event_bus._event_leases"),
+        0
+    );
+}

@@ -72,7 +72,8 @@ fn the_breaker_pauses_a_failing_endpoint_probes_it_and_resumes_when_it_answers()
         || {
             let in_flight: i64 = c
                 .query_one(
-                    "SELECT count(*) FROM event_bus.module_event_deliveries WHERE status = 'processing'",
+                    "SELECT count(*) + event_bus._first_attempts_in_flight()
+                       FROM event_bus.module_event_deliveries WHERE status = 'processing'",
                     &[],
                 )
                 .unwrap()

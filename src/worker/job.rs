@@ -33,6 +33,10 @@ pub struct Claimed {
     /// Its subscription names an idempotency key: the claim's gate decides whether it runs, and
     /// its outcome settles the key.
     pub idempotent: bool,
+    /// A first attempt without a delivery row: its event is leased in `event_bus._event_leases`
+    /// (all of the event's deliveries are plain first attempts), and the record writes the row
+    /// once, with the outcome.
+    pub rowless: bool,
     /// Its event's payload and metadata, uncompressed, plus [`JOB_OVERHEAD_BYTES`]: what it holds
     /// of the worker's memory (event_bus.batch_memory).
     pub bytes: i64,
@@ -214,6 +218,8 @@ pub struct JobColumns {
     attempt_offset: usize,
     ordered: usize,
     idempotent: usize,
+    /// Only in the fan-out's rows (a claim's deliveries all have rows).
+    rowless: Option<usize>,
     bytes: usize,
 }
 
@@ -247,6 +253,7 @@ impl JobColumns {
             attempt_offset: at("attempt_offset")?,
             ordered: at("ordered")?,
             idempotent: at("idempotent")?,
+            rowless: at("rowless").ok(),
             bytes: at("bytes")?,
         })
     }
@@ -281,6 +288,24 @@ pub struct ClaimSettings {
     notify: bool,
     /// Event bytes a claim may take ($8): event_bus.batch_memory less what the worker holds.
     pub bytes: std::cell::Cell<i64>,
+    /// This process's name on the event leases it takes ($9, `event_bus._event_leases.holder`).
+    pub holder: Id,
+}
+
+/// This process's lease holder id: random, drawn once.
+pub fn lease_holder() -> Id {
+    static HOLDER: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    let bytes = HOLDER.get_or_init(|| {
+        let mut rng = crate::worker::statements::record::Rng::seeded();
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+        b[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
+        // a version-4 uuid
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        b
+    });
+    pgrx::Uuid::from_bytes(*bytes)
 }
 
 impl ClaimSettings {
@@ -300,6 +325,7 @@ impl ClaimSettings {
             per_subscription: guc::MAX_IN_FLIGHT_PER_SUBSCRIPTION.get().max(1) as usize,
             notify: guc::NOTIFY.get(),
             bytes: std::cell::Cell::new(batch_memory()),
+            holder: lease_holder(),
         }
     }
 
@@ -316,7 +342,7 @@ impl ClaimSettings {
     }
 
     /// The types of `args`.
-    pub const ARG_TYPES: [pgrx::pg_sys::Oid; 8] = [
+    pub const ARG_TYPES: [pgrx::pg_sys::Oid; 9] = [
         pgrx::pg_sys::INT8OID,
         pgrx::pg_sys::INT4OID,
         pgrx::pg_sys::INT4OID,
@@ -325,10 +351,12 @@ impl ClaimSettings {
         pgrx::pg_sys::UUIDARRAYOID,
         pgrx::pg_sys::BOOLOID,
         pgrx::pg_sys::INT8OID,
+        pgrx::pg_sys::UUIDOID,
     ];
 
     /// $1 limit, $2-$5 as JOB_COLUMNS says, $6 the subscriptions not to claim for (uuid[]),
-    /// $7 whether the fan-out notifies, $8 the event bytes it may take (at least one event).
+    /// $7 whether the fan-out notifies, $8 the event bytes it may take (at least one event), $9 the
+    /// holder of the event leases the fan-out takes.
     pub fn args(&self, limit: i64, full: &[Id]) -> Vec<pgrx::datum::DatumWithOid<'static>> {
         vec![
             limit.into(),
@@ -339,6 +367,7 @@ impl ClaimSettings {
             full.to_vec().into(),
             self.notify.into(),
             self.bytes.get().max(1).into(),
+            self.holder.into(),
         ]
     }
 }
@@ -407,6 +436,10 @@ pub fn row_to_job(
             backoff_max_ms: row.get::<i64>(c.backoff_max_ms)?.unwrap_or(st.cap as i64),
             ordered: row.get::<bool>(c.ordered)?.unwrap_or(false),
             idempotent: row.get::<bool>(c.idempotent)?.unwrap_or(false),
+            rowless: match c.rowless {
+                Some(at) => row.get::<bool>(at)?.unwrap_or(false),
+                None => false,
+            },
             bytes: row.get::<i64>(c.bytes)?.unwrap_or(0) + JOB_OVERHEAD_BYTES,
         };
         let kind = row.get::<String>(c.handler_kind)?.unwrap_or_default();

@@ -314,6 +314,7 @@ mod tests {
             backoff_max_ms: 1,
             ordered: false,
             idempotent: false,
+            rowless: false,
             bytes: 0,
         }
     }

@@ -1,7 +1,10 @@
 //! The fan-out: new events into deliveries, one per matching active subscription (type pattern and
-//! content filter), created already leased to this worker for their first attempt. The plain
-//! statement, and the one for ordered and limited subscriptions (under the stream lock). Each runs
-//! inside the caller's transaction, as part of a claim round (`super::claim`).
+//! content filter), leased to this worker for their first attempt. Each event taken is leased in
+//! `event_bus._event_leases`; an event whose deliveries are all plain first attempts (the common
+//! case) gets no delivery rows here — the record writes each row once, with its outcome — and the
+//! others get their rows (leased, held, queued or waiting). The plain statement, and the one for
+//! ordered and limited subscriptions (under the stream lock, always with rows). Each runs inside the
+//! caller's transaction, as part of a claim round (`super::claim`).
 
 use crate::plans::exec;
 use crate::worker::job::{row_to_job, ClaimSettings, Id, Job, JobColumns, JOB_COLUMNS};
@@ -16,10 +19,11 @@ use pgrx::prelude::*;
 /// - an event that matched nothing is completed (dispatched, processed);
 /// - an event with a delivery that is not leased (held by an open breaker, queued for a full or
 ///   limited subscription, waiting in its ordered stream) is marked dispatched;
-/// - an event whose deliveries were all created leased (the common case) is not written here:
-///   its deliveries say that it was fanned out (the intake skips events that have any), and the
-///   record of their first outcome writes dispatched_at together with the status
-///   (`_refresh_event_status`): one row version per event instead of two.
+/// - an event whose first attempts go out without rows (`fl`), or whose deliveries were all created
+///   leased, is not written here: its lease or its deliveries say that it was fanned out (the
+///   intake skips events that have either), and the record of their first outcome writes
+///   dispatched_at together with the status (`_refresh_event_status`): one row version per event
+///   instead of two.
 ///
 /// An event another fan-out took meanwhile (its deliveries already there: nothing inserted) is
 /// left alone.
@@ -53,6 +57,36 @@ const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
               WHERE $7
          )";
 
+/// The event leases (`event_bus._event_leases`) of the events a fan-out locked (`ev0`, matched in
+/// `c0`): every fan-out takes one per event before it writes anything for it, and goes on only with
+/// the events whose lease it got (`ev`, `c`). An event another worker leased and committed after this
+/// statement's snapshot was taken (so the intake did not see the lease, and its row lock was gone)
+/// conflicts here and is left alone; an expired lease (its worker died, or is stuck past its
+/// timeout) is taken over. The lease runs as long as the longest of the event's attempts may, and
+/// names the subscriptions its first attempts go to (those the filters passed), so the record can
+/// write a row for each one still in flight.
+const TAKE_LEASES: &str = "won AS (
+             INSERT INTO event_bus._event_leases AS l (event_id, holder, lease_end, subscription_ids)
+             SELECT ev0.id, $9,
+                    coalesce(x.lease_end, now() + $3 * interval '1 millisecond'),
+                    coalesce(x.subscription_ids, '{}')
+               FROM ev0
+               LEFT JOIN (SELECT c0.event_id,
+                                 max(event_bus._lease_end(c0.timeout_ms, $2, $3)) AS lease_end,
+                                 array_agg(c0.sub_id ORDER BY c0.sub_id) FILTER (WHERE c0.passes)
+                                   AS subscription_ids
+                            FROM c0 GROUP BY c0.event_id) x ON x.event_id = ev0.id
+             ON CONFLICT (event_id) DO UPDATE
+                SET holder = excluded.holder, lease_end = excluded.lease_end, taken_at = excluded.taken_at,
+                    subscription_ids = excluded.subscription_ids
+              WHERE l.lease_end < now()
+             RETURNING l.event_id
+         ), ev AS (
+             SELECT ev0.* FROM ev0 WHERE ev0.id IN (SELECT won.event_id FROM won)
+         ), c AS (
+             SELECT c0.* FROM c0 WHERE c0.event_id IN (SELECT won.event_id FROM won)
+         )";
+
 /// Whether an event passes its subscription's content filter (`c.passes`): true without one; NULL
 /// when the filter came out unknown on it (lax mode: an error is no match), which the tail counts
 /// in `_filter_errors`. Evaluated here, set-based, by PostgreSQL's jsonb_path_match.
@@ -83,18 +117,23 @@ pub(super) fn fan_out(
 ) -> Step<FanOut> {
     let sql = || {
         format!(
-        "WITH ev AS ({events}), c AS (
+        "WITH ev0 AS ({events}), c0 AS (
              SELECT ev.id AS event_id, ev.tenant_id, s.id AS sub_id, s.timeout_ms,
                     event_bus._first_state(s.breaker_open_until IS NOT NULL, s.id = ANY ($6::uuid[])) AS status,
+                    s.idempotency_key IS NOT NULL AS keyed,
                     {PASSES}
-               FROM ev
+               FROM ev0 AS ev
                JOIN event_bus.module_event_subscriptions s
                  ON s.is_active
                 AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
                 AND event_bus.matches(s.event_type, ev.event_type)
                 {SUBSCRIPTIONS_KEPT}
-         ), m AS (
+         ), {TAKE_LEASES}, m AS (
              SELECT * FROM c WHERE c.passes
+         ), fl AS (
+             SELECT m.* FROM m
+              WHERE m.event_id IN (SELECT r.event_id FROM m r GROUP BY r.event_id
+                                    HAVING bool_and(r.status = <processing> AND NOT r.keyed))
          ), ins AS (
              INSERT INTO event_bus.module_event_deliveries
                  (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at)
@@ -105,6 +144,7 @@ pub(super) fn fan_out(
                          THEN event_bus._lease_end(m.timeout_ms, $2, $3)
                          ELSE now() END
                FROM m
+              WHERE m.event_id NOT IN (SELECT fl.event_id FROM fl)
               ORDER BY m.event_id, m.sub_id
              {FAN_OUT_TAIL}
          {jobs}",
@@ -154,13 +194,16 @@ fn events_to_take(pass: Pass, special: bool) -> String {
     }
 }
 
-/// The events not fanned out yet: not marked dispatched, and without deliveries (those the last
-/// fan-outs created leased, whose events are marked when their first outcome is recorded).
+/// The events not fanned out yet: not marked dispatched, without deliveries and without a lease
+/// that runs (those the last fan-outs took, whose events are marked when their first outcome is
+/// recorded; an ended lease is none: its worker died, the event goes out again).
 /// Read through the partial index of undispatched events, which holds only those and the events
 /// in flight for the first time. (`OFFSET 0` keeps the test a probe of the deliveries' event index
 /// per event: pulled up into an anti-join, the planner may hash every delivery in the table.)
 pub(super) const INTAKE: &str = "e.dispatched_at IS NULL
-                AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0)";
+                AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0)
+                AND NOT EXISTS (SELECT 1 FROM event_bus._event_leases l
+                                 WHERE l.event_id = e.id AND l.lease_end >= now() OFFSET 0)";
 
 /// The events a fan-out considers, locked ($1 of them at most), with their `bytes`.
 fn locked_events(pass: Pass, special: bool) -> String {
@@ -229,15 +272,21 @@ fn locked_events(pass: Pass, special: bool) -> String {
 /// took events.
 fn jobs_of_ins() -> String {
     format!(
-        "SELECT j.*, (SELECT count(*) FROM ev)::bigint AS taken, (SELECT count(*) FROM notified) AS notified,
-                (SELECT max(ev.considered) FROM ev)::bigint AS considered
+        "SELECT j.*, (SELECT count(*) FROM ev0)::bigint AS taken, (SELECT count(*) FROM notified) AS notified,
+                (SELECT max(ev0.considered) FROM ev0)::bigint AS considered
            FROM (SELECT 1) one
            LEFT JOIN LATERAL (
-               SELECT {JOB_COLUMNS}
-                 FROM ins d
+               SELECT {JOB_COLUMNS}, d.rowless AS rowless
+                 FROM (SELECT i.id, i.event_id, i.subscription_id, i.tenant_id, i.attempts, i.attempt_offset,
+                              i.ordering_key, false AS rowless
+                         FROM ins i
+                        WHERE i.status = <processing>
+                       UNION ALL
+                       SELECT event_bus._delivery_id(f.event_id, f.sub_id), f.event_id, f.sub_id, f.tenant_id,
+                              1, 0, NULL::text, true
+                         FROM fl f) d
                  JOIN event_bus.module_events e ON e.id = d.event_id
                  JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
-                WHERE d.status = <processing>
                 ORDER BY d.event_id, d.subscription_id) j ON true"
     )
 }
@@ -302,7 +351,7 @@ pub(super) fn fan_out_special(
 ) -> Step<FanOut> {
     let sql = || {
         format!(
-        "WITH ev AS ({events}), c AS (
+        "WITH ev0 AS ({events}), c0 AS (
              SELECT ev.id AS event_id, ev.tenant_id, s.id AS sub_id, s.timeout_ms,
                     s.breaker_open_until IS NOT NULL AS breaker_open,
                     (s.max_in_flight IS NOT NULL OR s.max_per_second IS NOT NULL
@@ -310,14 +359,18 @@ pub(super) fn fan_out_special(
                     CASE WHEN s.ordered AND ev.entity_id IS NOT NULL
                          THEN jsonb_build_array(ev.entity_type, ev.entity_id)::text END AS okey,
                     {PASSES}
-               FROM ev
+               FROM ev0 AS ev
                JOIN event_bus.module_event_subscriptions s
                  ON s.is_active
                 AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id)
                 AND event_bus.matches(s.event_type, ev.event_type)
                 {SUBSCRIPTIONS_KEPT}
-         ), m AS (
+         ), {TAKE_LEASES}, m AS (
              SELECT * FROM c WHERE c.passes
+         ), fl AS (
+             -- (no first attempt without a row here: ordered and limited deliveries are decided
+             -- under the stream lock, on rows)
+             SELECT m.* FROM m WHERE false
          ), r AS (
              SELECT m.*,
                     m.okey IS NOT NULL

@@ -6,7 +6,7 @@ use super::claim::lock_streams;
 use super::probe::as_key_probe;
 use crate::plans::exec;
 use crate::worker::deliver::{backoff, Outcome};
-use crate::worker::job::{Claimed, Id};
+use crate::worker::job::{lease_holder, Claimed, Id};
 use crate::worker::{Step, StepError};
 use event_bus_core::lifecycle;
 use pgrx::prelude::*;
@@ -36,11 +36,15 @@ impl Rng {
         Rng((z ^ (z >> 31)) | 1)
     }
 
-    fn next_f64(&mut self) -> f64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        self.0
+    }
+
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -74,6 +78,92 @@ pub(super) const RECORD_DELIVERIES: &str = "WITH o AS MATERIALIZED (
                FROM o
               WHERE d.id = o.id AND d.status = o.leased AND d.attempts = o.attempt";
 
+/// First attempts sent without a delivery row (`Claimed::rowless`): the row is written here, once,
+/// with the outcome (completed, due again after its backoff, or failed). The row may exist already:
+/// an earlier record of a sibling delivery wrote it leased (`MATERIALIZE_LEASES`); then, as
+/// `RECORD_DELIVERIES`, it changes only while this attempt's lease holds. Nothing is written for a
+/// subscription that is gone (unsubscribed while the attempt was in flight). $11: this process's
+/// lease holder id (the lease's start is the attempt's).
+pub(super) const RECORD_FIRST_ATTEMPTS: &str = "INSERT INTO event_bus.module_event_deliveries AS d
+                 (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at,
+                  completed_at, last_http_status, last_error, created_at)
+             SELECT o.id, o.event_id, o.sub_id, o.tenant_id,
+                    CASE WHEN o.ok THEN <completed> WHEN o.fails THEN <failed> ELSE <pending> END,
+                    o.attempt, coalesce(l.taken_at, now()),
+                    CASE WHEN o.ok OR o.fails THEN now() ELSE now() + o.delay_ms * interval '1 millisecond' END,
+                    CASE WHEN o.ok OR o.fails THEN now() END,
+                    o.http_status, o.err, coalesce(l.taken_at, now())
+               FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int[], $6::bool[], $7::bool[],
+                           $8::int[], $9::text[], $10::bigint[])
+                 AS o(id, event_id, sub_id, tenant_id, attempt, ok, fails, http_status, err, delay_ms)
+               LEFT JOIN event_bus._event_leases l ON l.event_id = o.event_id AND l.holder = $11
+              WHERE EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions s WHERE s.id = o.sub_id)
+              ORDER BY o.id
+             ON CONFLICT (event_id, subscription_id) DO UPDATE
+                SET status = excluded.status, next_attempt_at = excluded.next_attempt_at,
+                    completed_at = excluded.completed_at, last_http_status = excluded.last_http_status,
+                    last_error = excluded.last_error
+              WHERE d.status = <processing> AND d.attempts = excluded.attempts";
+
+/// The rest of the first attempts under this process's leases of events $1 (those with no row yet:
+/// still in flight) written as rows, leased until the lease's end — before the events' status is
+/// derived from their rows, or their leases handed back; after it the rows carry the leases.
+/// Nothing for a subscription that is gone.
+const MATERIALIZE_LEASES: &str = "INSERT INTO event_bus.module_event_deliveries
+                 (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at,
+                  created_at)
+             SELECT event_bus._delivery_id(l.event_id, u.sub_id), l.event_id, u.sub_id, e.tenant_id,
+                    <processing>, 1, l.taken_at, l.lease_end, l.taken_at
+               FROM event_bus._event_leases l
+               CROSS JOIN LATERAL unnest(l.subscription_ids) AS u(sub_id)
+               JOIN event_bus.module_events e ON e.id = l.event_id
+              WHERE l.event_id = ANY ($1::uuid[]) AND l.holder = $2
+                AND EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions s WHERE s.id = u.sub_id)
+              ORDER BY l.event_id, u.sub_id
+             ON CONFLICT (event_id, subscription_id) DO NOTHING";
+
+/// This process's leases of events $1, once their rows say what they said.
+const DROP_LEASES: &str = "DELETE FROM event_bus._event_leases l
+              WHERE l.event_id = ANY ($1::uuid[]) AND l.holder = $2";
+
+/// Write the in-flight first attempts of `events`' leases as rows (`MATERIALIZE_LEASES`).
+fn materialize_leases(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    events: &[Id],
+) -> Result<(), pgrx::spi::Error> {
+    exec(
+        client,
+        "materialize_leases",
+        || MATERIALIZE_LEASES.to_string(),
+        &[pg_sys::UUIDARRAYOID, pg_sys::UUIDOID],
+        &[events.to_vec().into(), lease_holder().into()],
+    )
+    .map(|_| ())
+}
+
+/// Drop this process's leases of `events` (`DROP_LEASES`).
+fn drop_leases(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    events: &[Id],
+) -> Result<(), pgrx::spi::Error> {
+    exec(
+        client,
+        "drop_leases",
+        || DROP_LEASES.to_string(),
+        &[pg_sys::UUIDARRAYOID, pg_sys::UUIDOID],
+        &[events.to_vec().into(), lease_holder().into()],
+    )
+    .map(|_| ())
+}
+
+/// The events of `claimed`'s first attempts without a row, each once.
+fn leased_events<'a>(claimed: impl Iterator<Item = &'a Claimed>) -> Vec<Id> {
+    let mut events: Vec<Id> = claimed.filter(|c| c.rowless).map(|c| c.event_id).collect();
+    events.sort();
+    events.dedup();
+    events
+}
+
 /// Record a batch of outcomes: one attempt-log row each, the delivery's new state (completed,
 /// retried after its backoff, or failed), and the events' derived status.
 pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
@@ -91,9 +181,14 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
     let mut responses: Vec<Option<String>> = Vec::with_capacity(n);
     let mut durations = Vec::with_capacity(n);
     let mut delay_ms = Vec::with_capacity(n);
+    // the first attempts without a row: the row written with the outcome
+    let mut first = FirstAttempts::default();
     for (f, d) in batch.iter().zip(delays) {
         let c = &f.claimed;
         let o = &f.outcome;
+        if c.rowless {
+            first.push(f, c.attempt - c.attempt_offset > c.max_retries, d);
+        }
         ids.push(c.delivery_id);
         events.push(c.event_id);
         subs.push(c.subscription_id);
@@ -152,6 +247,13 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
             &[pg_sys::UUIDARRAYOID],
             &[health.ids.clone().into()],
         )?;
+        let leased = leased_events(batch.iter().map(|f| &f.claimed));
+        if !leased.is_empty() {
+            first.record(client)?;
+            materialize_leases(client, &leased)?;
+        }
+        let (row_ids, row_attempts, row_oks, row_fails, row_statuses, row_errors, row_delays) =
+            row_backed(batch, &ids, &attempts, &oks, &fails, &statuses, &errors, &delay_ms);
         as_key_probe(|| exec(
             client,
             "record_deliveries",
@@ -166,13 +268,13 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
                 pg_sys::INT8ARRAYOID,
             ],
             &[
-                ids.clone().into(),
-                attempts.clone().into(),
-                oks.clone().into(),
-                fails.into(),
-                statuses.clone().into(),
-                errors.clone().into(),
-                delay_ms.into(),
+                row_ids.into(),
+                row_attempts.into(),
+                row_oks.into(),
+                row_fails.into(),
+                row_statuses.into(),
+                row_errors.into(),
+                row_delays.into(),
             ],
         ))?;
         exec(
@@ -243,6 +345,7 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
         }
         events.sort();
         events.dedup();
+        let batch_events = events.clone();
         exec(
             client,
             "refresh_status",
@@ -250,6 +353,9 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
             &[pg_sys::UUIDARRAYOID],
             &[events.into()],
         )?;
+        // the batch's event leases, after the events' rows (lock order: sql/lifecycle.sql): those of
+        // first attempts without rows, and those of events fanned out with rows
+        drop_leases(client, &batch_events)?;
         exec(
             client,
             "record_subscriptions",
@@ -274,6 +380,109 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
         Ok::<(), pgrx::spi::Error>(())
     })
     .map_err(|e| StepError::failed("recording outcomes", e))
+}
+
+/// The outcomes of first attempts without a row, as `RECORD_FIRST_ATTEMPTS` takes them.
+#[derive(Default)]
+struct FirstAttempts {
+    ids: Vec<Id>,
+    events: Vec<Id>,
+    subs: Vec<Id>,
+    tenants: Vec<Id>,
+    attempts: Vec<i32>,
+    oks: Vec<bool>,
+    fails: Vec<bool>,
+    statuses: Vec<Option<i32>>,
+    errors: Vec<Option<String>>,
+    delay_ms: Vec<i64>,
+}
+
+impl FirstAttempts {
+    fn push(&mut self, f: &Finished, fails: bool, delay: &Duration) {
+        let c = &f.claimed;
+        let o = &f.outcome;
+        self.ids.push(c.delivery_id);
+        self.events.push(c.event_id);
+        self.subs.push(c.subscription_id);
+        self.tenants.push(c.tenant_id);
+        self.attempts.push(c.attempt);
+        self.oks.push(o.success);
+        self.fails.push(!o.success && fails);
+        self.statuses.push(o.http_status.map(|s| s as i32));
+        self.errors
+            .push(o.error.as_ref().map(|e| e.chars().take(2000).collect()));
+        self.delay_ms
+            .push(delay.as_millis().min(i64::MAX as u128) as i64);
+    }
+
+    fn record(self, client: &mut pgrx::spi::SpiClient<'_>) -> Result<(), pgrx::spi::Error> {
+        exec(
+            client,
+            "record_first_attempts",
+            || RECORD_FIRST_ATTEMPTS.to_string(),
+            &[
+                pg_sys::UUIDARRAYOID,
+                pg_sys::UUIDARRAYOID,
+                pg_sys::UUIDARRAYOID,
+                pg_sys::UUIDARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::BOOLARRAYOID,
+                pg_sys::BOOLARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT8ARRAYOID,
+                pg_sys::UUIDOID,
+            ],
+            &[
+                self.ids.into(),
+                self.events.into(),
+                self.subs.into(),
+                self.tenants.into(),
+                self.attempts.into(),
+                self.oks.into(),
+                self.fails.into(),
+                self.statuses.into(),
+                self.errors.into(),
+                self.delay_ms.into(),
+                lease_holder().into(),
+            ],
+        )
+        .map(|_| ())
+    }
+}
+
+/// The parts of the batch's arrays that belong to deliveries with rows (`RECORD_DELIVERIES`).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn row_backed(
+    batch: &[Finished],
+    ids: &[Id],
+    attempts: &[i32],
+    oks: &[bool],
+    fails: &[bool],
+    statuses: &[Option<i32>],
+    errors: &[Option<String>],
+    delay_ms: &[i64],
+) -> (
+    Vec<Id>,
+    Vec<i32>,
+    Vec<bool>,
+    Vec<bool>,
+    Vec<Option<i32>>,
+    Vec<Option<String>>,
+    Vec<i64>,
+) {
+    let keep: Vec<usize> = (0..batch.len())
+        .filter(|&i| !batch[i].claimed.rowless)
+        .collect();
+    (
+        keep.iter().map(|&i| ids[i]).collect(),
+        keep.iter().map(|&i| attempts[i]).collect(),
+        keep.iter().map(|&i| oks[i]).collect(),
+        keep.iter().map(|&i| fails[i]).collect(),
+        keep.iter().map(|&i| statuses[i]).collect(),
+        keep.iter().map(|&i| errors[i].clone()).collect(),
+        keep.iter().map(|&i| delay_ms[i]).collect(),
+    )
 }
 
 /// A batch's outcomes per subscription, in batch order: what the circuit breaker and the
@@ -323,7 +532,14 @@ pub fn release(unfinished: &[Claimed]) -> Step<()> {
     super::session::lock_in_drop_order()?;
     let ids: Vec<Id> = unfinished.iter().map(|c| c.delivery_id).collect();
     let attempts: Vec<i32> = unfinished.iter().map(|c| c.attempt).collect();
+    let leased = leased_events(unfinished.iter());
     Spi::connect_mut(|client| {
+        if !leased.is_empty() {
+            // first attempts without rows: written as the rows of their leases first, then handed
+            // back as any other (the event's attempts still in flight stay leased to this worker)
+            materialize_leases(client, &leased)?;
+            drop_leases(client, &leased)?;
+        }
         // by key, as the record (see RECORD_DELIVERIES)
         as_key_probe(|| {
             client.update(

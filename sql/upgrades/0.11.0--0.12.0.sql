@@ -1,0 +1,27 @@
+-- event_bus 0.11.0 -> 0.12.0 table changes: run once per database by every upgrade from 0.11.0 or earlier
+-- (build.rs puts them in the generated upgrade scripts). Frozen once 0.12.0 is released. The tables as
+-- they are now: sql/tables.sql. No table is rewritten.
+
+------------------------------------------------------------------------------------------------
+-- Event leases (delivery core v3, issue 34): the fan-out leases each event it takes; an event whose
+-- deliveries are all plain first attempts gets no delivery rows until their outcomes are recorded.
+-- Deliveries in flight at the upgrade keep their rows and are recorded as before.
+------------------------------------------------------------------------------------------------
+CREATE UNLOGGED TABLE event_bus._event_leases (
+    event_id         uuid        NOT NULL,
+    holder           uuid        NOT NULL,
+    lease_end        timestamptz NOT NULL,
+    taken_at         timestamptz NOT NULL DEFAULT now(),
+    subscription_ids uuid[]      NOT NULL,
+    CONSTRAINT _event_leases_pkey PRIMARY KEY (event_id)
+);
+COMMENT ON TABLE event_bus._event_leases IS
+    'Internal: events a worker (holder: a process) has fanned out and whose first attempts are in flight, '
+    'until lease_end; subscription_ids: the subscriptions those attempts go to, without delivery rows '
+    'until their outcomes are recorded. Unlogged: emptied by crash recovery (the events are fanned out again).';
+COMMENT ON COLUMN event_bus.module_events.dispatched_at IS
+    'When the worker fanned the event out to its matching subscriptions. NULL until then, and for an event '
+    'whose deliveries were all sent at once, until the first outcome is recorded (milliseconds later, or when '
+    'the attempt times out): such an event is leased (its first attempts in flight have no delivery rows until '
+    'their outcomes are recorded) or already has its deliveries (see module_event_deliveries).';
+
