@@ -288,12 +288,11 @@ BEGIN
             USING ERRCODE = '22004', HINT = 'Pass a pattern such as ''invoice.posted'', ''invoice.*'' or ''#''.';
     END IF;
     PERFORM event_bus._check_pattern(p_event_type);
-    -- the operational event of a failed delivery was event_bus.delivery.dead before 0.11.0: the old
-    -- name still subscribes, to the new one, until 0.12.0
+    -- the operational event of a failed delivery was event_bus.delivery.dead before 0.11.0; 0.11.0
+    -- subscribed the old name to the new one with a warning, 0.12.0 refuses it (no event carries it)
     IF p_event_type = 'event_bus.delivery.dead' THEN
-        v_event_type := 'event_bus.delivery.failed';
-        RAISE WARNING 'event_bus: event_bus.delivery.dead is now event_bus.delivery.failed: subscribed to that'
-            USING HINT = 'Subscribe to ''event_bus.delivery.failed''; the old name is accepted until 0.12.0.';
+        RAISE EXCEPTION 'event_bus: event_bus.delivery.dead was renamed event_bus.delivery.failed in 0.11.0'
+            USING ERRCODE = '22023', HINT = 'Subscribe to ''event_bus.delivery.failed''.';
     END IF;
     IF p_handler_module IS NULL OR p_handler_module = '' THEN
         RAISE EXCEPTION 'event_bus: handler_module must not be empty'

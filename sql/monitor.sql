@@ -174,7 +174,6 @@ SELECT d.id              AS delivery_id,
        d.last_http_status,
        d.last_error,
        d.last_attempt_at,
-       d.completed_at    AS dead_at,
        e.created_at      AS emitted_at,
        d.completed_at    AS failed_at
   FROM event_bus.module_event_deliveries d
@@ -183,8 +182,7 @@ SELECT d.id              AS delivery_id,
  WHERE d.status = <failed> AND NOT e.is_request;
 COMMENT ON VIEW event_bus.dead_letters IS
     'Dead letters: the failed deliveries (their retries used up), with the event, the handler and the last error. '
-    'Re-arm with retry_event(event_id) or retry_failed(...). failed_at: when it failed (dead_at, the same, is its '
-    'name before 0.11.0, kept until 0.12.0).';
+    'Re-arm with retry_event(event_id) or retry_failed(...). failed_at: when it failed (dead_at before 0.11.0).';
 
 -- Counting the events of a window: the whole hours inside it from _event_hours (kept by triggers),
 -- the hour it starts in from the rows while that hour holds few events (else its counts scaled to
@@ -511,10 +509,6 @@ BEGIN
           || E'# HELP event_bus_deliveries_failed_total Deliveries that used up their retries (became failed).\n'
           || E'# TYPE event_bus_deliveries_failed_total counter\n'
           || 'event_bus_deliveries_failed_total ' || v_deliveries_failed || E'\n'
-          -- the name before 0.11.0, kept for one release so that dashboards can move
-          || E'# HELP event_bus_deliveries_dead_total Deprecated: event_bus_deliveries_failed_total (removed in 0.12.0).\n'
-          || E'# TYPE event_bus_deliveries_dead_total counter\n'
-          || 'event_bus_deliveries_dead_total ' || v_deliveries_failed || E'\n'
           || E'# HELP event_bus_events_purged_total Completed events deleted by retention.\n'
           || E'# TYPE event_bus_events_purged_total counter\n'
           || 'event_bus_events_purged_total ' || v_purged || E'\n';

@@ -1052,17 +1052,29 @@ mod tests {
         format!("event_bus.emit_module_event('{tenant}', 'x.y', 'sales', 'doc', 'D-1', '{{}}')")
     }
 
-    /// The operational event of a failed delivery was event_bus.delivery.dead before 0.11.0: a
-    /// subscription to the old name subscribes to the new one (until 0.12.0).
+    /// The operational event of a failed delivery was event_bus.delivery.dead before 0.11.0 (0.11.0
+    /// subscribed the old name to the new one): from 0.12.0 a subscription to the old name is refused
+    /// with the new name in the message, and nothing is written.
     #[pg_test]
-    fn subscribing_to_the_old_name_of_a_failed_delivery_event_subscribes_to_the_new_one() {
+    fn subscribing_to_the_old_name_of_a_failed_delivery_event_is_refused_with_the_new_name() {
         setup_handlers();
-        let id = subscribe("event_bus.delivery.dead", "ops", "inv.fragile", "");
+        Spi::run(
+            "CREATE OR REPLACE FUNCTION pg_temp.error_of(q text) RETURNS text LANGUAGE plpgsql AS $f$
+             BEGIN EXECUTE q; RETURN NULL; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $f$",
+        )
+        .unwrap();
+        let error = Spi::get_one::<String>(
+            "SELECT pg_temp.error_of($q$SELECT event_bus.subscribe('event_bus.delivery.dead', 'ops',
+                 p_handler_function => 'inv.fragile', p_run_as => 'eb_test_handler')$q$)",
+        )
+        .unwrap();
         assert_eq!(
-            text(&format!(
-                "SELECT event_type FROM event_bus.module_event_subscriptions WHERE id = '{id}'"
-            )),
-            "event_bus.delivery.failed"
+            error.as_deref(),
+            Some("22023: event_bus: event_bus.delivery.dead was renamed event_bus.delivery.failed in 0.11.0")
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM event_bus.module_event_subscriptions"),
+            0
         );
     }
 

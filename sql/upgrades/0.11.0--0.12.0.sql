@@ -25,3 +25,9 @@ COMMENT ON COLUMN event_bus.module_events.dispatched_at IS
     'the attempt times out): such an event is leased (its first attempts in flight have no delivery rows until '
     'their outcomes are recorded) or already has its deliveries (see module_event_deliveries).';
 
+------------------------------------------------------------------------------------------------
+-- What 0.11.0 kept under its old names for one release goes: dead_letters loses dead_at (failed_at is
+-- the same; the view is created again from sql/monitor.sql without it), metrics() the counter
+-- event_bus_deliveries_dead_total, subscribe() the alias event_bus.delivery.dead.
+------------------------------------------------------------------------------------------------
+DROP VIEW IF EXISTS event_bus.dead_letters;
