@@ -58,33 +58,34 @@ const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
          )";
 
 /// The event leases (`event_bus._event_leases`) of the events a fan-out locked (`ev0`, matched in
-/// `c0`): every fan-out takes one per event before it writes anything for it, and goes on only with
-/// the events whose lease it got (`ev`, `c`). An event another worker leased and committed after this
-/// statement's snapshot was taken (so the intake did not see the lease, and its row lock was gone)
-/// conflicts here and is left alone; an expired lease (its worker died, or is stuck past its
-/// timeout) is taken over. The lease runs as long as the longest of the event's attempts may, and
-/// names the subscriptions its first attempts go to (those the filters passed), so the record can
-/// write a row for each one still in flight.
+/// `c0`): every fan-out takes one per event that a subscription wants before it writes anything for
+/// it, and goes on only with the events whose lease it got (`ev`, `c`). An event another worker
+/// leased and committed after this statement's snapshot was taken (so the intake did not see the
+/// lease, and the row lock was gone) conflicts here and is left alone; an expired lease (its worker
+/// died, or is stuck past its timeout) is taken over. The lease runs as long as the longest of the
+/// event's first attempts may, and names the subscriptions they go to (those the filters passed),
+/// so the record can write a row for each one still in flight. An event that matches nothing takes
+/// no lease: this statement marks it completed, and a fan-out that locks it after this commit finds
+/// it marked (its intake's condition is checked again on the row it locks).
 const TAKE_LEASES: &str = "won AS (
              INSERT INTO event_bus._event_leases AS l (event_id, holder, lease_end, subscription_ids)
-             SELECT ev0.id, $9,
-                    coalesce(x.lease_end, now() + $3 * interval '1 millisecond'),
-                    coalesce(x.subscription_ids, '{}')
-               FROM ev0
-               LEFT JOIN (SELECT c0.event_id,
-                                 max(event_bus._lease_end(c0.timeout_ms, $2, $3)) AS lease_end,
-                                 array_agg(c0.sub_id ORDER BY c0.sub_id) FILTER (WHERE c0.passes)
-                                   AS subscription_ids
-                            FROM c0 GROUP BY c0.event_id) x ON x.event_id = ev0.id
+             SELECT x.event_id, $9, x.lease_end, x.subscription_ids
+               FROM (SELECT c0.event_id,
+                            max(event_bus._lease_end(c0.timeout_ms, $2, $3)) AS lease_end,
+                            array_agg(c0.sub_id ORDER BY c0.sub_id) AS subscription_ids
+                       FROM c0 WHERE c0.passes GROUP BY c0.event_id) x
+              ORDER BY x.event_id
              ON CONFLICT (event_id) DO UPDATE
                 SET holder = excluded.holder, lease_end = excluded.lease_end, taken_at = excluded.taken_at,
                     subscription_ids = excluded.subscription_ids
               WHERE l.lease_end < now()
              RETURNING l.event_id
          ), ev AS (
-             SELECT ev0.* FROM ev0 WHERE ev0.id IN (SELECT won.event_id FROM won)
+             SELECT ev0.* FROM ev0
+              WHERE ev0.id IN (SELECT won.event_id FROM won)
+                 OR ev0.id NOT IN (SELECT c0.event_id FROM c0 WHERE c0.passes)
          ), c AS (
-             SELECT c0.* FROM c0 WHERE c0.event_id IN (SELECT won.event_id FROM won)
+             SELECT c0.* FROM c0 WHERE c0.event_id IN (SELECT ev.id FROM ev)
          )";
 
 /// Whether an event passes its subscription's content filter (`c.passes`): true without one; NULL
