@@ -89,9 +89,9 @@ BEGIN
       FROM event_bus.module_event_subscriptions s WHERE s.id = p_subscription_id;
     -- the tenant of the event concerned: the subscription's, or that of its latest attempt
     v_tenant := coalesce(v_sub.tenant_id,
-                         (SELECT l.tenant_id FROM event_bus.module_event_logs l
-                           WHERE l.subscription_id = p_subscription_id
-                           ORDER BY l.executed_at DESC LIMIT 1));
+                         (SELECT m.tenant_id FROM event_bus._attempt_minutes m
+                           WHERE m.subscription_id = p_subscription_id
+                           ORDER BY m.minute DESC LIMIT 1));
     IF v_tenant IS NULL THEN
         RETURN false;
     END IF;
@@ -311,10 +311,10 @@ BEGIN
         WITH moved AS (
             DELETE FROM event_bus._attempt_minutes m
              WHERE NOT m.folded AND m.minute < date_trunc('minute', now()) - interval '1 minute'
-            RETURNING m.tenant_id, m.minute, m.succeeded, m.failed)
-        INSERT INTO event_bus._attempt_minutes (tenant_id, minute, succeeded, failed, folded)
-        SELECT moved.tenant_id, moved.minute, sum(moved.succeeded), sum(moved.failed), true
-          FROM moved GROUP BY 1, 2;
+            RETURNING m.tenant_id, m.subscription_id, m.minute, m.succeeded, m.failed)
+        INSERT INTO event_bus._attempt_minutes (tenant_id, subscription_id, minute, succeeded, failed, folded)
+        SELECT moved.tenant_id, moved.subscription_id, moved.minute, sum(moved.succeeded), sum(moved.failed), true
+          FROM moved GROUP BY 1, 2, 3;
     END IF;
     DELETE FROM event_bus._attempt_minutes m WHERE m.minute < now() - interval '32 days';
     -- event counts: fold the rows of each hour that got new ones (before the last hour) into one
@@ -370,7 +370,8 @@ COMMENT ON FUNCTION event_bus._maintenance(integer) IS
     'or deleted events, expired idempotency keys, retention (event_bus.retention).';
 
 ------------------------------------------------------------------------------------------------
--- Attempts per tenant and minute (event_bus._attempt_minutes, read by delivery_timeline)
+-- Attempts per tenant, subscription and minute (event_bus._attempt_minutes, read by delivery_timeline
+-- and subscription_health)
 ------------------------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION event_bus._count_attempts() RETURNS trigger
 LANGUAGE plpgsql
@@ -378,11 +379,11 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    INSERT INTO event_bus._attempt_minutes (tenant_id, minute, succeeded, failed)
-    SELECT n.tenant_id, date_trunc('minute', n.executed_at),
+    INSERT INTO event_bus._attempt_minutes (tenant_id, subscription_id, minute, succeeded, failed)
+    SELECT n.tenant_id, n.subscription_id, date_trunc('minute', n.executed_at),
            count(*) FILTER (WHERE n.status = 'success'), count(*) FILTER (WHERE n.status <> 'success')
       FROM new_logs n
-     GROUP BY 1, 2;
+     GROUP BY 1, 2, 3;
     RETURN NULL;
 END
 $$;

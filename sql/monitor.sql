@@ -329,9 +329,11 @@ SELECT s.id AS subscription_id,
            AS filter_errors
   FROM event_bus.module_event_subscriptions s
   CROSS JOIN LATERAL (
-      SELECT count(*) AS attempts_1h, count(*) FILTER (WHERE l.status = <failed>) AS failures_1h
-        FROM event_bus.module_event_logs l
-       WHERE l.subscription_id = s.id AND l.executed_at > now() - interval '1 hour') h;
+      -- counted per minute as the attempts were logged (_attempt_minutes): the hour's first minute counts whole
+      SELECT coalesce(sum(m.succeeded + m.failed), 0)::bigint AS attempts_1h,
+             coalesce(sum(m.failed), 0)::bigint AS failures_1h
+        FROM event_bus._attempt_minutes m
+       WHERE m.subscription_id = s.id AND m.minute >= date_trunc('minute', now() - interval '1 hour')) h;
 COMMENT ON VIEW event_bus.subscription_health IS
     'Per subscription: circuit breaker state (closed, open = paused, half_open = probing), consecutive '
     'failures, last success / failure / error, attempts, failures and failure rate over the last hour, and '

@@ -323,9 +323,8 @@ CREATE TABLE event_bus.module_event_logs (
     CONSTRAINT module_event_logs_status_check CHECK (status IN ('success', <failed>))
 );
 CREATE INDEX module_event_logs_event_idx ON event_bus.module_event_logs (event_id);
--- per-subscription health over recent attempts
-CREATE INDEX module_event_logs_subscription_idx
-    ON event_bus.module_event_logs (subscription_id, executed_at);
+-- (a subscription's recent attempts are counted in _attempt_minutes, not read from the log: no index
+-- on subscription_id, one entry less per attempt)
 
 COMMENT ON TABLE event_bus.module_event_logs IS
     'Attempt log: one row per delivery attempt with its outcome, HTTP status, response (truncated to '
@@ -434,9 +433,9 @@ COMMENT ON TABLE event_bus._idempotency_keys IS
     'one while its handler runs (claimed), or the one that handled it (done). Done keys older than their '
     'subscription''s window are purged by the worker''s upkeep.';
 
--- Delivery attempts per tenant and minute, for delivery_timeline (the console's chart): counted as
--- the attempt log is written, so a chart of a busy day reads a few thousand rows, not every
--- attempt. Insert-only (each INSERT into the log adds its own rows: no row is contended by two
+-- Delivery attempts per tenant, subscription and minute, for delivery_timeline (the console's chart)
+-- and subscription_health (attempts and failures of the last hour): counted as the attempt log is
+-- written, so a chart of a busy day reads a few thousand rows, not every attempt. Insert-only (each INSERT into the log adds its own rows: no row is contended by two
 -- writers); the worker's upkeep folds a finished minute's rows into one and drops rows older
 -- than 32 days. Sums are exact whatever the folding did.
 CREATE TABLE event_bus._attempt_minutes (
@@ -444,13 +443,18 @@ CREATE TABLE event_bus._attempt_minutes (
     minute    timestamptz NOT NULL,
     succeeded bigint      NOT NULL DEFAULT 0,
     failed    bigint      NOT NULL DEFAULT 0,
-    folded    boolean     NOT NULL DEFAULT false
+    folded    boolean     NOT NULL DEFAULT false,
+    subscription_id uuid
 );
 CREATE INDEX _attempt_minutes_minute_idx ON event_bus._attempt_minutes (minute);
 CREATE INDEX _attempt_minutes_unfolded_idx ON event_bus._attempt_minutes (minute) WHERE NOT folded;
+CREATE INDEX _attempt_minutes_subscription_idx ON event_bus._attempt_minutes (subscription_id, minute);
 COMMENT ON TABLE event_bus._attempt_minutes IS
-    'Internal: delivery attempts that succeeded / failed per tenant and minute (of executed_at), written by '
-    'a statement trigger on module_event_logs; read by delivery_timeline(). Kept 32 days.';
+    'Internal: delivery attempts that succeeded / failed per tenant, subscription and minute (of executed_at), '
+    'written by a statement trigger on module_event_logs; read by delivery_timeline() and subscription_health. '
+    'Kept 32 days.';
+COMMENT ON COLUMN event_bus._attempt_minutes.subscription_id IS
+    'The attempts'' subscription (NULL for attempts counted before 0.12.0, and for request() records).';
 
 -- Fanned-out events per tenant, hour (of created_at), source module, type and status, for event_stats
 -- (the console's overview): a day of ten million events reads a few thousand rows. Written by

@@ -318,6 +318,24 @@ fn upgrade_from(old: &str) {
         "{metrics}"
     );
 
+    // a subscription's attempts of the last hour are counted (0.12.0 counts them per subscription;
+    // the upgrade counts the last hour again from the log): those before the upgrade included
+    let (health, logged): (i64, i64) = {
+        let r = c
+            .query_one(
+                &format!(
+                    "SELECT h.attempts_1h,
+                            (SELECT count(*) FROM event_bus.module_event_logs l WHERE l.subscription_id = h.subscription_id)
+                       FROM event_bus.subscription_health h WHERE h.subscription_id = '{sub}'"
+                ),
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(health, logged);
+    assert!(logged >= 5 + mid_way as i64, "{logged}");
+
     // the secret is scrubbed from the history, the host kept; the SQL handler is flagged
     // (0.11.0 wrote neither: its worker scrubbed errors as it wrote them, its trigger recorded the
     // superuser who named the role)

@@ -26,6 +26,29 @@ COMMENT ON COLUMN event_bus.module_events.dispatched_at IS
     'their outcomes are recorded) or already has its deliveries (see module_event_deliveries).';
 
 ------------------------------------------------------------------------------------------------
+-- Attempts are counted per subscription too (subscription_health reads the last hour from the counts),
+-- and the attempt log loses its index on (subscription_id, executed_at): one index entry less per
+-- attempt. The last hour's counts are taken again from the log, per subscription, so subscription_health
+-- reads the same right after the upgrade.
+------------------------------------------------------------------------------------------------
+ALTER TABLE event_bus._attempt_minutes ADD COLUMN subscription_id uuid;
+COMMENT ON TABLE event_bus._attempt_minutes IS
+    'Internal: delivery attempts that succeeded / failed per tenant, subscription and minute (of executed_at), '
+    'written by a statement trigger on module_event_logs; read by delivery_timeline() and subscription_health. '
+    'Kept 32 days.';
+COMMENT ON COLUMN event_bus._attempt_minutes.subscription_id IS
+    'The attempts'' subscription (NULL for attempts counted before 0.12.0, and for request() records).';
+CREATE INDEX _attempt_minutes_subscription_idx ON event_bus._attempt_minutes (subscription_id, minute);
+DELETE FROM event_bus._attempt_minutes m WHERE m.minute >= date_trunc('minute', now() - interval '61 minutes');
+INSERT INTO event_bus._attempt_minutes (tenant_id, subscription_id, minute, succeeded, failed, folded)
+SELECT l.tenant_id, l.subscription_id, date_trunc('minute', l.executed_at),
+       count(*) FILTER (WHERE l.status = 'success'), count(*) FILTER (WHERE l.status <> 'success'), true
+  FROM event_bus.module_event_logs l
+ WHERE l.executed_at >= date_trunc('minute', now() - interval '61 minutes')
+ GROUP BY 1, 2, 3;
+DROP INDEX event_bus.module_event_logs_subscription_idx;
+
+------------------------------------------------------------------------------------------------
 -- What 0.11.0 kept under its old names for one release goes: dead_letters loses dead_at (failed_at is
 -- the same; the view is created again from sql/monitor.sql without it), metrics() the counter
 -- event_bus_deliveries_dead_total, subscribe() the alias event_bus.delivery.dead.
