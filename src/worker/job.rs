@@ -37,6 +37,9 @@ pub struct Claimed {
     /// (all of the event's deliveries are plain first attempts), and the record writes the row
     /// once, with the outcome.
     pub rowless: bool,
+    /// For a first attempt without a row: how many first attempts its event's lease covers (its
+    /// own and its siblings'), so the record knows whether a batch holds them all.
+    pub lease_attempts: i32,
     /// Its event's payload and metadata, uncompressed, plus [`JOB_OVERHEAD_BYTES`]: what it holds
     /// of the worker's memory (event_bus.batch_memory).
     pub bytes: i64,
@@ -220,6 +223,7 @@ pub struct JobColumns {
     idempotent: usize,
     /// Only in the fan-out's rows (a claim's deliveries all have rows).
     rowless: Option<usize>,
+    lease_attempts: Option<usize>,
     bytes: usize,
 }
 
@@ -254,6 +258,7 @@ impl JobColumns {
             ordered: at("ordered")?,
             idempotent: at("idempotent")?,
             rowless: at("rowless").ok(),
+            lease_attempts: at("lease_attempts").ok(),
             bytes: at("bytes")?,
         })
     }
@@ -439,6 +444,10 @@ pub fn row_to_job(
             rowless: match c.rowless {
                 Some(at) => row.get::<bool>(at)?.unwrap_or(false),
                 None => false,
+            },
+            lease_attempts: match c.lease_attempts {
+                Some(at) => row.get::<i32>(at)?.unwrap_or(0),
+                None => 0,
             },
             bytes: row.get::<i64>(c.bytes)?.unwrap_or(0) + JOB_OVERHEAD_BYTES,
         };

@@ -315,6 +315,7 @@ mod tests {
             ordered: false,
             idempotent: false,
             rowless: false,
+            lease_attempts: 0,
             bytes: 0,
         }
     }

@@ -277,14 +277,14 @@ fn jobs_of_ins() -> String {
                 (SELECT max(ev0.considered) FROM ev0)::bigint AS considered
            FROM (SELECT 1) one
            LEFT JOIN LATERAL (
-               SELECT {JOB_COLUMNS}, d.rowless AS rowless
+               SELECT {JOB_COLUMNS}, d.rowless AS rowless, d.lease_attempts AS lease_attempts
                  FROM (SELECT i.id, i.event_id, i.subscription_id, i.tenant_id, i.attempts, i.attempt_offset,
-                              i.ordering_key, false AS rowless
+                              i.ordering_key, false AS rowless, 0 AS lease_attempts
                          FROM ins i
                         WHERE i.status = <processing>
                        UNION ALL
                        SELECT event_bus._delivery_id(f.event_id, f.sub_id), f.event_id, f.sub_id, f.tenant_id,
-                              1, 0, NULL::text, true
+                              1, 0, NULL::text, true, (count(*) OVER (PARTITION BY f.event_id))::int
                          FROM fl f) d
                  JOIN event_bus.module_events e ON e.id = d.event_id
                  JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id

@@ -114,10 +114,11 @@ const MATERIALIZE_LEASES: &str = "INSERT INTO event_bus.module_event_deliveries
                   created_at)
              SELECT event_bus._delivery_id(l.event_id, u.sub_id), l.event_id, u.sub_id, e.tenant_id,
                     <processing>, 1, l.taken_at, l.lease_end, l.taken_at
-               FROM event_bus._event_leases l
+               FROM unnest($1::uuid[]) AS x(event_id)
+               JOIN event_bus._event_leases l ON l.event_id = x.event_id AND l.holder = $2
                CROSS JOIN LATERAL unnest(l.subscription_ids) AS u(sub_id)
                JOIN event_bus.module_events e ON e.id = l.event_id
-              WHERE l.event_id = ANY ($1::uuid[]) AND l.holder = $2
+              WHERE true
                 AND EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions s WHERE s.id = u.sub_id)
               ORDER BY l.event_id, u.sub_id
              ON CONFLICT (event_id, subscription_id) DO NOTHING";
@@ -161,6 +162,26 @@ fn leased_events<'a>(claimed: impl Iterator<Item = &'a Claimed>) -> Vec<Id> {
     let mut events: Vec<Id> = claimed.filter(|c| c.rowless).map(|c| c.event_id).collect();
     events.sort();
     events.dedup();
+    events
+}
+
+/// Of a batch's first attempts without a row, the events whose lease covers attempts the batch
+/// does not hold (still in flight, or recorded by an earlier batch): only those may need rows
+/// written for the rest (`MATERIALIZE_LEASES`). An event with one subscription never does.
+fn events_with_attempts_elsewhere(batch: &[Finished]) -> Vec<Id> {
+    let mut in_batch: HashMap<Id, (i32, i32)> = HashMap::new();
+    for f in batch.iter().filter(|f| f.claimed.rowless) {
+        let e = in_batch
+            .entry(f.claimed.event_id)
+            .or_insert((0, f.claimed.lease_attempts));
+        e.0 += 1;
+    }
+    let mut events: Vec<Id> = in_batch
+        .into_iter()
+        .filter(|(_, (here, all))| here < all)
+        .map(|(id, _)| id)
+        .collect();
+    events.sort();
     events
 }
 
@@ -247,10 +268,12 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
             &[pg_sys::UUIDARRAYOID],
             &[health.ids.clone().into()],
         )?;
-        let leased = leased_events(batch.iter().map(|f| &f.claimed));
-        if !leased.is_empty() {
+        if batch.iter().any(|f| f.claimed.rowless) {
             first.record(client)?;
-            materialize_leases(client, &leased)?;
+            let elsewhere = events_with_attempts_elsewhere(batch);
+            if !elsewhere.is_empty() {
+                materialize_leases(client, &elsewhere)?;
+            }
         }
         let (row_ids, row_attempts, row_oks, row_fails, row_statuses, row_errors, row_delays) =
             row_backed(batch, &ids, &attempts, &oks, &fails, &statuses, &errors, &delay_ms);
