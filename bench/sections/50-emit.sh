@@ -54,6 +54,18 @@ SQL
         "${PSQL[@]}" -c "DELETE FROM event_bus.module_event_subscriptions" >/dev/null 2>&1 && break
         sleep 0.5
     done
+    # issue 34's row: emit alone (the worker paused: nothing else writes), 4 clients, sync commit off
+    "${PSQL[@]}" -c "ALTER SYSTEM SET event_bus.pause = on" -c "SELECT pg_reload_conf()" >/dev/null
+    sleep 1
+    declare -A P=()
+    for r in $(seq "$RUNS"); do
+        for f in emit pk; do P[$f]+="$(tps "$f.sql" 4 off) "; done
+    done
+    "${PSQL[@]}" -c "ALTER SYSTEM RESET event_bus.pause" -c "SELECT pg_reload_conf()" >/dev/null
+    echo "    4 clients, synchronous_commit=off, worker paused: emit: ${P[emit]}; pk: ${P[pk]}" >&2
+    pe="$(printf '%s\n' ${P[emit]} | median)"; pp="$(printf '%s\n' ${P[pk]} | median)"
+    ROWS+=("| emit_module_event tps, 4 clients, sync commit off, worker paused | $pe | INSERT, primary key only $pp | $(ratio "$pe" "$pp") | >= 0.8, issue 34 |")
+    unset P
 fi
 
 # --- payload contracts: emit of a type with a registered JSON Schema vs one without ---------
