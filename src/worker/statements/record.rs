@@ -118,8 +118,7 @@ const MATERIALIZE_LEASES: &str = "INSERT INTO event_bus.module_event_deliveries
                JOIN event_bus._event_leases l ON l.event_id = x.event_id AND l.holder = $2
                CROSS JOIN LATERAL unnest(l.subscription_ids) AS u(sub_id)
                JOIN event_bus.module_events e ON e.id = l.event_id
-              WHERE true
-                AND EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions s WHERE s.id = u.sub_id)
+              WHERE EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions s WHERE s.id = u.sub_id)
               ORDER BY l.event_id, u.sub_id
              ON CONFLICT (event_id, subscription_id) DO NOTHING";
 
@@ -188,44 +187,19 @@ fn events_with_attempts_elsewhere(batch: &[Finished]) -> Vec<Id> {
 /// Record a batch of outcomes: one attempt-log row each, the delivery's new state (completed,
 /// retried after its backoff, or failed), and the events' derived status.
 pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
-    let n = batch.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut events = Vec::with_capacity(n);
-    let mut subs = Vec::with_capacity(n);
-    let mut tenants = Vec::with_capacity(n);
-    let mut attempts = Vec::with_capacity(n);
-    let mut oks = Vec::with_capacity(n);
-    // whether the attempt's failure fails the delivery (its retries are used up)
-    let mut fails = Vec::with_capacity(n);
-    let mut statuses: Vec<Option<i32>> = Vec::with_capacity(n);
-    let mut errors: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut responses: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut durations = Vec::with_capacity(n);
-    let mut delay_ms = Vec::with_capacity(n);
-    // the first attempts without a row: the row written with the outcome
-    let mut first = FirstAttempts::default();
-    for (f, d) in batch.iter().zip(delays) {
-        let c = &f.claimed;
-        let o = &f.outcome;
-        if c.rowless {
-            first.push(f, c.attempt - c.attempt_offset > c.max_retries, d);
-        }
-        ids.push(c.delivery_id);
-        events.push(c.event_id);
-        subs.push(c.subscription_id);
-        tenants.push(c.tenant_id);
-        attempts.push(c.attempt);
-        oks.push(o.success);
-        fails.push(!o.success && c.attempt - c.attempt_offset > c.max_retries);
-        statuses.push(o.http_status.map(|s| s as i32));
-        errors.push(o.error.as_ref().map(|e| e.chars().take(2000).collect()));
-        responses.push(o.response.clone());
-        durations.push(o.duration.as_secs_f64() * 1000.0);
-        delay_ms.push(d.as_millis().min(i64::MAX as u128) as i64);
-    }
+    let items = || batch.iter().zip(delays);
+    let all = Outcomes::of(items());
+    // the deliveries with rows, and the first attempts without (their rows written with the outcome)
+    let with_rows = Outcomes::of(items().filter(|(f, _)| !f.claimed.rowless));
+    let first = Outcomes::of(items().filter(|(f, _)| f.claimed.rowless));
+    let responses: Vec<Option<String>> = batch.iter().map(|f| f.outcome.response.clone()).collect();
+    let durations: Vec<f64> = batch
+        .iter()
+        .map(|f| f.outcome.duration.as_secs_f64() * 1000.0)
+        .collect();
     let failed_ids: Vec<Id> = batch
         .iter()
-        .zip(&fails)
+        .zip(&all.fails)
         .filter(|(_, fails)| **fails)
         .map(|(f, _)| f.claimed.delivery_id)
         .collect();
@@ -268,15 +242,13 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
             &[pg_sys::UUIDARRAYOID],
             &[health.ids.clone().into()],
         )?;
-        if batch.iter().any(|f| f.claimed.rowless) {
-            first.record(client)?;
+        if !first.ids.is_empty() {
+            first.record_first_attempts(client)?;
             let elsewhere = events_with_attempts_elsewhere(batch);
             if !elsewhere.is_empty() {
                 materialize_leases(client, &elsewhere)?;
             }
         }
-        let (row_ids, row_attempts, row_oks, row_fails, row_statuses, row_errors, row_delays) =
-            row_backed(batch, &ids, &attempts, &oks, &fails, &statuses, &errors, &delay_ms);
         as_key_probe(|| exec(
             client,
             "record_deliveries",
@@ -291,13 +263,13 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
                 pg_sys::INT8ARRAYOID,
             ],
             &[
-                row_ids.into(),
-                row_attempts.into(),
-                row_oks.into(),
-                row_fails.into(),
-                row_statuses.into(),
-                row_errors.into(),
-                row_delays.into(),
+                with_rows.ids.into(),
+                with_rows.attempts.into(),
+                with_rows.oks.into(),
+                with_rows.fails.into(),
+                with_rows.statuses.into(),
+                with_rows.errors.into(),
+                with_rows.delay_ms.into(),
             ],
         ))?;
         exec(
@@ -325,15 +297,15 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
                 pg_sys::FLOAT8ARRAYOID,
             ],
             &[
-                ids.into(),
-                events.clone().into(),
-                subs.into(),
-                tenants.into(),
-                attempts.into(),
-                oks.into(),
-                statuses.into(),
+                all.ids.clone().into(),
+                all.events.clone().into(),
+                all.subs.clone().into(),
+                all.tenants.clone().into(),
+                all.attempts.clone().into(),
+                all.oks.clone().into(),
+                all.statuses.clone().into(),
                 responses.into(),
-                errors.into(),
+                all.errors.clone().into(),
                 durations.into(),
             ],
         )?;
@@ -366,19 +338,19 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
                 &[ordered.into()],
             )?;
         }
+        let mut events = all.events;
         events.sort();
         events.dedup();
-        let batch_events = events.clone();
         exec(
             client,
             "refresh_status",
             || "SELECT event_bus._refresh_event_status($1::uuid[])".to_string(),
             &[pg_sys::UUIDARRAYOID],
-            &[events.into()],
+            &[events.clone().into()],
         )?;
         // the batch's event leases, after the events' rows (lock order: sql/lifecycle.sql): those of
         // first attempts without rows, and those of events fanned out with rows
-        drop_leases(client, &batch_events)?;
+        drop_leases(client, &events)?;
         exec(
             client,
             "record_subscriptions",
@@ -405,40 +377,49 @@ pub fn record(batch: &[Finished], delays: &[Duration]) -> Step<()> {
     .map_err(|e| StepError::failed("recording outcomes", e))
 }
 
-/// The outcomes of first attempts without a row, as `RECORD_FIRST_ATTEMPTS` takes them.
+/// Outcomes, column by column, as the record's statements take them.
 #[derive(Default)]
-struct FirstAttempts {
+struct Outcomes {
     ids: Vec<Id>,
     events: Vec<Id>,
     subs: Vec<Id>,
     tenants: Vec<Id>,
     attempts: Vec<i32>,
     oks: Vec<bool>,
+    /// whether the attempt's failure fails the delivery (its retries are used up)
     fails: Vec<bool>,
     statuses: Vec<Option<i32>>,
     errors: Vec<Option<String>>,
     delay_ms: Vec<i64>,
 }
 
-impl FirstAttempts {
-    fn push(&mut self, f: &Finished, fails: bool, delay: &Duration) {
-        let c = &f.claimed;
-        let o = &f.outcome;
-        self.ids.push(c.delivery_id);
-        self.events.push(c.event_id);
-        self.subs.push(c.subscription_id);
-        self.tenants.push(c.tenant_id);
-        self.attempts.push(c.attempt);
-        self.oks.push(o.success);
-        self.fails.push(!o.success && fails);
-        self.statuses.push(o.http_status.map(|s| s as i32));
-        self.errors
-            .push(o.error.as_ref().map(|e| e.chars().take(2000).collect()));
-        self.delay_ms
-            .push(delay.as_millis().min(i64::MAX as u128) as i64);
+impl Outcomes {
+    fn of<'a>(items: impl Iterator<Item = (&'a Finished, &'a Duration)>) -> Outcomes {
+        let mut o = Outcomes::default();
+        for (f, delay) in items {
+            let (c, out) = (&f.claimed, &f.outcome);
+            o.ids.push(c.delivery_id);
+            o.events.push(c.event_id);
+            o.subs.push(c.subscription_id);
+            o.tenants.push(c.tenant_id);
+            o.attempts.push(c.attempt);
+            o.oks.push(out.success);
+            o.fails
+                .push(!out.success && c.attempt - c.attempt_offset > c.max_retries);
+            o.statuses.push(out.http_status.map(|s| s as i32));
+            o.errors
+                .push(out.error.as_ref().map(|e| e.chars().take(2000).collect()));
+            o.delay_ms
+                .push(delay.as_millis().min(i64::MAX as u128) as i64);
+        }
+        o
     }
 
-    fn record(self, client: &mut pgrx::spi::SpiClient<'_>) -> Result<(), pgrx::spi::Error> {
+    /// Write these first attempts' rows (`RECORD_FIRST_ATTEMPTS`).
+    fn record_first_attempts(
+        self,
+        client: &mut pgrx::spi::SpiClient<'_>,
+    ) -> Result<(), pgrx::spi::Error> {
         exec(
             client,
             "record_first_attempts",
@@ -472,40 +453,6 @@ impl FirstAttempts {
         )
         .map(|_| ())
     }
-}
-
-/// The parts of the batch's arrays that belong to deliveries with rows (`RECORD_DELIVERIES`).
-#[allow(clippy::type_complexity, clippy::too_many_arguments)]
-fn row_backed(
-    batch: &[Finished],
-    ids: &[Id],
-    attempts: &[i32],
-    oks: &[bool],
-    fails: &[bool],
-    statuses: &[Option<i32>],
-    errors: &[Option<String>],
-    delay_ms: &[i64],
-) -> (
-    Vec<Id>,
-    Vec<i32>,
-    Vec<bool>,
-    Vec<bool>,
-    Vec<Option<i32>>,
-    Vec<Option<String>>,
-    Vec<i64>,
-) {
-    let keep: Vec<usize> = (0..batch.len())
-        .filter(|&i| !batch[i].claimed.rowless)
-        .collect();
-    (
-        keep.iter().map(|&i| ids[i]).collect(),
-        keep.iter().map(|&i| attempts[i]).collect(),
-        keep.iter().map(|&i| oks[i]).collect(),
-        keep.iter().map(|&i| fails[i]).collect(),
-        keep.iter().map(|&i| statuses[i]).collect(),
-        keep.iter().map(|&i| errors[i].clone()).collect(),
-        keep.iter().map(|&i| delay_ms[i]).collect(),
-    )
 }
 
 /// A batch's outcomes per subscription, in batch order: what the circuit breaker and the
