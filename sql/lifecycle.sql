@@ -74,7 +74,8 @@
 --      FOR KEY SHARE by the fan-out, replay_events and request() to keep a matched subscription
 --      until they commit
 --   5. delivery rows (claimed FOR UPDATE SKIP LOCKED, recorded, re-armed, deleted)
---   6. events that have deliveries (their status, _refresh_event_status) — never an event of step 3
+--   6. events that have deliveries (their status, _refresh_event_status, in id order) — never an event
+--      of step 3
 --   7. bookkeeping rows (_counters, _deleted_subscriptions, _idempotency_keys, _attempt_minutes,
 --      _event_hours: insert-only, written by statement triggers; _filter_errors: insert-only, folded by
 --      the upkeep without subscription locks, cleared by set_subscription_filter after its subscription's
@@ -198,6 +199,14 @@ COMMENT ON FUNCTION event_bus._unfinished_deliveries(uuid[]) IS
 CREATE OR REPLACE FUNCTION event_bus._refresh_event_status(p_event_ids uuid[]) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- The events are updated in id order, whoever calls (the record, an unsubscribe's trigger, a retry or
+-- replay, the upkeep): two refreshes of overlapping events then never wait for each other in a cycle
+-- (lock order, step 6). The order is the plan's: the ids sorted, each event probed by its key
+-- through a nested loop. A hash or merge join would scan the events in their physical order (a
+-- bitmap or sequential scan), which differs from one snapshot to the next as rows move: an
+-- unsubscribe and the worker's record deadlocked that way (40P01).
+SET enable_hashjoin = off
+SET enable_mergejoin = off
 AS $$
 -- plpgsql, not sql: the session keeps the statement's plan (the worker calls this every batch)
 DECLARE
@@ -217,7 +226,7 @@ BEGIN
                      WHERE d.event_id = ids.id AND d.status = <failed>
                      ORDER BY d.completed_at DESC NULLS LAST LIMIT 1)
                END AS last_error
-          FROM unnest(p_event_ids) AS ids(id)
+          FROM (SELECT x.id FROM unnest(p_event_ids) AS x(id) GROUP BY x.id ORDER BY x.id) AS ids
           CROSS JOIN LATERAL (
               SELECT count(*) AS n,
                      count(*) FILTER (WHERE d.status IN (<completed>, <skipped>)) AS n_completed,
@@ -240,10 +249,6 @@ BEGIN
                dispatched_at = coalesce(e.dispatched_at, d.fanned_out_at)
           FROM derived d
          WHERE e.id = d.event_id
-           -- the ids named once more, on the events themselves: an index probe per event at any
-           -- table size (joined only through derived, the planner hashed every event: a
-           -- sequential scan of module_events, 26 ms for 227 events at 20,000 rows)
-           AND e.id = ANY (p_event_ids)
            AND (e.dispatched_at IS NOT NULL OR d.n > 0)
            AND (e.status, e.retry_count, e.error_message, e.dispatched_at IS NULL)
                IS DISTINCT FROM (d.status, d.retries, d.last_error, false)

@@ -302,3 +302,106 @@ fn subscription_churn_while_events_flow_loses_nothing_and_leaves_nothing() {
         started.elapsed()
     );
 }
+
+/// The events' status is derived in id order by every caller (lock order, step 6 in
+/// sql/lifecycle.sql): with the events written, and named, in the reverse of their id order, a
+/// refresh that finds one of them locked has taken exactly those before it in id order. Before, it took them in
+/// the order they lie in the table, and an unsubscribe's refresh and the worker's record of the same
+/// events, each in its own order, deadlocked (40P01: the churn test above, once in CI).
+#[test]
+fn event_statuses_are_refreshed_in_id_order() {
+    let cluster = Cluster::start("refresh_order", &[]);
+    let mut c = cluster.create_db_with_extension("refresh_order");
+    // 200 events written newest first (each one's row before those of older ids), dispatched, each
+    // with a delivery that completed while the event still says pending; among 20,000 others (the
+    // planner reads a few hundred of them by a bitmap, in the table's order)
+    c.batch_execute(&format!(
+        "INSERT INTO event_bus.module_events (id, tenant_id, event_type, source_module, dispatched_at, status)
+         SELECT event_bus._uuid_v7(), '{TENANT}', 'invoice.posted', 'accounting', now(), 'completed'
+           FROM generate_series(1, 20000);
+         CREATE TABLE public.ids AS
+             SELECT event_bus._uuid_v7() AS id, gen_random_uuid() AS sub FROM generate_series(1, 200);
+         INSERT INTO event_bus.module_events (id, tenant_id, event_type, source_module, dispatched_at, status)
+         SELECT i.id, '{TENANT}', 'invoice.posted', 'accounting', now(), 'pending'
+           FROM public.ids i ORDER BY i.id DESC;
+         INSERT INTO event_bus.module_event_deliveries (id, event_id, subscription_id, tenant_id, status, attempts)
+         SELECT event_bus._delivery_id(i.id, i.sub), i.id, i.sub, '{TENANT}', 'completed', 1 FROM public.ids i;
+         ANALYZE event_bus.module_events;
+         ANALYZE event_bus.module_event_deliveries;"
+    ))
+    .unwrap();
+    let ids: Vec<String> = c
+        .query("SELECT id::text FROM public.ids ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        one(
+            &mut c,
+            "SELECT (array_agg(e.id ORDER BY e.ctid))[1]::text
+               FROM event_bus.module_events e WHERE e.id IN (SELECT id FROM public.ids)"
+        ),
+        ids[199],
+        "the newest event's row comes first in the table"
+    );
+    let middle = ids[100].clone();
+    // another transaction holds the middle event
+    let mut holder = cluster.connect("refresh_order");
+    holder.batch_execute("BEGIN").unwrap();
+    holder
+        .execute(
+            "SELECT 1 FROM event_bus.module_events WHERE id = $1::text::uuid FOR NO KEY UPDATE",
+            &[&middle],
+        )
+        .unwrap();
+    // a refresh of all of them, in a session of its own, named newest first (as they lie in the
+    // table): it waits at the middle one
+    let refresher = {
+        let mut r = cluster.connect("refresh_order");
+        std::thread::spawn(move || {
+            r.query_one(
+                "SELECT event_bus._refresh_event_status(array_agg(id ORDER BY id DESC)) FROM public.ids",
+                &[],
+            )
+            .map(|row| row.get::<_, i32>(0))
+        })
+    };
+    wait_for("the refresh waiting for the held event", LONG, || {
+        (one(
+            &mut c,
+            "SELECT count(*)::text FROM pg_catalog.pg_stat_activity
+              WHERE wait_event_type = 'Lock' AND query LIKE '%_refresh_event_status%'",
+        ) == "1")
+            .then_some(())
+    });
+    // what it holds meanwhile: every event older than the middle one, none newer
+    let taken: Vec<String> = c
+        .query(
+            "SELECT id::text FROM public.ids
+              WHERE id NOT IN (SELECT e.id FROM event_bus.module_events e
+                                WHERE e.id IN (SELECT id FROM public.ids)
+                                  FOR NO KEY UPDATE SKIP LOCKED)
+                AND id <> $1::text::uuid
+              ORDER BY id",
+            &[&middle],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    holder.batch_execute("COMMIT").unwrap();
+    assert_eq!(refresher.join().unwrap().unwrap(), 200);
+    assert_eq!(
+        taken,
+        ids[..100].to_vec(),
+        "the events the refresh had taken while it waited"
+    );
+    assert_eq!(
+        one(
+            &mut c,
+            "SELECT count(*)::text FROM event_bus.module_events WHERE status = 'completed'"
+        ),
+        "20200"
+    );
+}

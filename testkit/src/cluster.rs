@@ -131,10 +131,12 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
+        // log_lock_waits: when a test fails on a deadlock, the log shows what the other side of it
+        // was waiting in (a background worker's statement is not in the deadlock report)
         let mut conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              shared_preload_libraries = 'event_bus'\nfsync = off\nmax_worker_processes = 32\n\
-             log_min_messages = info\n",
+             log_min_messages = info\nlog_lock_waits = on\n",
             dir.display()
         );
         for l in extra_conf {
