@@ -17,7 +17,8 @@
 #   batch     100,000 events emitted in one statement (emit_module_events, and emit_module_event per
 #             row) vs the same rows INSERTed
 #   sustained 4 clients emit single events for 60 s while the worker delivers to nginx: emitted/s,
-#             delivered/s, the backlog at the end and how long it takes to drain, probe latency
+#             delivered/s, the backlog at the end and how long it takes to drain, probe latency; then
+#             the same beside a second subscription failing every attempt: the healthy one's rate
 #   isolation 100,000 events matching nothing: completed/s and a matched event's latency behind them;
 #             latency while another endpoint hangs (500 requests in flight), beside idle; a healthy
 #             subscription's rate beside a neighbour failing every delivery, beside the rate alone

@@ -86,6 +86,18 @@ if want sustained; then
     ROWS+=("| sustained, $SUS_C clients emitting for $SUS_S s: deliveries/s during it | $d | events emitted/s $e | $(ratio "$d" "$e") | >= 1 (keeps up) |")
     ROWS+=("| sustained: backlog at the end / seconds to drain it | $(m "${bl[@]}") / $(m "${dr[@]}") | | | drained < 5 s |")
     ROWS+=("| sustained: commit -> handler p50 / p99 ms of a probe every 50 ms during it | $(m "${s50[@]}") / $(m "${s99[@]}") | | | |")
+    # the same with a second subscription to the same events failing every attempt (nginx's /fail
+    # answers 500: retries, then its breaker): the healthy one's deliveries/s beside alone's
+    fd=(); fe=(); fdr=()
+    for r in $(seq "$RUNS"); do
+        out="$("$DRIVER" sustained "$CONN" "$SINK" "$SUS_C" "$SUS_S" "$SINK_FAIL")"
+        echo "    sustained beside a failing subscription, run $r: $out" >&2
+        fe+=("$(sed -n 's/.*emitted_per_s=\([0-9.]*\).*/\1/p' <<<"$out")")
+        fd+=("$(sed -n 's/.*delivered_per_s=\([0-9.]*\).*/\1/p' <<<"$out")")
+        fdr+=("$(sed -n 's/.*drain_s=\([0-9.]*\).*/\1/p' <<<"$out")")
+    done
+    f="$(m "${fd[@]}")"
+    ROWS+=("| sustained beside a subscription failing every attempt: healthy deliveries/s (emitted/s $(m "${fe[@]}"); drain $(m "${fdr[@]}") s) | $f | alone $d | $(ratio "$f" "$d") | >= 0.9 |")
 fi
 # (a sourced file returns its last status: a section left out must not stop run.sh)
 true

@@ -17,11 +17,13 @@
 //! then one that does; print how fast the burst was completed (`unmatched_per_s`) and how long the
 //! matched one took from its commit to its handler (`probe_ms`).
 //!
-//! `sustained <connstr> <url> <clients> <seconds>`: `clients` connections emit single events (each
+//! `sustained <connstr> <url> <clients> <seconds> [failing url]`: `clients` connections emit single events (each
 //! its own commit) as fast as they can for `seconds`, to a subscription to `url`, while a probe
 //! emits an event every 50 ms to this driver's own receiver. Prints events emitted/s, deliveries
 //! completed/s during the run, the backlog (events not yet delivered) at its end, how long it took
-//! to drain, and the probes' commit → handler p50/p99.
+//! to drain, and the probes' commit → handler p50/p99. `[failing url]`: a second subscription to
+//! the same events at `url`, failing every attempt (retries, breaker); the backlog and the drain are
+//! then the sink's.
 //!
 //! `console <connstr> <console base url> <role> <password> <tenant|-> <samples>`: the Event
 //! Monitor's pages against what they cost in SQL. Signs in to the console as `role`, then for each
@@ -109,6 +111,7 @@ fn main() {
             &args[3],
             args[4].parse().unwrap(),
             args[5].parse().unwrap(),
+            args.get(6).map(String::as_str),
         ),
         Some("request") => request(&args[2], &args[3], args[4].parse().unwrap()),
         Some("console") => console(

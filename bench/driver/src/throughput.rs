@@ -159,7 +159,13 @@ pub(crate) fn unmatched(conn: &str, events: i64) {
     );
 }
 
-pub(crate) fn sustained(conn: &str, url: &str, clients: usize, seconds: u64) {
+pub(crate) fn sustained(
+    conn: &str,
+    url: &str,
+    clients: usize,
+    seconds: u64,
+    failing: Option<&str>,
+) {
     let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
     let port = start_receiver(&arrivals);
     let mut c = connect(conn);
@@ -171,6 +177,15 @@ pub(crate) fn sustained(conn: &str, url: &str, clients: usize, seconds: u64) {
         )
         .unwrap()
         .get(0);
+    if let Some(failing) = failing {
+        // a neighbour to the same events whose every attempt fails: its retries and its breaker
+        // run beside the sink's deliveries
+        c.execute(
+            "SELECT event_bus.subscribe('sustained.#', 'failing', $1)",
+            &[&failing],
+        )
+        .unwrap();
+    }
     c.execute(
         "SELECT event_bus.subscribe('bench.probe', 'probe', $1)",
         &[&format!("http://127.0.0.1:{port}/")],
@@ -209,8 +224,18 @@ pub(crate) fn sustained(conn: &str, url: &str, clients: usize, seconds: u64) {
     let emitted: i64 = emitters.into_iter().map(|h| h.join().unwrap()).sum();
     let elapsed = start.elapsed().as_secs_f64();
     let end = Instant::now();
-    let backlog_query = &sql("SELECT count(*) FROM event_bus.module_events e
-                          WHERE e.event_type = 'sustained.event' AND e.status <> <completed>");
+    // the events the sink still owes (with a failing neighbour an event's own status stays
+    // unfinished while the neighbour retries: what counts is the sink's delivery of it)
+    let backlog_query = &sql(if failing.is_some() {
+        "SELECT count(*) FROM event_bus.module_events e
+          WHERE e.event_type = 'sustained.event'
+            AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries d
+                             JOIN event_bus.module_event_subscriptions s ON s.id = d.subscription_id
+                            WHERE d.event_id = e.id AND s.handler_module = 'sink' AND d.status = <completed>)"
+    } else {
+        "SELECT count(*) FROM event_bus.module_events e
+          WHERE e.event_type = 'sustained.event' AND e.status <> <completed>"
+    });
     let delivered: i64 = c
         .query_one(
             &sql("SELECT count(*) FROM event_bus.module_event_deliveries d
