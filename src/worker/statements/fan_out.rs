@@ -18,7 +18,11 @@ use pgrx::prelude::*;
 /// where it must be written now:
 /// - an event that matched nothing is completed (dispatched, processed);
 /// - an event with a delivery that is not leased (held by an open breaker, queued for a full or
-///   limited subscription, waiting in its ordered stream) is marked dispatched;
+///   limited subscription, waiting in its ordered stream) is marked dispatched, with the status
+///   `_refresh_event_status` derives from the deliveries just created: processing when one of them
+///   is leased (an attempt under way), else pending. So the record of that first attempt finds the
+///   status it derives already written and leaves the row alone (one row version less per event
+///   beside a held, queued or waiting delivery);
 /// - an event whose first attempts go out without rows (`fl`), or whose deliveries were all created
 ///   leased, is not written here: its lease or its deliveries say that it was fanned out (the
 ///   intake skips events that have either), and the record of their first outcome writes
@@ -31,14 +35,17 @@ const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
              RETURNING *
          ), marks AS (
              SELECT ev.id,
-                    NOT EXISTS (SELECT 1 FROM m WHERE m.event_id = ev.id) AS unmatched
+                    NOT EXISTS (SELECT 1 FROM m WHERE m.event_id = ev.id) AS unmatched,
+                    EXISTS (SELECT 1 FROM ins WHERE ins.event_id = ev.id AND ins.status = <processing>) AS attempted
                FROM ev
               WHERE NOT EXISTS (SELECT 1 FROM m WHERE m.event_id = ev.id)
                  OR EXISTS (SELECT 1 FROM ins WHERE ins.event_id = ev.id AND ins.status <> <processing>)
          ), upd AS (
              UPDATE event_bus.module_events e
                 SET dispatched_at = now(),
-                    status = CASE WHEN k.unmatched THEN <completed> ELSE e.status END,
+                    status = CASE WHEN k.unmatched THEN <completed>
+                                  WHEN k.attempted THEN <processing>
+                                  ELSE e.status END,
                     processed_at = CASE WHEN k.unmatched THEN now() ELSE e.processed_at END
                FROM marks k
               WHERE e.id = k.id
