@@ -34,12 +34,15 @@ use pgrx::prelude::*;
 const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
              RETURNING *
          ), marks AS (
+             -- IN, not a correlated EXISTS: each list is read once into a hash (an EXISTS in the
+             -- select list or under OR rescans the CTE for every event: 500 events by 1,000
+             -- deliveries made this statement 32 ms a round beside a failing subscription)
              SELECT ev.id,
-                    NOT EXISTS (SELECT 1 FROM m WHERE m.event_id = ev.id) AS unmatched,
-                    EXISTS (SELECT 1 FROM ins WHERE ins.event_id = ev.id AND ins.status = <processing>) AS attempted
+                    ev.id NOT IN (SELECT m.event_id FROM m) AS unmatched,
+                    ev.id IN (SELECT ins.event_id FROM ins WHERE ins.status = <processing>) AS attempted
                FROM ev
-              WHERE NOT EXISTS (SELECT 1 FROM m WHERE m.event_id = ev.id)
-                 OR EXISTS (SELECT 1 FROM ins WHERE ins.event_id = ev.id AND ins.status <> <processing>)
+              WHERE ev.id NOT IN (SELECT m.event_id FROM m)
+                 OR ev.id IN (SELECT ins.event_id FROM ins WHERE ins.status <> <processing>)
          ), upd AS (
              UPDATE event_bus.module_events e
                 SET dispatched_at = now(),
