@@ -30,6 +30,17 @@ pub fn wait_http_ok(port: u16, path: &str) {
     );
 }
 
+/// `read`, again when a signal interrupted it (EINTR: seen once, in `bearer_tokens_from_a_jwks`):
+/// an interrupted read is not the server's answer, and `Read::read` does not retry it itself.
+fn read_retrying(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
 /// A bare HTTP/1.1 request (a forged form post is not something a browser should make for us).
 pub fn raw_http(
     port: u16,
@@ -54,7 +65,7 @@ pub fn raw_http(
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i;
         }
-        let n = s.read(&mut chunk)?;
+        let n = read_retrying(&mut s, &mut chunk)?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -75,7 +86,7 @@ pub fn raw_http(
     match length {
         Some(len) => {
             while body.len() < len {
-                let n = s.read(&mut chunk)?;
+                let n = read_retrying(&mut s, &mut chunk)?;
                 if n == 0 {
                     break;
                 }
