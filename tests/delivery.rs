@@ -891,6 +891,181 @@ fn due_deliveries_whose_event_was_deleted_by_hand_never_block_the_claim() {
 
 /// Whether each of `table`'s live rows is an UPDATEd version (HEAP_UPDATED in its tuple header),
 /// read with pageinspect: (updated versions, rows).
+/// A plain first attempt goes out without a row also beside a delivery of the same event that has
+/// one (held by an open breaker): the healthy delivery is one INSERT, with its outcome; the held one
+/// waits in its row; the event is written by that record (processing: the held delivery is still to
+/// go) and no lease is left behind. When the worker dies with such an attempt in flight, the event
+/// is fanned out again: the attempt goes out once more with the same webhook-id, and the held row
+/// is left as it was — nothing sent for it, no second row. While the attempt is in flight,
+/// metrics() counts it as processing, and a replay does not send it a second time.
+#[test]
+fn a_first_attempt_beside_a_held_delivery_is_written_once_and_survives_a_crash() {
+    let cluster = Cluster::start(
+        "beside-held",
+        &[
+            "event_bus.backoff_base_ms = 50",
+            "event_bus.backoff_max_ms = 200",
+            "event_bus.lease_ms = 1000",
+            "event_bus.poll_interval_ms = 200",
+        ],
+    );
+    let rx = Receiver::start(|r, n| {
+        if r.path == "/slow" && n == 0 {
+            Reply::ok().delayed(Duration::from_secs(20))
+        } else {
+            Reply::ok()
+        }
+    });
+    let mut c = cluster.create_db_with_extension("beside_held");
+    c.batch_execute("CREATE EXTENSION pageinspect").unwrap();
+    let open_breaker = |c: &mut postgres::Client, sub: &str| {
+        c.batch_execute(&format!(
+            "UPDATE event_bus.module_event_subscriptions
+                SET breaker_open_until = now() + interval '1 hour', breaker_opened_at = now()
+              WHERE id = '{sub}'"
+        ))
+        .unwrap();
+    };
+    let held = subscribe(&mut c, "mix.*", &rx.url("/held"), "");
+    let ok = subscribe(&mut c, "mix.*", &rx.url("/ok"), "");
+    open_breaker(&mut c, &held);
+    for i in 0..20 {
+        emit(&mut c, "mix.x", &format!("{{\"n\": {i}}}"));
+    }
+    wait_for("the 20 healthy deliveries recorded", LONG, || {
+        (scalar_i64(
+            &mut c,
+            &format!(
+                "SELECT count(*) FROM event_bus.module_event_deliveries
+                  WHERE subscription_id = '{ok}' AND status = 'completed'"
+            ),
+        ) == 20)
+            .then_some(())
+    });
+    assert_eq!(
+        updated_versions(
+            &mut c,
+            "event_bus.module_event_deliveries",
+            &format!("d.subscription_id = '{ok}'")
+        ),
+        (0, 20),
+        "each healthy delivery is one INSERT, beside the held one"
+    );
+    assert_eq!(
+        scalar_text(
+            &mut c,
+            &format!(
+                "SELECT string_agg(DISTINCT concat_ws('|', status, attempts), ',')
+                   FROM event_bus.module_event_deliveries WHERE subscription_id = '{held}'"
+            )
+        ),
+        "held|0"
+    );
+    wait_for("the events' status derived", LONG, || {
+        (scalar_text(
+            &mut c,
+            "SELECT string_agg(DISTINCT concat_ws('|', status, dispatched_at IS NOT NULL), ',')
+               FROM event_bus.module_events WHERE event_type = 'mix.x'",
+        ) == "processing|t")
+            .then_some(())
+    });
+    assert_eq!((rx.count("/ok"), rx.count("/held")), (20, 0));
+    wait_for("no lease left", LONG, || {
+        (scalar_i64(&mut c, "SELECT count(*) FROM event_bus._event_leases") == 0).then_some(())
+    });
+
+    // the same shape, the worker killed while the healthy attempt is in flight
+    let slow = subscribe(
+        &mut c,
+        "crash.*",
+        &rx.url("/slow"),
+        ", p_timeout_ms => 60000",
+    );
+    let held2 = subscribe(&mut c, "crash.*", &rx.url("/held2"), "");
+    open_breaker(&mut c, &held2);
+    let ev = emit(&mut c, "crash.x", "{}");
+    wait_for("the slow attempt under way", LONG, || {
+        (rx.count("/slow") == 1).then_some(())
+    });
+    assert_eq!(
+        scalar_text(
+            &mut c,
+            &format!(
+                "SELECT string_agg(concat_ws('|', subscription_id = '{held2}', status), ',')
+                   FROM event_bus.module_event_deliveries WHERE event_id = '{ev}'"
+            )
+        ),
+        "t|held",
+        "in flight without a row, beside the held row"
+    );
+    assert!(
+        scalar_text(&mut c, "SELECT event_bus.metrics()")
+            .contains("event_bus_deliveries{status=\"processing\"} 1\n"),
+        "metrics count the attempt in flight"
+    );
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            &format!(
+                "SELECT event_bus.replay_events(p_event_id => '{ev}', p_subscription_id => '{slow}',
+                                                p_dry_run => true)"
+            )
+        ),
+        0,
+        "a replay leaves the attempt in flight alone"
+    );
+    let pid: i32 = c
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_bus worker' AND datname = 'beside_held'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // the worker commits asynchronously: a checkpoint writes its fan-out's WAL out first, so the
+    // crash below keeps the fan-out (the held row) and loses only the attempt in flight
+    c.batch_execute("CHECKPOINT").unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // the cluster crash-restarts (and empties the unlogged leases): reconnect whenever a query fails
+    let mut conn: Option<postgres::Client> = None;
+    let mut query = |sql: &str| -> Option<String> {
+        if conn.is_none() {
+            conn = postgres::Client::connect(&cluster.connstr("beside_held"), postgres::NoTls).ok();
+        }
+        match conn.as_mut()?.query_one(sql, &[]) {
+            Ok(row) => Some(row.get(0)),
+            Err(_) => {
+                conn = None;
+                None
+            }
+        }
+    };
+    wait_for("the slow delivery completed after the crash", LONG, || {
+        (query(&format!(
+            "SELECT status FROM event_bus.module_event_deliveries
+              WHERE event_id = '{ev}' AND subscription_id = '{slow}'"
+        ))? == "completed")
+            .then_some(())
+    });
+    let sent = rx.on("/slow");
+    assert_eq!(sent.len(), 2, "sent again after the crash, once");
+    assert_eq!(
+        sent[0].header("webhook-id"),
+        sent[1].header("webhook-id"),
+        "with the same webhook-id"
+    );
+    wait_for("the event's status", LONG, || {
+        (query(&format!(
+            "SELECT concat_ws('|', e.status, e.dispatched_at IS NOT NULL,
+                              (SELECT string_agg(concat_ws('|', d.subscription_id = '{held2}', d.status, d.attempts),
+                                                 ',' ORDER BY d.subscription_id = '{held2}')
+                                 FROM event_bus.module_event_deliveries d WHERE d.event_id = e.id))
+               FROM event_bus.module_events e WHERE e.id = '{ev}'"
+        ))? == "processing|t|f|completed|1,t|held|0")
+            .then_some(())
+    });
+    assert_eq!(rx.count("/held2"), 0, "nothing sent for the held row");
+}
+
 fn updated_versions(c: &mut postgres::Client, table: &str, filter: &str) -> (i64, i64) {
     let row = c
         .query_one(
