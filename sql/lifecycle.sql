@@ -55,25 +55,18 @@
 -- indexes' predicates, so a statement that names a rule still proves the index usable. The due index
 -- (pending, processing) and the held index cover parts of a rule: statements for them name the states.
 -- An event's own status is derived from its deliveries (_refresh_event_status).
--- A plain first attempt (processing at the fan-out: breaker closed, no limit, no order, no
--- idempotency key) is processing without a row, even beside deliveries of the same event that have
--- rows (held, say): its event's lease (_event_leases, until lease_end, naming the subscriptions of
--- those attempts) holds it, and the record writes the row once, in the state the outcome moves it
--- to (or processing, leased, for an attempt of the same event still in flight). An event stays
--- undispatched until that record; if its lease runs out first (its worker died) the fan-out takes
--- it again and sends the attempts that still have no row, leaving the rows to the claim.
+-- A plain first attempt (the event's deliveries all processing at the fan-out: no breaker open, no
+-- limit, no order, no idempotency key) is processing without a row: its event's lease
+-- (_event_leases, until lease_end) holds it, and the record writes the row once, in the state the
+-- outcome moves it to (or processing, leased, for an attempt of the same event still in flight).
 --
 -- The lock order. Every path that touches subscriptions and deliveries together takes its locks in
 -- this order, so no two of them wait for each other (deadlock detected, 40P01):
 --   1. the table module_events, ACCESS SHARE (every worker transaction first: DROP EXTENSION takes
 --      everything in the other order; src/worker/statements/session.rs lock_in_drop_order)
 --   2. the stream lock (_lock_streams), where ordered streams or limits are decided
---   3. new events, undispatched and without a running lease (the fan-out's intake, FOR UPDATE [SKIP
---      LOCKED]), then their leases (_event_leases: inserted by the fan-out; the record drops its own
---      after step 6). An event taken again after its worker died may have delivery rows: the
---      fan-out only reads them (it inserts rows for subscriptions that have none, never checking an
---      existing one for a conflict), so a step-6 refresh of that event waits for the fan-out, never
---      the other way round
+--   3. new events, those without deliveries (the fan-out's intake, FOR UPDATE [SKIP LOCKED]), then
+--      their leases (_event_leases: inserted by the fan-out; the record drops its own after step 6)
 --   4. subscription rows, in id order: FOR UPDATE by a DELETE (unsubscribe) and by reset_breaker (so
 --      a fan-out that read the breaker open has committed its held deliveries before they are
 --      released); FOR NO KEY UPDATE by
@@ -81,8 +74,8 @@
 --      FOR KEY SHARE by the fan-out, replay_events and request() to keep a matched subscription
 --      until they commit
 --   5. delivery rows (claimed FOR UPDATE SKIP LOCKED, recorded, re-armed, deleted)
---   6. events that have deliveries (their status, _refresh_event_status, in id order) — of step 3 only
---      an event taken again, which waits for nothing after it (see 3)
+--   6. events that have deliveries (their status, _refresh_event_status, in id order) — never an event
+--      of step 3
 --   7. bookkeeping rows (_counters, _deleted_subscriptions, _idempotency_keys, _attempt_minutes,
 --      _event_hours: insert-only, written by statement triggers; _filter_errors: insert-only, folded by
 --      the upkeep without subscription locks, cleared by set_subscription_filter after its subscription's
@@ -223,11 +216,9 @@ BEGIN
         SELECT ids.id AS event_id,
                a.n,
                a.fanned_out_at,
-               -- f.n: first attempts in flight without a row yet (processing, under the event's
-               -- lease), beside the rows: an event is not finished while one of them is out
-               CASE WHEN a.n + f.n = a.n_completed THEN <completed>
-                    WHEN a.n + f.n = a.n_completed + a.n_failed THEN <failed>
-                    WHEN a.n_attempted + f.n > 0 OR a.n_completed + a.n_failed > 0 THEN <processing>
+               CASE WHEN a.n = a.n_completed THEN <completed>
+                    WHEN a.n = a.n_completed + a.n_failed THEN <failed>
+                    WHEN a.n_attempted > 0 OR a.n_completed + a.n_failed > 0 THEN <processing>
                     ELSE <pending> END AS status,
                greatest(a.retries, 0)::integer AS retries,
                CASE WHEN a.n_failed > 0 THEN
@@ -246,13 +237,6 @@ BEGIN
                      min(d.created_at) AS fanned_out_at
                 FROM event_bus.module_event_deliveries d
                WHERE d.event_id = ids.id) a
-          CROSS JOIN LATERAL (
-              SELECT count(*) AS n
-                FROM event_bus._event_leases l
-               CROSS JOIN LATERAL unnest(l.subscription_ids) AS u(sub_id)
-               WHERE l.event_id = ids.id AND l.lease_end >= now()
-                 AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries r
-                                  WHERE r.event_id = l.event_id AND r.subscription_id = u.sub_id)) f
     ), upd AS (
         -- an event the fan-out left unmarked (every delivery created leased) is marked dispatched
         -- here, with its first recorded outcome: as of its deliveries' creation, the fan-out

@@ -361,14 +361,10 @@ CREATE OR REPLACE FUNCTION event_bus._first_attempts_in_flight() RETURNS bigint
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    -- the subscriptions a lease names are those whose first attempts went out without a row; one
-    -- that has its row now (written by the record of a sibling) is counted with the rows
-    SELECT count(*)
+    SELECT coalesce(sum(cardinality(l.subscription_ids)), 0)::bigint
       FROM event_bus._event_leases l
-     CROSS JOIN LATERAL unnest(l.subscription_ids) AS u(sub_id)
      WHERE l.lease_end >= now()
-       AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries d
-                        WHERE d.event_id = l.event_id AND d.subscription_id = u.sub_id)
+       AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries d WHERE d.event_id = l.event_id)
 $$;
 COMMENT ON FUNCTION event_bus._first_attempts_in_flight() IS
     'Internal: first attempts in flight without a delivery row yet (processing, under an event lease: '
@@ -391,6 +387,7 @@ AS $$
                    coalesce(extract(epoch FROM now() - min(e.created_at))::double precision, 0) AS age
               FROM event_bus.module_events e
              WHERE e.dispatched_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0)
                AND NOT event_bus._leased(e.id)) u,
            (SELECT count(*) AS due,
                    coalesce(extract(epoch FROM now() - min(d.next_attempt_at))::double precision, 0) AS age
@@ -529,6 +526,7 @@ BEGIN
       INTO v_out
       FROM event_bus.module_events e
      WHERE e.dispatched_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0)
        AND NOT EXISTS (SELECT 1 FROM event_bus._event_leases l
                         WHERE l.event_id = e.id AND l.lease_end >= now() OFFSET 0);
 

@@ -222,11 +222,7 @@ AS $$
        AND NOT EXISTS (
            SELECT 1 FROM event_bus.module_event_deliveries d
             WHERE d.event_id = e.id AND d.subscription_id = s.id
-              AND d.status = ANY (event_bus._unfinished_states()))
-       -- nor a first attempt in flight without a row (an event fanned out beside a held delivery)
-       AND NOT EXISTS (
-           SELECT 1 FROM event_bus._event_leases l
-            WHERE l.event_id = e.id AND l.lease_end >= now() AND s.id = ANY (l.subscription_ids));
+              AND d.status = ANY (event_bus._unfinished_states()));
 $$;
 COMMENT ON FUNCTION event_bus._replay_targets(uuid, text, text, uuid, timestamptz, timestamptz, uuid, uuid) IS
     'Internal: the (event, subscription) pairs a replay with these filters re-delivers, within p_scope '

@@ -499,11 +499,10 @@ COMMENT ON TABLE event_bus._filter_errors IS
     'Internal: events whose subscription''s filter came out unknown (no delivery made), per subscription and '
     'tenant; summed by subscription_health.filter_errors and metrics(). Reset when the filter changes.';
 
--- Event leases: the fan-out leases every event it takes here. A plain first attempt (no breaker open,
--- no limit, not ordered, no idempotency key: the common case) gets no delivery row at its fan-out, even
--- beside deliveries of the same event that get one (held by an open breaker, say): its lease says it is
--- in flight, and the record writes each delivery's row once, with its outcome (a completed delivery is
--- one INSERT, not an INSERT and an UPDATE). The
+-- Event leases: the fan-out leases every event it takes here. An event whose deliveries are all plain
+-- first attempts (no breaker open, no limit, not ordered, no idempotency key: the common case) gets no
+-- delivery rows at its fan-out: its lease says it is in flight, and the record writes each delivery's
+-- row once, with its outcome (a completed delivery is one INSERT, not an INSERT and an UPDATE). The
 -- event is not marked dispatched until then, so it stays in the intake: the lease keeps other workers
 -- and process_pending_events off it until lease_end, after which it is fanned out again (its worker
 -- died or is stuck past every timeout; the deliveries keep their ids, so a receiver sees the same

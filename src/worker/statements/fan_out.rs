@@ -1,11 +1,10 @@
 //! The fan-out: new events into deliveries, one per matching active subscription (type pattern and
 //! content filter), leased to this worker for their first attempt. Each event taken is leased in
-//! `event_bus._event_leases`; a plain first attempt (breaker closed, subscription not full, no
-//! idempotency key) gets no delivery row here — the record writes its row once, with its outcome —
-//! and every other delivery gets its row (leased, held or queued), beside them if the event has
-//! both. The plain statement, and the one for ordered and limited subscriptions (under the stream
-//! lock, always with rows). Each runs inside the caller's transaction, as part of a claim round
-//! (`super::claim`).
+//! `event_bus._event_leases`; an event whose deliveries are all plain first attempts (the common
+//! case) gets no delivery rows here — the record writes each row once, with its outcome — and the
+//! others get their rows (leased, held, queued or waiting). The plain statement, and the one for
+//! ordered and limited subscriptions (under the stream lock, always with rows). Each runs inside the
+//! caller's transaction, as part of a claim round (`super::claim`).
 
 use crate::plans::exec;
 use crate::worker::job::{row_to_job, ClaimSettings, Id, Job, JobColumns, JOB_COLUMNS};
@@ -17,20 +16,18 @@ use pgrx::prelude::*;
 /// whose filters passed none is unmatched): count the events and with event_bus.notify
 /// ($7) send LISTEN module_event its notifications, at this commit; and write the event row only
 /// where it must be written now:
-/// - an event that matched nothing is completed (dispatched, processed) — unless it has delivery
-///   rows (taken again after its worker died, every subscription of those rows paused since):
-///   then it is only marked dispatched, and its rows' records derive its status;
+/// - an event that matched nothing is completed (dispatched, processed);
 /// - an event with a delivery that is not leased (held by an open breaker, queued for a full or
-///   limited subscription, waiting in its ordered stream) and no first attempt without a row is
-///   marked dispatched, with the status `_refresh_event_status` derives from the deliveries just
-///   created: processing when one of them is leased (an attempt under way), else pending. So the
-///   record of that first attempt finds the status it derives already written and leaves the row
-///   alone (one row version less per event beside a held, queued or waiting delivery);
-/// - an event with a first attempt going out without a row (`fl`), or whose deliveries were all
-///   created leased, is not written here: its lease says that it was fanned out (the intake skips
-///   an event while its lease runs, and takes it again when it has run out: its worker died before
-///   the record), and the record of the first outcome writes dispatched_at together with the
-///   status (`_refresh_event_status`): one row version per event instead of two.
+///   limited subscription, waiting in its ordered stream) is marked dispatched, with the status
+///   `_refresh_event_status` derives from the deliveries just created: processing when one of them
+///   is leased (an attempt under way), else pending. So the record of that first attempt finds the
+///   status it derives already written and leaves the row alone (one row version less per event
+///   beside a held, queued or waiting delivery);
+/// - an event whose first attempts go out without rows (`fl`), or whose deliveries were all created
+///   leased, is not written here: its lease or its deliveries say that it was fanned out (the
+///   intake skips events that have either), and the record of their first outcome writes
+///   dispatched_at together with the status (`_refresh_event_status`): one row version per event
+///   instead of two.
 ///
 /// An event another fan-out took meanwhile (its deliveries already there: nothing inserted) is
 /// left alone.
@@ -40,20 +37,19 @@ const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
              -- IN, not a correlated EXISTS: each list is read once into a hash (an EXISTS in the
              -- select list or under OR rescans the CTE for every event: 500 events by 1,000
              -- deliveries made this statement 32 ms a round beside a failing subscription)
-             SELECT ev.id, ev.has_rows,
+             SELECT ev.id,
                     ev.id NOT IN (SELECT m.event_id FROM m) AS unmatched,
                     ev.id IN (SELECT ins.event_id FROM ins WHERE ins.status = <processing>) AS attempted
                FROM ev
               WHERE ev.id NOT IN (SELECT m.event_id FROM m)
-                 OR (ev.id IN (SELECT ins.event_id FROM ins WHERE ins.status <> <processing>)
-                     AND ev.id NOT IN (SELECT fl.event_id FROM fl))
+                 OR ev.id IN (SELECT ins.event_id FROM ins WHERE ins.status <> <processing>)
          ), upd AS (
              UPDATE event_bus.module_events e
                 SET dispatched_at = now(),
-                    status = CASE WHEN k.unmatched AND NOT k.has_rows THEN <completed>
+                    status = CASE WHEN k.unmatched THEN <completed>
                                   WHEN k.attempted THEN <processing>
                                   ELSE e.status END,
-                    processed_at = CASE WHEN k.unmatched AND NOT k.has_rows THEN now() ELSE e.processed_at END
+                    processed_at = CASE WHEN k.unmatched THEN now() ELSE e.processed_at END
                FROM marks k
               WHERE e.id = k.id
              RETURNING 1
@@ -77,8 +73,8 @@ const FAN_OUT_TAIL: &str = "ON CONFLICT (event_id, subscription_id) DO NOTHING
 /// leased and committed after this statement's snapshot was taken (so the intake did not see the
 /// lease, and the row lock was gone) conflicts here and is left alone; an expired lease (its worker
 /// died, or is stuck past its timeout) is taken over. The lease runs as long as the longest of the
-/// event's first attempts may, and names the subscriptions whose first attempts go out without a
-/// row (`c0.first_plain`, without a row already), so the record can write a row for each one still in flight. An event that matches nothing takes
+/// event's first attempts may, and names the subscriptions they go to (those the filters passed),
+/// so the record can write a row for each one still in flight. An event that matches nothing takes
 /// no lease: this statement marks it completed, and a fan-out that locks it after this commit finds
 /// it marked (its intake's condition is checked again on the row it locks).
 const TAKE_LEASES: &str = "won AS (
@@ -86,8 +82,7 @@ const TAKE_LEASES: &str = "won AS (
              SELECT x.event_id, $9, x.lease_end, x.subscription_ids
                FROM (SELECT c0.event_id,
                             max(event_bus._lease_end(c0.timeout_ms, $2, $3)) AS lease_end,
-                            coalesce(array_agg(c0.sub_id ORDER BY c0.sub_id) FILTER (WHERE c0.first_plain AND NOT c0.has_row),
-                                     '{}') AS subscription_ids
+                            array_agg(c0.sub_id ORDER BY c0.sub_id) AS subscription_ids
                        FROM c0 WHERE c0.passes GROUP BY c0.event_id) x
               ORDER BY x.event_id
              ON CONFLICT (event_id) DO UPDATE
@@ -102,16 +97,6 @@ const TAKE_LEASES: &str = "won AS (
          ), c AS (
              SELECT c0.* FROM c0 WHERE c0.event_id IN (SELECT ev.id FROM ev)
          )";
-
-/// Whether the delivery of an event to a subscription has its row already (`c.has_row`): only for
-/// an event with delivery rows (`ev.has_rows`), which the intake takes again when its lease ran out
-/// (its worker died before the record). Such a row is left as it is — to the claim, which takes it
-/// again when its own lease runs out — and nothing is inserted or sent for it here: the statement
-/// never even checks it for a conflict, which would wait for a record of that row that is itself
-/// waiting for this event (lock order, sql/lifecycle.sql).
-const HAS_ROW: &str = "(ev.has_rows
-                     AND EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x
-                                  WHERE x.event_id = ev.id AND x.subscription_id = s.id)) AS has_row";
 
 /// Whether an event passes its subscription's content filter (`c.passes`): true without one; NULL
 /// when the filter came out unknown on it (lax mode: an error is no match), which the tail counts
@@ -146,11 +131,7 @@ pub(super) fn fan_out(
         "WITH ev0 AS ({events}), c0 AS (
              SELECT ev.id AS event_id, ev.tenant_id, s.id AS sub_id, s.timeout_ms,
                     event_bus._first_state(s.breaker_open_until IS NOT NULL, s.id = ANY ($6::uuid[])) AS status,
-                    -- a plain first attempt: sent without a row
-                    (event_bus._first_state(s.breaker_open_until IS NOT NULL, s.id = ANY ($6::uuid[]))
-                         = <processing>
-                     AND s.idempotency_key IS NULL) AS first_plain,
-                    {HAS_ROW},
+                    s.idempotency_key IS NOT NULL AS keyed,
                     {PASSES}
                FROM ev0 AS ev
                JOIN event_bus.module_event_subscriptions s
@@ -161,7 +142,9 @@ pub(super) fn fan_out(
          ), {TAKE_LEASES}, m AS (
              SELECT * FROM c WHERE c.passes
          ), fl AS (
-             SELECT m.* FROM m WHERE m.first_plain AND NOT m.has_row
+             SELECT m.* FROM m
+              WHERE m.event_id IN (SELECT r.event_id FROM m r GROUP BY r.event_id
+                                    HAVING bool_and(r.status = <processing> AND NOT r.keyed))
          ), ins AS (
              INSERT INTO event_bus.module_event_deliveries
                  (id, event_id, subscription_id, tenant_id, status, attempts, last_attempt_at, next_attempt_at)
@@ -172,7 +155,7 @@ pub(super) fn fan_out(
                          THEN event_bus._lease_end(m.timeout_ms, $2, $3)
                          ELSE now() END
                FROM m
-              WHERE NOT m.first_plain AND NOT m.has_row
+              WHERE m.event_id NOT IN (SELECT fl.event_id FROM fl)
               ORDER BY m.event_id, m.sub_id
              {FAN_OUT_TAIL}
          {jobs}",
@@ -222,32 +205,28 @@ fn events_to_take(pass: Pass, special: bool) -> String {
     }
 }
 
-/// The events not fanned out yet: not marked dispatched and without a lease that runs (those the
-/// last fan-outs took, whose events are marked when their first outcome is recorded; an ended
-/// lease is none: its worker died before the record, the event goes out again — its first
-/// attempts without rows once more, with the same delivery ids, and the deliveries that have rows
-/// left to the claim). Read through the partial index of undispatched events, which holds only
-/// those and the events in flight for the first time. (`OFFSET 0` keeps the test a probe of the
-/// leases' key per event.)
+/// The events not fanned out yet: not marked dispatched, without deliveries and without a lease
+/// that runs (those the last fan-outs took, whose events are marked when their first outcome is
+/// recorded; an ended lease is none: its worker died, the event goes out again).
+/// Read through the partial index of undispatched events, which holds only those and the events
+/// in flight for the first time. (`OFFSET 0` keeps the test a probe of the deliveries' event index
+/// per event: pulled up into an anti-join, the planner may hash every delivery in the table.)
 pub(super) const INTAKE: &str = "e.dispatched_at IS NULL
+                AND NOT EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x WHERE x.event_id = e.id OFFSET 0)
                 AND NOT EXISTS (SELECT 1 FROM event_bus._event_leases l
                                  WHERE l.event_id = e.id AND l.lease_end >= now() OFFSET 0)";
 
 /// The events a fan-out considers, locked ($1 of them at most), with their `bytes`.
 fn locked_events(pass: Pass, special: bool) -> String {
-    // (doc: what content filters read, built once per event while any subscription has a filter;
-    // has_rows: whether the event has delivery rows — an event taken again after its worker died,
-    // or beside a delivery another path made — so its subscriptions are probed for their own)
+    // (doc: what content filters read, built once per event while any subscription has a filter)
     const COLUMNS: &str = "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, \
-                           EXISTS (SELECT 1 FROM event_bus.module_event_deliveries x \
-                                   WHERE x.event_id = e.id OFFSET 0) AS has_rows, \
                            CASE WHEN (SELECT EXISTS (SELECT 1 FROM event_bus.module_event_subscriptions f \
                                                      WHERE f.filter IS NOT NULL)) \
                                 THEN event_bus._event_document(e.tenant_id, e.event_type, e.source_module, \
                                          e.entity_type, e.entity_id, e.payload, e.metadata) END AS doc, \
                            event_bus._event_bytes(e.payload, e.metadata) AS bytes";
     const OUTER: &str =
-        "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, e.has_rows, e.doc, e.bytes";
+        "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, e.doc, e.bytes";
     match pass {
         Pass::Head if !special => format!(
             "SELECT {COLUMNS}
@@ -390,8 +369,6 @@ pub(super) fn fan_out_special(
                      OR s.id = ANY ($6::uuid[])) AS limited,
                     CASE WHEN s.ordered AND ev.entity_id IS NOT NULL
                          THEN jsonb_build_array(ev.entity_type, ev.entity_id)::text END AS okey,
-                    false AS first_plain,
-                    {HAS_ROW},
                     {PASSES}
                FROM ev0 AS ev
                JOIN event_bus.module_event_subscriptions s
@@ -427,7 +404,6 @@ pub(super) fn fan_out_special(
                          ELSE event_bus._lease_end(r.timeout_ms, $2, $3) END,
                     r.okey
                FROM r
-              WHERE NOT r.has_row
               ORDER BY r.event_id, r.sub_id
              {FAN_OUT_TAIL}
          {jobs}",
