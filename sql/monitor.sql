@@ -27,6 +27,7 @@ DECLARE
     v_where      text;
     v_sql        text;
     v_dispatched boolean := true;
+    v_restricted boolean;
 BEGIN
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'event_bus: p_limit % is out of range', p_limit
@@ -70,19 +71,28 @@ BEGIN
                AND (p_tenant_id IS NULL OR h.tenant_id = p_tenant_id)
                AND h.pending + h.processing + h.completed + h.failed > 0);
     END IF;
-    IF v_exact IS NOT NULL OR p_entity_id IS NOT NULL OR p_status IN (<pending>, <processing>, <failed>) THEN
-        -- by type, entity or a status other than completed: the fanned-out events through the index
-        -- for it ((tenant_id, event_type, id) — a tenant's reader gets its tenant from row-level
-        -- security —, the entity index, the status index), and the few not yet fanned out through
-        -- their own index, two ordered scans merged. (Completed events are nearly all of them: the
-        -- primary key finds a page of them at once.)
+    -- Row-level security restricts the caller to a tenant unless it is an admin (or bypasses it).
+    v_restricted := NOT pg_catalog.pg_has_role(current_user, 'event_bus_admin', 'MEMBER')
+        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                         WHERE r.rolname = current_user AND (r.rolsuper OR r.rolbypassrls));
+    IF v_exact IS NOT NULL OR p_entity_id IS NOT NULL OR p_status IN (<pending>, <processing>, <failed>)
+       OR p_tenant_id IS NOT NULL OR v_restricted THEN
+        -- by tenant (given, or a reader's from row-level security), type, entity or a status other than
+        -- completed: the fanned-out events through the index for it ((tenant_id, id), (tenant_id,
+        -- event_type, id), the entity index, the status index — each holds fanned-out events only, so an
+        -- emit's INSERT does not pay for them) and the few not yet fanned out through their own index,
+        -- two ordered scans merged.
         v_sql := 'SELECT x.* FROM ('
               || '(SELECT e.* FROM event_bus.module_events e WHERE '
-              || CASE WHEN v_dispatched THEN 'e.dispatched_at IS NOT NULL' ELSE 'false' END || ' AND ' || v_where
+              || CASE WHEN v_dispatched THEN 'e.dispatched_at IS NOT NULL' ELSE 'false' END
+              || CASE WHEN v_where <> '' THEN ' AND ' || v_where ELSE '' END
               || ' ORDER BY e.id DESC LIMIT $8) UNION ALL '
-              || '(SELECT e.* FROM event_bus.module_events e WHERE e.dispatched_at IS NULL AND ' || v_where
+              || '(SELECT e.* FROM event_bus.module_events e WHERE e.dispatched_at IS NULL'
+              || CASE WHEN v_where <> '' THEN ' AND ' || v_where ELSE '' END
               || ' ORDER BY e.id DESC LIMIT $8)) x ORDER BY x.id DESC LIMIT $8';
     ELSE
+        -- an admin's list over every tenant (by module, time, entity type or correlation): the primary
+        -- key (or the correlation index) newest first, fanned out or not
         v_sql := 'SELECT e.* FROM event_bus.module_events e'
               || CASE WHEN v_where <> '' THEN ' WHERE ' || v_where ELSE '' END
               || ' ORDER BY e.id DESC LIMIT $8';

@@ -32,8 +32,14 @@ CREATE TABLE event_bus.module_events (
     -- event_bus's functions, and nothing is granted on the table to anyone else.
 ) WITH (fillfactor = 85);
 
--- "recent events for tenant T" and keyset pagination: ids are UUIDv7, so id order is time order.
-CREATE INDEX module_events_tenant_id_idx ON event_bus.module_events (tenant_id, id);
+-- "recent events for tenant T" and keyset pagination: ids are UUIDv7, so id order is time order. Only
+-- fanned-out events are in it, as in the type, status and entity indexes below: the fan-out's (or the
+-- record's) UPDATE writes a new row version into every index anyway (dispatched_at is in the undispatched
+-- index's predicate), so the entry costs nothing there, and emit's INSERT writes two index entries (the
+-- primary key and the undispatched index) instead of three. A tenant's events not yet fanned out are few
+-- and found through the undispatched index (list_events reads both and merges them).
+CREATE INDEX module_events_tenant_id_idx ON event_bus.module_events (tenant_id, id)
+    WHERE dispatched_at IS NOT NULL;
 -- events not yet fanned out to their subscriptions (the worker's intake); small by construction.
 CREATE INDEX module_events_undispatched_idx ON event_bus.module_events (id)
     WHERE dispatched_at IS NULL;
@@ -319,10 +325,11 @@ CREATE TABLE event_bus.module_event_logs (
     error_message   text,
     duration_ms     double precision,
     executed_at     timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT module_event_logs_pkey PRIMARY KEY (id),
+    -- keyed by event first: the log is read by event (get_event, retention), never by its row id alone, so
+    -- one index serves both the key and those reads (one index entry per attempt, not two)
+    CONSTRAINT module_event_logs_pkey PRIMARY KEY (event_id, id),
     CONSTRAINT module_event_logs_status_check CHECK (status IN ('success', <failed>))
 );
-CREATE INDEX module_event_logs_event_idx ON event_bus.module_event_logs (event_id);
 -- (a subscription's recent attempts are counted in _attempt_minutes, not read from the log: no index
 -- on subscription_id, one entry less per attempt)
 

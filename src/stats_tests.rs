@@ -273,4 +273,58 @@ mod tests {
             0
         );
     }
+
+    /// list_events for a tenant — given, or a reader's from row-level security — finds its events
+    /// fanned out or not, newest first, through the tenant index (which holds fanned-out events only:
+    /// emit's INSERT writes no entry into it).
+    #[pg_test]
+    fn list_events_by_tenant_finds_events_fanned_out_or_not() {
+        setup();
+        // entries in the tenant index (pageinspect counts its leaf items; rolled-back tests before this
+        // one may have left some: the change is what counts)
+        Spi::run("CREATE EXTENSION IF NOT EXISTS pageinspect").unwrap();
+        let entries = || {
+            count(
+                "SELECT coalesce(sum(live_items), 0)::bigint
+                   FROM generate_series(1, (pg_relation_size('event_bus.module_events_tenant_id_idx') / 8192 - 1)::int) b,
+                        LATERAL bt_page_stats('event_bus.module_events_tenant_id_idx', b)
+                  WHERE type = 'l'",
+            )
+        };
+        let before = entries();
+        let a1 = emit(TENANT, "order.created", "sales", "O-1", false);
+        emit(TENANT_B, "order.created", "sales", "B-1", false);
+        let a2 = emit(TENANT, "order.created", "sales", "O-2", false);
+        assert_eq!(entries(), before, "an emit writes no tenant index entry");
+        process();
+        assert_eq!(entries(), before + 3, "the fan-out writes them");
+        let a3 = emit(TENANT, "order.created", "sales", "O-3", false);
+        let newest_first = format!("{a3},{a2},{a1}");
+        let listed = |sql: &str| {
+            text(&format!(
+                "SELECT coalesce(string_agg(id::text, ',' ORDER BY n), '')
+                   FROM (SELECT id, row_number() OVER () AS n FROM {sql}) x"
+            ))
+        };
+        assert_eq!(listed(&format!("event_bus.list_events(p_tenant_id => '{TENANT}')")), newest_first);
+        assert_eq!(
+            listed(&format!("event_bus.list_events(p_tenant_id => '{TENANT}', p_limit => 2)")),
+            format!("{a3},{a2}")
+        );
+        assert_eq!(
+            listed(&format!("event_bus.list_events(p_tenant_id => '{TENANT}', p_before => '{a3}', p_limit => 1)")),
+            a2
+        );
+        // a reader of the tenant, no tenant given: row-level security's tenant
+        Spi::run(&format!(
+            "CREATE ROLE eb_tenant_reader NOLOGIN; GRANT event_bus_reader TO eb_tenant_reader;
+             SET LOCAL app.tenant_id = '{TENANT}'; SET LOCAL ROLE eb_tenant_reader"
+        ))
+        .unwrap();
+        assert_eq!(listed("event_bus.list_events()"), newest_first);
+        assert_eq!(listed("event_bus.list_events(p_status => 'completed')"), format!("{a2},{a1}"));
+        Spi::run("RESET ROLE").unwrap();
+        // an admin over every tenant: all four
+        assert_eq!(count("SELECT count(*) FROM event_bus.list_events()"), 4);
+    }
 }
