@@ -306,9 +306,14 @@ mod tests {
                    FROM (SELECT id, row_number() OVER () AS n FROM {sql}) x"
             ))
         };
-        assert_eq!(listed(&format!("event_bus.list_events(p_tenant_id => '{TENANT}')")), newest_first);
         assert_eq!(
-            listed(&format!("event_bus.list_events(p_tenant_id => '{TENANT}', p_limit => 2)")),
+            listed(&format!("event_bus.list_events(p_tenant_id => '{TENANT}')")),
+            newest_first
+        );
+        assert_eq!(
+            listed(&format!(
+                "event_bus.list_events(p_tenant_id => '{TENANT}', p_limit => 2)"
+            )),
             format!("{a3},{a2}")
         );
         assert_eq!(
@@ -322,7 +327,10 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(listed("event_bus.list_events()"), newest_first);
-        assert_eq!(listed("event_bus.list_events(p_status => 'completed')"), format!("{a2},{a1}"));
+        assert_eq!(
+            listed("event_bus.list_events(p_status => 'completed')"),
+            format!("{a2},{a1}")
+        );
         Spi::run("RESET ROLE").unwrap();
         // an admin over every tenant: all four
         assert_eq!(count("SELECT count(*) FROM event_bus.list_events()"), 4);

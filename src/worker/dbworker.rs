@@ -168,6 +168,9 @@ fn run(dboid: pg_sys::Oid) -> i32 {
     let Some(mut w) = Worker::start(dboid) else {
         return 1;
     };
+    // this process's head passes start at its intake floor (a backlog's dead index entries are
+    // not walked every round)
+    super::statements::fan_out::keep_intake_floor();
     loop {
         if shutdown_requested() {
             break;

@@ -9,7 +9,10 @@
 use crate::plans::exec;
 use crate::worker::job::{row_to_job, ClaimSettings, Id, Job, JobColumns, JOB_COLUMNS};
 use crate::worker::{Step, StepError};
+use event_bus_core::intake::IntakeFloor;
 use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::time::{Instant, SystemTime};
 
 /// The end of both fan-out statements, after `ins` (the deliveries inserted from `ev`, the events
 /// taken, and `m`, the subscriptions each matched, of `c`, those their type pattern matched; an event
@@ -172,7 +175,42 @@ pub(super) fn fan_out(
         Pass::Head => "fan_out_head",
         Pass::Tail => "fan_out_tail",
     };
-    run_fan_out(name, sql, limit, settings, full)
+    if pass == Pass::Tail {
+        return run_fan_out(name, sql, limit, settings, full, None);
+    }
+    // the head pass from the worker's intake floor, when it keeps one
+    let floor = FLOOR.with(|f| f.borrow().as_ref().map(|f| f.floor(Instant::now())));
+    let started = SystemTime::now();
+    let out = run_fan_out(
+        name,
+        sql,
+        limit,
+        settings,
+        full,
+        floor.flatten().map(Id::from_bytes),
+    )?;
+    FLOOR.with(|f| {
+        if let Some(f) = f.borrow_mut().as_mut() {
+            f.observe(
+                floor.flatten().is_none(),
+                started,
+                Instant::now(),
+                out.first_taken.map(|id| *id.as_bytes()),
+                out.snapshot,
+            );
+        }
+    });
+    Ok(out)
+}
+
+thread_local! {
+    /// The background worker's intake floor (`event_bus_core::intake`); None in other backends.
+    static FLOOR: RefCell<Option<IntakeFloor>> = const { RefCell::new(None) };
+}
+
+/// The background worker's head passes start at an intake floor (`event_bus_core::intake`).
+pub fn keep_intake_floor() {
+    FLOOR.with(|f| *f.borrow_mut() = Some(IntakeFloor::default()));
 }
 
 /// Which undispatched events a fan-out takes.
@@ -233,10 +271,12 @@ fn locked_events(pass: Pass, special: bool) -> String {
     const OUTER: &str =
         "e.id, e.tenant_id, e.event_type, e.entity_type, e.entity_id, e.doc, e.bytes";
     match pass {
+        // from the intake floor ($10, see `IntakeFloor`) when the worker has one
         Pass::Head if !special => format!(
             "SELECT {COLUMNS}
                FROM event_bus.module_events e
               WHERE {INTAKE}
+                AND ($10::uuid IS NULL OR e.id >= $10::uuid)
               ORDER BY e.id
               LIMIT $1
                 FOR UPDATE SKIP LOCKED"
@@ -289,7 +329,10 @@ fn locked_events(pass: Pass, special: bool) -> String {
 fn jobs_of_ins() -> String {
     format!(
         "SELECT j.*, (SELECT count(*) FROM ev0)::bigint AS taken, (SELECT count(*) FROM notified) AS notified,
-                (SELECT max(ev0.considered) FROM ev0)::bigint AS considered
+                (SELECT max(ev0.considered) FROM ev0)::bigint AS considered,
+                (SELECT ev0.id FROM ev0 ORDER BY ev0.id LIMIT 1) AS first_taken,
+                pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint AS snapshot_xmin,
+                pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint AS snapshot_xmax
            FROM (SELECT 1) one
            LEFT JOIN LATERAL (
                SELECT {JOB_COLUMNS}, d.rowless AS rowless, d.lease_attempts AS lease_attempts
@@ -313,6 +356,10 @@ pub(super) struct FanOut {
     pub(super) jobs: Vec<Job>,
     pub(super) taken: i64,
     pub(super) cut: bool,
+    /// The smallest event id taken, and the statement's snapshot (xmin, xmax): what the intake
+    /// floor needs.
+    pub(super) first_taken: Option<Id>,
+    pub(super) snapshot: (i64, i64),
 }
 
 /// Run a fan-out statement (kept parsed as `name`, planned per call: see `claim_and_fan_out`)
@@ -323,26 +370,35 @@ fn run_fan_out(
     limit: i64,
     settings: &ClaimSettings,
     full: &[Id],
+    floor: Option<Id>,
 ) -> Step<FanOut> {
+    let mut types = ClaimSettings::ARG_TYPES.to_vec();
+    types.push(pg_sys::UUIDOID);
+    let mut args = settings.args(limit, full);
+    args.push(floor.into());
     Spi::connect_mut(|client| {
-        let table = exec(
-            client,
-            name,
-            sql,
-            &ClaimSettings::ARG_TYPES,
-            &settings.args(limit, full),
-        )?;
+        let table = exec(client, name, sql, &types, &args)?;
         let mut jobs = Vec::with_capacity(table.len());
         let mut taken = 0;
         let mut considered = 0;
+        let mut first_taken = None;
+        let mut snapshot = (0, 0);
         let cols = JobColumns::of(&table)?;
-        let (taken_at, considered_at) = (
+        let (taken_at, considered_at, first_at, xmin_at, xmax_at) = (
             table.column_ordinal("taken")?,
             table.column_ordinal("considered")?,
+            table.column_ordinal("first_taken")?,
+            table.column_ordinal("snapshot_xmin")?,
+            table.column_ordinal("snapshot_xmax")?,
         );
         for row in table {
             taken = row.get::<i64>(taken_at)?.unwrap_or(0);
             considered = row.get::<i64>(considered_at)?.unwrap_or(0);
+            first_taken = row.get::<Id>(first_at)?;
+            snapshot = (
+                row.get::<i64>(xmin_at)?.unwrap_or(0),
+                row.get::<i64>(xmax_at)?.unwrap_or(0),
+            );
             if cols.has_job(&row)? {
                 jobs.push(row_to_job(&row, &cols, settings)?);
             }
@@ -351,6 +407,8 @@ fn run_fan_out(
             jobs,
             taken,
             cut: taken < considered,
+            first_taken,
+            snapshot,
         })
     })
     .map_err(|e| StepError::failed("the fan-out", e))
@@ -421,5 +479,5 @@ pub(super) fn fan_out_special(
         Pass::Head => "fan_out_head_special",
         Pass::Tail => "fan_out_tail_special",
     };
-    run_fan_out(name, sql, limit, settings, full)
+    run_fan_out(name, sql, limit, settings, full, None)
 }
