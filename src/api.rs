@@ -20,11 +20,7 @@ fn uuid_v7_lower_bound(ts: TimestampWithTimeZone) -> Uuid {
     let micros: i64 = ts.into_inner();
     // Postgres epoch is 2000-01-01; Unix epoch offset in microseconds.
     let unix_ms = (micros + 946_684_800_000_000).div_euclid(1000).max(0) as u64;
-    let mut b = [0u8; 16];
-    b[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..8]);
-    b[6] = 0x70;
-    b[8] = 0x80;
-    Uuid::from_bytes(b)
+    Uuid::from_bytes(event_bus_core::intake::id_at_ms(unix_ms))
 }
 
 /// Does `pattern` (AMQP topic rules) match `event_type`? Invalid input never matches.

@@ -100,12 +100,13 @@ pub fn id_ms(id: &[u8; 16]) -> u64 {
     id[..6].iter().fold(0u64, |ms, b| (ms << 8) | u64::from(*b))
 }
 
-/// The lowest UUID of a millisecond (in UUIDv7 order, which is byte order).
+/// The smallest UUIDv7 of a millisecond since the Unix epoch (v7 order is byte order): its low 48
+/// bits, then the version and variant bits and zeros. Also `event_bus.uuid_v7_lower_bound`'s.
 pub fn id_at_ms(ms: u64) -> [u8; 16] {
     let mut id = [0u8; 16];
-    for (i, b) in id[..6].iter_mut().enumerate() {
-        *b = (ms >> (8 * (5 - i))) as u8;
-    }
+    id[..6].copy_from_slice(&ms.to_be_bytes()[2..8]);
+    id[6] = 0x70;
+    id[8] = 0x80;
     id
 }
 
