@@ -517,6 +517,40 @@ mod tests {
         );
     }
 
+    /// The upkeep releases a hold that raced with its breaker closing, and only those: the held
+    /// deliveries of a subscription whose breaker is still open stay held (they are found through
+    /// the held index by subscription, so a failing subscription's hundred thousand held
+    /// deliveries are not read once a second).
+    #[pg_test]
+    fn the_upkeep_releases_the_held_deliveries_of_closed_breakers_only() {
+        setup_handlers();
+        let open = subscribe("hold.*", "open", "inv.record", "");
+        let closed = subscribe("hold.*", "closed", "inv.record", "");
+        for _ in 0..3 {
+            emit(TENANT, "hold.made", "pos", "{}");
+        }
+        Spi::run(&format!(
+            "INSERT INTO event_bus.module_event_deliveries
+                 (id, event_id, subscription_id, tenant_id, status, attempts, next_attempt_at)
+             SELECT event_bus._delivery_id(e.id, s.id), e.id, s.id, e.tenant_id, 'held', 0, now()
+               FROM event_bus.module_events e, event_bus.module_event_subscriptions s
+              WHERE e.event_type = 'hold.made';
+             UPDATE event_bus.module_events SET dispatched_at = now() WHERE event_type = 'hold.made';
+             UPDATE event_bus.module_event_subscriptions SET breaker_open_until = now() + interval '1 hour'
+              WHERE id = '{open}';
+             SELECT event_bus._maintenance(100);"
+        ))
+        .unwrap();
+        let of = |sub: &str, status: &str| {
+            count(&format!(
+                "SELECT count(*) FROM event_bus.module_event_deliveries
+                  WHERE subscription_id = '{sub}' AND status = '{status}'"
+            ))
+        };
+        assert_eq!((of(&open, "held"), of(&open, "pending")), (3, 0));
+        assert_eq!((of(&closed, "held"), of(&closed, "pending")), (0, 3));
+    }
+
     #[pg_test]
     fn the_circuit_breaker_opens_holds_probes_and_closes() {
         setup_handlers();

@@ -1,0 +1,2 @@
+-- event_bus 0.13.0 -> 0.13.1: no table changed (the release changed one function, _maintenance, which every
+-- upgrade re-creates from the current sources). Kept so that sql/upgrades/ is a chain of every release.
