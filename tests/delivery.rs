@@ -1010,3 +1010,43 @@ fn a_first_attempt_is_written_once_with_its_outcome() {
         0
     );
 }
+
+/// The worker hands its writes to the cumulative statistics, as a client session does when it goes
+/// idle: autovacuum decides from them when to vacuum and analyze. Until 0.13.2 the worker never
+/// did, so the tables only it writes (deliveries, attempt log, leases) were never vacuumed nor
+/// analyzed while it ran, and the status updates it makes to events never counted either. Here the
+/// worker records 30 deliveries and stays up; their rows must show in pg_stat_user_tables while it
+/// runs (it reports at most once a second, so within a few).
+#[test]
+fn the_worker_reports_its_writes_to_the_statistics_autovacuum_reads() {
+    let cluster = Cluster::start("reports-stats", CONF);
+    let rx = Receiver::start(|_, _| Reply::ok());
+    let mut c = cluster.create_db_with_extension("reports_stats");
+    subscribe(&mut c, "stat.*", &rx.url("/hook"), "");
+    for i in 0..30 {
+        emit(&mut c, "stat.x", &format!("{{\"n\": {i}}}"));
+    }
+    wait_for("the 30 attempts logged", LONG, || {
+        (scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM event_bus.module_event_logs WHERE status = 'success'",
+        ) == 30)
+            .then_some(())
+    });
+    let stat = |c: &mut postgres::Client, table: &str, column: &str| {
+        scalar_i64(
+            c,
+            &format!(
+                "SELECT coalesce(sum({column}), 0)::bigint FROM pg_catalog.pg_stat_user_tables
+                  WHERE schemaname = 'event_bus' AND relname = '{table}'"
+            ),
+        )
+    };
+    wait_for("the worker's writes counted", LONG, || {
+        (stat(&mut c, "module_event_logs", "n_tup_ins") >= 30
+            && stat(&mut c, "module_event_deliveries", "n_tup_ins") >= 30
+            && stat(&mut c, "module_events", "n_tup_upd") >= 30)
+            .then_some(())
+    });
+    assert_eq!(rx.count("/hook"), 30);
+}

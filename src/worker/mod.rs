@@ -30,7 +30,7 @@ use pgrx::bgworkers::{
 };
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const LIBRARY: &str = "event_bus";
 
@@ -107,7 +107,8 @@ pub type Step<T> = Result<T, StepError>;
 
 /// Run `f` in its own transaction, committed when it returns `Ok`, rolled back when it returns
 /// `Err` or raises (an ERROR or a panic inside); either failure comes back as `Err(message)`, and
-/// the worker logs it and lives on.
+/// the worker logs it and lives on. After either, the transaction's table statistics are reported
+/// (see [`report_table_statistics`]).
 pub fn in_transaction_try<R>(what: &str, f: impl FnOnce() -> Step<R>) -> Result<R, String> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
@@ -120,6 +121,7 @@ pub fn in_transaction_try<R>(what: &str, f: impl FnOnce() -> Step<R>) -> Result<
                 pg_sys::PopActiveSnapshot();
                 pg_sys::CommitTransactionCommand();
             }
+            report_table_statistics();
             return Ok(v);
         }
         Ok(Err(e)) => e.message,
@@ -129,8 +131,36 @@ pub fn in_transaction_try<R>(what: &str, f: impl FnOnce() -> Step<R>) -> Result<
         pg_sys::AbortCurrentTransaction();
         pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
     }
+    report_table_statistics();
     Err(format!("{what}: {failure}"))
 }
+
+/// Hand the rows this process inserted, updated and deleted to the cumulative statistics, where
+/// autovacuum reads them. A client backend does this when it goes idle; a background worker never
+/// goes idle that way, and until 0.13.2 ours never did it: its writes (every delivery row, attempt
+/// log row, lease and status update) stayed invisible to autovacuum for the worker's whole life —
+/// the tables only it writes were never vacuumed nor analyzed, dead rows piled up in the queue's
+/// indexes, and plans made while those tables were empty were kept (beside a subscription failing
+/// every attempt, the upkeep read 100,000 held deliveries with sequential scans, 112 ms a call).
+/// PostgreSQL flushes at most once a second whatever the calls (`force` = false), so this is cheap
+/// after every transaction. What it kept for later (its answer: milliseconds to wait before
+/// forcing it) is flushed by [`wait`] when that time has come, as a client session's idle timeout
+/// does: a worker that goes quiet right after a flush still reports its last writes.
+/// Outside any transaction only.
+fn report_table_statistics() {
+    let later = unsafe { pg_sys::pgstat_report_stat(false) };
+    // SAFETY: the worker's main thread only (the only one that runs transactions)
+    unsafe {
+        STATISTICS_DUE = match (later > 0, STATISTICS_DUE) {
+            (false, _) => None,
+            (true, Some(due)) => Some(due),
+            (true, None) => Some(Instant::now() + Duration::from_millis(later as u64)),
+        };
+    }
+}
+
+/// When the table statistics kept by the last report must be flushed (see [`report_table_statistics`]).
+static mut STATISTICS_DUE: Option<Instant> = None;
 
 /// Run `f` in its own transaction (see [`in_transaction_try`]); an ERROR or panic inside aborts
 /// it and comes back as `Err(message)`.
@@ -185,6 +215,13 @@ pub fn reload_config_if_requested() {
 
 /// Wait on the latch and, when given, a socket; returns false on SIGTERM.
 pub fn wait(fd: Option<i32>, timeout: Duration) -> bool {
+    // table statistics kept for later: wake no later than they are due, and flush them then
+    // SAFETY: the worker's main thread only
+    let statistics_due = unsafe { STATISTICS_DUE };
+    let timeout = match statistics_due {
+        Some(due) => timeout.min(due.saturating_duration_since(Instant::now())),
+        None => timeout,
+    };
     let mut events =
         (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32;
     let sock = match fd {
@@ -198,6 +235,12 @@ pub fn wait(fd: Option<i32>, timeout: Duration) -> bool {
     unsafe {
         pg_sys::WaitLatchOrSocket(pg_sys::MyLatch, events, sock, ms, pg_sys::PG_WAIT_EXTENSION);
         pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    if statistics_due.is_some_and(|due| due <= Instant::now()) {
+        unsafe {
+            pg_sys::pgstat_report_stat(true);
+            STATISTICS_DUE = None;
+        }
     }
     pg_sys::check_for_interrupts!();
     !shutdown_requested()
