@@ -408,11 +408,16 @@ CREATE OR REPLACE TRIGGER module_event_logs_count_attempts
 -- has, and moved between statuses by every later UPDATE; a DELETE takes it out. The rows a statement
 -- changed are counted -1 as they were and +1 as they are, netted per tenant, hour, module and type:
 -- one row per group whose counts moved (a batch of 500 records of one type: one row).
+-- No SET clause: PostgreSQL never inlines a SQL function that has one, and this one is evaluated for
+-- every row an UPDATE of events changes (the trigger below). Run through the function executor it cost
+-- about 2.5 us an event, 0.30 of the 2.0 s the record's status updates took for 100,000 deliveries;
+-- inlined, 0.07 s. Its body names pg_catalog's objects itself, so it means the same under any
+-- search_path (and every caller pins one).
 CREATE OR REPLACE FUNCTION event_bus._event_hour(p_at timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT date_bin(interval '1 hour', p_at, timestamptz '2000-01-01 00:00:00+00');
+    SELECT pg_catalog.date_bin('1 hour'::pg_catalog.interval, p_at,
+                               '2000-01-01 00:00:00+00'::pg_catalog.timestamptz);
 $$;
 COMMENT ON FUNCTION event_bus._event_hour(timestamptz) IS
     'Internal: the whole UTC hour a time falls in (the bucket of event_bus._event_hours), in any time zone.';

@@ -335,4 +335,29 @@ mod tests {
         // an admin over every tenant: all four
         assert_eq!(count("SELECT count(*) FROM event_bus.list_events()"), 4);
     }
+
+    /// The hour an event is counted under is computed inline in the counting trigger's statement,
+    /// not through the SQL function executor once per event: `_event_hour` has no SET clause (one
+    /// keeps PostgreSQL from inlining a SQL function; with it, 0.30 of the 2.0 s that the record's
+    /// status updates took for 100,000 deliveries went to this call). Inlined, the plan shows its
+    /// body (date_bin) where the call was.
+    #[pg_test]
+    fn the_counting_triggers_hour_is_inlined() {
+        let plan = Spi::connect_mut(|c| {
+            let mut out = String::new();
+            for row in c.update(
+                "EXPLAIN (VERBOSE, COSTS OFF)
+                 SELECT event_bus._event_hour(e.created_at) FROM event_bus.module_events e",
+                None,
+                &[],
+            )? {
+                out.push_str(&row.get::<String>(1)?.unwrap_or_default());
+                out.push('\n');
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .unwrap();
+        assert!(plan.contains("date_bin("), "{plan}");
+        assert!(!plan.contains("_event_hour("), "{plan}");
+    }
 }

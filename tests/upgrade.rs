@@ -1,4 +1,4 @@
-//! ALTER EXTENSION event_bus UPDATE from each released version (0.1.0 to 0.13.0), by the script
+//! ALTER EXTENSION event_bus UPDATE from each released version (0.1.0 to 0.13.1), by the script
 //! build.rs writes for it (its table changes since, then the current functions): installs that release's own install script
 //! (tests/fixtures), fills it with data, upgrades, and checks that nothing was lost, that the
 //! worker delivers what waited (deliveries in flight and waiting for a retry included), and that
@@ -108,6 +108,11 @@ fn upgrade_from_0_13_0_keeps_every_row_and_matches_a_fresh_install() {
 }
 
 #[test]
+fn upgrade_from_0_13_1_keeps_every_row_and_matches_a_fresh_install() {
+    upgrade_from("0.13.1");
+}
+
+#[test]
 fn upgrade_from_0_10_0_keeps_every_row_and_matches_a_fresh_install() {
     upgrade_from("0.10.0");
 }
@@ -161,7 +166,7 @@ fn upgrade_from(old: &str) {
     install_old_version_script(old);
     // what 0.11.0's upgrade changed (secrets scrubbed from the history, unverified SQL handlers
     // flagged, delivery.dead renamed) is checked on the releases before it
-    let before_0_11 = !matches!(old, "0.11.0" | "0.12.0" | "0.13.0");
+    let before_0_11 = !matches!(old, "0.11.0" | "0.12.0" | "0.13.0" | "0.13.1");
     let cluster = Cluster::start(
         &format!("upgrade-{old}"),
         &[

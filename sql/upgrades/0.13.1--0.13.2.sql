@@ -1,0 +1,3 @@
+-- event_bus 0.13.1 -> 0.13.2: no table changed (the release changed one function, _event_hour, which every
+-- upgrade re-creates from the current sources: without its SET clause, so that it is inlined). Kept so that
+-- sql/upgrades/ is a chain of every release.
