@@ -360,4 +360,37 @@ mod tests {
         assert!(plan.contains("date_bin("), "{plan}");
         assert!(!plan.contains("_event_hour("), "{plan}");
     }
+
+    /// A SQL function with a SET clause is never inlined: PostgreSQL runs it through the function
+    /// executor on every call, microseconds each, per row when a statement calls it per row (as
+    /// `_event_hour` was, until 0.13.2). So a plain SQL helper carries no SET clause (its body
+    /// names pg_catalog's objects itself, and its callers pin search_path), except these: kept out
+    /// of line where a caller's search_path must not reach the body, or called once per statement
+    /// or batch, or only on a path few deliveries take.
+    #[pg_test]
+    fn no_plain_sql_helper_is_kept_from_inlining() {
+        let kept = Spi::get_one::<String>(
+            "SELECT coalesce(string_agg(p.proname, ', ' ORDER BY p.proname), '')
+               FROM pg_catalog.pg_proc p
+               JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+               JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+              WHERE n.nspname = 'event_bus' AND l.lanname = 'sql'
+                AND p.proconfig IS NOT NULL AND NOT p.prosecdef
+                -- (set-returning functions are called from FROM, once per statement)
+                AND NOT p.proretset
+                AND p.proname NOT IN (
+                    -- the session's caller and role checks: their meaning must not depend on the
+                    -- search_path of the query that calls them
+                    '_caller', '_caller_is_admin',
+                    -- once per call of the function that uses them
+                    '_first_attempts_in_flight', '_operational_events_on',
+                    -- once per batch (the idempotency record, the stream lock)
+                    '_idempotency_settle', '_lock_streams',
+                    -- per delivery of a subscription with an idempotency key only (the claim's gate)
+                    '_idempotency_value')",
+        )
+        .unwrap()
+        .unwrap_or_default();
+        assert_eq!(kept, "", "SQL functions with a SET clause, never inlined");
+    }
 }
