@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod tests {
-    use crate::tests::tests::{count, sqlstate_of, TENANT};
+    use crate::tests::tests::{count, plan_text, sqlstate_of, TENANT};
     use pgrx::prelude::*;
 
     const TENANT_B: &str = "22222222-2222-2222-2222-222222222222";
@@ -343,20 +343,10 @@ mod tests {
     /// body (date_bin) where the call was.
     #[pg_test]
     fn the_counting_triggers_hour_is_inlined() {
-        let plan = Spi::connect_mut(|c| {
-            let mut out = String::new();
-            for row in c.update(
-                "EXPLAIN (VERBOSE, COSTS OFF)
-                 SELECT event_bus._event_hour(e.created_at) FROM event_bus.module_events e",
-                None,
-                &[],
-            )? {
-                out.push_str(&row.get::<String>(1)?.unwrap_or_default());
-                out.push('\n');
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-        .unwrap();
+        let plan = plan_text(
+            "EXPLAIN (VERBOSE, COSTS OFF)
+             SELECT event_bus._event_hour(e.created_at) FROM event_bus.module_events e",
+        );
         assert!(plan.contains("date_bin("), "{plan}");
         assert!(!plan.contains("_event_hour("), "{plan}");
     }

@@ -27,6 +27,19 @@ pub mod tests {
         Spi::get_one::<i64>(sql).unwrap().unwrap()
     }
 
+    /// The lines of the plan an EXPLAIN statement prints, joined with newlines.
+    pub fn plan_text(explain: &str) -> String {
+        Spi::connect_mut(|c| {
+            let mut out = String::new();
+            for row in c.update(explain, None, &[])? {
+                out.push_str(&row.get::<String>(1)?.unwrap_or_default());
+                out.push('\n');
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .unwrap()
+    }
+
     fn emit_sql(event_type: &str, payload: &str) -> String {
         format!(
             "SELECT event_bus.emit_module_event('{TENANT}', {event_type}, 'accounting', 'invoice', \

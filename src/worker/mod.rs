@@ -141,7 +141,7 @@ pub fn in_transaction_try<R>(what: &str, f: impl FnOnce() -> Step<R>) -> Result<
 /// log row, lease and status update) stayed invisible to autovacuum for the worker's whole life —
 /// the tables only it writes were never vacuumed nor analyzed, dead rows piled up in the queue's
 /// indexes, and plans made while those tables were empty were kept (beside a subscription failing
-/// every attempt, the upkeep read 100,000 held deliveries with sequential scans, 112 ms a call).
+/// every attempt, the upkeep read 100,000 held deliveries with sequential scans, 80-100 ms a call).
 /// PostgreSQL flushes at most once a second whatever the calls (`force` = false), so this is cheap
 /// after every transaction. What it kept for later (its answer: milliseconds to wait before
 /// forcing it) is flushed by [`wait`] when that time has come, as a client session's idle timeout

@@ -498,7 +498,7 @@ fn special_sql(pass: Pass) -> String {
 #[pgrx::pg_schema]
 mod tests {
     use super::{plain_sql, special_sql, Pass};
-    use crate::tests::tests::TENANT;
+    use crate::tests::tests::{plan_text, TENANT};
     use pgrx::prelude::*;
 
     /// A fan-out's plan tests its CTE lists against each other with hashed subplans (each list
@@ -529,22 +529,10 @@ mod tests {
                 event_bus_core::lifecycle::sql(&sql)
             ))
             .unwrap();
-            let plan = Spi::connect(|c| {
-                let mut out = String::new();
-                for row in c.select(
-                    &format!(
-                        "EXPLAIN (COSTS OFF) EXECUTE fan_out_{name}(500, 30000, 60000, 1000, 60000,
-                             '{{}}', false, 100000000, gen_random_uuid(), NULL)"
-                    ),
-                    None,
-                    &[],
-                )? {
-                    out.push_str(&row.get::<String>(1)?.unwrap_or_default());
-                    out.push('\n');
-                }
-                Ok::<_, pgrx::spi::Error>(out)
-            })
-            .unwrap();
+            let plan = plan_text(&format!(
+                "EXPLAIN (COSTS OFF) EXECUTE fan_out_{name}(500, 30000, 60000, 1000, 60000,
+                     '{{}}', false, 100000000, gen_random_uuid(), NULL)"
+            ));
             assert!(!plan.contains("Semi Join"), "{name}:\n{plan}");
             Spi::run(&format!("DEALLOCATE fan_out_{name}")).unwrap();
         }

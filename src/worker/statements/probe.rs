@@ -120,21 +120,11 @@ pub(super) fn any_new() -> Step<bool> {
 #[pgrx::pg_schema]
 mod tests {
     use super::{any_due, any_new, any_new_sql, as_index_probe, ANY_DUE};
-    use crate::tests::tests::TENANT;
+    use crate::tests::tests::{plan_text, TENANT};
     use pgrx::prelude::*;
 
     fn plan_of(sql: &str) -> String {
-        as_index_probe(|| {
-            Spi::connect(|c| {
-                let mut out = String::new();
-                for row in c.select(&format!("EXPLAIN (COSTS OFF) {sql}"), None, &[])? {
-                    out.push_str(&row.get::<String>(1)?.unwrap_or_default());
-                    out.push('\n');
-                }
-                Ok::<_, pgrx::spi::Error>(out)
-            })
-            .unwrap()
-        })
+        as_index_probe(|| plan_text(&format!("EXPLAIN (COSTS OFF) {sql}")))
     }
 
     /// The probes are kept as generic plans, made from whatever statistics the tables have then.

@@ -550,7 +550,7 @@ pub fn release(unfinished: &[Claimed]) -> Step<()> {
 mod tests {
     use super::super::probe::as_key_probe;
     use super::RECORD_DELIVERIES;
-    use crate::tests::tests::TENANT;
+    use crate::tests::tests::{plan_text, TENANT};
     use pgrx::prelude::*;
 
     /// The record of outcomes finds each delivery by its primary key, whatever the statistics say
@@ -571,20 +571,10 @@ mod tests {
         ))
         .unwrap();
         let plan = as_key_probe(|| {
-            Spi::connect(|c| {
-                let mut out = String::new();
-                for row in c.select(
-                    "EXPLAIN (COSTS OFF) EXECUTE record_outcomes(
-                         '{00000000-0000-0000-0000-000000000001}', '{1}', '{t}', '{f}', '{200}', '{NULL}', '{0}')",
-                    None,
-                    &[],
-                )? {
-                    out.push_str(&row.get::<String>(1)?.unwrap_or_default());
-                    out.push('\n');
-                }
-                Ok::<_, pgrx::spi::Error>(out)
-            })
-            .unwrap()
+            plan_text(
+                "EXPLAIN (COSTS OFF) EXECUTE record_outcomes(
+                     '{00000000-0000-0000-0000-000000000001}', '{1}', '{t}', '{f}', '{200}', '{NULL}', '{0}')",
+            )
         });
         assert!(plan.contains("module_event_deliveries_pkey"), "{plan}");
         assert!(!plan.contains("due_idx"), "{plan}");
